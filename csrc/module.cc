@@ -1,0 +1,24 @@
+// The Python extension: hands the FFI target table and build info to jax_mps/_runtime.py.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+#include <dnnl.hpp>
+
+#include "runtime/registry.h"
+
+namespace nb = nanobind;
+
+NB_MODULE(_core, m) {
+  m.def("registrations", [] {
+    nb::list out;
+    for (const auto& t : jax_mps::Registry())
+      out.append(nb::make_tuple(t.name, t.platform, nb::capsule(t.handler)));
+    return out;
+  }, "List of (target name, platform, handler capsule) for every FFI target built.");
+  m.def("backends", [] {
+    nb::dict d;
+    const dnnl_version_t* v = dnnl_version();
+    d["cpu"] = "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." +
+               std::to_string(v->patch);
+    return d;
+  }, "Backends compiled into this build and their libraries.");
+}

@@ -1,0 +1,40 @@
+"""Loads the C++ extension and registers every FFI target it holds with XLA (one table)."""
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata as _md
+
+import jax
+
+
+def _preload_dnnl() -> None:
+    # The extension's RPATH finds libdnnl.so.3 in <prefix>/lib for regular installs; editable and
+    # in-tree builds land elsewhere, so load it from the onednn-cpu-gomp wheel's files first.
+    try:
+        files = _md.distribution("onednn-cpu-gomp").files or ()
+    except _md.PackageNotFoundError:
+        return
+    for f in files:
+        if f.name == "libdnnl.so.3":
+            try:
+                ctypes.CDLL(str(f.locate()), mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                pass
+            return
+
+
+_preload_dnnl()
+from . import _core  # noqa: E402
+
+TARGETS: dict[str, set[str]] = {}  # target name -> platforms it is registered for
+
+for _name, _platform, _capsule in _core.registrations():
+    jax.ffi.register_ffi_target(_name, _capsule, platform=_platform, api_version=1)
+    TARGETS.setdefault(_name, set()).add(_platform)
+
+
+def backends() -> dict[str, str]:
+    """Backends compiled into this build and able to run here, with their library versions."""
+    out = dict(_core.backends())
+    platforms = {d.platform for d in jax.devices()} | {"cpu"}
+    return {k: v for k, v in out.items() if k in platforms}

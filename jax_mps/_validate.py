@@ -1,0 +1,109 @@
+"""Trace-time argument checks shared by every op: clear ValueError/TypeError naming the argument."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+FLOAT_DTYPES = (jnp.float32, jnp.float16, jnp.bfloat16)
+
+# name -> (code, default alpha). Codes match csrc/runtime/activation.h.
+ACTIVATION_CODES = {
+    "relu": (1, 0.0),
+    "relu6": (2, 0.0),
+    "leaky_relu": (3, 0.01),
+    "elu": (4, 1.0),
+    "sigmoid": (5, 0.0),
+    "hard_sigmoid": (6, 0.0),
+    "tanh": (7, 0.0),
+    "softplus": (8, 0.0),
+    "softsign": (9, 0.0),
+    "gelu": (10, 0.0),  # exact erf form; approximate=True -> 11
+}
+GELU_TANH = 11
+# Activations whose derivative depends on the output alone (csrc ActGradFromOutput).
+GRAD_FROM_OUTPUT = {0, 1, 2, 5, 7}
+
+
+def check_float(name: str, x, op: str) -> None:
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or not any(dtype == d for d in FLOAT_DTYPES):
+        raise TypeError(f"{op}: `{name}` must be float32, float16 or bfloat16, got {dtype}")
+
+
+def check_rank(name: str, x, rank: int, layout: str, op: str) -> None:
+    if jnp.ndim(x) != rank:
+        raise ValueError(f"{op}: `{name}` must have rank {rank} {layout}, got shape {tuple(jnp.shape(x))}")
+
+
+def check_shape(name: str, x, shape: tuple, op: str) -> None:
+    if tuple(jnp.shape(x)) != tuple(shape):
+        raise ValueError(f"{op}: `{name}` must have shape {tuple(shape)}, got {tuple(jnp.shape(x))}")
+
+
+def int_tuple(name: str, v, n: int, op: str, minimum: int = 1) -> tuple[int, ...]:
+    """int or length-n sequence of ints, each >= minimum."""
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        t = (int(v),) * n
+    elif isinstance(v, (tuple, list)) and len(v) == n and all(
+        isinstance(e, (int, np.integer)) and not isinstance(e, bool) for e in v
+    ):
+        t = tuple(int(e) for e in v)
+    else:
+        raise ValueError(f"{op}: `{name}` must be an int or a tuple of {n} ints, got {v!r}")
+    if any(e < minimum for e in t):
+        raise ValueError(f"{op}: `{name}` entries must be >= {minimum}, got {v!r}")
+    return t
+
+
+def padding_pairs(padding, in_spatial, window, stride, dilation, op: str) -> tuple[tuple[int, int], ...]:
+    """Explicit (lo, hi) per spatial dim, with the meaning of lax.conv_general_dilated."""
+    n = len(in_spatial)
+    if isinstance(padding, str):
+        p = padding.upper()
+        if p == "VALID":
+            return ((0, 0),) * n
+        if p == "SAME":
+            out = []
+            for i, k, s, d in zip(in_spatial, window, stride, dilation):
+                ek = (k - 1) * d + 1
+                o = -(-i // s)
+                total = max((o - 1) * s + ek - i, 0)
+                out.append((total // 2, total - total // 2))
+            return tuple(out)
+        raise ValueError(f"{op}: `padding` must be 'SAME', 'VALID', an int or {n} (lo, hi) pairs, got {padding!r}")
+    if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
+        if padding < 0:
+            raise ValueError(f"{op}: `padding` must be >= 0, got {padding}")
+        return ((int(padding), int(padding)),) * n
+    try:
+        pairs = tuple((int(lo), int(hi)) for lo, hi in padding)
+    except (TypeError, ValueError):
+        pairs = None
+    if pairs is None or len(pairs) != n:
+        raise ValueError(f"{op}: `padding` must be 'SAME', 'VALID', an int or {n} (lo, hi) pairs, got {padding!r}")
+    return pairs
+
+
+def activation_code(activation, op: str) -> tuple[int, float]:
+    """None | name | (name, {params}) -> (code, alpha)."""
+    if activation is None:
+        return 0, 0.0
+    params = {}
+    if isinstance(activation, (tuple, list)) and len(activation) == 2 and isinstance(activation[1], dict):
+        activation, params = activation
+    return activation_from_name(activation, params, op)
+
+
+def activation_from_name(name, params: dict, op: str) -> tuple[int, float]:
+    if not isinstance(name, str) or name not in ACTIVATION_CODES:
+        raise ValueError(f"{op}: unknown activation {name!r}; expected one of {sorted(ACTIVATION_CODES)}")
+    code, alpha = ACTIVATION_CODES[name]
+    params = dict(params)
+    if name == "gelu":
+        if params.pop("approximate", False):
+            code = GELU_TANH
+    elif name in ("leaky_relu", "elu"):
+        alpha = float(params.pop("alpha", alpha))
+    if params:
+        raise ValueError(f"{op}: activation {name!r} got unknown parameters {sorted(params)}")
+    return code, alpha
