@@ -46,3 +46,58 @@ def softmax(x, axis=-1):
 def log_softmax(x, axis=-1):
     s = x - jnp.max(x, axis=axis, keepdims=True)
     return s - jnp.log(jnp.sum(jnp.exp(s), axis=axis, keepdims=True))
+
+
+# ---- pooling and resampling (NHWC / NLC), written with lax.reduce_window and gathers ----------
+
+def _pool_pads(x, window, stride, padding, nsp):
+    window = (window,) * nsp if isinstance(window, int) else tuple(window)
+    stride = window if stride is None else ((stride,) * nsp if isinstance(stride, int) else tuple(stride))
+    if isinstance(padding, int):
+        padding = ((padding, padding),) * nsp
+    if isinstance(padding, str):
+        pads = lax.padtype_to_pads(x.shape[1:1 + nsp], window, stride, padding)
+    else:
+        pads = tuple(tuple(p) for p in padding)
+    return (1,) + window + (1,), (1,) + stride + (1,), ((0, 0),) + tuple(pads) + ((0, 0),)
+
+
+def pool_max(x, window, stride=None, padding="VALID"):
+    nsp = x.ndim - 2
+    w, s, p = _pool_pads(x, window, stride, padding, nsp)
+    return lax.reduce_window(x, -jnp.inf, lax.max, w, s, p)
+
+
+def pool_avg(x, window, stride=None, padding="VALID", count_include_pad=False):
+    nsp = x.ndim - 2
+    w, s, p = _pool_pads(x, window, stride, padding, nsp)
+    total = lax.reduce_window(x, 0.0, lax.add, w, s, p)
+    if count_include_pad:
+        return total / float(np.prod(w))
+    count = lax.reduce_window(jnp.ones(x.shape[1:-1], x.dtype)[None, ..., None], 0.0, lax.add, w, s, p)
+    return total / count
+
+
+def pool_global_avg(x):
+    return jnp.mean(x, axis=(1, 2))
+
+
+def _resample_linear_taps(n_in, scale):
+    # torch align_corners=False: src = (dst + 0.5) / scale - 0.5, clamped at 0.
+    src = np.maximum((np.arange(n_in * scale) + 0.5) / scale - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (src - i0).astype(np.float32)
+
+
+def resample_upsample2d(x, scale, method="nearest"):
+    sh, sw = (scale, scale) if isinstance(scale, int) else scale
+    h, w = x.shape[1], x.shape[2]
+    if method == "nearest":
+        return x[:, np.arange(h * sh) // sh][:, :, np.arange(w * sw) // sw]
+    h0, h1, lh = _resample_linear_taps(h, sh)
+    w0, w1, lw = _resample_linear_taps(w, sw)
+    lh = lh[None, :, None, None]
+    lw = lw[None, None, :, None]
+    rows = x[:, h0] * (1 - lh) + x[:, h1] * lh
+    return rows[:, :, w0] * (1 - lw) + rows[:, :, w1] * lw
