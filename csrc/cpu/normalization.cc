@@ -38,7 +38,7 @@ int64_t BlockRows(int64_t ct) { return std::clamp<int64_t>(kBlockElems / ct, 1, 
 
 // Mean and M2 (sum of squared deviations) per channel over rows [s0, s1) of x (row stride C).
 void ChunkMeanM2(const float* __restrict x, int64_t C, int64_t s0, int64_t s1, double* mean, double* m2) {
-  float bs[kTile], bq[kTile];
+  float bs[kTile], bd[kTile], bq[kTile];
   for (int64_t c0 = 0; c0 < C; c0 += kTile) {
     const int64_t ct = std::min(kTile, C - c0), B = BlockRows(ct);
     double* mu = mean + c0;
@@ -55,19 +55,24 @@ void ChunkMeanM2(const float* __restrict x, int64_t C, int64_t s0, int64_t s1, d
       }
       const float inv = 1.f / static_cast<float>(nb);
       for (int64_t c = 0; c < ct; ++c) bs[c] *= inv;
+      // Second pass around the float block mean m' (block is in cache), corrected for the
+      // rounding of m': mean = m' + sum(d)/nb, M2 = sum(d^2) - sum(d)^2/nb with d = x - m'.
+      std::fill(bd, bd + ct, 0.f);
       std::fill(bq, bq + ct, 0.f);
       for (int64_t r = r0; r < r0 + nb; ++r) {
         const float* xr = x + r * C + c0;
         for (int64_t c = 0; c < ct; ++c) {
           const float d = xr[c] - bs[c];
+          bd[c] += d;
           bq[c] += d * d;
         }
       }
       const double nn = n + nb, wa = nb / nn, wb = n * nb / nn;
       for (int64_t c = 0; c < ct; ++c) {
-        const double delta = static_cast<double>(bs[c]) - mu[c];
+        const double sd = bd[c], bm = bs[c] + sd / nb;
+        const double delta = bm - mu[c];
         mu[c] += delta * wa;
-        q[c] += static_cast<double>(bq[c]) + delta * delta * wb;
+        q[c] += std::max(0.0, bq[c] - sd * sd / nb) + delta * delta * wb;
       }
       n = nn;
     }
@@ -150,17 +155,18 @@ void GradSums(const float* x, const float* dz, const float* m, const NormView& v
   }
 }
 
-// out = (x - m) * a + b, with m, a, b per (g, c).
-void Affine(const float* __restrict x, const NormView& v, const float* m, const float* a, const float* b,
-            float* __restrict out) {
+// out = ((x - m) - ml) * a + b, with m, ml, a, b per (g, c). The mean is split in two floats
+// (m + ml) so that a large common offset does not cost the output its precision.
+void Affine(const float* __restrict x, const NormView& v, const float* m, const float* ml, const float* a,
+            const float* b, float* __restrict out) {
   const int64_t C = v.C;
 #pragma omp parallel for schedule(static) if (v.rows() * C >= kParMin)
   for (int64_t r = 0; r < v.rows(); ++r) {
     const int64_t g = r / v.S;
-    const float *mr = m + g * C, *ar = a + g * C, *br = b + g * C;
+    const float *mr = m + g * C, *lr = ml + g * C, *ar = a + g * C, *br = b + g * C;
     const float* xr = x + r * C;
     float* o = out + r * C;
-    for (int64_t c = 0; c < C; ++c) o[c] = (xr[c] - mr[c]) * ar[c] + br[c];
+    for (int64_t c = 0; c < C; ++c) o[c] = ((xr[c] - mr[c]) - lr[c]) * ar[c] + br[c];
   }
 }
 
@@ -179,8 +185,6 @@ void GradInput(const float* x, const float* dz, const NormView& v, const float* 
   }
 }
 
-std::vector<float> ToFloat(const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); }
-
 // Per-channel affine coefficients broadcast to G groups: a = scale * rstd, b = bias.
 void AffineCoeffs(const NormView& v, const float* scale, const float* bias, const std::vector<double>& rstd,
                   std::vector<float>& a, std::vector<float>& b) {
@@ -194,11 +198,15 @@ void AffineCoeffs(const NormView& v, const float* scale, const float* bias, cons
 }
 
 // y = act((x - mean) * scale * rstd + bias).
-void NormForward(const float* x, const NormView& v, const std::vector<float>& mean, const float* scale,
+void NormForward(const float* x, const NormView& v, const std::vector<double>& mean, const float* scale,
                  const float* bias, const std::vector<double>& rstd, Act act, float alpha, float* y) {
-  std::vector<float> a, b;
+  std::vector<float> a, b, m(mean.size()), ml(mean.size());
+  for (size_t i = 0; i < mean.size(); ++i) {
+    m[i] = static_cast<float>(mean[i]);
+    ml[i] = static_cast<float>(mean[i] - m[i]);
+  }
   AffineCoeffs(v, scale, bias, rstd, a, b);
-  Affine(x, v, mean.data(), a.data(), b.data(), y);
+  Affine(x, v, m.data(), ml.data(), a.data(), b.data(), y);
   ActForward(act, alpha, v.rows() * v.C, y, y);
 }
 
@@ -212,9 +220,9 @@ const float* PreActGrad(const float* x, const float* s, const float* dy, const N
   if (from_output) {
     ActBackward(act, alpha, n, s, dy, dx, true);
   } else {
-    std::vector<float> z(n), a, b;
+    std::vector<float> z(n), a, b, zero(mean.size(), 0.f);
     AffineCoeffs(v, scale, bias, rstd, a, b);
-    Affine(x, v, mean.data(), a.data(), b.data(), z.data());
+    Affine(x, v, mean.data(), zero.data(), a.data(), b.data(), z.data());
     ActBackward(act, alpha, n, z.data(), dy, dx, false);
   }
   return dx;
@@ -246,7 +254,7 @@ ffi::Error BnFwd(F32 x, F32 scale, F32 bias, R32 y, R32 mean, R32 var, R32 rstd,
       var->typed_data()[c] = static_cast<float>(var_d[c]);
       rstd->typed_data()[c] = static_cast<float>(rs[c]);
     }
-    NormForward(x.typed_data(), v, ToFloat(mu), scale.typed_data(), bias.typed_data(), rs, static_cast<Act>(act),
+    NormForward(x.typed_data(), v, mu, scale.typed_data(), bias.typed_data(), rs, static_cast<Act>(act),
                 alpha, y->typed_data());
     return ffi::Error::Success();
   });
@@ -317,7 +325,7 @@ ffi::Error BniFwd(F32 x, F32 scale, F32 bias, F32 mean, F32 var, R32 y, float ep
   JAX_MPS_RETURN_IF_ERROR(CheckFusedAct(op, act, alpha, 0));
   JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "y", y->element_count(), x.element_count()));
   return Guard(op, [&] {
-    std::vector<float> m(mean.typed_data(), mean.typed_data() + v.C);
+    std::vector<double> m(mean.typed_data(), mean.typed_data() + v.C);
     NormForward(x.typed_data(), v, m, scale.typed_data(), bias.typed_data(), Rstd(var.typed_data(), v.C, eps),
                 static_cast<Act>(act), alpha, y->typed_data());
     return ffi::Error::Success();
@@ -377,7 +385,7 @@ ffi::Error InFwd(F32 x, F32 scale, F32 bias, R32 y, R32 mean, R32 rstd, float ep
       mean->typed_data()[i] = static_cast<float>(mu[i]);
       rstd->typed_data()[i] = static_cast<float>(var[i]);
     }
-    NormForward(x.typed_data(), v, ToFloat(mu), scale.typed_data(), bias.typed_data(), var, Act::kNone, 0.f,
+    NormForward(x.typed_data(), v, mu, scale.typed_data(), bias.typed_data(), var, Act::kNone, 0.f,
                 y->typed_data());
     return ffi::Error::Success();
   });
