@@ -101,3 +101,31 @@ def resample_upsample2d(x, scale, method="nearest"):
     lw = lw[None, None, :, None]
     rows = x[:, h0] * (1 - lh) + x[:, h1] * lh
     return rows[:, :, w0] * (1 - lw) + rows[:, :, w1] * lw
+# ---- normalization (batch / instance / local response norm), channels last ----
+
+def norm_batch_norm(x, scale, bias, epsilon=1e-5, activation=None):
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axis=axes)
+    var = jnp.mean(jnp.square(x - mean), axis=axes)
+    y = (x - mean) / jnp.sqrt(var + epsilon) * scale + bias
+    return globals()["activation"](y, activation), mean, var
+
+
+def norm_batch_norm_inference(x, scale, bias, mean, var, epsilon=1e-5, activation=None):
+    y = (x - mean) / jnp.sqrt(var + epsilon) * scale + bias
+    return globals()["activation"](y, activation)
+
+
+def norm_instance_norm(x, scale, bias, epsilon=1e-5):
+    axes = tuple(range(1, x.ndim - 1))
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+    return (x - mean) / jnp.sqrt(var + epsilon) * scale + bias
+
+
+def norm_local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=1.0):
+    h = size // 2
+    sq = jnp.pad(jnp.square(x), [(0, 0)] * (x.ndim - 1) + [(h, h)])
+    c = x.shape[-1]
+    win = sum(sq[..., i:i + c] for i in range(size))
+    return x / (k + alpha / size * win) ** beta
