@@ -56,11 +56,11 @@ struct Pre {
   float rescale, lo, hi, nscale, l1, l2;
 };
 
-inline float Prep(float g, float p, const Pre& c) {
+inline float Prep(float g, float p, Pre c) {
   g = g * c.rescale;
   g = std::min(std::max(g, c.lo), c.hi);
   g = g * c.nscale;
-  float sg = p > 0.f ? 1.f : (p < 0.f ? -1.f : 0.f);
+  const float sg = float(p > 0.f) - float(p < 0.f);
   return g + (c.l2 * p + c.l1 * sg);
 }
 
@@ -73,6 +73,7 @@ double SqNorm(const std::vector<Leaf>& leaves, const std::vector<Chunk>& chunks,
     const Chunk& ch = chunks[k];
     const P* __restrict g = static_cast<const P*>(leaves[ch.leaf].g);
     float part = 0.f;  // a chunk is short: float partials, double across chunks
+#pragma omp simd reduction(+ : part)
     for (int64_t i = ch.begin; i < ch.end; ++i) {
       float v = std::min(std::max(Ld<P>(g[i]) * c.rescale, c.lo), c.hi);
       part += v * v;
@@ -92,6 +93,8 @@ struct Hyper {
   float eps, mom, wd;
 };
 
+// Hyperparameters are copied into locals: read through a reference they could alias the
+// stores, which keeps GCC from hoisting them and vectorizing.
 template <typename P, OptRule R, bool kMom, bool kNesterov, bool kAms, bool kCentered>
 void StepChunk(const Leaf& L, int64_t b, int64_t e, const Pre& c, const Hyper& h) {
   const P* __restrict p = static_cast<const P*>(L.p);
@@ -103,48 +106,52 @@ void StepChunk(const Leaf& L, int64_t b, int64_t e, const Pre& c, const Hyper& h
   float* __restrict o0 = L.s_out[0];
   float* __restrict o1 = L.s_out[1];
   float* __restrict o2 = L.s_out[2];
+  const Pre pre = c;
+  const float nlr = h.nlr, keep = h.keep, b1 = h.b1, ob1 = h.ob1, b2 = h.b2, ob2 = h.ob2;
+  const float bc1 = h.bc1, bc2 = h.bc2, eps = h.eps, mom = h.mom, wd = h.wd;
   for (int64_t i = b; i < e; ++i) {
     const float pv = Ld<P>(p[i]);
-    const float gv = Prep(Ld<P>(g[i]), pv, c);
+    const float gv = Prep(Ld<P>(g[i]), pv, pre);
     float d;
     if constexpr (R == OptRule::kSgd) {  // optax.trace then scale_by_learning_rate
       float u = gv;
       if constexpr (kMom) {
-        float t = gv + h.mom * a0[i];
+        float t = gv + mom * a0[i];
         o0[i] = t;
-        u = kNesterov ? gv + h.mom * t : t;
+        u = kNesterov ? gv + mom * t : t;
       }
-      d = h.nlr * u;
+      d = nlr * u;
     } else if constexpr (R == OptRule::kAdam) {  // optax.scale_by_adam / scale_by_amsgrad
-      float m = h.ob1 * gv + h.b1 * a0[i];
-      float v = h.ob2 * (gv * gv) + h.b2 * a1[i];
+      float m = ob1 * gv + b1 * a0[i];
+      float v = ob2 * (gv * gv) + b2 * a1[i];
       o0[i] = m;
       o1[i] = v;
-      float vh = v / h.bc2;
+      float vh = v / bc2;
       if constexpr (kAms) {
         vh = std::max(a2[i], vh);
         o2[i] = vh;
       }
-      float u = (m / h.bc1) / (std::sqrt(vh) + h.eps);
-      d = h.nlr * (u + h.wd * pv);
+      float u = (m / bc1) / (std::sqrt(vh) + eps);
+      d = nlr * (u + wd * pv);
     } else {  // optax.rmsprop: scale_by_rms / scale_by_stddev, lr, then trace
-      float v = h.ob2 * (gv * gv) + h.b2 * a0[i];
+      float v = ob2 * (gv * gv) + b2 * a0[i];
       o0[i] = v;
       float den = v;
       if constexpr (kCentered) {
-        float m = h.ob2 * gv + h.b2 * a1[i];
+        float m = ob2 * gv + b2 * a1[i];
         o1[i] = m;
         den = v - m * m;
       }
-      d = h.nlr * ((1.f / std::sqrt(den + h.eps)) * gv);
-      if constexpr (kMom) {
-        const int s = kCentered ? 2 : 1;
-        float t = d + h.mom * L.s_in[s][i];
-        L.s_out[s][i] = t;
+      d = nlr * ((1.f / std::sqrt(den + eps)) * gv);
+      if constexpr (kMom) {  // the momentum slot follows nu (and mu when centered)
+        const float* __restrict ti = kCentered ? a2 : a1;
+        float* __restrict to = kCentered ? o2 : o1;
+        float t = d + mom * ti[i];
+        to[i] = t;
         d = t;
       }
     }
-    out[i] = St<P>(h.keep * pv + d);
+    out[i] = St<P>(keep * pv + d);
   }
 }
 
