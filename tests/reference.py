@@ -210,3 +210,63 @@ def dropout_keep_mask(key_data, n, rate):
                          np.full_like(blocks, k2), np.full_like(blocks, k3)), kd[:2])[:n]
     threshold = min(max(int(round((1.0 - rate) * 2.0**32)), 1), 2**32)
     return r < np.uint64(threshold)
+# ----------------------------------------------------------------------------- optimizers (mps.optim)
+# One step of the mps.optim pipeline from the math: rescale -> clip by value -> clip by global
+# norm -> coupled L1/L2 -> update rule. `state` is a dict of trees (float32) plus "count";
+# optimizer hyperparameters as in API.md. Returns (new_params, new_state), params kept in their dtype.
+def optim_step(rule, params, grads, state, lr, *, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+               amsgrad=False, momentum=0.0, nesterov=False, decay=0.9, centered=False,
+               gradient_rescale=1.0, clip_value=None, clip_norm=None, regularization=None,
+               regularization_scale=0.0):
+    f32 = lambda t: jax.tree.map(lambda x: x.astype(jnp.float32), t)
+    p32, g = f32(params), f32(grads)
+    g = jax.tree.map(lambda x: x * gradient_rescale, g)
+    if clip_value is not None:
+        g = jax.tree.map(lambda x: jnp.clip(x, -clip_value, clip_value), g)
+    if clip_norm is not None:
+        norm = jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree.leaves(g)))
+        g = jax.tree.map(lambda x: jnp.where(norm < clip_norm, x, x * (clip_norm / norm)), g)
+    if regularization == "l2":
+        g = jax.tree.map(lambda x, p: x + regularization_scale * p, g, p32)
+    elif regularization == "l1":
+        g = jax.tree.map(lambda x, p: x + regularization_scale * jnp.sign(p), g, p32)
+    count = state["count"]
+    rate = lr(count) if callable(lr) else lr
+    t = count + 1
+    new = {"count": t}
+    if rule == "sgd":
+        if momentum:
+            tr = jax.tree.map(lambda x, m: x + momentum * m, g, state["trace"])
+            new["trace"] = tr
+            u = jax.tree.map(lambda x, m: x + momentum * m, g, tr) if nesterov else tr
+        else:
+            u = g
+        delta = jax.tree.map(lambda x: -rate * x, u)
+    elif rule == "adam":
+        mu = jax.tree.map(lambda x, m: (1 - b1) * x + b1 * m, g, state["mu"])
+        nu = jax.tree.map(lambda x, v: (1 - b2) * x * x + b2 * v, g, state["nu"])
+        new["mu"], new["nu"] = mu, nu
+        nu_hat = jax.tree.map(lambda v: v / (1 - b2 ** t), nu)
+        if amsgrad:
+            nu_hat = jax.tree.map(jnp.maximum, state["nu_max"], nu_hat)
+            new["nu_max"] = nu_hat
+        u = jax.tree.map(lambda m, v: (m / (1 - b1 ** t)) / (jnp.sqrt(v) + eps), mu, nu_hat)
+        u = jax.tree.map(lambda x, p: x + weight_decay * p, u, p32)
+        delta = jax.tree.map(lambda x: -rate * x, u)
+    elif rule == "rmsprop":
+        nu = jax.tree.map(lambda x, v: (1 - decay) * x * x + decay * v, g, state["nu"])
+        new["nu"] = nu
+        if centered:
+            mu = jax.tree.map(lambda x, m: (1 - decay) * x + decay * m, g, state["mu"])
+            new["mu"] = mu
+            den = jax.tree.map(lambda v, m: v - m * m, nu, mu)
+        else:
+            den = nu
+        delta = jax.tree.map(lambda x, d: -rate * x / jnp.sqrt(d + eps), g, den)
+        if momentum:
+            delta = jax.tree.map(lambda d, m: d + momentum * m, delta, state["momentum"])
+            new["momentum"] = delta
+    else:
+        raise ValueError(rule)
+    out = jax.tree.map(lambda p, d, p0: (p + d).astype(p0.dtype), p32, delta, params)
+    return out, new
