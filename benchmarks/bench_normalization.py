@@ -13,11 +13,12 @@ import numpy as np
 import jax_mps as mps
 
 
-def xla_bn(x, scale, bias, epsilon=1e-5):
+def xla_bn(x, scale, bias, epsilon=1e-5, activation=None):
     axes = tuple(range(x.ndim - 1))
     mean = jnp.mean(x, axis=axes)
     var = jnp.mean(jnp.square(x - mean), axis=axes)
-    return (x - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias, mean, var
+    y = (x - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias
+    return (jax.nn.relu(y) if activation == "relu" else y), mean, var
 
 
 def bench(f, args, reps):
@@ -40,18 +41,20 @@ def main():
     b = jnp.asarray(r.normal(size=c).astype(np.float32))
     g = jnp.asarray(r.normal(size=shape).astype(np.float32))
 
-    for name, fn in [("jax_mps", mps.batch_norm), ("xla", xla_bn)]:
-        fwd = jax.jit(lambda x, s, b: fn(x, s, b)[0])
-        _, vjp_fn = None, None
+    for act in (None, "relu"):
+        for name, fn in [("jax_mps", mps.batch_norm), ("xla", xla_bn)]:
+            def y_of(x, s, b, fn=fn):
+                return fn(x, s, b, activation=act)[0]
 
-        @jax.jit
-        def fwd_bwd(x, s, b, g):
-            y, vjp = jax.vjp(lambda x, s, b: fn(x, s, b)[0], x, s, b)
-            return y, vjp(g)
+            @jax.jit
+            def fwd_bwd(x, s, b, g, y_of=y_of):
+                y, vjp = jax.vjp(y_of, x, s, b)
+                return y, vjp(g)
 
-        fm, fmin = bench(fwd, (x, s, b), reps)
-        bm, bmin = bench(fwd_bwd, (x, s, b, g), reps)
-        print(f"{name:8s} {shape} fwd {fm:8.2f} ms (min {fmin:.2f})   fwd+bwd {bm:8.2f} ms (min {bmin:.2f})")
+            fm, fmin = bench(jax.jit(y_of), (x, s, b), reps)
+            bm, bmin = bench(fwd_bwd, (x, s, b, g), reps)
+            print(f"{name:8s} {shape} act={act!s:5s} fwd {fm:7.2f} ms (min {fmin:6.2f})   "
+                  f"fwd+bwd {bm:7.2f} ms (min {bmin:6.2f})")
 
 
 if __name__ == "__main__":
