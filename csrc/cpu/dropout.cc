@@ -9,7 +9,20 @@
 namespace jax_mps::cpu {
 namespace {
 
-constexpr int64_t kParallelMinBytes = 4096;  // mask bytes (32k elements) below which we stay serial
+constexpr int64_t kParallelMin = 32768;  // elements below which threads cost more than they save
+
+// Runs fn(i) for i in [0, n): OpenMP threads only when `work` is large, and no parallel region at
+// all otherwise (even a one-thread region costs microseconds, which dominate small batches).
+template <typename F>
+void ParallelFor(int64_t n, int64_t work, F&& fn) {
+  if (work > kParallelMin) {
+#pragma omp parallel for
+    for (int64_t i = 0; i < n; ++i) fn(i);
+  } else {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+  }
+}
+
 
 ffi::Error DropoutFwd(ffi::Buffer<ffi::U32> key, ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y,
                       ffi::ResultBuffer<ffi::U8> mask, int64_t threshold, float scale) {
@@ -28,8 +41,7 @@ ffi::Error DropoutFwd(ffi::Buffer<ffi::U32> key, ffi::Buffer<ffi::F32> x, ffi::R
   const float* xp = x.typed_data();
   float* yp = y->typed_data();
   uint8_t* mp = mask->typed_data();
-#pragma omp parallel for if (nbytes > kParallelMinBytes)
-  for (int64_t b = 0; b < nbytes; ++b) {
+  ParallelFor(nbytes, n, [&](int64_t b) {
     uint8_t bits = 0;
     for (int h = 0; h < 2; ++h) {
       const uint64_t blk = uint64_t(b) * 2 + h;  // 4 elements per Philox block
@@ -44,7 +56,7 @@ ffi::Error DropoutFwd(ffi::Buffer<ffi::U32> key, ffi::Buffer<ffi::F32> x, ffi::R
       }
     }
     mp[b] = bits;
-  }
+  });
   return ffi::Error::Success();
 }
 
@@ -59,8 +71,7 @@ ffi::Error DropoutBwd(ffi::Buffer<ffi::U8> mask, ffi::Buffer<ffi::F32> g, ffi::R
   const uint8_t* mp = mask.typed_data();
   const float* gp = g.typed_data();
   float* dp = dx->typed_data();
-#pragma omp parallel for if (nbytes > kParallelMinBytes)
-  for (int64_t i = 0; i < n; ++i) dp[i] = (mp[i >> 3] >> (i & 7)) & 1 ? gp[i] * scale : 0.f;
+  ParallelFor(n, n, [&](int64_t i) { dp[i] = (mp[i >> 3] >> (i & 7)) & 1 ? gp[i] * scale : 0.f; });
   return ffi::Error::Success();
 }
 
