@@ -1,5 +1,5 @@
 // Losses on the CPU: one fused kernel computes the per-sample losses and the reduction, one fused
-// kernel computes every gradient (recomputing the per-sample values: cheaper than saving them).
+// kernel computes every gradient (recomputing per-sample values; softmax CE reuses the row log-sum-exps).
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -128,6 +128,50 @@ inline float Lse(const float* x, int64_t c) {
   return m + std::log(ExpShift(x, c, m, nullptr));
 }
 
+// Element-wise kinds, with the kind a template parameter so that the per-element switch folds
+// away and the row loops vectorise.
+template <LossKind K>
+float ElemRowSum(const float* x, const float* t, int64_t n, float param) {
+  float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t j = 0; j < n; ++j) acc += ElemLoss(K, x[j], t[j], param);
+  return acc;
+}
+
+template <LossKind K>
+void ElemRowGrad(const float* x, const float* t, int64_t n, float param, float scale, float* dx, float* dt) {
+  if (dt) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      ElemGrad g = ElemLossGrad(K, x[j], t[j], param);
+      dx[j] = scale * g.dp;
+      dt[j] = scale * g.dt;
+    }
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) dx[j] = scale * ElemLossGrad(K, x[j], t[j], param).dp;
+  }
+}
+
+#define JAX_MPS_ELEM_DISPATCH(kind, FN, ...)                                     \
+  switch (kind) {                                                                \
+    case LossKind::kSigmoidCE: return FN<LossKind::kSigmoidCE>(__VA_ARGS__);     \
+    case LossKind::kMSE: return FN<LossKind::kMSE>(__VA_ARGS__);                 \
+    case LossKind::kMAE: return FN<LossKind::kMAE>(__VA_ARGS__);                 \
+    case LossKind::kHuber: return FN<LossKind::kHuber>(__VA_ARGS__);             \
+    case LossKind::kHinge: return FN<LossKind::kHinge>(__VA_ARGS__);             \
+    default: return FN<LossKind::kKL>(__VA_ARGS__);                              \
+  }
+
+float ElemRowSumAny(LossKind k, const float* x, const float* t, int64_t n, float param) {
+  JAX_MPS_ELEM_DISPATCH(k, ElemRowSum, x, t, n, param)
+}
+
+void ElemRowGradAny(LossKind k, const float* x, const float* t, int64_t n, float param, float scale, float* dx,
+                    float* dt) {
+  JAX_MPS_ELEM_DISPATCH(k, ElemRowGrad, x, t, n, param, scale, dx, dt)
+}
+
 // Unweighted per-sample loss of row i. Softmax CE: `*lse` is the row's log-sum-exp, taken as given
 // when `have_lse`, else computed and stored.
 inline float RowLoss(const LossArgs& a, int64_t i, float* lse, bool have_lse) {
@@ -153,10 +197,8 @@ inline float RowLoss(const LossArgs& a, int64_t i, float* lse, bool have_lse) {
     return acc;
   }
   const float* t = a.target + i * d.d;
-  double acc = 0.0;
-  for (int64_t j = 0; j < d.d; ++j) acc += ElemLoss(d.kind, x[j], t[j], d.param);
-  if (d.elementwise()) acc /= double(d.d);
-  return static_cast<float>(acc);
+  float acc = ElemRowSumAny(d.kind, x, t, d.d, d.param);
+  return d.elementwise() ? acc / float(d.d) : acc;
 }
 
 // Divisor of the reduced value (0 for none, which is never divided); 0 divisor -> result 0.
@@ -271,11 +313,7 @@ ffi::Error LossBwd(ffi::Buffer<ffi::F32> pred, ffi::AnyBuffer target, ffi::Buffe
     }
     const float* t = a.target + i * d.d;
     const float ce = c * inv_d;
-    for (int64_t j = 0; j < d.d; ++j) {
-      ElemGrad eg = ElemLossGrad(d.kind, x[j], t[j], d.param);
-      dxi[j] = ce * eg.dp;
-      if (dti) dti[j] = ce * eg.dt;
-    }
+    ElemRowGradAny(d.kind, x, t, d.d, d.param, ce, dxi, dti);
   });
   return ffi::Error::Success();
 }
