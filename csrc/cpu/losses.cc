@@ -56,9 +56,9 @@ ffi::Error Decode(ffi::Buffer<ffi::F32>& pred, ffi::AnyBuffer& target, ffi::Buff
   return ffi::Error::Success();
 }
 
-// Vectorised exp (std::exp does not vectorise at the baseline ISA without -ffast-math): Cephes
+// exp for softmax (std::exp does not vectorise at the baseline ISA without -ffast-math): Cephes
 // polynomial after exp(x) = 2^n exp(r), ~1e-7 relative error; arguments below -87 give ~1e-38.
-#pragma omp declare simd notinbranch
+// Exp4 is the SSE2 form, ExpF the scalar one for row tails.
 inline float ExpF(float x) {
   x = x < -87.f ? -87.f : x;
   const float kMagic = 12582912.f;  // 1.5 * 2^23: adding it rounds to the nearest integer
