@@ -19,8 +19,9 @@ namespace {
 
 using Span = ffi::Span<const int64_t>;
 
-// Below this many window reads a single thread is faster than waking the OpenMP team.
-constexpr int64_t kParallelWork = 1 << 15;
+// Below this many window reads one thread is as fast as two (these kernels are memory-bound) and
+// cannot stall on an OpenMP team member descheduled by XLA's own threads.
+constexpr int64_t kParallelWork = 1 << 20;
 
 // Clipped window [h0, h1) x [w0, w1) of output (i, j).
 struct Win {
@@ -49,7 +50,8 @@ inline void StoreTail(float* p, __m128 v, int64_t r) {
   if (r == 3) _mm_store_ss(p + 2, _mm_movehl_ps(v, v));
 }
 inline void MaxLanes(__m128 v, __m128 cur, __m128i sv, __m128i ci, __m128* m, __m128i* ix) {
-  const __m128 t = _mm_or_ps(_mm_cmpgt_ps(v, cur), _mm_andnot_ps(_mm_cmpunord_ps(cur, cur), _mm_cmpunord_ps(v, v)));
+  // !(v <= cur) is v > cur or either is NaN; masking with "cur is a number" keeps the first NaN.
+  const __m128 t = _mm_and_ps(_mm_cmpnle_ps(v, cur), _mm_cmpord_ps(cur, cur));
   const __m128i ti = _mm_castps_si128(t);
   *m = _mm_or_ps(_mm_and_ps(t, v), _mm_andnot_ps(t, cur));
   *ix = _mm_or_si128(_mm_and_si128(ti, sv), _mm_andnot_si128(ti, ci));
