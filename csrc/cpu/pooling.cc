@@ -214,27 +214,31 @@ void AvgFwd(const Pool2DDesc& d, bool include_pad, const float* x, float* y) {
     }
 }
 
-// Scatter-add of dy / divisor into every tap of each window (windows may overlap, so threads
-// split the batch only).
+// Gather form: each input pixel sums dy / divisor over the windows holding it, so dx is written
+// once (no zero fill, no read-modify-write) and rows split across threads without races.
 template <int64_t CT>
 void AvgBwd(const Pool2DDesc& d, bool include_pad, const float* dy, float* dx) {
-  const int64_t c = CT ? CT : d.c, hw = d.h * d.w;
-#pragma omp parallel for if (Work(d) > kParallelWork)
-  for (int64_t n = 0; n < d.n; ++n) {
-    float* dxn = dx + n * hw * c;
-    std::memset(dxn, 0, hw * c * sizeof(float));
-    for (int64_t i = 0; i < d.oh; ++i)
-      for (int64_t j = 0; j < d.ow; ++j) {
-        const Win win = Window(d, i, j);
-        const float* g = dy + ((n * d.oh + i) * d.ow + j) * c;
-        const float inv = 1.f / Divisor(d, win, include_pad);
-        for (int64_t ih = win.h0; ih < win.h1; ++ih)
-          for (int64_t iw = win.w0; iw < win.w1; ++iw) {
-            float* __restrict r = dxn + (ih * d.w + iw) * c;
+  const int64_t c = CT ? CT : d.c;
+#pragma omp parallel for collapse(2) if (Work(d) > kParallelWork)
+  for (int64_t n = 0; n < d.n; ++n)
+    for (int64_t ih = 0; ih < d.h; ++ih) {
+      // Outputs i with i * sh - pt <= ih < i * sh - pt + kh.
+      const int64_t ah = ih + d.pt - d.kh + 1;
+      const int64_t i0 = ah <= 0 ? 0 : (ah + d.sh - 1) / d.sh, i1 = std::min(d.oh - 1, (ih + d.pt) / d.sh);
+      float* dr = dx + (n * d.h + ih) * d.w * c;
+      for (int64_t iw = 0; iw < d.w; ++iw) {
+        const int64_t aw = iw + d.pl - d.kw + 1;
+        const int64_t j0 = aw <= 0 ? 0 : (aw + d.sw - 1) / d.sw, j1 = std::min(d.ow - 1, (iw + d.pl) / d.sw);
+        float* __restrict r = dr + iw * c;
+        for (int64_t k = 0; k < c; ++k) r[k] = 0.f;
+        for (int64_t i = i0; i <= i1; ++i)
+          for (int64_t j = j0; j <= j1; ++j) {
+            const float inv = 1.f / Divisor(d, Window(d, i, j), include_pad);
+            const float* __restrict g = dy + ((n * d.oh + i) * d.ow + j) * c;
             for (int64_t k = 0; k < c; ++k) r[k] += g[k] * inv;
           }
       }
-  }
+    }
 }
 
 ffi::Error MaxPoolFwd(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::S32> idx,
