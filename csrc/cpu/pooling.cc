@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <vector>
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -215,27 +216,38 @@ void AvgFwd(const Pool2DDesc& d, bool include_pad, const float* x, float* y) {
 }
 
 // Gather form: each input pixel sums dy / divisor over the windows holding it, so dx is written
-// once (no zero fill, no read-modify-write) and rows split across threads without races.
+// once (no zero fill, no read-modify-write) and rows split across threads without races. Window
+// ranges and divisors are tabulated once per call (integer divisions per pixel cost more than the
+// arithmetic).
 template <int64_t CT>
 void AvgBwd(const Pool2DDesc& d, bool include_pad, const float* dy, float* dx) {
   const int64_t c = CT ? CT : d.c;
+  // Outputs i with i * s - p <= x < i * s - p + k, clipped to [0, out).
+  auto range = [](int64_t x, int64_t p, int64_t k, int64_t s, int64_t out, int64_t* lo, int64_t* hi) {
+    const int64_t a = x + p - k + 1;
+    *lo = a <= 0 ? 0 : (a + s - 1) / s;
+    *hi = std::min(out - 1, (x + p) / s);
+  };
+  std::vector<int64_t> hr(2 * d.h), wr(2 * d.w);
+  for (int64_t x = 0; x < d.h; ++x) range(x, d.pt, d.kh, d.sh, d.oh, &hr[2 * x], &hr[2 * x + 1]);
+  for (int64_t x = 0; x < d.w; ++x) range(x, d.pl, d.kw, d.sw, d.ow, &wr[2 * x], &wr[2 * x + 1]);
+  std::vector<float> inv(d.oh * d.ow);
+  for (int64_t i = 0; i < d.oh; ++i)
+    for (int64_t j = 0; j < d.ow; ++j) inv[i * d.ow + j] = 1.f / Divisor(d, Window(d, i, j), include_pad);
 #pragma omp parallel for collapse(2) if (Work(d) > kParallelWork)
   for (int64_t n = 0; n < d.n; ++n)
     for (int64_t ih = 0; ih < d.h; ++ih) {
-      // Outputs i with i * sh - pt <= ih < i * sh - pt + kh.
-      const int64_t ah = ih + d.pt - d.kh + 1;
-      const int64_t i0 = ah <= 0 ? 0 : (ah + d.sh - 1) / d.sh, i1 = std::min(d.oh - 1, (ih + d.pt) / d.sh);
+      const int64_t i0 = hr[2 * ih], i1 = hr[2 * ih + 1];
       float* dr = dx + (n * d.h + ih) * d.w * c;
       for (int64_t iw = 0; iw < d.w; ++iw) {
-        const int64_t aw = iw + d.pl - d.kw + 1;
-        const int64_t j0 = aw <= 0 ? 0 : (aw + d.sw - 1) / d.sw, j1 = std::min(d.ow - 1, (iw + d.pl) / d.sw);
+        const int64_t j0 = wr[2 * iw], j1 = wr[2 * iw + 1];
         float* __restrict r = dr + iw * c;
         for (int64_t k = 0; k < c; ++k) r[k] = 0.f;
         for (int64_t i = i0; i <= i1; ++i)
           for (int64_t j = j0; j <= j1; ++j) {
-            const float inv = 1.f / Divisor(d, Window(d, i, j), include_pad);
+            const float q = inv[i * d.ow + j];
             const float* __restrict g = dy + ((n * d.oh + i) * d.ow + j) * c;
-            for (int64_t k = 0; k < c; ++k) r[k] += g[k] * inv;
+            for (int64_t k = 0; k < c; ++k) r[k] += g[k] * q;
           }
       }
     }
