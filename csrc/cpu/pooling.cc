@@ -6,6 +6,10 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <vector>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "cpu/dnnl_common.h"
 #include "runtime/pooling.h"
@@ -16,8 +20,9 @@ namespace {
 
 using Span = ffi::Span<const int64_t>;
 
-// Below this many window reads a single thread is faster than waking the OpenMP team.
-constexpr int64_t kParallelWork = 1 << 15;
+// Below this many window reads one thread is as fast as two (these kernels are memory-bound) and
+// cannot stall on an OpenMP team member descheduled by XLA's own threads.
+constexpr int64_t kParallelWork = 1 << 20;
 
 // Clipped window [h0, h1) x [w0, w1) of output (i, j).
 struct Win {
@@ -30,39 +35,138 @@ inline Win Window(const Pool2DDesc& d, int64_t i, int64_t j) {
 
 inline int64_t Work(const Pool2DDesc& d) { return d.n * d.oh * d.ow * d.c * d.kh * d.kw; }
 
+// One window tap over the C channels of one output: a running max with argmax (a NaN replaces a
+// number, never the reverse) and a running sum. The output row itself is the accumulator (small,
+// stays in L1). The max is written with SSE2 masks: compilers turn the scalar select into
+// branches, which mispredict on every other element of random data.
+#if defined(__SSE2__)
+// Loads/stores of r = 1..3 trailing lanes (r is a constant once CT is).
+inline __m128 LoadTail(const float* p, int64_t r) {
+  const __m128 lo = r >= 2 ? _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p))) : _mm_load_ss(p);
+  return r == 3 ? _mm_movelh_ps(lo, _mm_load_ss(p + 2)) : lo;
+}
+inline void StoreTail(float* p, __m128 v, int64_t r) {
+  if (r >= 2) _mm_store_sd(reinterpret_cast<double*>(p), _mm_castps_pd(v));
+  else _mm_store_ss(p, v);
+  if (r == 3) _mm_store_ss(p + 2, _mm_movehl_ps(v, v));
+}
+inline void MaxLanes(__m128 v, __m128 cur, __m128i sv, __m128i ci, __m128* m, __m128i* ix) {
+  // !(v <= cur) is v > cur or either is NaN; masking with "cur is a number" keeps the first NaN.
+  const __m128 t = _mm_and_ps(_mm_cmpnle_ps(v, cur), _mm_cmpord_ps(cur, cur));
+  const __m128i ti = _mm_castps_si128(t);
+  *m = _mm_or_ps(_mm_and_ps(t, v), _mm_andnot_ps(t, cur));
+  *ix = _mm_or_si128(_mm_and_si128(ti, sv), _mm_andnot_si128(ti, ci));
+}
+#endif
+
+template <int64_t CT>
+inline void MaxTap(int64_t c, const float* __restrict xr, int32_t s, float* __restrict m,
+                   int32_t* __restrict ix) {
+  if (CT) c = CT;
+  int64_t k = 0;
+#if defined(__SSE2__)
+  float* ixf = reinterpret_cast<float*>(ix);
+  const __m128i sv = _mm_set1_epi32(s);
+  for (; k + 4 <= c; k += 4) {
+    __m128 nm;
+    __m128i ni;
+    MaxLanes(_mm_loadu_ps(xr + k), _mm_loadu_ps(m + k), sv, _mm_loadu_si128(reinterpret_cast<__m128i*>(ix + k)),
+             &nm, &ni);
+    _mm_storeu_ps(m + k, nm);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(ix + k), ni);
+  }
+  if (const int64_t r = c - k) {
+    __m128 nm;
+    __m128i ni;
+    MaxLanes(LoadTail(xr + k, r), LoadTail(m + k, r), sv, _mm_castps_si128(LoadTail(ixf + k, r)), &nm, &ni);
+    StoreTail(m + k, nm, r);
+    StoreTail(ixf + k, _mm_castsi128_ps(ni), r);
+  }
+#else
+  for (; k < c; ++k) {
+    const float v = xr[k], cur = m[k];
+    if ((v > cur) | ((v != v) & (cur == cur))) {
+      m[k] = v;
+      ix[k] = s;
+    }
+  }
+#endif
+}
+
+template <int64_t CT>
+inline void SumTap(int64_t c, const float* __restrict xr, float* __restrict acc) {
+  if (CT) c = CT;
+  for (int64_t k = 0; k < c; ++k) acc[k] += xr[k];
+}
+
+// CT: the channel count as a compile-time constant (0: runtime), so the short channel loops of
+// small conv nets unroll instead of paying vector prologue/epilogue per tap.
+template <int64_t CT>
 void MaxFwd(const Pool2DDesc& d, const float* x, float* y, int32_t* idx) {
-  const int64_t c = d.c;
+  const int64_t c = CT ? CT : d.c;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 #pragma omp parallel for collapse(2) if (Work(d) > kParallelWork)
   for (int64_t n = 0; n < d.n; ++n)
     for (int64_t i = 0; i < d.oh; ++i) {
       const float* xn = x + n * d.h * d.w * c;
+      const int64_t o = (n * d.oh + i) * d.ow * c;
+      float* yr = y + o;
+      int32_t* ir = idx + o;
       for (int64_t j = 0; j < d.ow; ++j) {
         const Win win = Window(d, i, j);
-        const int64_t o = ((n * d.oh + i) * d.ow + j) * c;
-        float* yr = y + o;
-        int32_t* ir = idx + o;
-        // Start from the first real element (every window holds one): -inf inputs keep a gradient.
-        const int64_t first = win.h0 * d.w + win.w0;
-        std::memcpy(yr, xn + first * c, c * sizeof(float));
-        for (int64_t k = 0; k < c; ++k) ir[k] = static_cast<int32_t>(first);
-        for (int64_t ih = win.h0; ih < win.h1; ++ih)
-          for (int64_t iw = win.w0; iw < win.w1; ++iw) {
-            const int64_t s = ih * d.w + iw;
-            const float* xr = xn + s * c;
-            for (int64_t k = 0; k < c; ++k) {
-              const float v = xr[k], m = yr[k];
-              if (v > m || (v != v && m == m)) {
-                yr[k] = v;
-                ir[k] = static_cast<int32_t>(s);
+        // Ties and all -inf windows go to the first real element (every window holds one).
+        const int32_t first = static_cast<int32_t>(win.h0 * d.w + win.w0);
+#if defined(__SSE2__)
+        if constexpr (CT > 0 && CT <= 16) {
+          // Accumulators in registers across the taps.
+          constexpr int64_t kV = (CT + 3) / 4;
+          __m128 m[kV];
+          __m128i ix[kV];
+          for (int64_t v = 0; v < kV; ++v) {
+            m[v] = _mm_set1_ps(kNegInf);
+            ix[v] = _mm_set1_epi32(first);
+          }
+          for (int64_t ih = win.h0; ih < win.h1; ++ih)
+            for (int64_t iw = win.w0; iw < win.w1; ++iw) {
+              const int32_t s = static_cast<int32_t>(ih * d.w + iw);
+              const float* xr = xn + s * c;
+              const __m128i sv = _mm_set1_epi32(s);
+              for (int64_t v = 0; v < kV; ++v) {
+                const int64_t r = std::min<int64_t>(4, CT - 4 * v);
+                MaxLanes(r == 4 ? _mm_loadu_ps(xr + 4 * v) : LoadTail(xr + 4 * v, r), m[v], sv, ix[v], &m[v], &ix[v]);
               }
             }
+          for (int64_t v = 0; v < kV; ++v) {
+            const int64_t r = std::min<int64_t>(4, CT - 4 * v);
+            float* yo = yr + j * c + 4 * v;
+            float* io = reinterpret_cast<float*>(ir + j * c + 4 * v);
+            if (r == 4) {
+              _mm_storeu_ps(yo, m[v]);
+              _mm_storeu_ps(io, _mm_castsi128_ps(ix[v]));
+            } else {
+              StoreTail(yo, m[v], r);
+              StoreTail(io, _mm_castsi128_ps(ix[v]), r);
+            }
+          }
+          continue;
+        }
+#endif
+        for (int64_t k = 0; k < c; ++k) {
+          yr[j * c + k] = kNegInf;
+          ir[j * c + k] = first;
+        }
+        for (int64_t ih = win.h0; ih < win.h1; ++ih)
+          for (int64_t iw = win.w0; iw < win.w1; ++iw) {
+            const int32_t s = static_cast<int32_t>(ih * d.w + iw);
+            MaxTap<CT>(c, xn + s * c, s, yr + j * c, ir + j * c);
           }
       }
     }
 }
 
+template <int64_t CT>
 void MaxBwd(const Pool2DDesc& d, const int32_t* idx, const float* dy, float* dx) {
-  const int64_t c = d.c, hw = d.h * d.w;
+  const int64_t c = CT ? CT : d.c, hw = d.h * d.w;
 #pragma omp parallel for if (Work(d) > kParallelWork)
   for (int64_t n = 0; n < d.n; ++n) {
     float* dxn = dx + n * hw * c;
@@ -76,12 +180,25 @@ void MaxBwd(const Pool2DDesc& d, const int32_t* idx, const float* dy, float* dx)
   }
 }
 
+#define POOL_DISPATCH(c, F, ...)                         \
+  switch (c) {                                            \
+    case 1: F<1>(__VA_ARGS__); break;                     \
+    case 2: F<2>(__VA_ARGS__); break;                     \
+    case 3: F<3>(__VA_ARGS__); break;                     \
+    case 4: F<4>(__VA_ARGS__); break;                     \
+    case 6: F<6>(__VA_ARGS__); break;                     \
+    case 8: F<8>(__VA_ARGS__); break;                     \
+    case 16: F<16>(__VA_ARGS__); break;                   \
+    default: F<0>(__VA_ARGS__);                           \
+  }
+
 inline float Divisor(const Pool2DDesc& d, const Win& win, bool include_pad) {
   return static_cast<float>(include_pad ? d.kh * d.kw : (win.h1 - win.h0) * (win.w1 - win.w0));
 }
 
+template <int64_t CT>
 void AvgFwd(const Pool2DDesc& d, bool include_pad, const float* x, float* y) {
-  const int64_t c = d.c;
+  const int64_t c = CT ? CT : d.c;
 #pragma omp parallel for collapse(2) if (Work(d) > kParallelWork)
   for (int64_t n = 0; n < d.n; ++n)
     for (int64_t i = 0; i < d.oh; ++i) {
@@ -91,34 +208,49 @@ void AvgFwd(const Pool2DDesc& d, bool include_pad, const float* x, float* y) {
         float* yr = y + ((n * d.oh + i) * d.ow + j) * c;
         for (int64_t k = 0; k < c; ++k) yr[k] = 0.f;
         for (int64_t ih = win.h0; ih < win.h1; ++ih)
-          for (int64_t iw = win.w0; iw < win.w1; ++iw) {
-            const float* xr = xn + (ih * d.w + iw) * c;
-            for (int64_t k = 0; k < c; ++k) yr[k] += xr[k];
-          }
+          for (int64_t iw = win.w0; iw < win.w1; ++iw) SumTap<CT>(c, xn + (ih * d.w + iw) * c, yr);
         const float inv = 1.f / Divisor(d, win, include_pad);
         for (int64_t k = 0; k < c; ++k) yr[k] *= inv;
       }
     }
 }
 
+// Gather form: each input pixel sums dy / divisor over the windows holding it, so dx is written
+// once (no zero fill, no read-modify-write) and rows split across threads without races. Window
+// ranges and divisors are tabulated once per call (integer divisions per pixel cost more than the
+// arithmetic).
+template <int64_t CT>
 void AvgBwd(const Pool2DDesc& d, bool include_pad, const float* dy, float* dx) {
-  const int64_t c = d.c, hw = d.h * d.w;
-#pragma omp parallel for if (Work(d) > kParallelWork)
-  for (int64_t n = 0; n < d.n; ++n) {
-    float* dxn = dx + n * hw * c;
-    std::memset(dxn, 0, hw * c * sizeof(float));
-    for (int64_t i = 0; i < d.oh; ++i)
-      for (int64_t j = 0; j < d.ow; ++j) {
-        const Win win = Window(d, i, j);
-        const float* g = dy + ((n * d.oh + i) * d.ow + j) * c;
-        const float inv = 1.f / Divisor(d, win, include_pad);
-        for (int64_t ih = win.h0; ih < win.h1; ++ih)
-          for (int64_t iw = win.w0; iw < win.w1; ++iw) {
-            float* r = dxn + (ih * d.w + iw) * c;
-            for (int64_t k = 0; k < c; ++k) r[k] += g[k] * inv;
+  const int64_t c = CT ? CT : d.c;
+  // Outputs i with i * s - p <= x < i * s - p + k, clipped to [0, out).
+  auto range = [](int64_t x, int64_t p, int64_t k, int64_t s, int64_t out, int64_t* lo, int64_t* hi) {
+    const int64_t a = x + p - k + 1;
+    *lo = a <= 0 ? 0 : (a + s - 1) / s;
+    *hi = std::min(out - 1, (x + p) / s);
+  };
+  std::vector<int64_t> hr(2 * d.h), wr(2 * d.w);
+  for (int64_t x = 0; x < d.h; ++x) range(x, d.pt, d.kh, d.sh, d.oh, &hr[2 * x], &hr[2 * x + 1]);
+  for (int64_t x = 0; x < d.w; ++x) range(x, d.pl, d.kw, d.sw, d.ow, &wr[2 * x], &wr[2 * x + 1]);
+  std::vector<float> inv(d.oh * d.ow);
+  for (int64_t i = 0; i < d.oh; ++i)
+    for (int64_t j = 0; j < d.ow; ++j) inv[i * d.ow + j] = 1.f / Divisor(d, Window(d, i, j), include_pad);
+#pragma omp parallel for collapse(2) if (Work(d) > kParallelWork)
+  for (int64_t n = 0; n < d.n; ++n)
+    for (int64_t ih = 0; ih < d.h; ++ih) {
+      const int64_t i0 = hr[2 * ih], i1 = hr[2 * ih + 1];
+      float* dr = dx + (n * d.h + ih) * d.w * c;
+      for (int64_t iw = 0; iw < d.w; ++iw) {
+        const int64_t j0 = wr[2 * iw], j1 = wr[2 * iw + 1];
+        float* __restrict r = dr + iw * c;
+        for (int64_t k = 0; k < c; ++k) r[k] = 0.f;
+        for (int64_t i = i0; i <= i1; ++i)
+          for (int64_t j = j0; j <= j1; ++j) {
+            const float q = inv[i * d.ow + j];
+            const float* __restrict g = dy + ((n * d.oh + i) * d.ow + j) * c;
+            for (int64_t k = 0; k < c; ++k) r[k] += g[k] * q;
           }
       }
-  }
+    }
 }
 
 ffi::Error MaxPoolFwd(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::S32> idx,
@@ -128,7 +260,7 @@ ffi::Error MaxPoolFwd(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, ff
   JAX_MPS_CHECK(idx->dimensions().size() == 4 && idx->element_count() == y->element_count(),
                 "max_pool_fwd: argmax must have the output's shape ", DimsStr(y->dimensions()));
   JAX_MPS_CHECK(d.h * d.w <= std::numeric_limits<int32_t>::max(), "max_pool_fwd: H * W must fit in int32");
-  MaxFwd(d, x.typed_data(), y->typed_data(), idx->typed_data());
+  POOL_DISPATCH(d.c, MaxFwd, d, x.typed_data(), y->typed_data(), idx->typed_data());
   return ffi::Error::Success();
 }
 
@@ -138,7 +270,7 @@ ffi::Error MaxPoolBwd(ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::F32> dy, ffi::
   JAX_MPS_RETURN_IF_ERROR(MakePool2D("max_pool_bwd", dx->dimensions(), dy.dimensions(), window, stride, pad_lo, pad_hi, &d));
   JAX_MPS_CHECK(idx.element_count() == dy.element_count(), "max_pool_bwd: argmax must have dy's shape ",
                 DimsStr(dy.dimensions()), ", got ", DimsStr(idx.dimensions()));
-  MaxBwd(d, idx.typed_data(), dy.typed_data(), dx->typed_data());
+  POOL_DISPATCH(d.c, MaxBwd, d, idx.typed_data(), dy.typed_data(), dx->typed_data());
   return ffi::Error::Success();
 }
 
@@ -146,7 +278,7 @@ ffi::Error AvgPoolFwd(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, Sp
                       Span pad_hi, int64_t count_include_pad) {
   Pool2DDesc d;
   JAX_MPS_RETURN_IF_ERROR(MakePool2D("avg_pool_fwd", x.dimensions(), y->dimensions(), window, stride, pad_lo, pad_hi, &d));
-  AvgFwd(d, count_include_pad != 0, x.typed_data(), y->typed_data());
+  POOL_DISPATCH(d.c, AvgFwd, d, count_include_pad != 0, x.typed_data(), y->typed_data());
   return ffi::Error::Success();
 }
 
@@ -154,7 +286,7 @@ ffi::Error AvgPoolBwd(ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx, 
                       Span pad_hi, int64_t count_include_pad) {
   Pool2DDesc d;
   JAX_MPS_RETURN_IF_ERROR(MakePool2D("avg_pool_bwd", dx->dimensions(), dy.dimensions(), window, stride, pad_lo, pad_hi, &d));
-  AvgBwd(d, count_include_pad != 0, dy.typed_data(), dx->typed_data());
+  POOL_DISPATCH(d.c, AvgBwd, d, count_include_pad != 0, dy.typed_data(), dx->typed_data());
   return ffi::Error::Success();
 }
 

@@ -12,7 +12,7 @@
 namespace jax_mps::cpu {
 namespace {
 
-constexpr int64_t kParallelWork = 1 << 15;
+constexpr int64_t kParallelWork = 1 << 20;  // see pooling.cc
 
 // Linear interpolation taps of each output row/column along one axis.
 struct Taps {
