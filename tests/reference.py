@@ -46,3 +46,45 @@ def softmax(x, axis=-1):
 def log_softmax(x, axis=-1):
     s = x - jnp.max(x, axis=axis, keepdims=True)
     return s - jnp.log(jnp.sum(jnp.exp(s), axis=axis, keepdims=True))
+
+
+# ---- convolution and dense (conv family) ----
+
+def conv_conv2d(x, w, b=None, *, stride=1, padding="SAME", dilation=1, groups=1, activation=None):
+    st = (stride,) * 2 if isinstance(stride, int) else tuple(stride)
+    dil = (dilation,) * 2 if isinstance(dilation, int) else tuple(dilation)
+    pad = ((padding, padding),) * 2 if isinstance(padding, int) else padding
+    y = lax.conv_general_dilated(x, w, st, pad, rhs_dilation=dil, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                 feature_group_count=groups, precision=lax.Precision.HIGHEST)
+    if b is not None:
+        y = y + b
+    return globals()["activation"](y, activation)
+
+
+def conv_conv1d(x, w, b=None, *, stride=1, padding="SAME", dilation=1, groups=1, activation=None):
+    st = (stride,) if isinstance(stride, int) else tuple(stride)
+    dil = (dilation,) if isinstance(dilation, int) else tuple(dilation)
+    pad = ((padding, padding),) if isinstance(padding, int) else padding
+    y = lax.conv_general_dilated(x, w, st, pad, rhs_dilation=dil, dimension_numbers=("NWC", "WIO", "NWC"),
+                                 feature_group_count=groups, precision=lax.Precision.HIGHEST)
+    if b is not None:
+        y = y + b
+    return globals()["activation"](y, activation)
+
+
+def conv_conv_transpose2d(x, w, b=None, *, stride=1, padding="SAME", dilation=1, activation=None):
+    st = (stride,) * 2 if isinstance(stride, int) else tuple(stride)
+    dil = (dilation,) * 2 if isinstance(dilation, int) else tuple(dilation)
+    pad = ((padding, padding),) * 2 if isinstance(padding, int) else padding
+    y = lax.conv_transpose(x, w, st, pad, rhs_dilation=dil, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                           precision=lax.Precision.HIGHEST)
+    if b is not None:
+        y = y + b
+    return globals()["activation"](y, activation)
+
+
+def conv_dense(x, w, b=None, *, activation=None):
+    y = jnp.einsum("...i,io->...o", x, w, precision=lax.Precision.HIGHEST)
+    if b is not None:
+        y = y + b
+    return globals()["activation"](y, activation)

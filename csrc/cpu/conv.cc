@@ -5,7 +5,10 @@
 // input needs no gradient (a network's first layer).
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <vector>
+
+#include <omp.h>
 
 #include "cpu/dnnl_common.h"
 #include "cpu/eltwise.h"
@@ -114,6 +117,145 @@ ConvMds MakeMds(const ConvDesc& c, bool has_bias) {
   return m;
 }
 
+// ---- dense: oneDNN matmul; transposed operands are strided views, never copies ----
+
+struct MatmulPlan {
+  dnnl::matmul prim;
+  memory::desc a, b, bias, c;
+  bool act_after = false;
+};
+
+// C (m, n) = A (m, k) @ B (k, n); a_t / b_t: the operand is stored transposed (row-major (k, m) / (n, k)).
+MatmulPlan* GetMatmul(int64_t m, int64_t k, int64_t n, bool a_t, bool b_t, bool bias, Act act, float alpha) {
+  static PlanCache<MatmulPlan> cache;
+  PlanKey key;
+  key.add(m).add(k).add(n).add(int64_t(a_t)).add(int64_t(b_t)).add(int64_t(bias)).add(static_cast<int64_t>(act))
+      .add(static_cast<double>(alpha));
+  return cache.Get(key, [&] {
+    MatmulPlan p;
+    p.a = a_t ? memory::desc({m, k}, dt::f32, memory::dims{1, m}) : memory::desc({m, k}, dt::f32, tag::ab);
+    p.b = b_t ? memory::desc({k, n}, dt::f32, memory::dims{1, k}) : memory::desc({k, n}, dt::f32, tag::ab);
+    p.c = memory::desc({m, n}, dt::f32, tag::ab);
+    auto attr = ActAttr(act, alpha, &p.act_after);
+    if (bias) {
+      p.bias = memory::desc({1, n}, dt::f32, tag::ab);
+      p.prim = dnnl::matmul(dnnl::matmul::primitive_desc(Engine(), p.a, p.b, p.bias, p.c, attr));
+    } else {
+      p.prim = dnnl::matmul(dnnl::matmul::primitive_desc(Engine(), p.a, p.b, p.c, attr));
+    }
+    return p;
+  }).get();
+}
+
+void RunMatmul(MatmulPlan* p, const float* a, const float* b, const float* bias, float* c) {
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, Mem(p->a, a)},
+                                       {DNNL_ARG_WEIGHTS, Mem(p->b, b)},
+                                       {DNNL_ARG_DST, Mem(p->c, c)}};
+  if (bias) args.emplace(DNNL_ARG_BIAS, Mem(p->bias, bias));
+  p->prim.execute(Stream(), args);
+  Stream().wait();
+}
+
+
+// ---- im2col + GEMM path for groups == 1 forward convs ----
+// oneDNN's direct convs are slow for the small-channel shapes of small CNNs (backward weights
+// falls back to gemm:jit, ~10x off). There we lower to GEMMs over row chunks of the im2col
+// matrix (rows p = (n, oh, ow), columns (kh, kw, ci) = the HWIO weight rows), chunked so a
+// chunk stays in cache and chunks spread over the OpenMP threads.
+bool UseIm2Col(const ConvDesc& c) { return !c.transpose && c.groups == 1 && c.ic < 32; }
+
+constexpr int64_t kChunkBytes = 256 << 10;
+
+int64_t ChunkRows(const ConvDesc& c) {
+  const int64_t kc = c.kh * c.kw * c.ic;
+  return std::max<int64_t>(16, kChunkBytes / (kc * int64_t(sizeof(float))));
+}
+
+// cols (rows p0..p1) of the im2col matrix, zeros where the window hits padding.
+void Im2Col(const ConvDesc& c, const float* x, int64_t p0, int64_t p1, float* cols) {
+  const int64_t kc = c.kh * c.kw * c.ic, ohw = c.oh * c.ow;
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t n = p / ohw, r = p % ohw, oh = r / c.ow, ow = r % c.ow;
+    float* row = cols + (p - p0) * kc;
+    for (int64_t kh = 0; kh < c.kh; ++kh) {
+      const int64_t ih = oh * c.sh + kh * c.dh - c.plh;
+      float* dst = row + kh * c.kw * c.ic;
+      if (ih < 0 || ih >= c.ih) {
+        std::memset(dst, 0, c.kw * c.ic * sizeof(float));
+        continue;
+      }
+      const float* src = x + ((n * c.ih + ih) * c.iw) * c.ic;
+      for (int64_t kw = 0; kw < c.kw; ++kw) {
+        const int64_t iw = ow * c.sw + kw * c.dw - c.plw;
+        if (iw < 0 || iw >= c.iw)
+          std::memset(dst + kw * c.ic, 0, c.ic * sizeof(float));
+        else
+          std::memcpy(dst + kw * c.ic, src + iw * c.ic, c.ic * sizeof(float));
+      }
+    }
+  }
+}
+
+// y = act(im2col(x) @ w + b), chunk by chunk.
+void Im2ColFwd(const ConvDesc& c, const float* x, const float* w, const float* b, float* y, Act act, float alpha,
+               bool* act_after) {
+  const int64_t kc = c.kh * c.kw * c.ic, rows = c.n * c.oh * c.ow, ch = ChunkRows(c);
+  const int64_t nchunks = (rows + ch - 1) / ch;
+  MatmulPlan* full = GetMatmul(ch, kc, c.oc, false, false, b != nullptr, act, alpha);
+  *act_after = full->act_after;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < nchunks; ++i) {
+    const int64_t p0 = i * ch, p1 = std::min(rows, p0 + ch);
+    thread_local std::vector<float> cols;
+    if (cols.size() < size_t(ch * kc)) cols.resize(ch * kc);
+    Im2Col(c, x, p0, p1, cols.data());
+    MatmulPlan* mp = p1 - p0 == ch ? full : GetMatmul(p1 - p0, kc, c.oc, false, false, b != nullptr, act, alpha);
+    RunMatmul(mp, cols.data(), w, b, y + p0 * c.oc);
+  }
+}
+
+// dw = im2col(x)^T @ dz and db = colsum(dz): per-thread partial sums, then one reduction.
+void Im2ColBwdWeights(const ConvDesc& c, const float* x, const float* dz, float* dw, float* db) {
+  const int64_t kc = c.kh * c.kw * c.ic, rows = c.n * c.oh * c.ow, ch = ChunkRows(c), oc = c.oc;
+  const int64_t nchunks = (rows + ch - 1) / ch;
+  const int nt = omp_get_max_threads();
+  float* part = Scratch(1, size_t(nt) * (kc + 1) * oc);
+  std::fill(part, part + size_t(nt) * (kc + 1) * oc, 0.f);
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    float* mine = part + size_t(t) * (kc + 1) * oc;  // kc rows of dw, then db
+    thread_local std::vector<float> cols, tmp;
+    if (cols.size() < size_t(ch * kc)) cols.resize(ch * kc);
+    if (tmp.size() < size_t(kc * oc)) tmp.resize(kc * oc);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < nchunks; ++i) {
+      const int64_t p0 = i * ch, p1 = std::min(rows, p0 + ch);
+      Im2Col(c, x, p0, p1, cols.data());
+      MatmulPlan* mp = GetMatmul(kc, p1 - p0, oc, true, false, false, Act::kNone, 0.f);
+      RunMatmul(mp, cols.data(), dz + p0 * oc, nullptr, tmp.data());
+      for (int64_t j = 0; j < kc * oc; ++j) mine[j] += tmp[j];
+      float* mdb = mine + kc * oc;
+      for (int64_t p = p0; p < p1; ++p) {
+        const float* row = dz + p * oc;
+#pragma omp simd
+        for (int64_t j = 0; j < oc; ++j) mdb[j] += row[j];
+      }
+    }
+  }
+  for (int64_t j = 0; j < kc * oc; ++j) {
+    float s = 0.f;
+    for (int t = 0; t < nt; ++t) s += part[size_t(t) * (kc + 1) * oc + j];
+    dw[j] = s;
+  }
+  if (db)
+    for (int64_t j = 0; j < oc; ++j) {
+      float s = 0.f;
+      for (int t = 0; t < nt; ++t) s += part[size_t(t) * (kc + 1) * oc + kc * oc + j];
+      db[j] = s;
+    }
+}
+
 struct ConvFwdPlan {
   dnnl::primitive prim;
   ConvMds m;
@@ -170,6 +312,13 @@ ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer
                 has_bias ? c.oc : 0, ",), got ", DimsStr(b.dimensions()));
   if (y->element_count() == 0) return ffi::Error::Success();
   return Guard(op, [&] {
+    if (UseIm2Col(c) && !std::getenv("NOFWDIM2COL")) {
+      bool after = false;
+      Im2ColFwd(c, x.typed_data(), w.typed_data(), has_bias ? b.typed_data() : nullptr, y->typed_data(),
+                static_cast<Act>(act), alpha, &after);
+      if (after) ActForward(static_cast<Act>(act), alpha, y->element_count(), y->typed_data(), y->typed_data());
+      return ffi::Error::Success();
+    }
     static PlanCache<ConvFwdPlan> cache;
     auto plan = cache.Get(ConvKey(0, c, has_bias, act, alpha), [&] {
       ConvFwdPlan p;
@@ -263,6 +412,11 @@ ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> s, ffi:
     return ffi::Error::Success();
   }
   return Guard(op, [&] {
+    if (UseIm2Col(c)) {
+      const float* dz = ActGrad(act, alpha, from_output, dy.element_count(), s.typed_data(), dy.typed_data());
+      Im2ColBwdWeights(c, x.typed_data(), dz, dw->typed_data(), has_bias ? db->typed_data() : nullptr);
+      return ffi::Error::Success();
+    }
     static PlanCache<ConvBwdWeightsPlan> cache;
     auto plan = cache.Get(ConvKey(2, c, has_bias), [&] {
       ConvBwdWeightsPlan p;
@@ -297,45 +451,6 @@ ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> s, ffi:
     if (c.transpose) Flip(c, dwp, dw->typed_data());
     return ffi::Error::Success();
   });
-}
-
-// ---- dense: oneDNN matmul; transposed operands are strided views, never copies ----
-
-struct MatmulPlan {
-  dnnl::matmul prim;
-  memory::desc a, b, bias, c;
-  bool act_after = false;
-};
-
-// C (m, n) = A (m, k) @ B (k, n); a_t / b_t: the operand is stored transposed (row-major (k, m) / (n, k)).
-MatmulPlan* GetMatmul(int64_t m, int64_t k, int64_t n, bool a_t, bool b_t, bool bias, Act act, float alpha) {
-  static PlanCache<MatmulPlan> cache;
-  PlanKey key;
-  key.add(m).add(k).add(n).add(int64_t(a_t)).add(int64_t(b_t)).add(int64_t(bias)).add(static_cast<int64_t>(act))
-      .add(static_cast<double>(alpha));
-  return cache.Get(key, [&] {
-    MatmulPlan p;
-    p.a = a_t ? memory::desc({m, k}, dt::f32, memory::dims{1, m}) : memory::desc({m, k}, dt::f32, tag::ab);
-    p.b = b_t ? memory::desc({k, n}, dt::f32, memory::dims{1, k}) : memory::desc({k, n}, dt::f32, tag::ab);
-    p.c = memory::desc({m, n}, dt::f32, tag::ab);
-    auto attr = ActAttr(act, alpha, &p.act_after);
-    if (bias) {
-      p.bias = memory::desc({1, n}, dt::f32, tag::ab);
-      p.prim = dnnl::matmul(dnnl::matmul::primitive_desc(Engine(), p.a, p.b, p.bias, p.c, attr));
-    } else {
-      p.prim = dnnl::matmul(dnnl::matmul::primitive_desc(Engine(), p.a, p.b, p.c, attr));
-    }
-    return p;
-  }).get();
-}
-
-void RunMatmul(MatmulPlan* p, const float* a, const float* b, const float* bias, float* c) {
-  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, Mem(p->a, a)},
-                                       {DNNL_ARG_WEIGHTS, Mem(p->b, b)},
-                                       {DNNL_ARG_DST, Mem(p->c, c)}};
-  if (bias) args.emplace(DNNL_ARG_BIAS, Mem(p->bias, bias));
-  p->prim.execute(Stream(), args);
-  Stream().wait();
 }
 
 ffi::Error DenseFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
