@@ -2,7 +2,8 @@
 
 Run: OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/bench_conv.py [--reps N]
 Times are medians over interleaved runs of jitted value_and_grad (first-layer conv takes no dx,
-as in training where x is data).
+as in training where x is data). On a shared, loaded machine wall times swing wildly: use
+--cpu-time with OMP_NUM_THREADS=1 and XLA single-threaded (process CPU time then measures work).
 """
 from __future__ import annotations
 
@@ -45,20 +46,27 @@ def cases():
                lambda x, w, b, act=act: xla_dense(x, w, b, act))
 
 
+CLOCK = time.perf_counter
+
+
 def timed(fn, args, reps):
     out = []
     for _ in range(reps):
-        t = time.perf_counter()
+        t = CLOCK()
         jax.block_until_ready(fn(*args))
-        out.append(time.perf_counter() - t)
+        out.append(CLOCK() - t)
     return out
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=200)
+    ap.add_argument("--cpu-time", action="store_true", help="process CPU time instead of wall time")
     args = ap.parse_args()
-    print(f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}  jax {jax.__version__}  {jax.devices()[0].device_kind}")
+    global CLOCK
+    if args.cpu_time:
+        CLOCK = time.process_time
+    print(f"{'cpu' if args.cpu_time else 'wall'} time, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}  jax {jax.__version__}  {jax.devices()[0].device_kind}")
     print(f"{'case':38s} {'pass':8s} {'mps us':>9s} {'xla us':>9s} {'xla/mps':>8s}")
     tot = {"mps": 0.0, "xla": 0.0}
     for name, a, argnums, fm, fx in cases():
@@ -76,6 +84,9 @@ def main():
                 tm += timed(jm, a, 20)
                 tx += timed(jx, a, 20)
             m, x = np.median(tm) * 1e6, np.median(tx) * 1e6
+            err = max(float(jnp.max(jnp.abs(u - v)) / (jnp.max(jnp.abs(v)) + 1e-30))
+                      for u, v in zip(jax.tree.leaves(jm(*a)), jax.tree.leaves(jx(*a))))
+            assert err < 1e-4, f"{name} {kind}: mps and xla differ (rel err {err:.2e})"
             if kind == "fwd+bwd":
                 tot["mps"] += m
                 tot["xla"] += x

@@ -5,7 +5,6 @@
 // input needs no gradient (a network's first layer).
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <vector>
 
 #include <omp.h>
@@ -41,9 +40,32 @@ bool PostOpAlg(Act act, float alpha, algorithm* alg, float* a, float* b) {
   }
 }
 
+// Every primitive here uses a user scratchpad taken from a per-thread buffer: oneDNN's default
+// library scratchpad is shared, so the same or different primitives run concurrently (XLA runs
+// independent custom calls on several threads; our OpenMP chunk loops too) would corrupt it.
+dnnl::primitive_attr UserAttr() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+void Exec(const dnnl::primitive& prim, std::unordered_map<int, memory> args) {
+  const_dnnl_memory_desc_t md =
+      dnnl_primitive_desc_query_md(prim.get_primitive_desc(), dnnl_query_scratchpad_md, 0);
+  const size_t bytes = md ? dnnl_memory_desc_get_size(md) : 0;
+  if (bytes) {
+    thread_local std::vector<char> pad;
+    if (pad.size() < bytes) pad.resize(bytes);
+    args.emplace(DNNL_ARG_SCRATCHPAD, dnnl::memory(memory::desc({int64_t(bytes)}, dt::u8, tag::a), Engine(),
+                                                   pad.data()));
+  }
+  prim.execute(Stream(), args);
+  Stream().wait();
+}
+
 // Post-op attribute for `act`; *after is set when the activation must run as a separate pass.
 dnnl::primitive_attr ActAttr(Act act, float alpha, bool* after) {
-  dnnl::primitive_attr attr;
+  dnnl::primitive_attr attr = UserAttr();
   *after = false;
   if (act == Act::kNone) return attr;
   algorithm alg;
@@ -76,6 +98,12 @@ float* Scratch(int slot, size_t n) {
 const float* ActGrad(int64_t act, float alpha, int64_t from_output, int64_t n, const float* s, const float* dy) {
   if (static_cast<Act>(act) == Act::kNone) return dy;
   float* dz = Scratch(0, n);
+  if (static_cast<Act>(act) == Act::kRelu && from_output) {
+    // The common case inline: one fused pass, no OpenMP region for a memory-bound loop.
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) dz[i] = s[i] > 0.f ? dy[i] : 0.f;
+    return dz;
+  }
   ActBackward(static_cast<Act>(act), alpha, n, s, dy, dz, from_output != 0);
   return dz;
 }
@@ -152,16 +180,15 @@ void RunMatmul(MatmulPlan* p, const float* a, const float* b, const float* bias,
                                        {DNNL_ARG_WEIGHTS, Mem(p->b, b)},
                                        {DNNL_ARG_DST, Mem(p->c, c)}};
   if (bias) args.emplace(DNNL_ARG_BIAS, Mem(p->bias, bias));
-  p->prim.execute(Stream(), args);
-  Stream().wait();
+  Exec(p->prim, std::move(args));
 }
 
 
-// ---- im2col + GEMM path for groups == 1 forward convs ----
-// oneDNN's direct convs are slow for the small-channel shapes of small CNNs (backward weights
-// falls back to gemm:jit, ~10x off). There we lower to GEMMs over row chunks of the im2col
-// matrix (rows p = (n, oh, ow), columns (kh, kw, ci) = the HWIO weight rows), chunked so a
-// chunk stays in cache and chunks spread over the OpenMP threads.
+// ---- im2col + GEMM backward weights for small-channel groups == 1 convs ----
+// oneDNN falls back to gemm:jit there (~10x off, e.g. 200 ms for LeNet's first layer). We lower
+// to GEMMs over row chunks of the im2col matrix (rows p = (n, oh, ow), columns (kh, kw, ci) =
+// the HWIO weight rows), chunked so a chunk stays in cache, chunks spread over OpenMP threads,
+// with the activation derivative applied per chunk (no full-size dz pass).
 bool UseIm2Col(const ConvDesc& c) { return !c.transpose && c.groups == 1 && c.ic < 32; }
 
 constexpr int64_t kChunkBytes = 256 << 10;
@@ -181,41 +208,35 @@ void Im2Col(const ConvDesc& c, const float* x, int64_t p0, int64_t p1, float* co
       const int64_t ih = oh * c.sh + kh * c.dh - c.plh;
       float* dst = row + kh * c.kw * c.ic;
       if (ih < 0 || ih >= c.ih) {
-        std::memset(dst, 0, c.kw * c.ic * sizeof(float));
+        std::fill(dst, dst + c.kw * c.ic, 0.f);
         continue;
       }
       const float* src = x + ((n * c.ih + ih) * c.iw) * c.ic;
-      for (int64_t kw = 0; kw < c.kw; ++kw) {
-        const int64_t iw = ow * c.sw + kw * c.dw - c.plw;
-        if (iw < 0 || iw >= c.iw)
-          std::memset(dst + kw * c.ic, 0, c.ic * sizeof(float));
-        else
-          std::memcpy(dst + kw * c.ic, src + iw * c.ic, c.ic * sizeof(float));
+      // valid kw range: 0 <= ow*sw + kw*dw - plw < iw
+      const int64_t base = ow * c.sw - c.plw;
+      int64_t k0 = base >= 0 ? 0 : std::min(c.kw, (-base + c.dw - 1) / c.dw);
+      int64_t k1 = base >= c.iw ? 0 : std::min(c.kw, (c.iw - base + c.dw - 1) / c.dw);
+      if (k1 < k0) k1 = k0;
+      if (k0 > 0) std::fill(dst, dst + k0 * c.ic, 0.f);
+      if (k1 < c.kw) std::fill(dst + k1 * c.ic, dst + c.kw * c.ic, 0.f);
+      if (c.dw == 1) {  // the window row is one contiguous run of x
+        const float* s0 = src + (base + k0) * c.ic;
+        float* d0 = dst + k0 * c.ic;
+        for (int64_t j = 0, e = (k1 - k0) * c.ic; j < e; ++j) d0[j] = s0[j];
+      } else {
+        for (int64_t kw = k0; kw < k1; ++kw) {
+          const float* s0 = src + (base + kw * c.dw) * c.ic;
+          for (int64_t j = 0; j < c.ic; ++j) dst[kw * c.ic + j] = s0[j];
+        }
       }
     }
   }
 }
 
-// y = act(im2col(x) @ w + b), chunk by chunk.
-void Im2ColFwd(const ConvDesc& c, const float* x, const float* w, const float* b, float* y, Act act, float alpha,
-               bool* act_after) {
-  const int64_t kc = c.kh * c.kw * c.ic, rows = c.n * c.oh * c.ow, ch = ChunkRows(c);
-  const int64_t nchunks = (rows + ch - 1) / ch;
-  MatmulPlan* full = GetMatmul(ch, kc, c.oc, false, false, b != nullptr, act, alpha);
-  *act_after = full->act_after;
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < nchunks; ++i) {
-    const int64_t p0 = i * ch, p1 = std::min(rows, p0 + ch);
-    thread_local std::vector<float> cols;
-    if (cols.size() < size_t(ch * kc)) cols.resize(ch * kc);
-    Im2Col(c, x, p0, p1, cols.data());
-    MatmulPlan* mp = p1 - p0 == ch ? full : GetMatmul(p1 - p0, kc, c.oc, false, false, b != nullptr, act, alpha);
-    RunMatmul(mp, cols.data(), w, b, y + p0 * c.oc);
-  }
-}
-
-// dw = im2col(x)^T @ dz and db = colsum(dz): per-thread partial sums, then one reduction.
-void Im2ColBwdWeights(const ConvDesc& c, const float* x, const float* dz, float* dw, float* db) {
+// dw = im2col(x)^T @ dz and db = colsum(dz), dz = dy * act'(s) made per chunk: per-thread
+// partial sums, then one reduction.
+void Im2ColBwdWeights(const ConvDesc& c, const float* x, const float* s, const float* dy, Act act, float alpha,
+                      bool from_output, float* dw, float* db) {
   const int64_t kc = c.kh * c.kw * c.ic, rows = c.n * c.oh * c.ow, ch = ChunkRows(c), oc = c.oc;
   const int64_t nchunks = (rows + ch - 1) / ch;
   const int nt = omp_get_max_threads();
@@ -225,18 +246,28 @@ void Im2ColBwdWeights(const ConvDesc& c, const float* x, const float* dz, float*
   {
     const int t = omp_get_thread_num();
     float* mine = part + size_t(t) * (kc + 1) * oc;  // kc rows of dw, then db
-    thread_local std::vector<float> cols, tmp;
+    thread_local std::vector<float> cols, tmp, dzc;
     if (cols.size() < size_t(ch * kc)) cols.resize(ch * kc);
     if (tmp.size() < size_t(kc * oc)) tmp.resize(kc * oc);
+    if (act != Act::kNone && dzc.size() < size_t(ch * oc)) dzc.resize(ch * oc);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < nchunks; ++i) {
-      const int64_t p0 = i * ch, p1 = std::min(rows, p0 + ch);
+      const int64_t p0 = i * ch, p1 = std::min(rows, p0 + ch), m = (p1 - p0) * oc;
+      const float* dz = dy + p0 * oc;
+      if (act == Act::kRelu && from_output) {
+        const float* sc = s + p0 * oc;
+        for (int64_t j = 0; j < m; ++j) dzc[j] = sc[j] > 0.f ? dz[j] : 0.f;
+        dz = dzc.data();
+      } else if (act != Act::kNone) {
+        ActBackward(act, alpha, m, s + p0 * oc, dz, dzc.data(), from_output);
+        dz = dzc.data();
+      }
       Im2Col(c, x, p0, p1, cols.data());
       MatmulPlan* mp = GetMatmul(kc, p1 - p0, oc, true, false, false, Act::kNone, 0.f);
-      RunMatmul(mp, cols.data(), dz + p0 * oc, nullptr, tmp.data());
+      RunMatmul(mp, cols.data(), dz, nullptr, tmp.data());
       for (int64_t j = 0; j < kc * oc; ++j) mine[j] += tmp[j];
       float* mdb = mine + kc * oc;
-      for (int64_t p = p0; p < p1; ++p) {
+      for (int64_t p = 0; p < p1 - p0; ++p) {
         const float* row = dz + p * oc;
 #pragma omp simd
         for (int64_t j = 0; j < oc; ++j) mdb[j] += row[j];
@@ -244,15 +275,15 @@ void Im2ColBwdWeights(const ConvDesc& c, const float* x, const float* dz, float*
     }
   }
   for (int64_t j = 0; j < kc * oc; ++j) {
-    float s = 0.f;
-    for (int t = 0; t < nt; ++t) s += part[size_t(t) * (kc + 1) * oc + j];
-    dw[j] = s;
+    float acc = 0.f;
+    for (int t = 0; t < nt; ++t) acc += part[size_t(t) * (kc + 1) * oc + j];
+    dw[j] = acc;
   }
   if (db)
     for (int64_t j = 0; j < oc; ++j) {
-      float s = 0.f;
-      for (int t = 0; t < nt; ++t) s += part[size_t(t) * (kc + 1) * oc + kc * oc + j];
-      db[j] = s;
+      float acc = 0.f;
+      for (int t = 0; t < nt; ++t) acc += part[size_t(t) * (kc + 1) * oc + kc * oc + j];
+      db[j] = acc;
     }
 }
 
@@ -272,7 +303,7 @@ struct ConvBwdWeightsPlan {
 
 // Forward primitive descriptors (also the hints for the backward ones).
 dnnl::convolution_forward::primitive_desc ConvFwdPd(const ConvMds& m, bool has_bias,
-                                                    const dnnl::primitive_attr& attr = {}) {
+                                                    const dnnl::primitive_attr& attr = UserAttr()) {
   if (has_bias)
     return {Engine(), prop_kind::forward_training, algorithm::convolution_direct, m.src, m.wei, m.bias, m.dst,
             m.strides, m.dilates, m.pl, m.pr, attr};
@@ -280,7 +311,7 @@ dnnl::convolution_forward::primitive_desc ConvFwdPd(const ConvMds& m, bool has_b
           m.strides, m.dilates, m.pl, m.pr, attr};
 }
 dnnl::deconvolution_forward::primitive_desc DeconvFwdPd(const ConvMds& m, bool has_bias,
-                                                        const dnnl::primitive_attr& attr = {}) {
+                                                        const dnnl::primitive_attr& attr = UserAttr()) {
   if (has_bias)
     return {Engine(), prop_kind::forward_training, algorithm::deconvolution_direct, m.src, m.wei, m.bias, m.dst,
             m.strides, m.dilates, m.pl, m.pr, attr};
@@ -312,13 +343,6 @@ ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer
                 has_bias ? c.oc : 0, ",), got ", DimsStr(b.dimensions()));
   if (y->element_count() == 0) return ffi::Error::Success();
   return Guard(op, [&] {
-    if (UseIm2Col(c) && !std::getenv("NOFWDIM2COL")) {
-      bool after = false;
-      Im2ColFwd(c, x.typed_data(), w.typed_data(), has_bias ? b.typed_data() : nullptr, y->typed_data(),
-                static_cast<Act>(act), alpha, &after);
-      if (after) ActForward(static_cast<Act>(act), alpha, y->element_count(), y->typed_data(), y->typed_data());
-      return ffi::Error::Success();
-    }
     static PlanCache<ConvFwdPlan> cache;
     auto plan = cache.Get(ConvKey(0, c, has_bias, act, alpha), [&] {
       ConvFwdPlan p;
@@ -340,8 +364,7 @@ ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer
                                          {DNNL_ARG_WEIGHTS, Mem(plan->m.wei, wp)},
                                          {DNNL_ARG_DST, Mem(plan->m.dst, y->typed_data())}};
     if (has_bias) args.emplace(DNNL_ARG_BIAS, Mem(plan->m.bias, b.typed_data()));
-    plan->prim.execute(Stream(), args);
-    Stream().wait();
+    Exec(plan->prim, std::move(args));
     if (plan->act_after)
       ActForward(static_cast<Act>(act), alpha, y->element_count(), y->typed_data(), y->typed_data());
     return ffi::Error::Success();
@@ -371,11 +394,11 @@ ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> s, ffi::Buffer<ffi::F32> dy, ffi::B
       if (c.transpose)
         p.prim = dnnl::deconvolution_backward_data(dnnl::deconvolution_backward_data::primitive_desc(
             Engine(), algorithm::deconvolution_direct, p.m.src, p.m.wei, p.m.dst, p.m.strides, p.m.dilates,
-            p.m.pl, p.m.pr, DeconvFwdPd(p.m, false)));
+            p.m.pl, p.m.pr, DeconvFwdPd(p.m, false), UserAttr()));
       else
         p.prim = dnnl::convolution_backward_data(dnnl::convolution_backward_data::primitive_desc(
             Engine(), algorithm::convolution_direct, p.m.src, p.m.wei, p.m.dst, p.m.strides, p.m.dilates,
-            p.m.pl, p.m.pr, ConvFwdPd(p.m, false)));
+            p.m.pl, p.m.pr, ConvFwdPd(p.m, false), UserAttr()));
       return p;
     });
     const float* dz = ActGrad(act, alpha, from_output, dy.element_count(), s.typed_data(), dy.typed_data());
@@ -385,10 +408,9 @@ ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> s, ffi::Buffer<ffi::F32> dy, ffi::B
       Flip(c, wp, f);
       wp = f;
     }
-    plan->prim.execute(Stream(), {{DNNL_ARG_DIFF_DST, Mem(plan->m.dst, dz)},
+    Exec(plan->prim, {{DNNL_ARG_DIFF_DST, Mem(plan->m.dst, dz)},
                                   {DNNL_ARG_WEIGHTS, Mem(plan->m.wei, wp)},
                                   {DNNL_ARG_DIFF_SRC, Mem(plan->m.src, dx->typed_data())}});
-    Stream().wait();
     return ffi::Error::Success();
   });
 }
@@ -413,8 +435,8 @@ ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> s, ffi:
   }
   return Guard(op, [&] {
     if (UseIm2Col(c)) {
-      const float* dz = ActGrad(act, alpha, from_output, dy.element_count(), s.typed_data(), dy.typed_data());
-      Im2ColBwdWeights(c, x.typed_data(), dz, dw->typed_data(), has_bias ? db->typed_data() : nullptr);
+      Im2ColBwdWeights(c, x.typed_data(), s.typed_data(), dy.typed_data(), static_cast<Act>(act), alpha,
+                       from_output != 0, dw->typed_data(), has_bias ? db->typed_data() : nullptr);
       return ffi::Error::Success();
     }
     static PlanCache<ConvBwdWeightsPlan> cache;
@@ -425,18 +447,18 @@ ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> s, ffi:
         auto hint = DeconvFwdPd(p.m, has_bias != 0);
         p.prim = has_bias ? dnnl::deconvolution_backward_weights(dnnl::deconvolution_backward_weights::primitive_desc(
                                 Engine(), algorithm::deconvolution_direct, p.m.src, p.m.wei, p.m.bias, p.m.dst,
-                                p.m.strides, p.m.dilates, p.m.pl, p.m.pr, hint))
+                                p.m.strides, p.m.dilates, p.m.pl, p.m.pr, hint, UserAttr()))
                           : dnnl::deconvolution_backward_weights(dnnl::deconvolution_backward_weights::primitive_desc(
                                 Engine(), algorithm::deconvolution_direct, p.m.src, p.m.wei, p.m.dst, p.m.strides,
-                                p.m.dilates, p.m.pl, p.m.pr, hint));
+                                p.m.dilates, p.m.pl, p.m.pr, hint, UserAttr()));
       } else {
         auto hint = ConvFwdPd(p.m, has_bias != 0);
         p.prim = has_bias ? dnnl::convolution_backward_weights(dnnl::convolution_backward_weights::primitive_desc(
                                 Engine(), algorithm::convolution_direct, p.m.src, p.m.wei, p.m.bias, p.m.dst,
-                                p.m.strides, p.m.dilates, p.m.pl, p.m.pr, hint))
+                                p.m.strides, p.m.dilates, p.m.pl, p.m.pr, hint, UserAttr()))
                           : dnnl::convolution_backward_weights(dnnl::convolution_backward_weights::primitive_desc(
                                 Engine(), algorithm::convolution_direct, p.m.src, p.m.wei, p.m.dst, p.m.strides,
-                                p.m.dilates, p.m.pl, p.m.pr, hint));
+                                p.m.dilates, p.m.pl, p.m.pr, hint, UserAttr()));
       }
       return p;
     });
@@ -446,8 +468,7 @@ ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> s, ffi:
                                          {DNNL_ARG_DIFF_DST, Mem(plan->m.dst, dz)},
                                          {DNNL_ARG_DIFF_WEIGHTS, Mem(plan->m.wei, dwp)}};
     if (has_bias) args.emplace(DNNL_ARG_DIFF_BIAS, Mem(plan->m.bias, db->typed_data()));
-    plan->prim.execute(Stream(), args);
-    Stream().wait();
+    Exec(plan->prim, std::move(args));
     if (c.transpose) Flip(c, dwp, dw->typed_data());
     return ffi::Error::Success();
   });
