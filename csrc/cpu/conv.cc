@@ -263,9 +263,11 @@ void Im2ColBwdWeights(const ConvDesc& c, const float* x, const float* s, const f
         dz = dzc.data();
       }
       Im2Col(c, x, p0, p1, cols.data());
-      MatmulPlan* mp = GetMatmul(kc, p1 - p0, oc, true, false, false, Act::kNone, 0.f);
-      RunMatmul(mp, cols.data(), dz, nullptr, tmp.data());
-      for (int64_t j = 0; j < kc * oc; ++j) mine[j] += tmp[j];
+      // dw^T (oc, kc) = dz^T @ cols: the long reduction runs over B's rows, which brgemm does well.
+      MatmulPlan* mp = GetMatmul(oc, p1 - p0, kc, true, false, false, Act::kNone, 0.f);
+      RunMatmul(mp, dz, cols.data(), nullptr, tmp.data());
+      for (int64_t k = 0; k < kc; ++k)
+        for (int64_t o = 0; o < oc; ++o) mine[k * oc + o] += tmp[o * kc + k];
       float* mdb = mine + kc * oc;
       for (int64_t p = 0; p < p1 - p0; ++p) {
         const float* row = dz + p * oc;
