@@ -184,8 +184,8 @@ void RunMatmul(MatmulPlan* p, const float* a, const float* b, const float* bias,
 }
 
 
-// ---- im2col + GEMM backward weights for small-channel groups == 1 convs ----
-// oneDNN falls back to gemm:jit there (~10x off, e.g. 200 ms for LeNet's first layer). We lower
+// ---- im2col + GEMM backward passes for small-channel groups == 1 convs ----
+// oneDNN falls back to gemm:jit there (~10x off, e.g. 200 ms for LeNet's first layer's dw). We lower
 // to GEMMs over row chunks of the im2col matrix (rows p = (n, oh, ow), columns (kh, kw, ci) =
 // the HWIO weight rows), chunked so a chunk stays in cache, chunks spread over OpenMP threads,
 // with the activation derivative applied per chunk (no full-size dz pass).
@@ -233,6 +233,22 @@ void Im2Col(const ConvDesc& c, const float* x, int64_t p0, int64_t p1, float* co
   }
 }
 
+// dz for rows [p0, p1) (a pointer into dy when there is no activation).
+const float* ChunkDz(Act act, float alpha, bool from_output, const float* s, const float* dy, int64_t oc, int64_t p0,
+                     int64_t p1, std::vector<float>& buf) {
+  const int64_t m = (p1 - p0) * oc;
+  const float* dz = dy + p0 * oc;
+  if (act == Act::kNone) return dz;
+  if (buf.size() < size_t(m)) buf.resize(m);
+  if (act == Act::kRelu && from_output) {
+    const float* sc = s + p0 * oc;
+    for (int64_t j = 0; j < m; ++j) buf[j] = sc[j] > 0.f ? dz[j] : 0.f;
+  } else {
+    ActBackward(act, alpha, m, s + p0 * oc, dz, buf.data(), from_output);
+  }
+  return buf.data();
+}
+
 // dw = im2col(x)^T @ dz and db = colsum(dz), dz = dy * act'(s) made per chunk: per-thread
 // partial sums, then one reduction.
 void Im2ColBwdWeights(const ConvDesc& c, const float* x, const float* s, const float* dy, Act act, float alpha,
@@ -249,19 +265,10 @@ void Im2ColBwdWeights(const ConvDesc& c, const float* x, const float* s, const f
     thread_local std::vector<float> cols, tmp, dzc;
     if (cols.size() < size_t(ch * kc)) cols.resize(ch * kc);
     if (tmp.size() < size_t(kc * oc)) tmp.resize(kc * oc);
-    if (act != Act::kNone && dzc.size() < size_t(ch * oc)) dzc.resize(ch * oc);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < nchunks; ++i) {
-      const int64_t p0 = i * ch, p1 = std::min(rows, p0 + ch), m = (p1 - p0) * oc;
-      const float* dz = dy + p0 * oc;
-      if (act == Act::kRelu && from_output) {
-        const float* sc = s + p0 * oc;
-        for (int64_t j = 0; j < m; ++j) dzc[j] = sc[j] > 0.f ? dz[j] : 0.f;
-        dz = dzc.data();
-      } else if (act != Act::kNone) {
-        ActBackward(act, alpha, m, s + p0 * oc, dz, dzc.data(), from_output);
-        dz = dzc.data();
-      }
+      const int64_t p0 = i * ch, p1 = std::min(rows, p0 + ch);
+      const float* dz = ChunkDz(act, alpha, from_output, s, dy, oc, p0, p1, dzc);
       Im2Col(c, x, p0, p1, cols.data());
       // dw^T (oc, kc) = dz^T @ cols: the long reduction runs over B's rows, which brgemm does well.
       MatmulPlan* mp = GetMatmul(oc, p1 - p0, kc, true, false, false, Act::kNone, 0.f);
@@ -287,6 +294,40 @@ void Im2ColBwdWeights(const ConvDesc& c, const float* x, const float* s, const f
       for (int t = 0; t < nt; ++t) acc += part[size_t(t) * (kc + 1) * oc + kc * oc + j];
       db[j] = acc;
     }
+}
+
+// dx = col2im(dz @ w^T), chunks of whole images so threads never add into the same dx rows.
+void Im2ColBwdData(const ConvDesc& c, const float* s, const float* dy, const float* w, Act act, float alpha,
+                   bool from_output, float* dx) {
+  const int64_t kc = c.kh * c.kw * c.ic, ohw = c.oh * c.ow, oc = c.oc;
+  const int64_t imgs = std::max<int64_t>(1, ChunkRows(c) / ohw), nchunks = (c.n + imgs - 1) / imgs;
+  const int64_t xsz = c.ih * c.iw * c.ic;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < nchunks; ++i) {
+    const int64_t n0 = i * imgs, n1 = std::min(c.n, n0 + imgs), p0 = n0 * ohw, p1 = n1 * ohw;
+    thread_local std::vector<float> dcols, dzc;
+    if (dcols.size() < size_t((p1 - p0) * kc)) dcols.resize((p1 - p0) * kc);
+    const float* dz = ChunkDz(act, alpha, from_output, s, dy, oc, p0, p1, dzc);
+    RunMatmul(GetMatmul(p1 - p0, oc, kc, false, true, false, Act::kNone, 0.f), dz, w, nullptr, dcols.data());
+    std::fill(dx + n0 * xsz, dx + n1 * xsz, 0.f);
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t n = p / ohw, r = p % ohw, oh = r / c.ow, ow = r % c.ow;
+      const float* row = dcols.data() + (p - p0) * kc;
+      for (int64_t kh = 0; kh < c.kh; ++kh) {
+        const int64_t ih = oh * c.sh + kh * c.dh - c.plh;
+        if (ih < 0 || ih >= c.ih) continue;
+        float* dst = dx + ((n * c.ih + ih) * c.iw) * c.ic;
+        for (int64_t kw = 0; kw < c.kw; ++kw) {
+          const int64_t iw = ow * c.sw + kw * c.dw - c.plw;
+          if (iw < 0 || iw >= c.iw) continue;
+          const float* src = row + (kh * c.kw + kw) * c.ic;
+          float* d = dst + iw * c.ic;
+#pragma omp simd
+          for (int64_t j = 0; j < c.ic; ++j) d[j] += src[j];
+        }
+      }
+    }
+  }
 }
 
 struct ConvFwdPlan {
@@ -389,6 +430,11 @@ ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> s, ffi::Buffer<ffi::F32> dy, ffi::B
     return ffi::Error::Success();
   }
   return Guard(op, [&] {
+    if (UseIm2Col(c)) {
+      Im2ColBwdData(c, s.typed_data(), dy.typed_data(), w.typed_data(), static_cast<Act>(act), alpha,
+                    from_output != 0, dx->typed_data());
+      return ffi::Error::Success();
+    }
     static PlanCache<ConvBwdDataPlan> cache;
     auto plan = cache.Get(ConvKey(1, c, 0), [&] {
       ConvBwdDataPlan p;
