@@ -3,6 +3,12 @@
 Every pass is a runtime call: `jax_mps_{conv,dense}_fwd` (bias and activation fused),
 `..._bwd_data` (dx) and `..._bwd_weights` (dw, db). The backward calls fold the activation
 derivative in, from the saved output y when it suffices, else from the saved pre-activation.
+
+Padding follows lax everywhere. The runtime takes non-negative conv padding and, for transposed
+convs, padding in [0, (k-1)*d]; anything else is glue here (negative conv padding slices the
+input; transposed padding beyond that crops the output or adds rows no input reaches, filled
+with act(b)). Configurations whose output would be empty raise ValueError (lax returns an
+empty array).
 """
 from __future__ import annotations
 

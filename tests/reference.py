@@ -270,3 +270,43 @@ def optim_step(rule, params, grads, state, lr, *, b1=0.9, b2=0.999, eps=1e-8, we
         raise ValueError(rule)
     out = jax.tree.map(lambda p, d, p0: (p + d).astype(p0.dtype), p32, delta, params)
     return out, new
+# ---- convolution and dense (conv family) ----
+
+def conv_conv2d(x, w, b=None, *, stride=1, padding="SAME", dilation=1, groups=1, activation=None):
+    st = (stride,) * 2 if isinstance(stride, int) else tuple(stride)
+    dil = (dilation,) * 2 if isinstance(dilation, int) else tuple(dilation)
+    pad = ((padding, padding),) * 2 if isinstance(padding, int) else padding
+    y = lax.conv_general_dilated(x, w, st, pad, rhs_dilation=dil, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                 feature_group_count=groups, precision=lax.Precision.HIGHEST)
+    if b is not None:
+        y = y + b
+    return globals()["activation"](y, activation)
+
+
+def conv_conv1d(x, w, b=None, *, stride=1, padding="SAME", dilation=1, groups=1, activation=None):
+    st = (stride,) if isinstance(stride, int) else tuple(stride)
+    dil = (dilation,) if isinstance(dilation, int) else tuple(dilation)
+    pad = ((padding, padding),) if isinstance(padding, int) else padding
+    y = lax.conv_general_dilated(x, w, st, pad, rhs_dilation=dil, dimension_numbers=("NWC", "WIO", "NWC"),
+                                 feature_group_count=groups, precision=lax.Precision.HIGHEST)
+    if b is not None:
+        y = y + b
+    return globals()["activation"](y, activation)
+
+
+def conv_conv_transpose2d(x, w, b=None, *, stride=1, padding="SAME", dilation=1, activation=None):
+    st = (stride,) * 2 if isinstance(stride, int) else tuple(stride)
+    dil = (dilation,) * 2 if isinstance(dilation, int) else tuple(dilation)
+    pad = ((padding, padding),) * 2 if isinstance(padding, int) else padding
+    y = lax.conv_transpose(x, w, st, pad, rhs_dilation=dil, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                           precision=lax.Precision.HIGHEST)
+    if b is not None:
+        y = y + b
+    return globals()["activation"](y, activation)
+
+
+def conv_dense(x, w, b=None, *, activation=None):
+    y = jnp.einsum("...i,io->...o", x, w, precision=lax.Precision.HIGHEST)
+    if b is not None:
+        y = y + b
+    return globals()["activation"](y, activation)

@@ -7,6 +7,8 @@
 #include <cmath>
 #include <vector>
 
+#include <omp.h>
+
 #include "cpu/dnnl_common.h"
 #include "cpu/eltwise.h"
 #include "runtime/conv.h"
@@ -38,9 +40,32 @@ bool PostOpAlg(Act act, float alpha, algorithm* alg, float* a, float* b) {
   }
 }
 
+// Every primitive here uses a user scratchpad taken from a per-thread buffer: oneDNN's default
+// library scratchpad is shared, so the same or different primitives run concurrently (XLA runs
+// independent custom calls on several threads; our OpenMP chunk loops too) would corrupt it.
+dnnl::primitive_attr UserAttr() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+void Exec(const dnnl::primitive& prim, std::unordered_map<int, memory> args) {
+  const_dnnl_memory_desc_t md =
+      dnnl_primitive_desc_query_md(prim.get_primitive_desc(), dnnl_query_scratchpad_md, 0);
+  const size_t bytes = md ? dnnl_memory_desc_get_size(md) : 0;
+  if (bytes) {
+    thread_local std::vector<char> pad;
+    if (pad.size() < bytes) pad.resize(bytes);
+    args.emplace(DNNL_ARG_SCRATCHPAD, dnnl::memory(memory::desc({int64_t(bytes)}, dt::u8, tag::a), Engine(),
+                                                   pad.data()));
+  }
+  prim.execute(Stream(), args);
+  Stream().wait();
+}
+
 // Post-op attribute for `act`; *after is set when the activation must run as a separate pass.
 dnnl::primitive_attr ActAttr(Act act, float alpha, bool* after) {
-  dnnl::primitive_attr attr;
+  dnnl::primitive_attr attr = UserAttr();
   *after = false;
   if (act == Act::kNone) return attr;
   algorithm alg;
@@ -73,6 +98,12 @@ float* Scratch(int slot, size_t n) {
 const float* ActGrad(int64_t act, float alpha, int64_t from_output, int64_t n, const float* s, const float* dy) {
   if (static_cast<Act>(act) == Act::kNone) return dy;
   float* dz = Scratch(0, n);
+  if (static_cast<Act>(act) == Act::kRelu && from_output) {
+    // The common case inline: one fused pass, no OpenMP region for a memory-bound loop.
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) dz[i] = s[i] > 0.f ? dy[i] : 0.f;
+    return dz;
+  }
   ActBackward(static_cast<Act>(act), alpha, n, s, dy, dz, from_output != 0);
   return dz;
 }
@@ -114,6 +145,191 @@ ConvMds MakeMds(const ConvDesc& c, bool has_bias) {
   return m;
 }
 
+// ---- dense: oneDNN matmul; transposed operands are strided views, never copies ----
+
+struct MatmulPlan {
+  dnnl::matmul prim;
+  memory::desc a, b, bias, c;
+  bool act_after = false;
+};
+
+// C (m, n) = A (m, k) @ B (k, n); a_t / b_t: the operand is stored transposed (row-major (k, m) / (n, k)).
+MatmulPlan* GetMatmul(int64_t m, int64_t k, int64_t n, bool a_t, bool b_t, bool bias, Act act, float alpha) {
+  static PlanCache<MatmulPlan> cache;
+  PlanKey key;
+  key.add(m).add(k).add(n).add(int64_t(a_t)).add(int64_t(b_t)).add(int64_t(bias)).add(static_cast<int64_t>(act))
+      .add(static_cast<double>(alpha));
+  return cache.Get(key, [&] {
+    MatmulPlan p;
+    p.a = a_t ? memory::desc({m, k}, dt::f32, memory::dims{1, m}) : memory::desc({m, k}, dt::f32, tag::ab);
+    p.b = b_t ? memory::desc({k, n}, dt::f32, memory::dims{1, k}) : memory::desc({k, n}, dt::f32, tag::ab);
+    p.c = memory::desc({m, n}, dt::f32, tag::ab);
+    auto attr = ActAttr(act, alpha, &p.act_after);
+    if (bias) {
+      p.bias = memory::desc({1, n}, dt::f32, tag::ab);
+      p.prim = dnnl::matmul(dnnl::matmul::primitive_desc(Engine(), p.a, p.b, p.bias, p.c, attr));
+    } else {
+      p.prim = dnnl::matmul(dnnl::matmul::primitive_desc(Engine(), p.a, p.b, p.c, attr));
+    }
+    return p;
+  }).get();
+}
+
+void RunMatmul(MatmulPlan* p, const float* a, const float* b, const float* bias, float* c) {
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, Mem(p->a, a)},
+                                       {DNNL_ARG_WEIGHTS, Mem(p->b, b)},
+                                       {DNNL_ARG_DST, Mem(p->c, c)}};
+  if (bias) args.emplace(DNNL_ARG_BIAS, Mem(p->bias, bias));
+  Exec(p->prim, std::move(args));
+}
+
+
+// ---- im2col + GEMM backward passes for small-channel groups == 1 convs ----
+// oneDNN falls back to gemm:jit there (~10x off, e.g. 200 ms for LeNet's first layer's dw). We lower
+// to GEMMs over row chunks of the im2col matrix (rows p = (n, oh, ow), columns (kh, kw, ci) =
+// the HWIO weight rows), chunked so a chunk stays in cache, chunks spread over OpenMP threads,
+// with the activation derivative applied per chunk (no full-size dz pass).
+bool UseIm2Col(const ConvDesc& c) { return !c.transpose && c.groups == 1 && c.ic < 32; }
+
+constexpr int64_t kChunkBytes = 256 << 10;
+
+int64_t ChunkRows(const ConvDesc& c) {
+  const int64_t kc = c.kh * c.kw * c.ic;
+  return std::max<int64_t>(16, kChunkBytes / (kc * int64_t(sizeof(float))));
+}
+
+// cols (rows p0..p1) of the im2col matrix, zeros where the window hits padding.
+void Im2Col(const ConvDesc& c, const float* x, int64_t p0, int64_t p1, float* cols) {
+  const int64_t kc = c.kh * c.kw * c.ic, ohw = c.oh * c.ow;
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t n = p / ohw, r = p % ohw, oh = r / c.ow, ow = r % c.ow;
+    float* row = cols + (p - p0) * kc;
+    for (int64_t kh = 0; kh < c.kh; ++kh) {
+      const int64_t ih = oh * c.sh + kh * c.dh - c.plh;
+      float* dst = row + kh * c.kw * c.ic;
+      if (ih < 0 || ih >= c.ih) {
+        std::fill(dst, dst + c.kw * c.ic, 0.f);
+        continue;
+      }
+      const float* src = x + ((n * c.ih + ih) * c.iw) * c.ic;
+      // valid kw range: 0 <= ow*sw + kw*dw - plw < iw
+      const int64_t base = ow * c.sw - c.plw;
+      int64_t k0 = base >= 0 ? 0 : std::min(c.kw, (-base + c.dw - 1) / c.dw);
+      int64_t k1 = base >= c.iw ? 0 : std::min(c.kw, (c.iw - base + c.dw - 1) / c.dw);
+      if (k1 < k0) k1 = k0;
+      if (k0 > 0) std::fill(dst, dst + k0 * c.ic, 0.f);
+      if (k1 < c.kw) std::fill(dst + k1 * c.ic, dst + c.kw * c.ic, 0.f);
+      if (c.dw == 1) {  // the window row is one contiguous run of x
+        const float* s0 = src + (base + k0) * c.ic;
+        float* d0 = dst + k0 * c.ic;
+        for (int64_t j = 0, e = (k1 - k0) * c.ic; j < e; ++j) d0[j] = s0[j];
+      } else {
+        for (int64_t kw = k0; kw < k1; ++kw) {
+          const float* s0 = src + (base + kw * c.dw) * c.ic;
+          for (int64_t j = 0; j < c.ic; ++j) dst[kw * c.ic + j] = s0[j];
+        }
+      }
+    }
+  }
+}
+
+// dz for rows [p0, p1) (a pointer into dy when there is no activation).
+const float* ChunkDz(Act act, float alpha, bool from_output, const float* s, const float* dy, int64_t oc, int64_t p0,
+                     int64_t p1, std::vector<float>& buf) {
+  const int64_t m = (p1 - p0) * oc;
+  const float* dz = dy + p0 * oc;
+  if (act == Act::kNone) return dz;
+  if (buf.size() < size_t(m)) buf.resize(m);
+  if (act == Act::kRelu && from_output) {
+    const float* sc = s + p0 * oc;
+    for (int64_t j = 0; j < m; ++j) buf[j] = sc[j] > 0.f ? dz[j] : 0.f;
+  } else {
+    ActBackward(act, alpha, m, s + p0 * oc, dz, buf.data(), from_output);
+  }
+  return buf.data();
+}
+
+// dw = im2col(x)^T @ dz and db = colsum(dz), dz = dy * act'(s) made per chunk: per-thread
+// partial sums, then one reduction.
+void Im2ColBwdWeights(const ConvDesc& c, const float* x, const float* s, const float* dy, Act act, float alpha,
+                      bool from_output, float* dw, float* db) {
+  const int64_t kc = c.kh * c.kw * c.ic, rows = c.n * c.oh * c.ow, ch = ChunkRows(c), oc = c.oc;
+  const int64_t nchunks = (rows + ch - 1) / ch;
+  const int nt = omp_get_max_threads();
+  float* part = Scratch(1, size_t(nt) * (kc + 1) * oc);
+  std::fill(part, part + size_t(nt) * (kc + 1) * oc, 0.f);
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    float* mine = part + size_t(t) * (kc + 1) * oc;  // kc rows of dw, then db
+    thread_local std::vector<float> cols, tmp, dzc;
+    if (cols.size() < size_t(ch * kc)) cols.resize(ch * kc);
+    if (tmp.size() < size_t(kc * oc)) tmp.resize(kc * oc);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < nchunks; ++i) {
+      const int64_t p0 = i * ch, p1 = std::min(rows, p0 + ch);
+      const float* dz = ChunkDz(act, alpha, from_output, s, dy, oc, p0, p1, dzc);
+      Im2Col(c, x, p0, p1, cols.data());
+      // dw^T (oc, kc) = dz^T @ cols: the long reduction runs over B's rows, which brgemm does well.
+      MatmulPlan* mp = GetMatmul(oc, p1 - p0, kc, true, false, false, Act::kNone, 0.f);
+      RunMatmul(mp, dz, cols.data(), nullptr, tmp.data());
+      for (int64_t k = 0; k < kc; ++k)
+        for (int64_t o = 0; o < oc; ++o) mine[k * oc + o] += tmp[o * kc + k];
+      float* mdb = mine + kc * oc;
+      for (int64_t p = 0; p < p1 - p0; ++p) {
+        const float* row = dz + p * oc;
+#pragma omp simd
+        for (int64_t j = 0; j < oc; ++j) mdb[j] += row[j];
+      }
+    }
+  }
+  for (int64_t j = 0; j < kc * oc; ++j) {
+    float acc = 0.f;
+    for (int t = 0; t < nt; ++t) acc += part[size_t(t) * (kc + 1) * oc + j];
+    dw[j] = acc;
+  }
+  if (db)
+    for (int64_t j = 0; j < oc; ++j) {
+      float acc = 0.f;
+      for (int t = 0; t < nt; ++t) acc += part[size_t(t) * (kc + 1) * oc + kc * oc + j];
+      db[j] = acc;
+    }
+}
+
+// dx = col2im(dz @ w^T), chunks of whole images so threads never add into the same dx rows.
+void Im2ColBwdData(const ConvDesc& c, const float* s, const float* dy, const float* w, Act act, float alpha,
+                   bool from_output, float* dx) {
+  const int64_t kc = c.kh * c.kw * c.ic, ohw = c.oh * c.ow, oc = c.oc;
+  const int64_t imgs = std::max<int64_t>(1, ChunkRows(c) / ohw), nchunks = (c.n + imgs - 1) / imgs;
+  const int64_t xsz = c.ih * c.iw * c.ic;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < nchunks; ++i) {
+    const int64_t n0 = i * imgs, n1 = std::min(c.n, n0 + imgs), p0 = n0 * ohw, p1 = n1 * ohw;
+    thread_local std::vector<float> dcols, dzc;
+    if (dcols.size() < size_t((p1 - p0) * kc)) dcols.resize((p1 - p0) * kc);
+    const float* dz = ChunkDz(act, alpha, from_output, s, dy, oc, p0, p1, dzc);
+    RunMatmul(GetMatmul(p1 - p0, oc, kc, false, true, false, Act::kNone, 0.f), dz, w, nullptr, dcols.data());
+    std::fill(dx + n0 * xsz, dx + n1 * xsz, 0.f);
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t n = p / ohw, r = p % ohw, oh = r / c.ow, ow = r % c.ow;
+      const float* row = dcols.data() + (p - p0) * kc;
+      for (int64_t kh = 0; kh < c.kh; ++kh) {
+        const int64_t ih = oh * c.sh + kh * c.dh - c.plh;
+        if (ih < 0 || ih >= c.ih) continue;
+        float* dst = dx + ((n * c.ih + ih) * c.iw) * c.ic;
+        for (int64_t kw = 0; kw < c.kw; ++kw) {
+          const int64_t iw = ow * c.sw + kw * c.dw - c.plw;
+          if (iw < 0 || iw >= c.iw) continue;
+          const float* src = row + (kh * c.kw + kw) * c.ic;
+          float* d = dst + iw * c.ic;
+#pragma omp simd
+          for (int64_t j = 0; j < c.ic; ++j) d[j] += src[j];
+        }
+      }
+    }
+  }
+}
+
 struct ConvFwdPlan {
   dnnl::primitive prim;
   ConvMds m;
@@ -130,7 +346,7 @@ struct ConvBwdWeightsPlan {
 
 // Forward primitive descriptors (also the hints for the backward ones).
 dnnl::convolution_forward::primitive_desc ConvFwdPd(const ConvMds& m, bool has_bias,
-                                                    const dnnl::primitive_attr& attr = {}) {
+                                                    const dnnl::primitive_attr& attr = UserAttr()) {
   if (has_bias)
     return {Engine(), prop_kind::forward_training, algorithm::convolution_direct, m.src, m.wei, m.bias, m.dst,
             m.strides, m.dilates, m.pl, m.pr, attr};
@@ -138,7 +354,7 @@ dnnl::convolution_forward::primitive_desc ConvFwdPd(const ConvMds& m, bool has_b
           m.strides, m.dilates, m.pl, m.pr, attr};
 }
 dnnl::deconvolution_forward::primitive_desc DeconvFwdPd(const ConvMds& m, bool has_bias,
-                                                        const dnnl::primitive_attr& attr = {}) {
+                                                        const dnnl::primitive_attr& attr = UserAttr()) {
   if (has_bias)
     return {Engine(), prop_kind::forward_training, algorithm::deconvolution_direct, m.src, m.wei, m.bias, m.dst,
             m.strides, m.dilates, m.pl, m.pr, attr};
@@ -191,8 +407,7 @@ ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer
                                          {DNNL_ARG_WEIGHTS, Mem(plan->m.wei, wp)},
                                          {DNNL_ARG_DST, Mem(plan->m.dst, y->typed_data())}};
     if (has_bias) args.emplace(DNNL_ARG_BIAS, Mem(plan->m.bias, b.typed_data()));
-    plan->prim.execute(Stream(), args);
-    Stream().wait();
+    Exec(plan->prim, std::move(args));
     if (plan->act_after)
       ActForward(static_cast<Act>(act), alpha, y->element_count(), y->typed_data(), y->typed_data());
     return ffi::Error::Success();
@@ -215,6 +430,11 @@ ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> s, ffi::Buffer<ffi::F32> dy, ffi::B
     return ffi::Error::Success();
   }
   return Guard(op, [&] {
+    if (UseIm2Col(c)) {
+      Im2ColBwdData(c, s.typed_data(), dy.typed_data(), w.typed_data(), static_cast<Act>(act), alpha,
+                    from_output != 0, dx->typed_data());
+      return ffi::Error::Success();
+    }
     static PlanCache<ConvBwdDataPlan> cache;
     auto plan = cache.Get(ConvKey(1, c, 0), [&] {
       ConvBwdDataPlan p;
@@ -222,11 +442,11 @@ ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> s, ffi::Buffer<ffi::F32> dy, ffi::B
       if (c.transpose)
         p.prim = dnnl::deconvolution_backward_data(dnnl::deconvolution_backward_data::primitive_desc(
             Engine(), algorithm::deconvolution_direct, p.m.src, p.m.wei, p.m.dst, p.m.strides, p.m.dilates,
-            p.m.pl, p.m.pr, DeconvFwdPd(p.m, false)));
+            p.m.pl, p.m.pr, DeconvFwdPd(p.m, false), UserAttr()));
       else
         p.prim = dnnl::convolution_backward_data(dnnl::convolution_backward_data::primitive_desc(
             Engine(), algorithm::convolution_direct, p.m.src, p.m.wei, p.m.dst, p.m.strides, p.m.dilates,
-            p.m.pl, p.m.pr, ConvFwdPd(p.m, false)));
+            p.m.pl, p.m.pr, ConvFwdPd(p.m, false), UserAttr()));
       return p;
     });
     const float* dz = ActGrad(act, alpha, from_output, dy.element_count(), s.typed_data(), dy.typed_data());
@@ -236,10 +456,9 @@ ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> s, ffi::Buffer<ffi::F32> dy, ffi::B
       Flip(c, wp, f);
       wp = f;
     }
-    plan->prim.execute(Stream(), {{DNNL_ARG_DIFF_DST, Mem(plan->m.dst, dz)},
+    Exec(plan->prim, {{DNNL_ARG_DIFF_DST, Mem(plan->m.dst, dz)},
                                   {DNNL_ARG_WEIGHTS, Mem(plan->m.wei, wp)},
                                   {DNNL_ARG_DIFF_SRC, Mem(plan->m.src, dx->typed_data())}});
-    Stream().wait();
     return ffi::Error::Success();
   });
 }
@@ -263,6 +482,11 @@ ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> s, ffi:
     return ffi::Error::Success();
   }
   return Guard(op, [&] {
+    if (UseIm2Col(c)) {
+      Im2ColBwdWeights(c, x.typed_data(), s.typed_data(), dy.typed_data(), static_cast<Act>(act), alpha,
+                       from_output != 0, dw->typed_data(), has_bias ? db->typed_data() : nullptr);
+      return ffi::Error::Success();
+    }
     static PlanCache<ConvBwdWeightsPlan> cache;
     auto plan = cache.Get(ConvKey(2, c, has_bias), [&] {
       ConvBwdWeightsPlan p;
@@ -271,18 +495,18 @@ ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> s, ffi:
         auto hint = DeconvFwdPd(p.m, has_bias != 0);
         p.prim = has_bias ? dnnl::deconvolution_backward_weights(dnnl::deconvolution_backward_weights::primitive_desc(
                                 Engine(), algorithm::deconvolution_direct, p.m.src, p.m.wei, p.m.bias, p.m.dst,
-                                p.m.strides, p.m.dilates, p.m.pl, p.m.pr, hint))
+                                p.m.strides, p.m.dilates, p.m.pl, p.m.pr, hint, UserAttr()))
                           : dnnl::deconvolution_backward_weights(dnnl::deconvolution_backward_weights::primitive_desc(
                                 Engine(), algorithm::deconvolution_direct, p.m.src, p.m.wei, p.m.dst, p.m.strides,
-                                p.m.dilates, p.m.pl, p.m.pr, hint));
+                                p.m.dilates, p.m.pl, p.m.pr, hint, UserAttr()));
       } else {
         auto hint = ConvFwdPd(p.m, has_bias != 0);
         p.prim = has_bias ? dnnl::convolution_backward_weights(dnnl::convolution_backward_weights::primitive_desc(
                                 Engine(), algorithm::convolution_direct, p.m.src, p.m.wei, p.m.bias, p.m.dst,
-                                p.m.strides, p.m.dilates, p.m.pl, p.m.pr, hint))
+                                p.m.strides, p.m.dilates, p.m.pl, p.m.pr, hint, UserAttr()))
                           : dnnl::convolution_backward_weights(dnnl::convolution_backward_weights::primitive_desc(
                                 Engine(), algorithm::convolution_direct, p.m.src, p.m.wei, p.m.dst, p.m.strides,
-                                p.m.dilates, p.m.pl, p.m.pr, hint));
+                                p.m.dilates, p.m.pl, p.m.pr, hint, UserAttr()));
       }
       return p;
     });
@@ -292,50 +516,10 @@ ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> s, ffi:
                                          {DNNL_ARG_DIFF_DST, Mem(plan->m.dst, dz)},
                                          {DNNL_ARG_DIFF_WEIGHTS, Mem(plan->m.wei, dwp)}};
     if (has_bias) args.emplace(DNNL_ARG_DIFF_BIAS, Mem(plan->m.bias, db->typed_data()));
-    plan->prim.execute(Stream(), args);
-    Stream().wait();
+    Exec(plan->prim, std::move(args));
     if (c.transpose) Flip(c, dwp, dw->typed_data());
     return ffi::Error::Success();
   });
-}
-
-// ---- dense: oneDNN matmul; transposed operands are strided views, never copies ----
-
-struct MatmulPlan {
-  dnnl::matmul prim;
-  memory::desc a, b, bias, c;
-  bool act_after = false;
-};
-
-// C (m, n) = A (m, k) @ B (k, n); a_t / b_t: the operand is stored transposed (row-major (k, m) / (n, k)).
-MatmulPlan* GetMatmul(int64_t m, int64_t k, int64_t n, bool a_t, bool b_t, bool bias, Act act, float alpha) {
-  static PlanCache<MatmulPlan> cache;
-  PlanKey key;
-  key.add(m).add(k).add(n).add(int64_t(a_t)).add(int64_t(b_t)).add(int64_t(bias)).add(static_cast<int64_t>(act))
-      .add(static_cast<double>(alpha));
-  return cache.Get(key, [&] {
-    MatmulPlan p;
-    p.a = a_t ? memory::desc({m, k}, dt::f32, memory::dims{1, m}) : memory::desc({m, k}, dt::f32, tag::ab);
-    p.b = b_t ? memory::desc({k, n}, dt::f32, memory::dims{1, k}) : memory::desc({k, n}, dt::f32, tag::ab);
-    p.c = memory::desc({m, n}, dt::f32, tag::ab);
-    auto attr = ActAttr(act, alpha, &p.act_after);
-    if (bias) {
-      p.bias = memory::desc({1, n}, dt::f32, tag::ab);
-      p.prim = dnnl::matmul(dnnl::matmul::primitive_desc(Engine(), p.a, p.b, p.bias, p.c, attr));
-    } else {
-      p.prim = dnnl::matmul(dnnl::matmul::primitive_desc(Engine(), p.a, p.b, p.c, attr));
-    }
-    return p;
-  }).get();
-}
-
-void RunMatmul(MatmulPlan* p, const float* a, const float* b, const float* bias, float* c) {
-  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, Mem(p->a, a)},
-                                       {DNNL_ARG_WEIGHTS, Mem(p->b, b)},
-                                       {DNNL_ARG_DST, Mem(p->c, c)}};
-  if (bias) args.emplace(DNNL_ARG_BIAS, Mem(p->bias, bias));
-  p->prim.execute(Stream(), args);
-  Stream().wait();
 }
 
 ffi::Error DenseFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
