@@ -6,12 +6,10 @@
 #include "runtime/registry.h"
 
 namespace jax_mps::cpu {
-namespace {
 
 using dnnl::algorithm;
 
-// oneDNN algorithm for an activation; `from_output` picks the *_use_dst_for_bwd variant.
-bool DnnlAlg(Act act, float alpha, bool from_output, algorithm* alg, float* a, float* b) {
+bool DnnlEltwiseAlg(Act act, float alpha, bool from_output, algorithm* alg, float* a, float* b) {
   *a = 0.f;
   *b = 0.f;
   switch (act) {
@@ -29,6 +27,8 @@ bool DnnlAlg(Act act, float alpha, bool from_output, algorithm* alg, float* a, f
   }
 }
 
+namespace {
+
 struct EltwisePlan {
   dnnl::eltwise_forward fwd;
   dnnl::eltwise_backward bwd;
@@ -43,10 +43,10 @@ EltwisePlan* GetPlan(Act act, float alpha, int64_t n, bool from_output) {
   return cache.Get(key, [&] {
     algorithm alg = algorithm::eltwise_relu;
     float a, b;
-    DnnlAlg(act, alpha, from_output, &alg, &a, &b);
+    DnnlEltwiseAlg(act, alpha, from_output, &alg, &a, &b);
     auto md = FlatF32(n);
-    dnnl::eltwise_forward::primitive_desc fpd(Engine(), dnnl::prop_kind::forward_training, alg, md, md, a, b);
-    dnnl::eltwise_backward::primitive_desc bpd(Engine(), alg, md, md, md, a, b, fpd);
+    dnnl::eltwise_forward::primitive_desc fpd(Engine(), dnnl::prop_kind::forward_training, alg, md, md, a, b, UserAttr());
+    dnnl::eltwise_backward::primitive_desc bpd(Engine(), alg, md, md, md, a, b, fpd, UserAttr());
     return EltwisePlan{dnnl::eltwise_forward(fpd), dnnl::eltwise_backward(bpd), md};
   }).get();
 }
@@ -65,8 +65,7 @@ void ActForward(Act act, float alpha, int64_t n, const float* x, float* y) {
     return;
   }
   EltwisePlan* p = GetPlan(act, alpha, n, false);
-  p->fwd.execute(Stream(), {{DNNL_ARG_SRC, Mem(p->md, x)}, {DNNL_ARG_DST, Mem(p->md, y)}});
-  Stream().wait();
+  Exec(p->fwd, {{DNNL_ARG_SRC, Mem(p->md, x)}, {DNNL_ARG_DST, Mem(p->md, y)}});
 }
 
 void ActBackward(Act act, float alpha, int64_t n, const float* s, const float* dy, float* dx,
@@ -85,10 +84,9 @@ void ActBackward(Act act, float alpha, int64_t n, const float* s, const float* d
     return;
   }
   EltwisePlan* p = GetPlan(act, alpha, n, from_output);
-  p->bwd.execute(Stream(), {{from_output ? DNNL_ARG_DST : DNNL_ARG_SRC, Mem(p->md, s)},
+  Exec(p->bwd, {{from_output ? DNNL_ARG_DST : DNNL_ARG_SRC, Mem(p->md, s)},
                             {DNNL_ARG_DIFF_DST, Mem(p->md, dy)},
                             {DNNL_ARG_DIFF_SRC, Mem(p->md, dx)}});
-  Stream().wait();
 }
 
 namespace {
@@ -190,8 +188,8 @@ SoftmaxPlan* GetSoftmax(int64_t o, int64_t a, int64_t in, bool log) {
   return cache.Get(key, [&] {
     dnnl::memory::desc md({o, a, in}, dt::f32, tag::abc);
     auto alg = log ? algorithm::softmax_log : algorithm::softmax_accurate;
-    dnnl::softmax_forward::primitive_desc fpd(Engine(), dnnl::prop_kind::forward_training, alg, md, md, 1);
-    dnnl::softmax_backward::primitive_desc bpd(Engine(), alg, md, md, md, 1, fpd);
+    dnnl::softmax_forward::primitive_desc fpd(Engine(), dnnl::prop_kind::forward_training, alg, md, md, 1, UserAttr());
+    dnnl::softmax_backward::primitive_desc bpd(Engine(), alg, md, md, md, 1, fpd, UserAttr());
     return SoftmaxPlan{dnnl::softmax_forward(fpd), dnnl::softmax_backward(bpd), md};
   }).get();
 }
@@ -202,9 +200,8 @@ ffi::Error SoftmaxFwd(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, in
   if (x.element_count() == 0) return ffi::Error::Success();
   return Guard("softmax_fwd", [&] {
     SoftmaxPlan* p = GetSoftmax(o, a, in, log != 0);
-    p->fwd.execute(Stream(), {{DNNL_ARG_SRC, Mem(p->md, x.typed_data())}, {DNNL_ARG_DST, Mem(p->md, y->typed_data())}});
-    Stream().wait();
-    return ffi::Error::Success();
+    Exec(p->fwd, {{DNNL_ARG_SRC, Mem(p->md, x.typed_data())}, {DNNL_ARG_DST, Mem(p->md, y->typed_data())}});
+      return ffi::Error::Success();
   });
 }
 
@@ -216,11 +213,10 @@ ffi::Error SoftmaxBwd(ffi::Buffer<ffi::F32> y, ffi::Buffer<ffi::F32> dy, ffi::Re
   if (y.element_count() == 0) return ffi::Error::Success();
   return Guard("softmax_bwd", [&] {
     SoftmaxPlan* p = GetSoftmax(o, a, in, log != 0);
-    p->bwd.execute(Stream(), {{DNNL_ARG_DST, Mem(p->md, y.typed_data())},
+    Exec(p->bwd, {{DNNL_ARG_DST, Mem(p->md, y.typed_data())},
                               {DNNL_ARG_DIFF_DST, Mem(p->md, dy.typed_data())},
                               {DNNL_ARG_DIFF_SRC, Mem(p->md, dx->typed_data())}});
-    Stream().wait();
-    return ffi::Error::Success();
+      return ffi::Error::Success();
   });
 }
 

@@ -21,48 +21,6 @@ using dnnl::algorithm;
 using dnnl::memory;
 using dnnl::prop_kind;
 
-// Activation as a oneDNN post-op (forward only); false where oneDNN has no such function.
-bool PostOpAlg(Act act, float alpha, algorithm* alg, float* a, float* b) {
-  *a = 0.f;
-  *b = 0.f;
-  switch (act) {
-    case Act::kRelu: *alg = algorithm::eltwise_relu; return true;
-    case Act::kLeakyRelu: *alg = algorithm::eltwise_relu; *a = alpha; return true;
-    case Act::kRelu6: *alg = algorithm::eltwise_clip_v2; *b = 6.f; return true;
-    case Act::kElu: *alg = algorithm::eltwise_elu; *a = alpha; return true;
-    case Act::kSigmoid: *alg = algorithm::eltwise_logistic; return true;
-    case Act::kTanh: *alg = algorithm::eltwise_tanh; return true;
-    case Act::kHardSigmoid: *alg = algorithm::eltwise_hardsigmoid; *a = 1.f / 6.f; *b = 0.5f; return true;
-    case Act::kSoftplus: *alg = algorithm::eltwise_soft_relu; *a = 1.f; return true;
-    case Act::kGelu: *alg = algorithm::eltwise_gelu_erf; return true;
-    case Act::kGeluTanh: *alg = algorithm::eltwise_gelu_tanh; return true;
-    default: return false;
-  }
-}
-
-// Every primitive here uses a user scratchpad taken from a per-thread buffer: oneDNN's default
-// library scratchpad is shared, so the same or different primitives run concurrently (XLA runs
-// independent custom calls on several threads; our OpenMP chunk loops too) would corrupt it.
-dnnl::primitive_attr UserAttr() {
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  return attr;
-}
-
-void Exec(const dnnl::primitive& prim, std::unordered_map<int, memory> args) {
-  const_dnnl_memory_desc_t md =
-      dnnl_primitive_desc_query_md(prim.get_primitive_desc(), dnnl_query_scratchpad_md, 0);
-  const size_t bytes = md ? dnnl_memory_desc_get_size(md) : 0;
-  if (bytes) {
-    thread_local std::vector<char> pad;
-    if (pad.size() < bytes) pad.resize(bytes);
-    args.emplace(DNNL_ARG_SCRATCHPAD, dnnl::memory(memory::desc({int64_t(bytes)}, dt::u8, tag::a), Engine(),
-                                                   pad.data()));
-  }
-  prim.execute(Stream(), args);
-  Stream().wait();
-}
-
 // Post-op attribute for `act`; *after is set when the activation must run as a separate pass.
 dnnl::primitive_attr ActAttr(Act act, float alpha, bool* after) {
   dnnl::primitive_attr attr = UserAttr();
@@ -70,7 +28,7 @@ dnnl::primitive_attr ActAttr(Act act, float alpha, bool* after) {
   if (act == Act::kNone) return attr;
   algorithm alg;
   float a, b;
-  if (PostOpAlg(act, alpha, &alg, &a, &b)) {
+  if (DnnlEltwiseAlg(act, alpha, false, &alg, &a, &b)) {
     dnnl::post_ops po;
     po.append_eltwise(alg, a, b);
     attr.set_post_ops(po);

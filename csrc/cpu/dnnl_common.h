@@ -1,5 +1,8 @@
 // oneDNN plumbing for the CPU backend: one engine, a stream per thread, memory helpers.
 #pragma once
+#include <unordered_map>
+#include <vector>
+
 #include <dnnl.hpp>
 
 #include "runtime/common.h"
@@ -27,5 +30,29 @@ inline dnnl::memory Mem(const dnnl::memory::desc& md, const void* p) {
 }
 
 inline dnnl::memory::desc FlatF32(int64_t n) { return dnnl::memory::desc({n}, dt::f32, tag::a); }
+
+// Every primitive uses a user scratchpad taken from a per-thread buffer: oneDNN's default
+// library scratchpad is shared, so primitives run concurrently (XLA runs independent custom
+// calls on several threads) would corrupt it ("could not execute a primitive", wrong numbers).
+inline dnnl::primitive_attr UserAttr() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+// Executes a primitive built with UserAttr() (or needing no scratchpad) and waits for it.
+inline void Exec(const dnnl::primitive& prim, std::unordered_map<int, dnnl::memory> args) {
+  const_dnnl_memory_desc_t md =
+      dnnl_primitive_desc_query_md(prim.get_primitive_desc(), dnnl_query_scratchpad_md, 0);
+  const size_t bytes = md ? dnnl_memory_desc_get_size(md) : 0;
+  if (bytes) {
+    thread_local std::vector<char> pad;
+    if (pad.size() < bytes) pad.resize(bytes);
+    args.emplace(DNNL_ARG_SCRATCHPAD,
+                 dnnl::memory(dnnl::memory::desc({int64_t(bytes)}, dt::u8, tag::a), Engine(), pad.data()));
+  }
+  prim.execute(Stream(), args);
+  Stream().wait();
+}
 
 }  // namespace jax_mps::cpu
