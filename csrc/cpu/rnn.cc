@@ -1,0 +1,515 @@
+// LSTM / GRU / RNN (multi-layer, bidirectional, packed-sequence lengths) on the CPU.
+//
+// Own kernels rather than oneDNN's RNN primitives: those have no sequence-length support and
+// cost more per call at small sizes. Per layer-direction: one GEMM projects the inputs of every
+// time step (rows in x's own layout, so batch- and time-major need no copy), then one recurrent
+// GEMM (B x H x GH) and a fused element-wise cell per step. The backward runs the per-step
+// element-wise + recurrent GEMM chain and then does dW_ih, dW_hh and dx as one GEMM each over
+// all time steps. GEMMs are oneDNN's dnnl_sgemm (row major, JIT'd per ISA).
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cpu/dnnl_common.h"
+#include "runtime/registry.h"
+#include "runtime/rnn.h"
+
+namespace jax_mps::cpu {
+namespace {
+
+// Element-wise step kernels are compiled for several ISAs and picked at load time (no -march).
+#define JAX_MPS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define JAX_MPS_INLINE inline __attribute__((always_inline))
+
+// exp with Cephes' range reduction and polynomial (~1 ulp), written to vectorise.
+JAX_MPS_INLINE float Exp(float x) {
+  x = std::min(std::max(x, -87.3f), 88.3f);
+  float n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round to nearest
+  float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float s;
+  std::memcpy(&s, &bits, sizeof s);
+  return p * s;
+}
+JAX_MPS_INLINE float Sigmoid(float x) { return 1.f / (1.f + Exp(-x)); }
+JAX_MPS_INLINE float Tanh(float x) { return 1.f - 2.f / (Exp(2.f * x) + 1.f); }
+
+void Gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+          int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (dnnl_sgemm(ta, tb, m, n, k, 1.f, a, lda, b, ldb, beta, c, ldc) != dnnl_success)
+    throw std::runtime_error("dnnl_sgemm failed: " + std::string(1, ta) + std::string(1, tb) + " m=" +
+                             std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k) + " lda=" +
+                             std::to_string(lda) + " ldb=" + std::to_string(ldb) + " ldc=" + std::to_string(ldc));
+}
+
+// ---- Forward steps. g: this step's workspace rows (stride rs) holding the input projection
+// (+ biases) in the gate columns on entry; a: h_{t-1} W_hh (B x GH); h/c: carried state (B x H);
+// y: output rows (stride ys). Rows past their length keep the state, write y = 0 and a finite
+// h_{t-1} (the dW_hh GEMM reads every row).
+
+JAX_MPS_CLONES
+void LstmFwdStep(int64_t B, int64_t H, int64_t t, const int32_t* len, float* ws, int64_t rs, const float* tmp,
+                 float* hc, float* cc, float* y, int64_t ys) {
+  for (int64_t b = 0; b < B; ++b) {
+    float* __restrict g = ws + b * rs;
+    const float* __restrict a = tmp + b * 4 * H;
+    float* __restrict h = hc + b * H;
+    float* __restrict c = cc + b * H;
+    float* __restrict yo = y + b * ys;
+    if (t >= len[b]) {
+      for (int64_t j = 0; j < H; ++j) {
+        yo[j] = 0.f;
+        g[6 * H + j] = h[j];
+      }
+      continue;
+    }
+    for (int64_t j = 0; j < H; ++j) {
+      float i = Sigmoid(g[j] + a[j]);
+      float f = Sigmoid(g[H + j] + a[H + j]);
+      float gg = Tanh(g[2 * H + j] + a[2 * H + j]);
+      float o = Sigmoid(g[3 * H + j] + a[3 * H + j]);
+      float cp = c[j];
+      float cn = f * cp + i * gg;
+      float tc = Tanh(cn);
+      float hn = o * tc;
+      g[j] = i;
+      g[H + j] = f;
+      g[2 * H + j] = gg;
+      g[3 * H + j] = o;
+      g[4 * H + j] = tc;
+      g[5 * H + j] = cp;
+      g[6 * H + j] = h[j];
+      c[j] = cn;
+      h[j] = hn;
+      yo[j] = hn;
+    }
+  }
+}
+
+JAX_MPS_CLONES
+void GruFwdStep(int64_t B, int64_t H, int64_t t, const int32_t* len, float* ws, int64_t rs, const float* tmp,
+                const float* bhn, float* hc, float* y, int64_t ys) {
+  for (int64_t b = 0; b < B; ++b) {
+    float* __restrict g = ws + b * rs;
+    const float* __restrict a = tmp + b * 3 * H;
+    float* __restrict h = hc + b * H;
+    float* __restrict yo = y + b * ys;
+    if (t >= len[b]) {
+      for (int64_t j = 0; j < H; ++j) {
+        yo[j] = 0.f;
+        g[4 * H + j] = h[j];
+      }
+      continue;
+    }
+    for (int64_t j = 0; j < H; ++j) {
+      float r = Sigmoid(g[j] + a[j]);
+      float z = Sigmoid(g[H + j] + a[H + j]);
+      float hn = a[2 * H + j] + bhn[j];
+      float n = Tanh(g[2 * H + j] + r * hn);
+      float hp = h[j];
+      float out = n + z * (hp - n);
+      g[j] = r;
+      g[H + j] = z;
+      g[2 * H + j] = n;
+      g[3 * H + j] = hn;
+      g[4 * H + j] = hp;
+      h[j] = out;
+      yo[j] = out;
+    }
+  }
+}
+
+JAX_MPS_CLONES
+void RnnFwdStep(int64_t B, int64_t H, int64_t t, const int32_t* len, float* ws, int64_t rs, const float* tmp,
+                bool relu, float* hc, float* y, int64_t ys) {
+  for (int64_t b = 0; b < B; ++b) {
+    float* __restrict g = ws + b * rs;
+    const float* __restrict a = tmp + b * H;
+    float* __restrict h = hc + b * H;
+    float* __restrict yo = y + b * ys;
+    if (t >= len[b]) {
+      for (int64_t j = 0; j < H; ++j) {
+        yo[j] = 0.f;
+        g[H + j] = h[j];
+      }
+      continue;
+    }
+    if (relu) {
+      for (int64_t j = 0; j < H; ++j) {
+        float out = std::max(g[j] + a[j], 0.f);
+        g[j] = out;
+        g[H + j] = h[j];
+        h[j] = out;
+        yo[j] = out;
+      }
+    } else {
+      for (int64_t j = 0; j < H; ++j) {
+        float out = Tanh(g[j] + a[j]);
+        g[j] = out;
+        g[H + j] = h[j];
+        h[j] = out;
+        yo[j] = out;
+      }
+    }
+  }
+}
+
+// ---- Backward steps. dh/dc: carried gradient w.r.t. this step's h_t / c_t (from later steps);
+// dy: output-gradient rows (stride dys); dgx/dgh: gate-gradient rows (stride dgs) w.r.t. the input
+// and recurrent pre-activations; dhn receives the direct part of dL/dh_{t-1} (the recurrent GEMM
+// adds dgh W_hh^T afterwards). Rows past their length pass the carried gradient through.
+
+JAX_MPS_CLONES
+void LstmBwdStep(int64_t B, int64_t H, int64_t t, const int32_t* len, const float* ws, int64_t rs,
+                 const float* dy, int64_t dys, float* dg, int64_t dgs, float* dhc, float* dcc, float* dhn) {
+  for (int64_t b = 0; b < B; ++b) {
+    const float* __restrict g = ws + b * rs;
+    const float* __restrict dyo = dy + b * dys;
+    float* __restrict d = dg + b * dgs;
+    float* __restrict dh = dhc + b * H;
+    float* __restrict dc = dcc + b * H;
+    float* __restrict dn = dhn + b * H;
+    if (t >= len[b]) {
+      std::memset(d, 0, 4 * H * sizeof(float));
+      std::memcpy(dn, dh, H * sizeof(float));
+      continue;
+    }
+    for (int64_t j = 0; j < H; ++j) {
+      float i = g[j], f = g[H + j], gg = g[2 * H + j], o = g[3 * H + j], tc = g[4 * H + j], cp = g[5 * H + j];
+      float dht = dh[j] + dyo[j];
+      float dct = dc[j] + dht * o * (1.f - tc * tc);
+      d[j] = dct * gg * i * (1.f - i);
+      d[H + j] = dct * cp * f * (1.f - f);
+      d[2 * H + j] = dct * i * (1.f - gg * gg);
+      d[3 * H + j] = dht * tc * o * (1.f - o);
+      dc[j] = dct * f;
+      dn[j] = 0.f;
+    }
+  }
+}
+
+JAX_MPS_CLONES
+void GruBwdStep(int64_t B, int64_t H, int64_t t, const int32_t* len, const float* ws, int64_t rs,
+                const float* dy, int64_t dys, float* dgx, float* dgh, int64_t dgs, float* dhc, float* dhn) {
+  for (int64_t b = 0; b < B; ++b) {
+    const float* __restrict g = ws + b * rs;
+    const float* __restrict dyo = dy + b * dys;
+    float* __restrict dx = dgx + b * dgs;
+    float* __restrict dr = dgh + b * dgs;
+    float* __restrict dh = dhc + b * H;
+    float* __restrict dn = dhn + b * H;
+    if (t >= len[b]) {
+      std::memset(dx, 0, 3 * H * sizeof(float));
+      std::memset(dr, 0, 3 * H * sizeof(float));
+      std::memcpy(dn, dh, H * sizeof(float));
+      continue;
+    }
+    for (int64_t j = 0; j < H; ++j) {
+      float r = g[j], z = g[H + j], n = g[2 * H + j], hn = g[3 * H + j], hp = g[4 * H + j];
+      float dht = dh[j] + dyo[j];
+      float dnp = dht * (1.f - z) * (1.f - n * n);
+      float drp = dnp * hn * r * (1.f - r);
+      float dzp = dht * (hp - n) * z * (1.f - z);
+      dx[j] = drp;
+      dx[H + j] = dzp;
+      dx[2 * H + j] = dnp;
+      dr[j] = drp;
+      dr[H + j] = dzp;
+      dr[2 * H + j] = dnp * r;
+      dn[j] = dht * z;
+    }
+  }
+}
+
+JAX_MPS_CLONES
+void RnnBwdStep(int64_t B, int64_t H, int64_t t, const int32_t* len, const float* ws, int64_t rs, bool relu,
+                const float* dy, int64_t dys, float* dg, int64_t dgs, float* dhc, float* dhn) {
+  for (int64_t b = 0; b < B; ++b) {
+    const float* __restrict g = ws + b * rs;
+    const float* __restrict dyo = dy + b * dys;
+    float* __restrict d = dg + b * dgs;
+    float* __restrict dh = dhc + b * H;
+    float* __restrict dn = dhn + b * H;
+    if (t >= len[b]) {
+      std::memset(d, 0, H * sizeof(float));
+      std::memcpy(dn, dh, H * sizeof(float));
+      continue;
+    }
+    for (int64_t j = 0; j < H; ++j) {
+      float out = g[j];
+      float dht = dh[j] + dyo[j];
+      d[j] = relu ? (out > 0.f ? dht : 0.f) : dht * (1.f - out * out);
+      dn[j] = 0.f;
+    }
+  }
+}
+
+// Reused per-thread scratch (XLA may call from several threads).
+float* Scratch(std::vector<float>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(n);
+  return v.data();
+}
+
+struct Weights {
+  const float *w_ih, *w_hh, *b_ih, *b_hh;
+};
+
+// Shapes of every buffer against the descriptor; lengths in [0, T].
+ffi::Error CheckCommon(const RnnDesc& d, ffi::Buffer<ffi::F32>& h0, ffi::Buffer<ffi::F32>& c0,
+                       ffi::Buffer<ffi::S32>& lens, const ffi::RemainingArgs& w, size_t w_off,
+                       std::vector<Weights>* ws) {
+  const int64_t LD = d.L * d.D, B = d.B, H = d.H, GH = d.G() * d.H;
+  JAX_MPS_CHECK(Dims(h0.dimensions().begin(), h0.dimensions().end()) == Dims({LD, B, H}),
+                "rnn: h0 must have shape (", LD, ", ", B, ", ", H, "), got ", DimsStr(h0.dimensions()));
+  if (d.cell == Cell::kLstm)
+    JAX_MPS_CHECK(Dims(c0.dimensions().begin(), c0.dimensions().end()) == Dims({LD, B, H}),
+                  "rnn: c0 must have shape (", LD, ", ", B, ", ", H, "), got ", DimsStr(c0.dimensions()));
+  JAX_MPS_CHECK(lens.dimensions().size() == 1 && lens.dimensions()[0] == B, "rnn: seq_lengths must have shape (",
+                B, ",), got ", DimsStr(lens.dimensions()));
+  const int32_t* lp = lens.typed_data();
+  for (int64_t b = 0; b < B; ++b)
+    JAX_MPS_CHECK(lp[b] >= 0 && lp[b] <= d.T, "rnn: seq_lengths[", b, "] = ", lp[b], " is outside [0, ", d.T, "]");
+  JAX_MPS_CHECK(w.size() >= w_off + 4 * LD, "rnn: expected ", 4 * LD, " weight arrays, got ",
+                int64_t(w.size()) - int64_t(w_off));
+  ws->clear();
+  for (int64_t l = 0; l < d.L; ++l)
+    for (int64_t k = 0; k < d.D; ++k) {
+      const Dims want[4] = {{d.InputSize(l), GH}, {H, GH}, {GH}, {GH}};
+      const float* p[4];
+      for (int q = 0; q < 4; ++q) {
+        auto buf = w.get<ffi::Buffer<ffi::F32>>(w_off + 4 * (l * d.D + k) + q);
+        if (buf.has_error()) return buf.error();
+        auto dims = buf->dimensions();
+        JAX_MPS_CHECK(Dims(dims.begin(), dims.end()) == want[q], "rnn: weight ", q, " of layer ", l, " direction ",
+                      k, " must have shape ", DimsStr(want[q]), ", got ", DimsStr(dims));
+        p[q] = buf->typed_data();
+      }
+      ws->push_back({p[0], p[1], p[2], p[3]});
+    }
+  return ffi::Error::Success();
+}
+
+ffi::Error CheckSize(const char* what, int64_t got, int64_t want) {
+  JAX_MPS_CHECK(got == want, "rnn: ", what, " has ", got, " elements, expected ", want);
+  return ffi::Error::Success();
+}
+
+void Forward(const RnnDesc& d, const float* x, const float* h0, const float* c0, const int32_t* len,
+             const std::vector<Weights>& w, float* y, float* hn, float* cn, float* wsp) {
+  const int64_t B = d.B, H = d.H, T = d.T, D = d.D, GH = d.G() * H, W = d.W(), rows = d.Rows(), DH = D * H;
+  const int64_t sT = d.sT(), sB = d.sB();
+  thread_local std::vector<float> s_tmp, s_h, s_c;
+  float* tmp = Scratch(s_tmp, B * GH);
+  float* hc = Scratch(s_h, B * H);
+  float* cc = Scratch(s_c, B * H);
+  float* louts = wsp + d.L * D * rows * W;
+  for (int64_t l = 0; l < d.L; ++l) {
+    const float* X = l == 0 ? x : louts + (l - 1) * rows * DH;
+    const int64_t Il = d.InputSize(l);
+    float* Y = l == d.L - 1 ? y : louts + l * rows * DH;
+    for (int64_t k = 0; k < D; ++k) {
+      const int64_t ld = l * D + k;
+      const Weights& p = w[ld];
+      float* ws = wsp + ld * rows * W;
+      // Gate columns <- x W_ih + b_ih + b_hh (GRU: b_hn stays inside the reset product).
+      std::vector<float> bias(GH);
+      for (int64_t j = 0; j < GH; ++j)
+        bias[j] = p.b_ih[j] + (d.cell == Cell::kGru && j >= 2 * H ? 0.f : p.b_hh[j]);
+      for (int64_t r = 0; r < rows; ++r) std::memcpy(ws + r * W, bias.data(), GH * sizeof(float));
+      Gemm('N', 'N', rows, GH, Il, X, Il, p.w_ih, GH, 1.f, ws, W);
+      std::memcpy(hc, h0 + ld * B * H, B * H * sizeof(float));
+      if (d.cell == Cell::kLstm) std::memcpy(cc, c0 + ld * B * H, B * H * sizeof(float));
+      for (int64_t s = 0; s < T; ++s) {
+        const int64_t t = k == 0 ? s : T - 1 - s;
+        float* g = ws + t * sT * W;
+        float* yo = Y + t * sT * DH + k * H;
+        Gemm('N', 'N', B, GH, H, hc, H, p.w_hh, GH, 0.f, tmp, GH);
+        switch (d.cell) {
+          case Cell::kLstm: LstmFwdStep(B, H, t, len, g, sB * W, tmp, hc, cc, yo, sB * DH); break;
+          case Cell::kGru: GruFwdStep(B, H, t, len, g, sB * W, tmp, p.b_hh + 2 * H, hc, yo, sB * DH); break;
+          default: RnnFwdStep(B, H, t, len, g, sB * W, tmp, d.cell == Cell::kRnnRelu, hc, yo, sB * DH);
+        }
+      }
+      std::memcpy(hn + ld * B * H, hc, B * H * sizeof(float));
+      if (d.cell == Cell::kLstm) std::memcpy(cn + ld * B * H, cc, B * H * sizeof(float));
+    }
+  }
+}
+
+void ColSum(const float* a, int64_t rows, int64_t n, float* out) {
+  std::fill(out, out + n, 0.f);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < n; ++j) out[j] += a[r * n + j];
+}
+
+struct Grads {
+  float *w_ih, *w_hh, *b_ih, *b_hh;
+};
+
+void Backward(const RnnDesc& d, const float* x, const int32_t* len, const std::vector<Weights>& w,
+              const float* wsp, const float* dy, const float* dhn_in, const float* dcn_in, float* dx, float* dh0,
+              float* dc0, const std::vector<Grads>& gw) {
+  const int64_t B = d.B, H = d.H, T = d.T, D = d.D, GH = d.G() * H, W = d.W(), rows = d.Rows(), DH = D * H;
+  const int64_t sT = d.sT(), sB = d.sB();
+  const bool gru = d.cell == Cell::kGru;
+  thread_local std::vector<float> s_dgx, s_dgh, s_dy0, s_dy1, s_dh, s_dhn, s_dc;
+  float* dgx = Scratch(s_dgx, rows * GH);
+  float* dgh = gru ? Scratch(s_dgh, rows * GH) : dgx;
+  float* dyb[2] = {nullptr, nullptr};
+  if (d.L > 1) dyb[1] = Scratch(s_dy1, rows * DH);  // dX of layer l > 0 goes to dyb[l % 2]
+  if (d.L > 2) dyb[0] = Scratch(s_dy0, rows * DH);
+  float* dh = Scratch(s_dh, B * H);
+  float* dhn = Scratch(s_dhn, B * H);
+  float* dc = Scratch(s_dc, B * H);
+  const float* louts = wsp + d.L * D * rows * W;
+  const float* dY = dy;
+  for (int64_t l = d.L - 1; l >= 0; --l) {
+    const float* X = l == 0 ? x : louts + (l - 1) * rows * DH;
+    const int64_t Il = d.InputSize(l);
+    float* dX = l == 0 ? dx : dyb[l % 2];
+    for (int64_t k = 0; k < D; ++k) {
+      const int64_t ld = l * D + k;
+      const Weights& p = w[ld];
+      const Grads& q = gw[ld];
+      const float* ws = wsp + ld * rows * W;
+      std::memcpy(dh, dhn_in + ld * B * H, B * H * sizeof(float));
+      if (d.cell == Cell::kLstm) std::memcpy(dc, dcn_in + ld * B * H, B * H * sizeof(float));
+      for (int64_t s = T - 1; s >= 0; --s) {
+        const int64_t t = k == 0 ? s : T - 1 - s;
+        const float* g = ws + t * sT * W;
+        const float* dyo = dY + t * sT * DH + k * H;
+        float* gx = dgx + t * sT * GH;
+        float* gh = dgh + t * sT * GH;
+        switch (d.cell) {
+          case Cell::kLstm: LstmBwdStep(B, H, t, len, g, sB * W, dyo, sB * DH, gx, sB * GH, dh, dc, dhn); break;
+          case Cell::kGru: GruBwdStep(B, H, t, len, g, sB * W, dyo, sB * DH, gx, gh, sB * GH, dh, dhn); break;
+          default:
+            RnnBwdStep(B, H, t, len, g, sB * W, d.cell == Cell::kRnnRelu, dyo, sB * DH, gx, sB * GH, dh, dhn);
+        }
+        Gemm('N', 'T', B, H, GH, gh, sB * GH, p.w_hh, GH, 1.f, dhn, H);
+        std::swap(dh, dhn);
+      }
+      std::memcpy(dh0 + ld * B * H, dh, B * H * sizeof(float));
+      if (d.cell == Cell::kLstm) std::memcpy(dc0 + ld * B * H, dc, B * H * sizeof(float));
+      // Whole-sequence GEMMs; every result is written (beta = 0), never accumulated across calls.
+      Gemm('T', 'N', Il, GH, rows, X, Il, dgx, GH, 0.f, q.w_ih, GH);
+      Gemm('T', 'N', H, GH, rows, ws + d.HprevCol(), W, dgh, GH, 0.f, q.w_hh, GH);
+      ColSum(dgx, rows, GH, q.b_ih);
+      ColSum(dgh, rows, GH, q.b_hh);
+      Gemm('N', 'T', rows, Il, GH, dgx, GH, p.w_ih, GH, k == 0 ? 0.f : 1.f, dX, Il);
+    }
+    dY = dX;
+  }
+}
+
+ffi::Error RnnFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
+                  ffi::Buffer<ffi::S32> lens, ffi::RemainingArgs w, ffi::ResultBuffer<ffi::F32> y,
+                  ffi::ResultBuffer<ffi::F32> hn, ffi::ResultBuffer<ffi::F32> cn, ffi::ResultBuffer<ffi::F32> ws,
+                  int64_t cell, int64_t num_layers, int64_t num_dirs, int64_t hidden, int64_t time_major) {
+  RnnDesc d;
+  JAX_MPS_RETURN_IF_ERROR(MakeRnnDesc(cell, num_layers, num_dirs, hidden, time_major, x.dimensions(), &d));
+  std::vector<Weights> wp;
+  JAX_MPS_RETURN_IF_ERROR(CheckCommon(d, h0, c0, lens, w, 0, &wp));
+  const int64_t LDBH = d.L * d.D * d.B * d.H;
+  JAX_MPS_RETURN_IF_ERROR(CheckSize("y", y->element_count(), d.Rows() * d.D * d.H));
+  JAX_MPS_RETURN_IF_ERROR(CheckSize("h_n", hn->element_count(), LDBH));
+  JAX_MPS_RETURN_IF_ERROR(CheckSize("c_n", cn->element_count(), d.cell == Cell::kLstm ? LDBH : 0));
+  JAX_MPS_RETURN_IF_ERROR(CheckSize("workspace", ws->element_count(), d.WorkspaceSize()));
+  return Guard("rnn_fwd", [&] {
+    Forward(d, x.typed_data(), h0.typed_data(), c0.typed_data(), lens.typed_data(), wp, y->typed_data(),
+            hn->typed_data(), cn->typed_data(), ws->typed_data());
+    return ffi::Error::Success();
+  });
+}
+
+ffi::Error RnnBwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
+                  ffi::Buffer<ffi::S32> lens, ffi::Buffer<ffi::F32> ws, ffi::Buffer<ffi::F32> dy,
+                  ffi::Buffer<ffi::F32> dhn, ffi::Buffer<ffi::F32> dcn, ffi::RemainingArgs w,
+                  ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0,
+                  ffi::RemainingRets dw, int64_t cell, int64_t num_layers, int64_t num_dirs, int64_t hidden,
+                  int64_t time_major) {
+  RnnDesc d;
+  JAX_MPS_RETURN_IF_ERROR(MakeRnnDesc(cell, num_layers, num_dirs, hidden, time_major, x.dimensions(), &d));
+  std::vector<Weights> wp;
+  JAX_MPS_RETURN_IF_ERROR(CheckCommon(d, h0, c0, lens, w, 0, &wp));
+  const int64_t LDBH = d.L * d.D * d.B * d.H, cnum = d.cell == Cell::kLstm ? LDBH : 0;
+  JAX_MPS_RETURN_IF_ERROR(CheckSize("workspace", ws.element_count(), d.WorkspaceSize()));
+  JAX_MPS_RETURN_IF_ERROR(CheckSize("dy", dy.element_count(), d.Rows() * d.D * d.H));
+  JAX_MPS_RETURN_IF_ERROR(CheckSize("dh_n", dhn.element_count(), LDBH));
+  JAX_MPS_RETURN_IF_ERROR(CheckSize("dc_n", dcn.element_count(), cnum));
+  JAX_MPS_RETURN_IF_ERROR(CheckSize("dx", dx->element_count(), x.element_count()));
+  JAX_MPS_RETURN_IF_ERROR(CheckSize("dh0", dh0->element_count(), LDBH));
+  JAX_MPS_RETURN_IF_ERROR(CheckSize("dc0", dc0->element_count(), cnum));
+  JAX_MPS_CHECK(dw.size() == wp.size() * 4, "rnn_bwd: expected ", wp.size() * 4, " weight gradients, got ",
+                dw.size());
+  std::vector<Grads> gp;
+  for (size_t i = 0; i < wp.size(); ++i) {
+    float* p[4];
+    for (int q = 0; q < 4; ++q) {
+      auto r = dw.get<ffi::Buffer<ffi::F32>>(4 * i + q);
+      if (r.has_error()) return r.error();
+      auto wb = w.get<ffi::Buffer<ffi::F32>>(4 * i + q);
+      JAX_MPS_RETURN_IF_ERROR(CheckSize("weight gradient", (*r)->element_count(), wb->element_count()));
+      p[q] = (*r)->typed_data();
+    }
+    gp.push_back({p[0], p[1], p[2], p[3]});
+  }
+  return Guard("rnn_bwd", [&] {
+    Backward(d, x.typed_data(), lens.typed_data(), wp, ws.typed_data(), dy.typed_data(), dhn.typed_data(),
+             dcn.typed_data(), dx->typed_data(), dh0->typed_data(), dc0->typed_data(), gp);
+    return ffi::Error::Success();
+  });
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kRnnFwd, RnnFwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0 (LSTM; else empty)
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // seq_lengths
+                                  .RemainingArgs()               // (w_ih, w_hh, b_ih, b_hh) per layer-direction
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // y
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // h_n
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // c_n
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // workspace
+                                  .Attr<int64_t>("cell")
+                                  .Attr<int64_t>("num_layers")
+                                  .Attr<int64_t>("num_dirs")
+                                  .Attr<int64_t>("hidden")
+                                  .Attr<int64_t>("time_major"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kRnnBwd, RnnBwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // seq_lengths
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // workspace
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dy
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dh_n
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dc_n
+                                  .RemainingArgs()               // weights
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dx
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dh0
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dc0
+                                  .RemainingRets()               // weight gradients
+                                  .Attr<int64_t>("cell")
+                                  .Attr<int64_t>("num_layers")
+                                  .Attr<int64_t>("num_dirs")
+                                  .Attr<int64_t>("hidden")
+                                  .Attr<int64_t>("time_major"));
+
+JAX_MPS_REGISTER("jax_mps_rnn_fwd", "cpu", kRnnFwd);
+JAX_MPS_REGISTER("jax_mps_rnn_bwd", "cpu", kRnnBwd);
+
+}  // namespace jax_mps::cpu
