@@ -42,6 +42,94 @@ JAX_MPS_INLINE float Exp(float x) {
 JAX_MPS_INLINE float Sigmoid(float x) { return 1.f / (1.f + Exp(-x)); }
 JAX_MPS_INLINE float Tanh(float x) { return 1.f - 2.f / (Exp(2.f * x) + 1.f); }
 
+// Per-row cell kernels: every column block is its own restrict parameter so GCC vectorises them.
+JAX_MPS_INLINE void LstmFwdRow(int64_t H, float* __restrict gi, float* __restrict gf, float* __restrict gg,
+                               float* __restrict go, float* __restrict gtc, float* __restrict gcp,
+                               float* __restrict ghp, const float* __restrict ai, const float* __restrict af,
+                               const float* __restrict ag, const float* __restrict ao, float* __restrict h,
+                               float* __restrict c, float* __restrict yo) {
+  for (int64_t j = 0; j < H; ++j) {
+    float i = Sigmoid(gi[j] + ai[j]);
+    float f = Sigmoid(gf[j] + af[j]);
+    float gv = Tanh(gg[j] + ag[j]);
+    float o = Sigmoid(go[j] + ao[j]);
+    float cp = c[j];
+    float cn = f * cp + i * gv;
+    float tc = Tanh(cn);
+    float hn = o * tc;
+    gi[j] = i;
+    gf[j] = f;
+    gg[j] = gv;
+    go[j] = o;
+    gtc[j] = tc;
+    gcp[j] = cp;
+    ghp[j] = h[j];
+    c[j] = cn;
+    h[j] = hn;
+    yo[j] = hn;
+  }
+}
+
+JAX_MPS_INLINE void GruFwdRow(int64_t H, float* __restrict gr, float* __restrict gz, float* __restrict gn,
+                              float* __restrict ghn, float* __restrict ghp, const float* __restrict ar,
+                              const float* __restrict az, const float* __restrict an, const float* __restrict bhn,
+                              float* __restrict h, float* __restrict yo) {
+  for (int64_t j = 0; j < H; ++j) {
+    float r = Sigmoid(gr[j] + ar[j]);
+    float z = Sigmoid(gz[j] + az[j]);
+    float hn = an[j] + bhn[j];
+    float n = Tanh(gn[j] + r * hn);
+    float hp = h[j];
+    float out = n + z * (hp - n);
+    gr[j] = r;
+    gz[j] = z;
+    gn[j] = n;
+    ghn[j] = hn;
+    ghp[j] = hp;
+    h[j] = out;
+    yo[j] = out;
+  }
+}
+
+JAX_MPS_INLINE void LstmBwdRow(int64_t H, const float* __restrict gi, const float* __restrict gf,
+                               const float* __restrict gg, const float* __restrict go, const float* __restrict gtc,
+                               const float* __restrict gcp, const float* __restrict dyo, float* __restrict di,
+                               float* __restrict df, float* __restrict dg, float* __restrict dO,
+                               float* __restrict dh, float* __restrict dc, float* __restrict dn) {
+  for (int64_t j = 0; j < H; ++j) {
+    float i = gi[j], f = gf[j], gv = gg[j], o = go[j], tc = gtc[j], cp = gcp[j];
+    float dht = dh[j] + dyo[j];
+    float dct = dc[j] + dht * o * (1.f - tc * tc);
+    di[j] = dct * gv * i * (1.f - i);
+    df[j] = dct * cp * f * (1.f - f);
+    dg[j] = dct * i * (1.f - gv * gv);
+    dO[j] = dht * tc * o * (1.f - o);
+    dc[j] = dct * f;
+    dn[j] = 0.f;
+  }
+}
+
+JAX_MPS_INLINE void GruBwdRow(int64_t H, const float* __restrict gr, const float* __restrict gz,
+                              const float* __restrict gn, const float* __restrict ghn, const float* __restrict ghp,
+                              const float* __restrict dyo, float* __restrict xr, float* __restrict xz,
+                              float* __restrict xn, float* __restrict hr, float* __restrict hz,
+                              float* __restrict hnn, const float* __restrict dh, float* __restrict dn) {
+  for (int64_t j = 0; j < H; ++j) {
+    float r = gr[j], z = gz[j], n = gn[j], hn = ghn[j], hp = ghp[j];
+    float dht = dh[j] + dyo[j];
+    float dnp = dht * (1.f - z) * (1.f - n * n);
+    float drp = dnp * hn * r * (1.f - r);
+    float dzp = dht * (hp - n) * z * (1.f - z);
+    xr[j] = drp;
+    xz[j] = dzp;
+    xn[j] = dnp;
+    hr[j] = drp;
+    hz[j] = dzp;
+    hnn[j] = dnp * r;
+    dn[j] = dht * z;
+  }
+}
+
 void Gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
           int64_t ldb, float beta, float* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
@@ -72,26 +160,7 @@ void LstmFwdStep(int64_t B, int64_t H, int64_t t, const int32_t* len, float* ws,
       }
       continue;
     }
-    for (int64_t j = 0; j < H; ++j) {
-      float i = Sigmoid(g[j] + a[j]);
-      float f = Sigmoid(g[H + j] + a[H + j]);
-      float gg = Tanh(g[2 * H + j] + a[2 * H + j]);
-      float o = Sigmoid(g[3 * H + j] + a[3 * H + j]);
-      float cp = c[j];
-      float cn = f * cp + i * gg;
-      float tc = Tanh(cn);
-      float hn = o * tc;
-      g[j] = i;
-      g[H + j] = f;
-      g[2 * H + j] = gg;
-      g[3 * H + j] = o;
-      g[4 * H + j] = tc;
-      g[5 * H + j] = cp;
-      g[6 * H + j] = h[j];
-      c[j] = cn;
-      h[j] = hn;
-      yo[j] = hn;
-    }
+    LstmFwdRow(H, g, g + H, g + 2 * H, g + 3 * H, g + 4 * H, g + 5 * H, g + 6 * H, a, a + H, a + 2 * H, a + 3 * H, h, c, yo);
   }
 }
 
@@ -110,21 +179,7 @@ void GruFwdStep(int64_t B, int64_t H, int64_t t, const int32_t* len, float* ws, 
       }
       continue;
     }
-    for (int64_t j = 0; j < H; ++j) {
-      float r = Sigmoid(g[j] + a[j]);
-      float z = Sigmoid(g[H + j] + a[H + j]);
-      float hn = a[2 * H + j] + bhn[j];
-      float n = Tanh(g[2 * H + j] + r * hn);
-      float hp = h[j];
-      float out = n + z * (hp - n);
-      g[j] = r;
-      g[H + j] = z;
-      g[2 * H + j] = n;
-      g[3 * H + j] = hn;
-      g[4 * H + j] = hp;
-      h[j] = out;
-      yo[j] = out;
-    }
+    GruFwdRow(H, g, g + H, g + 2 * H, g + 3 * H, g + 4 * H, a, a + H, a + 2 * H, bhn, h, yo);
   }
 }
 
@@ -143,11 +198,12 @@ void RnnFwdStep(int64_t B, int64_t H, int64_t t, const int32_t* len, float* ws, 
       }
       continue;
     }
+    float* __restrict gp = g + H;
     if (relu) {
       for (int64_t j = 0; j < H; ++j) {
         float out = std::max(g[j] + a[j], 0.f);
         g[j] = out;
-        g[H + j] = h[j];
+        gp[j] = h[j];
         h[j] = out;
         yo[j] = out;
       }
@@ -155,7 +211,7 @@ void RnnFwdStep(int64_t B, int64_t H, int64_t t, const int32_t* len, float* ws, 
       for (int64_t j = 0; j < H; ++j) {
         float out = Tanh(g[j] + a[j]);
         g[j] = out;
-        g[H + j] = h[j];
+        gp[j] = h[j];
         h[j] = out;
         yo[j] = out;
       }
@@ -183,17 +239,7 @@ void LstmBwdStep(int64_t B, int64_t H, int64_t t, const int32_t* len, const floa
       std::memcpy(dn, dh, H * sizeof(float));
       continue;
     }
-    for (int64_t j = 0; j < H; ++j) {
-      float i = g[j], f = g[H + j], gg = g[2 * H + j], o = g[3 * H + j], tc = g[4 * H + j], cp = g[5 * H + j];
-      float dht = dh[j] + dyo[j];
-      float dct = dc[j] + dht * o * (1.f - tc * tc);
-      d[j] = dct * gg * i * (1.f - i);
-      d[H + j] = dct * cp * f * (1.f - f);
-      d[2 * H + j] = dct * i * (1.f - gg * gg);
-      d[3 * H + j] = dht * tc * o * (1.f - o);
-      dc[j] = dct * f;
-      dn[j] = 0.f;
-    }
+    LstmBwdRow(H, g, g + H, g + 2 * H, g + 3 * H, g + 4 * H, g + 5 * H, dyo, d, d + H, d + 2 * H, d + 3 * H, dh, dc, dn);
   }
 }
 
@@ -213,20 +259,7 @@ void GruBwdStep(int64_t B, int64_t H, int64_t t, const int32_t* len, const float
       std::memcpy(dn, dh, H * sizeof(float));
       continue;
     }
-    for (int64_t j = 0; j < H; ++j) {
-      float r = g[j], z = g[H + j], n = g[2 * H + j], hn = g[3 * H + j], hp = g[4 * H + j];
-      float dht = dh[j] + dyo[j];
-      float dnp = dht * (1.f - z) * (1.f - n * n);
-      float drp = dnp * hn * r * (1.f - r);
-      float dzp = dht * (hp - n) * z * (1.f - z);
-      dx[j] = drp;
-      dx[H + j] = dzp;
-      dx[2 * H + j] = dnp;
-      dr[j] = drp;
-      dr[H + j] = dzp;
-      dr[2 * H + j] = dnp * r;
-      dn[j] = dht * z;
-    }
+    GruBwdRow(H, g, g + H, g + 2 * H, g + 3 * H, g + 4 * H, dyo, dx, dx + H, dx + 2 * H, dr, dr + H, dr + 2 * H, dh, dn);
   }
 }
 
