@@ -1,11 +1,12 @@
 // LSTM / GRU / RNN (multi-layer, bidirectional, packed-sequence lengths) on the CPU.
 //
-// Own kernels rather than oneDNN's RNN primitives: those have no sequence-length support and
-// cost more per call at small sizes. Per layer-direction: one GEMM projects the inputs of every
+// Own kernels rather than oneDNN's RNN primitives: those have no sequence-length support (packed
+// semantics need per-row state freezing and zero outputs). Per layer-direction: one GEMM projects the inputs of every
 // time step (rows in x's own layout, so batch- and time-major need no copy), then one recurrent
 // GEMM (B x H x GH) and a fused element-wise cell per step. The backward runs the per-step
 // element-wise + recurrent GEMM chain and then does dW_ih, dW_hh and dx as one GEMM each over
-// all time steps. GEMMs are oneDNN's dnnl_sgemm (row major, JIT'd per ISA).
+// all time steps. Whole-sequence GEMMs are oneDNN's dnnl_sgemm; the per-step recurrent GEMMs are
+// oneDNN matmuls on W_hh packed once per call (measured faster than sgemm re-packing each step).
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -138,6 +139,63 @@ void Gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const float* a, int
                              std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k) + " lda=" +
                              std::to_string(lda) + " ldb=" + std::to_string(ldb) + " ldc=" + std::to_string(ldc));
 }
+
+// Reused per-thread scratch (XLA may call from several threads).
+float* Scratch(std::vector<float>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(n);
+  return v.data();
+}
+
+// Per-step recurrent GEMM with W_hh packed once per call into oneDNN's blocked layout (brgemm),
+// instead of dnnl_sgemm re-packing it every step. dst (m x n, contiguous) [+]= src (m x k, row
+// stride lda) * W, where W is W_hh (k x n) or, transposed, W_hh^T read from the (n x k) array.
+struct StepPlan {
+  dnnl::matmul mm;
+  dnnl::matmul::primitive_desc pd;
+  dnnl::reorder pack;
+  dnnl::memory::desc w_user;
+};
+
+class StepGemm {
+ public:
+  StepGemm(int64_t m, int64_t n, int64_t k, int64_t lda, bool transposed, bool accumulate, const float* w) {
+    static PlanCache<StepPlan> cache;
+    PlanKey key;
+    key.add(m).add(n).add(k).add(lda).add(int64_t(transposed)).add(int64_t(accumulate));
+    plan_ = cache.Get(key, [&] {
+      dnnl::memory::desc src({m, k}, dt::f32, dnnl::memory::dims{lda, 1});
+      dnnl::memory::desc wany({k, n}, dt::f32, tag::any);
+      dnnl::memory::desc dst({m, n}, dt::f32, tag::ab);
+      dnnl::primitive_attr attr;
+      if (accumulate) {
+        dnnl::post_ops po;
+        po.append_sum(1.f);
+        attr.set_post_ops(po);
+      }
+      dnnl::matmul::primitive_desc pd(Engine(), src, wany, dst, attr);
+      dnnl::memory::desc w_user({k, n}, dt::f32, transposed ? dnnl::memory::dims{1, k} : dnnl::memory::dims{n, 1});
+      dnnl::reorder::primitive_desc rpd(Engine(), w_user, Engine(), pd.weights_desc());
+      return StepPlan{dnnl::matmul(pd), pd, dnnl::reorder(rpd), w_user};
+    });
+    thread_local std::vector<float> packed;  // one StepGemm alive per thread at a time
+    Scratch(packed, static_cast<int64_t>(plan_->pd.weights_desc().get_size() / sizeof(float)) + 1);
+    wmem_ = dnnl::memory(plan_->pd.weights_desc(), Engine(), packed.data());
+    auto user = Mem(plan_->w_user, w);
+    plan_->pack.execute(Stream(), user, wmem_);
+    src_ = dnnl::memory(plan_->pd.src_desc(), Engine(), DNNL_MEMORY_NONE);
+    dst_ = dnnl::memory(plan_->pd.dst_desc(), Engine(), DNNL_MEMORY_NONE);
+  }
+  void operator()(const float* src, float* dst) {
+    src_.set_data_handle(const_cast<float*>(src));
+    dst_.set_data_handle(dst);
+    plan_->mm.execute(Stream(), {{DNNL_ARG_SRC, src_}, {DNNL_ARG_WEIGHTS, wmem_}, {DNNL_ARG_DST, dst_}});
+  }
+  ~StepGemm() { Stream().wait(); }
+
+ private:
+  std::shared_ptr<StepPlan> plan_;
+  dnnl::memory wmem_, src_, dst_;
+};
 
 // ---- Forward steps. g: this step's workspace rows (stride rs) holding the input projection
 // (+ biases) in the gate columns on entry; a: h_{t-1} W_hh (B x GH); h/c: carried state (B x H);
@@ -286,12 +344,6 @@ void RnnBwdStep(int64_t B, int64_t H, int64_t t, const int32_t* len, const float
   }
 }
 
-// Reused per-thread scratch (XLA may call from several threads).
-float* Scratch(std::vector<float>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(n);
-  return v.data();
-}
-
 struct Weights {
   const float *w_ih, *w_hh, *b_ih, *b_hh;
 };
@@ -361,11 +413,12 @@ void Forward(const RnnDesc& d, const float* x, const float* h0, const float* c0,
       Gemm('N', 'N', rows, GH, Il, X, Il, p.w_ih, GH, 1.f, ws, W);
       std::memcpy(hc, h0 + ld * B * H, B * H * sizeof(float));
       if (d.cell == Cell::kLstm) std::memcpy(cc, c0 + ld * B * H, B * H * sizeof(float));
+      StepGemm rec(B, GH, H, H, false, false, p.w_hh);
       for (int64_t s = 0; s < T; ++s) {
         const int64_t t = k == 0 ? s : T - 1 - s;
         float* g = ws + t * sT * W;
         float* yo = Y + t * sT * DH + k * H;
-        Gemm('N', 'N', B, GH, H, hc, H, p.w_hh, GH, 0.f, tmp, GH);
+        rec(hc, tmp);
         switch (d.cell) {
           case Cell::kLstm: LstmFwdStep(B, H, t, len, g, sB * W, tmp, hc, cc, yo, sB * DH); break;
           case Cell::kGru: GruFwdStep(B, H, t, len, g, sB * W, tmp, p.b_hh + 2 * H, hc, yo, sB * DH); break;
@@ -416,6 +469,7 @@ void Backward(const RnnDesc& d, const float* x, const int32_t* len, const std::v
       const float* ws = wsp + ld * rows * W;
       std::memcpy(dh, dhn_in + ld * B * H, B * H * sizeof(float));
       if (d.cell == Cell::kLstm) std::memcpy(dc, dcn_in + ld * B * H, B * H * sizeof(float));
+      StepGemm rec(B, H, GH, sB * GH, true, true, p.w_hh);
       for (int64_t s = T - 1; s >= 0; --s) {
         const int64_t t = k == 0 ? s : T - 1 - s;
         const float* g = ws + t * sT * W;
@@ -428,7 +482,7 @@ void Backward(const RnnDesc& d, const float* x, const int32_t* len, const std::v
           default:
             RnnBwdStep(B, H, t, len, g, sB * W, d.cell == Cell::kRnnRelu, dyo, sB * DH, gx, sB * GH, dh, dhn);
         }
-        Gemm('N', 'T', B, H, GH, gh, sB * GH, p.w_hh, GH, 1.f, dhn, H);
+        rec(gh, dhn);
         std::swap(dh, dhn);
       }
       std::memcpy(dh0 + ld * B * H, dh, B * H * sizeof(float));
