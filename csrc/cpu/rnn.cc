@@ -1,0 +1,602 @@
+// LSTM / GRU / RNN (multi-layer, bidirectional, packed-sequence lengths) on the CPU.
+//
+// Own kernels rather than oneDNN's RNN primitives: those have no sequence-length support (packed
+// semantics need per-row state freezing and zero outputs). Per layer-direction: one GEMM projects the inputs of every
+// time step (rows in x's own layout, so batch- and time-major need no copy), then one recurrent
+// GEMM (B x H x GH) and a fused element-wise cell per step. The backward runs the per-step
+// element-wise + recurrent GEMM chain and then does dW_ih, dW_hh and dx as one GEMM each over
+// all time steps. Whole-sequence GEMMs are oneDNN's dnnl_sgemm; the per-step recurrent GEMMs are
+// oneDNN matmuls on W_hh packed once per call (measured faster than sgemm re-packing each step).
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cpu/dnnl_common.h"
+#include "runtime/registry.h"
+#include "runtime/rnn.h"
+
+namespace jax_mps::cpu {
+namespace {
+
+// Element-wise step kernels are compiled for several ISAs and picked at load time (no -march).
+#define JAX_MPS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define JAX_MPS_INLINE inline __attribute__((always_inline))
+
+// exp with Cephes' range reduction and polynomial (~1 ulp), written to vectorise.
+JAX_MPS_INLINE float Exp(float x) {
+  x = std::min(std::max(x, -87.3f), 88.3f);
+  float n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round to nearest
+  float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float s;
+  std::memcpy(&s, &bits, sizeof s);
+  return p * s;
+}
+JAX_MPS_INLINE float Sigmoid(float x) { return 1.f / (1.f + Exp(-x)); }
+JAX_MPS_INLINE float Tanh(float x) { return 1.f - 2.f / (Exp(2.f * x) + 1.f); }
+
+// Per-row cell kernels: every column block is its own restrict parameter so GCC vectorises them.
+JAX_MPS_INLINE void LstmFwdRow(int64_t H, float* __restrict gi, float* __restrict gf, float* __restrict gg,
+                               float* __restrict go, float* __restrict gtc, float* __restrict gcp,
+                               float* __restrict ghp, const float* __restrict ai, const float* __restrict af,
+                               const float* __restrict ag, const float* __restrict ao, float* __restrict h,
+                               float* __restrict c, float* __restrict yo) {
+  for (int64_t j = 0; j < H; ++j) {
+    float i = Sigmoid(gi[j] + ai[j]);
+    float f = Sigmoid(gf[j] + af[j]);
+    float gv = Tanh(gg[j] + ag[j]);
+    float o = Sigmoid(go[j] + ao[j]);
+    float cp = c[j];
+    float cn = f * cp + i * gv;
+    float tc = Tanh(cn);
+    float hn = o * tc;
+    gi[j] = i;
+    gf[j] = f;
+    gg[j] = gv;
+    go[j] = o;
+    gtc[j] = tc;
+    gcp[j] = cp;
+    ghp[j] = h[j];
+    c[j] = cn;
+    h[j] = hn;
+    yo[j] = hn;
+  }
+}
+
+JAX_MPS_INLINE void GruFwdRow(int64_t H, float* __restrict gr, float* __restrict gz, float* __restrict gn,
+                              float* __restrict ghn, float* __restrict ghp, const float* __restrict ar,
+                              const float* __restrict az, const float* __restrict an, const float* __restrict bhn,
+                              float* __restrict h, float* __restrict yo) {
+  for (int64_t j = 0; j < H; ++j) {
+    float r = Sigmoid(gr[j] + ar[j]);
+    float z = Sigmoid(gz[j] + az[j]);
+    float hn = an[j] + bhn[j];
+    float n = Tanh(gn[j] + r * hn);
+    float hp = h[j];
+    float out = n + z * (hp - n);
+    gr[j] = r;
+    gz[j] = z;
+    gn[j] = n;
+    ghn[j] = hn;
+    ghp[j] = hp;
+    h[j] = out;
+    yo[j] = out;
+  }
+}
+
+JAX_MPS_INLINE void LstmBwdRow(int64_t H, const float* __restrict gi, const float* __restrict gf,
+                               const float* __restrict gg, const float* __restrict go, const float* __restrict gtc,
+                               const float* __restrict gcp, const float* __restrict dyo, float* __restrict di,
+                               float* __restrict df, float* __restrict dg, float* __restrict dO,
+                               float* __restrict dh, float* __restrict dc, float* __restrict dn) {
+  for (int64_t j = 0; j < H; ++j) {
+    float i = gi[j], f = gf[j], gv = gg[j], o = go[j], tc = gtc[j], cp = gcp[j];
+    float dht = dh[j] + dyo[j];
+    float dct = dc[j] + dht * o * (1.f - tc * tc);
+    di[j] = dct * gv * i * (1.f - i);
+    df[j] = dct * cp * f * (1.f - f);
+    dg[j] = dct * i * (1.f - gv * gv);
+    dO[j] = dht * tc * o * (1.f - o);
+    dc[j] = dct * f;
+    dn[j] = 0.f;
+  }
+}
+
+JAX_MPS_INLINE void GruBwdRow(int64_t H, const float* __restrict gr, const float* __restrict gz,
+                              const float* __restrict gn, const float* __restrict ghn, const float* __restrict ghp,
+                              const float* __restrict dyo, float* __restrict xr, float* __restrict xz,
+                              float* __restrict xn, float* __restrict hr, float* __restrict hz,
+                              float* __restrict hnn, const float* __restrict dh, float* __restrict dn) {
+  for (int64_t j = 0; j < H; ++j) {
+    float r = gr[j], z = gz[j], n = gn[j], hn = ghn[j], hp = ghp[j];
+    float dht = dh[j] + dyo[j];
+    float dnp = dht * (1.f - z) * (1.f - n * n);
+    float drp = dnp * hn * r * (1.f - r);
+    float dzp = dht * (hp - n) * z * (1.f - z);
+    xr[j] = drp;
+    xz[j] = dzp;
+    xn[j] = dnp;
+    hr[j] = drp;
+    hz[j] = dzp;
+    hnn[j] = dnp * r;
+    dn[j] = dht * z;
+  }
+}
+
+void Gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+          int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (dnnl_sgemm(ta, tb, m, n, k, 1.f, a, lda, b, ldb, beta, c, ldc) != dnnl_success)
+    throw std::runtime_error("dnnl_sgemm failed: " + std::string(1, ta) + std::string(1, tb) + " m=" +
+                             std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k) + " lda=" +
+                             std::to_string(lda) + " ldb=" + std::to_string(ldb) + " ldc=" + std::to_string(ldc));
+}
+
+// Reused per-thread scratch (XLA may call from several threads).
+float* Scratch(std::vector<float>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(n);
+  return v.data();
+}
+
+// Per-step recurrent GEMM with W_hh packed once per call into oneDNN's blocked layout (brgemm),
+// instead of dnnl_sgemm re-packing it every step. dst (m x n, contiguous) [+]= src (m x k, row
+// stride lda) * W, where W is W_hh (k x n) or, transposed, W_hh^T read from the (n x k) array.
+struct StepPlan {
+  dnnl::matmul mm;
+  dnnl::matmul::primitive_desc pd;
+  dnnl::reorder pack;
+  dnnl::memory::desc w_user;
+};
+
+class StepGemm {
+ public:
+  StepGemm(int64_t m, int64_t n, int64_t k, int64_t lda, bool transposed, bool accumulate, const float* w) {
+    static PlanCache<StepPlan> cache;
+    PlanKey key;
+    key.add(m).add(n).add(k).add(lda).add(int64_t(transposed)).add(int64_t(accumulate));
+    plan_ = cache.Get(key, [&] {
+      dnnl::memory::desc src({m, k}, dt::f32, dnnl::memory::dims{lda, 1});
+      dnnl::memory::desc wany({k, n}, dt::f32, tag::any);
+      dnnl::memory::desc dst({m, n}, dt::f32, tag::ab);
+      dnnl::primitive_attr attr;
+      if (accumulate) {
+        dnnl::post_ops po;
+        po.append_sum(1.f);
+        attr.set_post_ops(po);
+      }
+      dnnl::matmul::primitive_desc pd(Engine(), src, wany, dst, attr);
+      dnnl::memory::desc w_user({k, n}, dt::f32, transposed ? dnnl::memory::dims{1, k} : dnnl::memory::dims{n, 1});
+      dnnl::reorder::primitive_desc rpd(Engine(), w_user, Engine(), pd.weights_desc());
+      return StepPlan{dnnl::matmul(pd), pd, dnnl::reorder(rpd), w_user};
+    });
+    thread_local std::vector<float> packed;  // one StepGemm alive per thread at a time
+    Scratch(packed, static_cast<int64_t>(plan_->pd.weights_desc().get_size() / sizeof(float)) + 1);
+    wmem_ = dnnl::memory(plan_->pd.weights_desc(), Engine(), packed.data());
+    auto user = Mem(plan_->w_user, w);
+    plan_->pack.execute(Stream(), user, wmem_);
+    src_ = dnnl::memory(plan_->pd.src_desc(), Engine(), DNNL_MEMORY_NONE);
+    dst_ = dnnl::memory(plan_->pd.dst_desc(), Engine(), DNNL_MEMORY_NONE);
+  }
+  void operator()(const float* src, float* dst) {
+    src_.set_data_handle(const_cast<float*>(src));
+    dst_.set_data_handle(dst);
+    plan_->mm.execute(Stream(), {{DNNL_ARG_SRC, src_}, {DNNL_ARG_WEIGHTS, wmem_}, {DNNL_ARG_DST, dst_}});
+  }
+  ~StepGemm() { Stream().wait(); }
+
+ private:
+  std::shared_ptr<StepPlan> plan_;
+  dnnl::memory wmem_, src_, dst_;
+};
+
+// ---- Forward steps. g: this step's workspace rows (stride rs) holding the input projection
+// (+ biases) in the gate columns on entry; a: h_{t-1} W_hh (B x GH); h/c: carried state (B x H);
+// y: output rows (stride ys). Rows past their length keep the state, write y = 0 and a finite
+// h_{t-1} (the dW_hh GEMM reads every row).
+
+JAX_MPS_CLONES
+void LstmFwdStep(int64_t B, int64_t H, int64_t t, const int32_t* len, float* ws, int64_t rs, const float* tmp,
+                 float* hc, float* cc, float* y, int64_t ys) {
+  for (int64_t b = 0; b < B; ++b) {
+    float* __restrict g = ws + b * rs;
+    const float* __restrict a = tmp + b * 4 * H;
+    float* __restrict h = hc + b * H;
+    float* __restrict c = cc + b * H;
+    float* __restrict yo = y + b * ys;
+    if (t >= len[b]) {
+      for (int64_t j = 0; j < H; ++j) {
+        yo[j] = 0.f;
+        g[6 * H + j] = h[j];
+      }
+      continue;
+    }
+    LstmFwdRow(H, g, g + H, g + 2 * H, g + 3 * H, g + 4 * H, g + 5 * H, g + 6 * H, a, a + H, a + 2 * H, a + 3 * H, h, c, yo);
+  }
+}
+
+JAX_MPS_CLONES
+void GruFwdStep(int64_t B, int64_t H, int64_t t, const int32_t* len, float* ws, int64_t rs, const float* tmp,
+                const float* bhn, float* hc, float* y, int64_t ys) {
+  for (int64_t b = 0; b < B; ++b) {
+    float* __restrict g = ws + b * rs;
+    const float* __restrict a = tmp + b * 3 * H;
+    float* __restrict h = hc + b * H;
+    float* __restrict yo = y + b * ys;
+    if (t >= len[b]) {
+      for (int64_t j = 0; j < H; ++j) {
+        yo[j] = 0.f;
+        g[4 * H + j] = h[j];
+      }
+      continue;
+    }
+    GruFwdRow(H, g, g + H, g + 2 * H, g + 3 * H, g + 4 * H, a, a + H, a + 2 * H, bhn, h, yo);
+  }
+}
+
+JAX_MPS_CLONES
+void RnnFwdStep(int64_t B, int64_t H, int64_t t, const int32_t* len, float* ws, int64_t rs, const float* tmp,
+                bool relu, float* hc, float* y, int64_t ys) {
+  for (int64_t b = 0; b < B; ++b) {
+    float* __restrict g = ws + b * rs;
+    const float* __restrict a = tmp + b * H;
+    float* __restrict h = hc + b * H;
+    float* __restrict yo = y + b * ys;
+    if (t >= len[b]) {
+      for (int64_t j = 0; j < H; ++j) {
+        yo[j] = 0.f;
+        g[H + j] = h[j];
+      }
+      continue;
+    }
+    float* __restrict gp = g + H;
+    if (relu) {
+      for (int64_t j = 0; j < H; ++j) {
+        float out = std::max(g[j] + a[j], 0.f);
+        g[j] = out;
+        gp[j] = h[j];
+        h[j] = out;
+        yo[j] = out;
+      }
+    } else {
+      for (int64_t j = 0; j < H; ++j) {
+        float out = Tanh(g[j] + a[j]);
+        g[j] = out;
+        gp[j] = h[j];
+        h[j] = out;
+        yo[j] = out;
+      }
+    }
+  }
+}
+
+// ---- Backward steps. dh/dc: carried gradient w.r.t. this step's h_t / c_t (from later steps);
+// dy: output-gradient rows (stride dys); dgx/dgh: gate-gradient rows (stride dgs) w.r.t. the input
+// and recurrent pre-activations; dhn receives the direct part of dL/dh_{t-1} (the recurrent GEMM
+// adds dgh W_hh^T afterwards). Rows past their length pass the carried gradient through.
+
+JAX_MPS_CLONES
+void LstmBwdStep(int64_t B, int64_t H, int64_t t, const int32_t* len, const float* ws, int64_t rs,
+                 const float* dy, int64_t dys, float* dg, int64_t dgs, float* dhc, float* dcc, float* dhn) {
+  for (int64_t b = 0; b < B; ++b) {
+    const float* __restrict g = ws + b * rs;
+    const float* __restrict dyo = dy + b * dys;
+    float* __restrict d = dg + b * dgs;
+    float* __restrict dh = dhc + b * H;
+    float* __restrict dc = dcc + b * H;
+    float* __restrict dn = dhn + b * H;
+    if (t >= len[b]) {
+      std::memset(d, 0, 4 * H * sizeof(float));
+      std::memcpy(dn, dh, H * sizeof(float));
+      continue;
+    }
+    LstmBwdRow(H, g, g + H, g + 2 * H, g + 3 * H, g + 4 * H, g + 5 * H, dyo, d, d + H, d + 2 * H, d + 3 * H, dh, dc, dn);
+  }
+}
+
+JAX_MPS_CLONES
+void GruBwdStep(int64_t B, int64_t H, int64_t t, const int32_t* len, const float* ws, int64_t rs,
+                const float* dy, int64_t dys, float* dgx, float* dgh, int64_t dgs, float* dhc, float* dhn) {
+  for (int64_t b = 0; b < B; ++b) {
+    const float* __restrict g = ws + b * rs;
+    const float* __restrict dyo = dy + b * dys;
+    float* __restrict dx = dgx + b * dgs;
+    float* __restrict dr = dgh + b * dgs;
+    float* __restrict dh = dhc + b * H;
+    float* __restrict dn = dhn + b * H;
+    if (t >= len[b]) {
+      std::memset(dx, 0, 3 * H * sizeof(float));
+      std::memset(dr, 0, 3 * H * sizeof(float));
+      std::memcpy(dn, dh, H * sizeof(float));
+      continue;
+    }
+    GruBwdRow(H, g, g + H, g + 2 * H, g + 3 * H, g + 4 * H, dyo, dx, dx + H, dx + 2 * H, dr, dr + H, dr + 2 * H, dh, dn);
+  }
+}
+
+JAX_MPS_CLONES
+void RnnBwdStep(int64_t B, int64_t H, int64_t t, const int32_t* len, const float* ws, int64_t rs, bool relu,
+                const float* dy, int64_t dys, float* dg, int64_t dgs, float* dhc, float* dhn) {
+  for (int64_t b = 0; b < B; ++b) {
+    const float* __restrict g = ws + b * rs;
+    const float* __restrict dyo = dy + b * dys;
+    float* __restrict d = dg + b * dgs;
+    float* __restrict dh = dhc + b * H;
+    float* __restrict dn = dhn + b * H;
+    if (t >= len[b]) {
+      std::memset(d, 0, H * sizeof(float));
+      std::memcpy(dn, dh, H * sizeof(float));
+      continue;
+    }
+    for (int64_t j = 0; j < H; ++j) {
+      float out = g[j];
+      float dht = dh[j] + dyo[j];
+      d[j] = relu ? (out > 0.f ? dht : 0.f) : dht * (1.f - out * out);
+      dn[j] = 0.f;
+    }
+  }
+}
+
+struct Weights {
+  const float *w_ih, *w_hh, *b_ih, *b_hh;
+};
+
+// Shapes of every buffer against the descriptor; lengths in [0, T].
+ffi::Error CheckCommon(const RnnDesc& d, ffi::Buffer<ffi::F32>& h0, ffi::Buffer<ffi::F32>& c0,
+                       ffi::Buffer<ffi::S32>& lens, const ffi::RemainingArgs& w, size_t w_off,
+                       std::vector<Weights>* ws) {
+  const int64_t LD = d.L * d.D, B = d.B, H = d.H, GH = d.G() * d.H;
+  JAX_MPS_CHECK(Dims(h0.dimensions().begin(), h0.dimensions().end()) == Dims({LD, B, H}),
+                "rnn: h0 must have shape (", LD, ", ", B, ", ", H, "), got ", DimsStr(h0.dimensions()));
+  if (d.cell == Cell::kLstm)
+    JAX_MPS_CHECK(Dims(c0.dimensions().begin(), c0.dimensions().end()) == Dims({LD, B, H}),
+                  "rnn: c0 must have shape (", LD, ", ", B, ", ", H, "), got ", DimsStr(c0.dimensions()));
+  JAX_MPS_CHECK(lens.dimensions().size() == 1 && lens.dimensions()[0] == B, "rnn: seq_lengths must have shape (",
+                B, ",), got ", DimsStr(lens.dimensions()));
+  const int32_t* lp = lens.typed_data();
+  for (int64_t b = 0; b < B; ++b)
+    JAX_MPS_CHECK(lp[b] >= 0 && lp[b] <= d.T, "rnn: seq_lengths[", b, "] = ", lp[b], " is outside [0, ", d.T, "]");
+  JAX_MPS_CHECK(w.size() >= w_off + 4 * LD, "rnn: expected ", 4 * LD, " weight arrays, got ",
+                int64_t(w.size()) - int64_t(w_off));
+  ws->clear();
+  for (int64_t l = 0; l < d.L; ++l)
+    for (int64_t k = 0; k < d.D; ++k) {
+      const Dims want[4] = {{d.InputSize(l), GH}, {H, GH}, {GH}, {GH}};
+      const float* p[4];
+      for (int q = 0; q < 4; ++q) {
+        auto buf = w.get<ffi::Buffer<ffi::F32>>(w_off + 4 * (l * d.D + k) + q);
+        if (buf.has_error()) return buf.error();
+        auto dims = buf->dimensions();
+        JAX_MPS_CHECK(Dims(dims.begin(), dims.end()) == want[q], "rnn: weight ", q, " of layer ", l, " direction ",
+                      k, " must have shape ", DimsStr(want[q]), ", got ", DimsStr(dims));
+        p[q] = buf->typed_data();
+      }
+      ws->push_back({p[0], p[1], p[2], p[3]});
+    }
+  return ffi::Error::Success();
+}
+
+ffi::Error CheckSize(const char* what, int64_t got, int64_t want) {
+  JAX_MPS_CHECK(got == want, "rnn: ", what, " has ", got, " elements, expected ", want);
+  return ffi::Error::Success();
+}
+
+void Forward(const RnnDesc& d, const float* x, const float* h0, const float* c0, const int32_t* len,
+             const std::vector<Weights>& w, float* y, float* hn, float* cn, float* wsp) {
+  const int64_t B = d.B, H = d.H, T = d.T, D = d.D, GH = d.G() * H, W = d.W(), rows = d.Rows(), DH = D * H;
+  const int64_t sT = d.sT(), sB = d.sB();
+  thread_local std::vector<float> s_tmp, s_h, s_c;
+  float* tmp = Scratch(s_tmp, B * GH);
+  float* hc = Scratch(s_h, B * H);
+  float* cc = Scratch(s_c, B * H);
+  float* louts = wsp + d.L * D * rows * W;
+  for (int64_t l = 0; l < d.L; ++l) {
+    const float* X = l == 0 ? x : louts + (l - 1) * rows * DH;
+    const int64_t Il = d.InputSize(l);
+    float* Y = l == d.L - 1 ? y : louts + l * rows * DH;
+    for (int64_t k = 0; k < D; ++k) {
+      const int64_t ld = l * D + k;
+      const Weights& p = w[ld];
+      float* ws = wsp + ld * rows * W;
+      // Gate columns <- x W_ih + b_ih + b_hh (GRU: b_hn stays inside the reset product).
+      std::vector<float> bias(GH);
+      for (int64_t j = 0; j < GH; ++j)
+        bias[j] = p.b_ih[j] + (d.cell == Cell::kGru && j >= 2 * H ? 0.f : p.b_hh[j]);
+      for (int64_t r = 0; r < rows; ++r) std::memcpy(ws + r * W, bias.data(), GH * sizeof(float));
+      Gemm('N', 'N', rows, GH, Il, X, Il, p.w_ih, GH, 1.f, ws, W);
+      std::memcpy(hc, h0 + ld * B * H, B * H * sizeof(float));
+      if (d.cell == Cell::kLstm) std::memcpy(cc, c0 + ld * B * H, B * H * sizeof(float));
+      StepGemm rec(B, GH, H, H, false, false, p.w_hh);
+      for (int64_t s = 0; s < T; ++s) {
+        const int64_t t = k == 0 ? s : T - 1 - s;
+        float* g = ws + t * sT * W;
+        float* yo = Y + t * sT * DH + k * H;
+        rec(hc, tmp);
+        switch (d.cell) {
+          case Cell::kLstm: LstmFwdStep(B, H, t, len, g, sB * W, tmp, hc, cc, yo, sB * DH); break;
+          case Cell::kGru: GruFwdStep(B, H, t, len, g, sB * W, tmp, p.b_hh + 2 * H, hc, yo, sB * DH); break;
+          default: RnnFwdStep(B, H, t, len, g, sB * W, tmp, d.cell == Cell::kRnnRelu, hc, yo, sB * DH);
+        }
+      }
+      std::memcpy(hn + ld * B * H, hc, B * H * sizeof(float));
+      if (d.cell == Cell::kLstm) std::memcpy(cn + ld * B * H, cc, B * H * sizeof(float));
+    }
+  }
+}
+
+void ColSum(const float* a, int64_t rows, int64_t n, float* out) {
+  std::fill(out, out + n, 0.f);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < n; ++j) out[j] += a[r * n + j];
+}
+
+struct Grads {
+  float *w_ih, *w_hh, *b_ih, *b_hh;
+};
+
+void Backward(const RnnDesc& d, const float* x, const int32_t* len, const std::vector<Weights>& w,
+              const float* wsp, const float* dy, const float* dhn_in, const float* dcn_in, float* dx, float* dh0,
+              float* dc0, const std::vector<Grads>& gw) {
+  const int64_t B = d.B, H = d.H, T = d.T, D = d.D, GH = d.G() * H, W = d.W(), rows = d.Rows(), DH = D * H;
+  const int64_t sT = d.sT(), sB = d.sB();
+  const bool gru = d.cell == Cell::kGru;
+  thread_local std::vector<float> s_dgx, s_dgh, s_dy0, s_dy1, s_dh, s_dhn, s_dc;
+  float* dgx = Scratch(s_dgx, rows * GH);
+  float* dgh = gru ? Scratch(s_dgh, rows * GH) : dgx;
+  float* dyb[2] = {nullptr, nullptr};
+  if (d.L > 1) dyb[1] = Scratch(s_dy1, rows * DH);  // dX of layer l > 0 goes to dyb[l % 2]
+  if (d.L > 2) dyb[0] = Scratch(s_dy0, rows * DH);
+  float* dh = Scratch(s_dh, B * H);
+  float* dhn = Scratch(s_dhn, B * H);
+  float* dc = Scratch(s_dc, B * H);
+  const float* louts = wsp + d.L * D * rows * W;
+  const float* dY = dy;
+  for (int64_t l = d.L - 1; l >= 0; --l) {
+    const float* X = l == 0 ? x : louts + (l - 1) * rows * DH;
+    const int64_t Il = d.InputSize(l);
+    float* dX = l == 0 ? dx : dyb[l % 2];
+    for (int64_t k = 0; k < D; ++k) {
+      const int64_t ld = l * D + k;
+      const Weights& p = w[ld];
+      const Grads& q = gw[ld];
+      const float* ws = wsp + ld * rows * W;
+      std::memcpy(dh, dhn_in + ld * B * H, B * H * sizeof(float));
+      if (d.cell == Cell::kLstm) std::memcpy(dc, dcn_in + ld * B * H, B * H * sizeof(float));
+      StepGemm rec(B, H, GH, sB * GH, true, true, p.w_hh);
+      for (int64_t s = T - 1; s >= 0; --s) {
+        const int64_t t = k == 0 ? s : T - 1 - s;
+        const float* g = ws + t * sT * W;
+        const float* dyo = dY + t * sT * DH + k * H;
+        float* gx = dgx + t * sT * GH;
+        float* gh = dgh + t * sT * GH;
+        switch (d.cell) {
+          case Cell::kLstm: LstmBwdStep(B, H, t, len, g, sB * W, dyo, sB * DH, gx, sB * GH, dh, dc, dhn); break;
+          case Cell::kGru: GruBwdStep(B, H, t, len, g, sB * W, dyo, sB * DH, gx, gh, sB * GH, dh, dhn); break;
+          default:
+            RnnBwdStep(B, H, t, len, g, sB * W, d.cell == Cell::kRnnRelu, dyo, sB * DH, gx, sB * GH, dh, dhn);
+        }
+        rec(gh, dhn);
+        std::swap(dh, dhn);
+      }
+      std::memcpy(dh0 + ld * B * H, dh, B * H * sizeof(float));
+      if (d.cell == Cell::kLstm) std::memcpy(dc0 + ld * B * H, dc, B * H * sizeof(float));
+      // Whole-sequence GEMMs; every result is written (beta = 0), never accumulated across calls.
+      Gemm('T', 'N', Il, GH, rows, X, Il, dgx, GH, 0.f, q.w_ih, GH);
+      Gemm('T', 'N', H, GH, rows, ws + d.HprevCol(), W, dgh, GH, 0.f, q.w_hh, GH);
+      ColSum(dgx, rows, GH, q.b_ih);
+      ColSum(dgh, rows, GH, q.b_hh);
+      Gemm('N', 'T', rows, Il, GH, dgx, GH, p.w_ih, GH, k == 0 ? 0.f : 1.f, dX, Il);
+    }
+    dY = dX;
+  }
+}
+
+ffi::Error RnnFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
+                  ffi::Buffer<ffi::S32> lens, ffi::RemainingArgs w, ffi::ResultBuffer<ffi::F32> y,
+                  ffi::ResultBuffer<ffi::F32> hn, ffi::ResultBuffer<ffi::F32> cn, ffi::ResultBuffer<ffi::F32> ws,
+                  int64_t cell, int64_t num_layers, int64_t num_dirs, int64_t hidden, int64_t time_major) {
+  RnnDesc d;
+  JAX_MPS_RETURN_IF_ERROR(MakeRnnDesc(cell, num_layers, num_dirs, hidden, time_major, x.dimensions(), &d));
+  std::vector<Weights> wp;
+  JAX_MPS_RETURN_IF_ERROR(CheckCommon(d, h0, c0, lens, w, 0, &wp));
+  const int64_t LDBH = d.L * d.D * d.B * d.H;
+  JAX_MPS_RETURN_IF_ERROR(CheckSize("y", y->element_count(), d.Rows() * d.D * d.H));
+  JAX_MPS_RETURN_IF_ERROR(CheckSize("h_n", hn->element_count(), LDBH));
+  JAX_MPS_RETURN_IF_ERROR(CheckSize("c_n", cn->element_count(), d.cell == Cell::kLstm ? LDBH : 0));
+  JAX_MPS_RETURN_IF_ERROR(CheckSize("workspace", ws->element_count(), d.WorkspaceSize()));
+  return Guard("rnn_fwd", [&] {
+    Forward(d, x.typed_data(), h0.typed_data(), c0.typed_data(), lens.typed_data(), wp, y->typed_data(),
+            hn->typed_data(), cn->typed_data(), ws->typed_data());
+    return ffi::Error::Success();
+  });
+}
+
+ffi::Error RnnBwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
+                  ffi::Buffer<ffi::S32> lens, ffi::Buffer<ffi::F32> ws, ffi::Buffer<ffi::F32> dy,
+                  ffi::Buffer<ffi::F32> dhn, ffi::Buffer<ffi::F32> dcn, ffi::RemainingArgs w,
+                  ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0,
+                  ffi::RemainingRets dw, int64_t cell, int64_t num_layers, int64_t num_dirs, int64_t hidden,
+                  int64_t time_major) {
+  RnnDesc d;
+  JAX_MPS_RETURN_IF_ERROR(MakeRnnDesc(cell, num_layers, num_dirs, hidden, time_major, x.dimensions(), &d));
+  std::vector<Weights> wp;
+  JAX_MPS_RETURN_IF_ERROR(CheckCommon(d, h0, c0, lens, w, 0, &wp));
+  const int64_t LDBH = d.L * d.D * d.B * d.H, cnum = d.cell == Cell::kLstm ? LDBH : 0;
+  JAX_MPS_RETURN_IF_ERROR(CheckSize("workspace", ws.element_count(), d.WorkspaceSize()));
+  JAX_MPS_RETURN_IF_ERROR(CheckSize("dy", dy.element_count(), d.Rows() * d.D * d.H));
+  JAX_MPS_RETURN_IF_ERROR(CheckSize("dh_n", dhn.element_count(), LDBH));
+  JAX_MPS_RETURN_IF_ERROR(CheckSize("dc_n", dcn.element_count(), cnum));
+  JAX_MPS_RETURN_IF_ERROR(CheckSize("dx", dx->element_count(), x.element_count()));
+  JAX_MPS_RETURN_IF_ERROR(CheckSize("dh0", dh0->element_count(), LDBH));
+  JAX_MPS_RETURN_IF_ERROR(CheckSize("dc0", dc0->element_count(), cnum));
+  JAX_MPS_CHECK(dw.size() == wp.size() * 4, "rnn_bwd: expected ", wp.size() * 4, " weight gradients, got ",
+                dw.size());
+  std::vector<Grads> gp;
+  for (size_t i = 0; i < wp.size(); ++i) {
+    float* p[4];
+    for (int q = 0; q < 4; ++q) {
+      auto r = dw.get<ffi::Buffer<ffi::F32>>(4 * i + q);
+      if (r.has_error()) return r.error();
+      auto wb = w.get<ffi::Buffer<ffi::F32>>(4 * i + q);
+      JAX_MPS_RETURN_IF_ERROR(CheckSize("weight gradient", (*r)->element_count(), wb->element_count()));
+      p[q] = (*r)->typed_data();
+    }
+    gp.push_back({p[0], p[1], p[2], p[3]});
+  }
+  return Guard("rnn_bwd", [&] {
+    Backward(d, x.typed_data(), lens.typed_data(), wp, ws.typed_data(), dy.typed_data(), dhn.typed_data(),
+             dcn.typed_data(), dx->typed_data(), dh0->typed_data(), dc0->typed_data(), gp);
+    return ffi::Error::Success();
+  });
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kRnnFwd, RnnFwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0 (LSTM; else empty)
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // seq_lengths
+                                  .RemainingArgs()               // (w_ih, w_hh, b_ih, b_hh) per layer-direction
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // y
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // h_n
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // c_n
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // workspace
+                                  .Attr<int64_t>("cell")
+                                  .Attr<int64_t>("num_layers")
+                                  .Attr<int64_t>("num_dirs")
+                                  .Attr<int64_t>("hidden")
+                                  .Attr<int64_t>("time_major"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kRnnBwd, RnnBwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // seq_lengths
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // workspace
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dy
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dh_n
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dc_n
+                                  .RemainingArgs()               // weights
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dx
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dh0
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dc0
+                                  .RemainingRets()               // weight gradients
+                                  .Attr<int64_t>("cell")
+                                  .Attr<int64_t>("num_layers")
+                                  .Attr<int64_t>("num_dirs")
+                                  .Attr<int64_t>("hidden")
+                                  .Attr<int64_t>("time_major"));
+
+JAX_MPS_REGISTER("jax_mps_rnn_fwd", "cpu", kRnnFwd);
+JAX_MPS_REGISTER("jax_mps_rnn_bwd", "cpu", kRnnBwd);
+
+}  // namespace jax_mps::cpu
