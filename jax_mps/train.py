@@ -54,8 +54,9 @@ class History:
     """What `fit` did: one dict per completed epoch plus how the run ended.
 
     ``history.epochs[k]`` holds ``epoch`` (1-based), ``loss`` (mean training loss of the epoch),
-    ``steps``, ``samples``, ``seconds``, ``samples_per_sec`` and every metric returned by
-    ``eval_fn``.  ``history["accuracy"]`` gives one metric as a list over epochs and
+    ``steps``, ``samples``, ``seconds`` (wall time of the epoch's steps), ``samples_per_sec``
+    (measured from the end of the epoch's first step, so compilation is not counted) and every
+    metric returned by ``eval_fn``.  ``history["accuracy"]`` gives one metric as a list over epochs and
     ``history[-1]`` the last epoch's dict.
     """
 
@@ -289,21 +290,28 @@ def fit(step_fn: Callable, state, train_data, *, epochs: int = 1, eval_fn: Calla
         in_flight: collections.deque = collections.deque()
         t0 = time.perf_counter()
         loss_sum, n_done, samples_done = 0.0, 0, 0
+        t_first, samples_first = t0, 0  # the rate is measured from the first step's end (compiles excluded)
 
         def retire():
             # Block on the oldest in-flight step (its loss comes out of the same executable).
-            nonlocal loss_sum, n_done, samples_done
+            nonlocal loss_sum, n_done, samples_done, t_first, samples_first
             s, n, loss = in_flight.popleft()
             value = _as_float(jax.block_until_ready(loss))
             loss_sum += value
             n_done += 1
             samples_done += n
+            if n_done == 1:
+                t_first, samples_first = time.perf_counter(), samples_done
             if on_step is not None:
                 on_step(s, value)
             if bar is not None:
-                rate = samples_done / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix_str(f"loss={value:.4f}, {rate:,.0f} samples/s", refresh=False)
+                bar.set_postfix_str(f"loss={value:.4f}, {rate():,.0f} samples/s", refresh=False)
                 bar.update(1)
+
+        def rate():
+            if n_done < 2:
+                return samples_done / max(time.perf_counter() - t0, 1e-9)
+            return (samples_done - samples_first) / max(time.perf_counter() - t_first, 1e-9)
 
         try:
             for batch in batches:
@@ -323,8 +331,7 @@ def fit(step_fn: Callable, state, train_data, *, epochs: int = 1, eval_fn: Calla
 
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch + 1, "loss": loss_sum / max(n_done, 1), "steps": n_done,
-                  "samples": samples_done, "seconds": seconds,
-                  "samples_per_sec": samples_done / max(seconds, 1e-9)}
+                  "samples": samples_done, "seconds": seconds, "samples_per_sec": rate()}
         if eval_fn is not None:
             metrics = eval_fn(state) or {}
             record.update({k: _as_float(v) if _scalar(v) else v for k, v in dict(metrics).items()})
@@ -380,7 +387,7 @@ def _summary(record):
     parts = [f"epoch {record['epoch']}: loss {record['loss']:.4f}",
              f"{record['samples_per_sec']:,.0f} samples/s", f"{record['seconds']:.1f}s"]
     for k, v in record.items():
-        if k in ("epoch", "loss", "steps", "samples", "seconds", "samples_per_sec"):
+        if k in ("epoch", "loss", "steps", "samples", "seconds", "samples_per_sec", "count"):
             continue
         if isinstance(v, float) and math.isfinite(v):
             parts.append(f"{k} {v:.4f}")
