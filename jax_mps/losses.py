@@ -1,2 +1,178 @@
-"""Placeholder: filled in by its op family."""
-__all__: list[str] = []
+"""Losses: per-sample values and the reduction in one runtime kernel, every gradient in another.
+
+Every loss is computed on an (N, D) view: N samples, D values per sample (classes for softmax
+cross entropy and KL, the flattened non-batch axes for the element-wise losses).
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _ffi
+from ._validate import check_float, check_rank, check_shape
+
+__all__ = [
+    "softmax_cross_entropy", "sigmoid_cross_entropy", "mean_squared_error", "mean_absolute_error",
+    "huber_loss", "hinge_loss", "kl_divergence",
+]
+
+# Codes match csrc/runtime/losses.h (LossKind, Reduction).
+_SOFTMAX_CE, _SIGMOID_CE, _MSE, _MAE, _HUBER, _HINGE, _KL = range(7)
+_REDUCTIONS = {"none": 0, "sum": 1, "mean": 2, "sum_by_nonzero_weights": 3}
+_NONE = 0
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _loss(pred, target, weights, kind, reduction, param):
+    return _loss_fwd(pred, target, weights, kind, reduction, param)[0]
+
+
+def _loss_fwd(pred, target, weights, kind, reduction, param):
+    n = pred.shape[0]
+    none = reduction == _NONE
+    out = _ffi.call("jax_mps_loss_fwd", _ffi.spec((n,) if none else (1,), pred.dtype), pred, target, weights,
+                    fold=[True, True, True] if none else None,  # a reduced value mixes the whole batch
+                    kind=kind, reduction=reduction, param=param)
+    return (out if none else out.reshape(())), (pred, target, weights)
+
+
+def _loss_bwd(kind, reduction, param, res, g):
+    pred, target, weights = res
+    n, d = pred.shape
+    none = reduction == _NONE
+    int_labels = jnp.issubdtype(target.dtype, jnp.integer)
+    wants_dt = not int_labels and kind != _HINGE  # integer labels and hinge targets: not differentiated
+    specs = (_ffi.spec(pred.shape, pred.dtype),
+             _ffi.spec((n, d) if wants_dt else (n, 0), pred.dtype),
+             _ffi.spec(weights.shape, weights.dtype))
+    dpred, dtarget, dweights = _ffi.call(
+        "jax_mps_loss_bwd", specs, pred, target, weights, g if none else g.reshape(1),
+        fold=[True] * 4 if none else None, kind=kind, reduction=reduction, param=param)
+    if int_labels:
+        dtarget = np.zeros(target.shape, jax.dtypes.float0)
+    elif not wants_dt:
+        dtarget = jnp.zeros_like(target)
+    return dpred, dtarget, dweights
+
+
+_loss.defvjp(_loss_fwd, _loss_bwd)
+
+
+def _reduction(reduction, op):
+    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
+        raise ValueError(f"{op}: unknown reduction {reduction!r}; expected one of {list(_REDUCTIONS)}")
+    return _REDUCTIONS[reduction]
+
+
+def _weights(weights, n, dtype, op):
+    if weights is None:
+        return jnp.zeros((0,), dtype)  # empty: all ones, handled in the kernel
+    weights = jnp.asarray(weights)
+    check_float("weights", weights, op)
+    check_shape("weights", weights, (n,), op)
+    return weights.astype(dtype)
+
+
+def _float_arg(name, x, op):
+    x = jnp.asarray(x)
+    check_float(name, x, op)
+    return x
+
+
+def _pair(pred, target, pname, tname, op, rank=None):
+    pred = _float_arg(pname, pred, op)
+    target = _float_arg(tname, target, op)
+    if rank is not None:
+        check_rank(pname, pred, rank, "(N, C)", op)
+    elif pred.ndim < 1:
+        raise ValueError(f"{op}: `{pname}` must have rank >= 1 (N, ...), got a scalar")
+    check_shape(tname, target, pred.shape, op)
+    return pred, target.astype(pred.dtype)
+
+
+def _elementwise(kind, pred, target, weights, reduction, param, op, pname="pred", tname="target"):
+    red = _reduction(reduction, op)
+    pred, target = _pair(pred, target, pname, tname, op)
+    n = pred.shape[0]
+    d = int(np.prod(pred.shape[1:], dtype=np.int64))
+    w = _weights(weights, n, pred.dtype, op)
+    return _loss(pred.reshape(n, d), target.reshape(n, d), w, kind, red, float(param))
+
+
+def softmax_cross_entropy(logits, labels, *, weights=None, label_smoothing=0.0, reduction="mean"):
+    """Cross entropy of softmax(logits) (N, C) against int class ids (N,) or probabilities (N, C).
+
+    Smoothed targets are (1 - label_smoothing) * labels + label_smoothing / C (as torch/optax).
+    """
+    op = "softmax_cross_entropy"
+    red = _reduction(reduction, op)
+    logits = _float_arg("logits", logits, op)
+    check_rank("logits", logits, 2, "(N, C)", op)
+    n, c = logits.shape
+    if c < 1:
+        raise ValueError(f"{op}: `logits` must have at least one class, got shape {logits.shape}")
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float, np.number)) \
+            or not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"{op}: `label_smoothing` must be a float in [0, 1], got {label_smoothing!r}")
+    labels = jnp.asarray(labels) if not isinstance(labels, jax.Array) else labels
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        check_shape("labels", labels, (n,), op)
+        try:
+            concrete = np.asarray(labels)
+        except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+            concrete = None
+        if concrete is not None and concrete.size and (concrete.min() < 0 or concrete.max() >= c):
+            raise ValueError(f"{op}: integer `labels` must be class ids in [0, {c}), got values in "
+                             f"[{concrete.min()}, {concrete.max()}]")
+        labels = labels.astype(jnp.int32)
+    else:
+        check_float("labels", labels, op)
+        if labels.shape != (n, c):
+            raise ValueError(f"{op}: `labels` must have shape ({n},) (int class ids) or {(n, c)} "
+                             f"(probabilities), got {labels.shape}")
+        labels = labels.astype(logits.dtype)
+    w = _weights(weights, n, logits.dtype, op)
+    return _loss(logits, labels, w, _SOFTMAX_CE, red, float(label_smoothing))
+
+
+def sigmoid_cross_entropy(logits, labels, *, weights=None, reduction="mean"):
+    """Binary cross entropy of sigmoid(logits) against labels in [0, 1] (same shape as logits)."""
+    labels = jnp.asarray(labels)
+    if jnp.issubdtype(labels.dtype, jnp.integer) or labels.dtype == jnp.bool_:
+        labels = labels.astype(jnp.asarray(logits).dtype)
+    return _elementwise(_SIGMOID_CE, logits, labels, weights, reduction, 0.0, "sigmoid_cross_entropy",
+                        "logits", "labels")
+
+
+def mean_squared_error(pred, target, *, weights=None, reduction="mean"):
+    """(pred - target)^2, averaged over the non-batch axes per sample."""
+    return _elementwise(_MSE, pred, target, weights, reduction, 0.0, "mean_squared_error")
+
+
+def mean_absolute_error(pred, target, *, weights=None, reduction="mean"):
+    """|pred - target|, averaged over the non-batch axes per sample."""
+    return _elementwise(_MAE, pred, target, weights, reduction, 0.0, "mean_absolute_error")
+
+
+def huber_loss(pred, target, *, delta=1.0, weights=None, reduction="mean"):
+    """0.5 r^2 where |r| <= delta, else delta * (|r| - delta / 2), with r = pred - target (torch/optax)."""
+    if isinstance(delta, bool) or not isinstance(delta, (int, float, np.number)) or not 0 < float(delta) < np.inf:
+        raise ValueError(f"huber_loss: `delta` must be a positive float, got {delta!r}")
+    return _elementwise(_HUBER, pred, target, weights, reduction, float(delta), "huber_loss")
+
+
+def hinge_loss(pred, target, *, weights=None, reduction="mean"):
+    """max(0, 1 - target * pred) with target in {-1, 1}; the target is not differentiated."""
+    target = jnp.asarray(target)
+    if jnp.issubdtype(target.dtype, jnp.integer):
+        target = target.astype(jnp.asarray(pred).dtype)
+    return _elementwise(_HINGE, pred, target, weights, reduction, 0.0, "hinge_loss")
+
+
+def kl_divergence(log_pred, target, *, weights=None, reduction="mean"):
+    """sum over the non-batch axes of target * (log(target) - log_pred), 0 where target == 0
+    (torch KLDivLoss with log_target=False)."""
+    return _elementwise(_KL, log_pred, target, weights, reduction, 0.0, "kl_divergence", "log_pred", "target")

@@ -2,7 +2,6 @@ import os
 
 # Two cores on CI: keep oneDNN's OpenMP team from fighting XLA's threads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

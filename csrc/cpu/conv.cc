@@ -1,0 +1,455 @@
+// Convolution (1-D as 2-D with H = 1), transposed convolution and dense on the CPU (oneDNN).
+// Three targets per op: fwd (bias + activation fused as oneDNN post-ops), bwd_data (dx) and
+// bwd_weights (dw, db). Each backward first turns dy into dz = dy * act'(.) from the saved
+// output y (ActGradFromOutput) or pre-activation z. Split so XLA drops the dx call when the
+// input needs no gradient (a network's first layer).
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cpu/dnnl_common.h"
+#include "cpu/eltwise.h"
+#include "runtime/conv.h"
+#include "runtime/registry.h"
+
+namespace jax_mps::cpu {
+namespace {
+
+using dnnl::algorithm;
+using dnnl::memory;
+using dnnl::prop_kind;
+
+// Activation as a oneDNN post-op (forward only); false where oneDNN has no such function.
+bool PostOpAlg(Act act, float alpha, algorithm* alg, float* a, float* b) {
+  *a = 0.f;
+  *b = 0.f;
+  switch (act) {
+    case Act::kRelu: *alg = algorithm::eltwise_relu; return true;
+    case Act::kLeakyRelu: *alg = algorithm::eltwise_relu; *a = alpha; return true;
+    case Act::kRelu6: *alg = algorithm::eltwise_clip_v2; *b = 6.f; return true;
+    case Act::kElu: *alg = algorithm::eltwise_elu; *a = alpha; return true;
+    case Act::kSigmoid: *alg = algorithm::eltwise_logistic; return true;
+    case Act::kTanh: *alg = algorithm::eltwise_tanh; return true;
+    case Act::kHardSigmoid: *alg = algorithm::eltwise_hardsigmoid; *a = 1.f / 6.f; *b = 0.5f; return true;
+    case Act::kSoftplus: *alg = algorithm::eltwise_soft_relu; *a = 1.f; return true;
+    case Act::kGelu: *alg = algorithm::eltwise_gelu_erf; return true;
+    case Act::kGeluTanh: *alg = algorithm::eltwise_gelu_tanh; return true;
+    default: return false;
+  }
+}
+
+// Post-op attribute for `act`; *after is set when the activation must run as a separate pass.
+dnnl::primitive_attr ActAttr(Act act, float alpha, bool* after) {
+  dnnl::primitive_attr attr;
+  *after = false;
+  if (act == Act::kNone) return attr;
+  algorithm alg;
+  float a, b;
+  if (PostOpAlg(act, alpha, &alg, &a, &b)) {
+    dnnl::post_ops po;
+    po.append_eltwise(alg, a, b);
+    attr.set_post_ops(po);
+  } else {
+    *after = true;
+  }
+  return attr;
+}
+
+ffi::Error CheckAct(const char* op, int64_t act, float alpha, int64_t from_output) {
+  JAX_MPS_CHECK(ValidAct(act), op, ": unknown activation code ", act);
+  JAX_MPS_CHECK(!from_output || ActGradFromOutput(static_cast<Act>(act), alpha), op,
+                ": activation ", act, " cannot take its gradient from the output");
+  return ffi::Error::Success();
+}
+
+// Per-thread scratch (XLA:CPU may run custom calls on several threads at once).
+float* Scratch(int slot, size_t n) {
+  thread_local std::vector<float> buf[2];
+  if (buf[slot].size() < n) buf[slot].resize(n);
+  return buf[slot].data();
+}
+
+// dz = dy * act'(s); returns dy itself when there is no activation.
+const float* ActGrad(int64_t act, float alpha, int64_t from_output, int64_t n, const float* s, const float* dy) {
+  if (static_cast<Act>(act) == Act::kNone) return dy;
+  float* dz = Scratch(0, n);
+  ActBackward(static_cast<Act>(act), alpha, n, s, dy, dz, from_output != 0);
+  return dz;
+}
+
+// w (KH, KW, I, O) -> spatially flipped copy: lax.conv_transpose (no kernel transpose) is a
+// oneDNN deconvolution with the flipped kernel.
+void Flip(const ConvDesc& c, const float* w, float* out) {
+  const int64_t io = c.ic * c.oc;
+  for (int64_t h = 0; h < c.kh; ++h)
+    for (int64_t x = 0; x < c.kw; ++x)
+      std::memcpy(out + ((c.kh - 1 - h) * c.kw + (c.kw - 1 - x)) * io, w + (h * c.kw + x) * io, io * sizeof(float));
+}
+
+struct ConvMds {
+  memory::desc src, wei, bias, dst;
+  memory::dims strides, dilates, pl, pr;
+};
+
+ConvMds MakeMds(const ConvDesc& c, bool has_bias) {
+  ConvMds m;
+  m.src = memory::desc({c.n, c.ic, c.ih, c.iw}, dt::f32, tag::nhwc);
+  m.dst = memory::desc({c.n, c.oc, c.oh, c.ow}, dt::f32, tag::nhwc);
+  if (c.groups == 1)
+    m.wei = memory::desc({c.oc, c.ic, c.kh, c.kw}, dt::f32, tag::hwio);
+  else
+    m.wei = memory::desc({c.groups, c.oc / c.groups, c.ic / c.groups, c.kh, c.kw}, dt::f32, tag::hwigo);
+  if (has_bias) m.bias = memory::desc({c.oc}, dt::f32, tag::a);
+  m.strides = {c.sh, c.sw};
+  m.dilates = {c.dh - 1, c.dw - 1};
+  const int64_t ekh = (c.kh - 1) * c.dh + 1, ekw = (c.kw - 1) * c.dw + 1;
+  if (c.transpose) {
+    m.pl = {ekh - 1 - c.plh, ekw - 1 - c.plw};
+    m.pr = {ekh - 1 - c.phh, ekw - 1 - c.phw};
+  } else {
+    // oneDNN wants dims consistent without flooring: trim the high padding lax floors away.
+    m.pl = {c.plh, c.plw};
+    m.pr = {(c.oh - 1) * c.sh + ekh - c.ih - c.plh, (c.ow - 1) * c.sw + ekw - c.iw - c.plw};
+  }
+  return m;
+}
+
+struct ConvFwdPlan {
+  dnnl::primitive prim;
+  ConvMds m;
+  bool act_after;
+};
+struct ConvBwdDataPlan {
+  dnnl::primitive prim;
+  ConvMds m;
+};
+struct ConvBwdWeightsPlan {
+  dnnl::primitive prim;
+  ConvMds m;
+};
+
+// Forward primitive descriptors (also the hints for the backward ones).
+dnnl::convolution_forward::primitive_desc ConvFwdPd(const ConvMds& m, bool has_bias,
+                                                    const dnnl::primitive_attr& attr = {}) {
+  if (has_bias)
+    return {Engine(), prop_kind::forward_training, algorithm::convolution_direct, m.src, m.wei, m.bias, m.dst,
+            m.strides, m.dilates, m.pl, m.pr, attr};
+  return {Engine(), prop_kind::forward_training, algorithm::convolution_direct, m.src, m.wei, m.dst,
+          m.strides, m.dilates, m.pl, m.pr, attr};
+}
+dnnl::deconvolution_forward::primitive_desc DeconvFwdPd(const ConvMds& m, bool has_bias,
+                                                        const dnnl::primitive_attr& attr = {}) {
+  if (has_bias)
+    return {Engine(), prop_kind::forward_training, algorithm::deconvolution_direct, m.src, m.wei, m.bias, m.dst,
+            m.strides, m.dilates, m.pl, m.pr, attr};
+  return {Engine(), prop_kind::forward_training, algorithm::deconvolution_direct, m.src, m.wei, m.dst,
+          m.strides, m.dilates, m.pl, m.pr, attr};
+}
+
+PlanKey ConvKey(int64_t kind, const ConvDesc& c, int64_t has_bias, int64_t act = 0, float alpha = 0.f) {
+  PlanKey key;
+  key.add(kind);
+  c.AddTo(key);
+  key.add(has_bias).add(act).add(static_cast<double>(alpha));
+  return key;
+}
+
+#define CONV_ATTRS                                                                                   \
+  ffi::Span<const int64_t> stride, ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi, \
+      ffi::Span<const int64_t> dilation, int64_t groups, int64_t transpose, int64_t act, float alpha, \
+      int64_t has_bias
+
+ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
+                   ffi::ResultBuffer<ffi::F32> y, CONV_ATTRS) {
+  const char* op = transpose ? "conv_transpose_fwd" : "conv_fwd";
+  ConvDesc c;
+  JAX_MPS_RETURN_IF_ERROR(MakeConvDesc(op, x.dimensions(), w.dimensions(), y->dimensions(), stride, pad_lo,
+                                       pad_hi, dilation, groups, transpose != 0, &c));
+  JAX_MPS_RETURN_IF_ERROR(CheckAct(op, act, alpha, 0));
+  JAX_MPS_CHECK(static_cast<int64_t>(b.element_count()) == (has_bias ? c.oc : 0), op, ": b must have shape (",
+                has_bias ? c.oc : 0, ",), got ", DimsStr(b.dimensions()));
+  if (y->element_count() == 0) return ffi::Error::Success();
+  return Guard(op, [&] {
+    static PlanCache<ConvFwdPlan> cache;
+    auto plan = cache.Get(ConvKey(0, c, has_bias, act, alpha), [&] {
+      ConvFwdPlan p;
+      p.m = MakeMds(c, has_bias != 0);
+      auto attr = ActAttr(static_cast<Act>(act), alpha, &p.act_after);
+      if (c.transpose)
+        p.prim = dnnl::deconvolution_forward(DeconvFwdPd(p.m, has_bias != 0, attr));
+      else
+        p.prim = dnnl::convolution_forward(ConvFwdPd(p.m, has_bias != 0, attr));
+      return p;
+    });
+    const float* wp = w.typed_data();
+    if (c.transpose) {
+      float* f = Scratch(1, w.element_count());
+      Flip(c, wp, f);
+      wp = f;
+    }
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, Mem(plan->m.src, x.typed_data())},
+                                         {DNNL_ARG_WEIGHTS, Mem(plan->m.wei, wp)},
+                                         {DNNL_ARG_DST, Mem(plan->m.dst, y->typed_data())}};
+    if (has_bias) args.emplace(DNNL_ARG_BIAS, Mem(plan->m.bias, b.typed_data()));
+    plan->prim.execute(Stream(), args);
+    Stream().wait();
+    if (plan->act_after)
+      ActForward(static_cast<Act>(act), alpha, y->element_count(), y->typed_data(), y->typed_data());
+    return ffi::Error::Success();
+  });
+}
+
+// dx from the saved activation operand s (y or z), dy and w.
+ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> s, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
+                       ffi::ResultBuffer<ffi::F32> dx, CONV_ATTRS, int64_t from_output) {
+  const char* op = transpose ? "conv_transpose_bwd_data" : "conv_bwd_data";
+  ConvDesc c;
+  JAX_MPS_RETURN_IF_ERROR(MakeConvDesc(op, dx->dimensions(), w.dimensions(), dy.dimensions(), stride, pad_lo,
+                                       pad_hi, dilation, groups, transpose != 0, &c));
+  JAX_MPS_RETURN_IF_ERROR(CheckAct(op, act, alpha, from_output));
+  JAX_MPS_CHECK(act == 0 || s.element_count() == dy.element_count(), op, ": s must match dy ",
+                DimsStr(dy.dimensions()), ", got ", DimsStr(s.dimensions()));
+  if (dx->element_count() == 0) return ffi::Error::Success();
+  if (dy.element_count() == 0) {
+    std::memset(dx->typed_data(), 0, dx->size_bytes());
+    return ffi::Error::Success();
+  }
+  return Guard(op, [&] {
+    static PlanCache<ConvBwdDataPlan> cache;
+    auto plan = cache.Get(ConvKey(1, c, 0), [&] {
+      ConvBwdDataPlan p;
+      p.m = MakeMds(c, false);
+      if (c.transpose)
+        p.prim = dnnl::deconvolution_backward_data(dnnl::deconvolution_backward_data::primitive_desc(
+            Engine(), algorithm::deconvolution_direct, p.m.src, p.m.wei, p.m.dst, p.m.strides, p.m.dilates,
+            p.m.pl, p.m.pr, DeconvFwdPd(p.m, false)));
+      else
+        p.prim = dnnl::convolution_backward_data(dnnl::convolution_backward_data::primitive_desc(
+            Engine(), algorithm::convolution_direct, p.m.src, p.m.wei, p.m.dst, p.m.strides, p.m.dilates,
+            p.m.pl, p.m.pr, ConvFwdPd(p.m, false)));
+      return p;
+    });
+    const float* dz = ActGrad(act, alpha, from_output, dy.element_count(), s.typed_data(), dy.typed_data());
+    const float* wp = w.typed_data();
+    if (c.transpose) {
+      float* f = Scratch(1, w.element_count());
+      Flip(c, wp, f);
+      wp = f;
+    }
+    plan->prim.execute(Stream(), {{DNNL_ARG_DIFF_DST, Mem(plan->m.dst, dz)},
+                                  {DNNL_ARG_WEIGHTS, Mem(plan->m.wei, wp)},
+                                  {DNNL_ARG_DIFF_SRC, Mem(plan->m.src, dx->typed_data())}});
+    Stream().wait();
+    return ffi::Error::Success();
+  });
+}
+
+// dw, db from x, the saved activation operand s and dy.
+ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> s, ffi::Buffer<ffi::F32> dy,
+                          ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db, CONV_ATTRS,
+                          int64_t from_output) {
+  const char* op = transpose ? "conv_transpose_bwd_weights" : "conv_bwd_weights";
+  ConvDesc c;
+  JAX_MPS_RETURN_IF_ERROR(MakeConvDesc(op, x.dimensions(), dw->dimensions(), dy.dimensions(), stride, pad_lo,
+                                       pad_hi, dilation, groups, transpose != 0, &c));
+  JAX_MPS_RETURN_IF_ERROR(CheckAct(op, act, alpha, from_output));
+  JAX_MPS_CHECK(act == 0 || s.element_count() == dy.element_count(), op, ": s must match dy ",
+                DimsStr(dy.dimensions()), ", got ", DimsStr(s.dimensions()));
+  JAX_MPS_CHECK(static_cast<int64_t>(db->element_count()) == (has_bias ? c.oc : 0), op,
+                ": db must have shape (", has_bias ? c.oc : 0, ",)");
+  if (dy.element_count() == 0 || x.element_count() == 0) {
+    std::memset(dw->typed_data(), 0, dw->size_bytes());
+    if (has_bias) std::memset(db->typed_data(), 0, db->size_bytes());
+    return ffi::Error::Success();
+  }
+  return Guard(op, [&] {
+    static PlanCache<ConvBwdWeightsPlan> cache;
+    auto plan = cache.Get(ConvKey(2, c, has_bias), [&] {
+      ConvBwdWeightsPlan p;
+      p.m = MakeMds(c, has_bias != 0);
+      if (c.transpose) {
+        auto hint = DeconvFwdPd(p.m, has_bias != 0);
+        p.prim = has_bias ? dnnl::deconvolution_backward_weights(dnnl::deconvolution_backward_weights::primitive_desc(
+                                Engine(), algorithm::deconvolution_direct, p.m.src, p.m.wei, p.m.bias, p.m.dst,
+                                p.m.strides, p.m.dilates, p.m.pl, p.m.pr, hint))
+                          : dnnl::deconvolution_backward_weights(dnnl::deconvolution_backward_weights::primitive_desc(
+                                Engine(), algorithm::deconvolution_direct, p.m.src, p.m.wei, p.m.dst, p.m.strides,
+                                p.m.dilates, p.m.pl, p.m.pr, hint));
+      } else {
+        auto hint = ConvFwdPd(p.m, has_bias != 0);
+        p.prim = has_bias ? dnnl::convolution_backward_weights(dnnl::convolution_backward_weights::primitive_desc(
+                                Engine(), algorithm::convolution_direct, p.m.src, p.m.wei, p.m.bias, p.m.dst,
+                                p.m.strides, p.m.dilates, p.m.pl, p.m.pr, hint))
+                          : dnnl::convolution_backward_weights(dnnl::convolution_backward_weights::primitive_desc(
+                                Engine(), algorithm::convolution_direct, p.m.src, p.m.wei, p.m.dst, p.m.strides,
+                                p.m.dilates, p.m.pl, p.m.pr, hint));
+      }
+      return p;
+    });
+    const float* dz = ActGrad(act, alpha, from_output, dy.element_count(), s.typed_data(), dy.typed_data());
+    float* dwp = c.transpose ? Scratch(1, dw->element_count()) : dw->typed_data();
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, Mem(plan->m.src, x.typed_data())},
+                                         {DNNL_ARG_DIFF_DST, Mem(plan->m.dst, dz)},
+                                         {DNNL_ARG_DIFF_WEIGHTS, Mem(plan->m.wei, dwp)}};
+    if (has_bias) args.emplace(DNNL_ARG_DIFF_BIAS, Mem(plan->m.bias, db->typed_data()));
+    plan->prim.execute(Stream(), args);
+    Stream().wait();
+    if (c.transpose) Flip(c, dwp, dw->typed_data());
+    return ffi::Error::Success();
+  });
+}
+
+// ---- dense: oneDNN matmul; transposed operands are strided views, never copies ----
+
+struct MatmulPlan {
+  dnnl::matmul prim;
+  memory::desc a, b, bias, c;
+  bool act_after = false;
+};
+
+// C (m, n) = A (m, k) @ B (k, n); a_t / b_t: the operand is stored transposed (row-major (k, m) / (n, k)).
+MatmulPlan* GetMatmul(int64_t m, int64_t k, int64_t n, bool a_t, bool b_t, bool bias, Act act, float alpha) {
+  static PlanCache<MatmulPlan> cache;
+  PlanKey key;
+  key.add(m).add(k).add(n).add(int64_t(a_t)).add(int64_t(b_t)).add(int64_t(bias)).add(static_cast<int64_t>(act))
+      .add(static_cast<double>(alpha));
+  return cache.Get(key, [&] {
+    MatmulPlan p;
+    p.a = a_t ? memory::desc({m, k}, dt::f32, memory::dims{1, m}) : memory::desc({m, k}, dt::f32, tag::ab);
+    p.b = b_t ? memory::desc({k, n}, dt::f32, memory::dims{1, k}) : memory::desc({k, n}, dt::f32, tag::ab);
+    p.c = memory::desc({m, n}, dt::f32, tag::ab);
+    auto attr = ActAttr(act, alpha, &p.act_after);
+    if (bias) {
+      p.bias = memory::desc({1, n}, dt::f32, tag::ab);
+      p.prim = dnnl::matmul(dnnl::matmul::primitive_desc(Engine(), p.a, p.b, p.bias, p.c, attr));
+    } else {
+      p.prim = dnnl::matmul(dnnl::matmul::primitive_desc(Engine(), p.a, p.b, p.c, attr));
+    }
+    return p;
+  }).get();
+}
+
+void RunMatmul(MatmulPlan* p, const float* a, const float* b, const float* bias, float* c) {
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, Mem(p->a, a)},
+                                       {DNNL_ARG_WEIGHTS, Mem(p->b, b)},
+                                       {DNNL_ARG_DST, Mem(p->c, c)}};
+  if (bias) args.emplace(DNNL_ARG_BIAS, Mem(p->bias, bias));
+  p->prim.execute(Stream(), args);
+  Stream().wait();
+}
+
+ffi::Error DenseFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
+                    ffi::ResultBuffer<ffi::F32> y, int64_t act, float alpha, int64_t has_bias) {
+  DenseDesc d;
+  JAX_MPS_RETURN_IF_ERROR(MakeDenseDesc("dense_fwd", x.dimensions(), w.dimensions(), &d));
+  JAX_MPS_RETURN_IF_ERROR(CheckAct("dense_fwd", act, alpha, 0));
+  JAX_MPS_CHECK(static_cast<int64_t>(b.element_count()) == (has_bias ? d.n : 0), "dense_fwd: b must have shape (",
+                has_bias ? d.n : 0, ",)");
+  JAX_MPS_CHECK(static_cast<int64_t>(y->element_count()) == d.m * d.n, "dense_fwd: y must have ", d.m * d.n,
+                " elements");
+  JAX_MPS_CHECK(d.k >= 1, "dense_fwd: In must be >= 1");
+  if (d.m == 0 || d.n == 0) return ffi::Error::Success();
+  return Guard("dense_fwd", [&] {
+    MatmulPlan* p = GetMatmul(d.m, d.k, d.n, false, false, has_bias != 0, static_cast<Act>(act), alpha);
+    RunMatmul(p, x.typed_data(), w.typed_data(), has_bias ? b.typed_data() : nullptr, y->typed_data());
+    if (p->act_after)
+      ActForward(static_cast<Act>(act), alpha, y->element_count(), y->typed_data(), y->typed_data());
+    return ffi::Error::Success();
+  });
+}
+
+ffi::Error DenseBwdData(ffi::Buffer<ffi::F32> s, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
+                        ffi::ResultBuffer<ffi::F32> dx, int64_t act, float alpha, int64_t /*has_bias*/,
+                        int64_t from_output) {
+  DenseDesc d;
+  JAX_MPS_RETURN_IF_ERROR(MakeDenseDesc("dense_bwd_data", dx->dimensions(), w.dimensions(), &d));
+  JAX_MPS_RETURN_IF_ERROR(CheckAct("dense_bwd_data", act, alpha, from_output));
+  JAX_MPS_CHECK(static_cast<int64_t>(dy.element_count()) == d.m * d.n &&
+                    (act == 0 || s.element_count() == dy.element_count()),
+                "dense_bwd_data: dy (and s) must have ", d.m * d.n, " elements");
+  if (d.m == 0 || d.k == 0) return ffi::Error::Success();
+  if (d.n == 0) {
+    std::memset(dx->typed_data(), 0, dx->size_bytes());
+    return ffi::Error::Success();
+  }
+  return Guard("dense_bwd_data", [&] {
+    const float* dz = ActGrad(act, alpha, from_output, dy.element_count(), s.typed_data(), dy.typed_data());
+    MatmulPlan* p = GetMatmul(d.m, d.n, d.k, false, true, false, Act::kNone, 0.f);  // dz @ w^T
+    RunMatmul(p, dz, w.typed_data(), nullptr, dx->typed_data());
+    return ffi::Error::Success();
+  });
+}
+
+ffi::Error DenseBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> s, ffi::Buffer<ffi::F32> dy,
+                           ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db, int64_t act, float alpha,
+                           int64_t has_bias, int64_t from_output) {
+  DenseDesc d;
+  JAX_MPS_RETURN_IF_ERROR(MakeDenseDesc("dense_bwd_weights", x.dimensions(), dw->dimensions(), &d));
+  JAX_MPS_RETURN_IF_ERROR(CheckAct("dense_bwd_weights", act, alpha, from_output));
+  JAX_MPS_CHECK(static_cast<int64_t>(dy.element_count()) == d.m * d.n &&
+                    (act == 0 || s.element_count() == dy.element_count()),
+                "dense_bwd_weights: dy (and s) must have ", d.m * d.n, " elements");
+  JAX_MPS_CHECK(static_cast<int64_t>(db->element_count()) == (has_bias ? d.n : 0),
+                "dense_bwd_weights: db must have shape (", has_bias ? d.n : 0, ",)");
+  if (d.m == 0) {
+    std::memset(dw->typed_data(), 0, dw->size_bytes());
+    if (has_bias) std::memset(db->typed_data(), 0, db->size_bytes());
+    return ffi::Error::Success();
+  }
+  if (d.k == 0 || d.n == 0) return ffi::Error::Success();
+  return Guard("dense_bwd_weights", [&] {
+    const float* dz = ActGrad(act, alpha, from_output, dy.element_count(), s.typed_data(), dy.typed_data());
+    MatmulPlan* p = GetMatmul(d.k, d.m, d.n, true, false, false, Act::kNone, 0.f);  // x^T @ dz
+    RunMatmul(p, x.typed_data(), dz, nullptr, dw->typed_data());
+    if (has_bias) {
+      float* dbp = db->typed_data();
+      const int64_t n = d.n;
+      std::fill(dbp, dbp + n, 0.f);
+      for (int64_t r = 0; r < d.m; ++r) {
+        const float* row = dz + r * n;
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) dbp[j] += row[j];
+      }
+    }
+    return ffi::Error::Success();
+  });
+}
+
+#define BIND_CONV_ATTRS(b)                                                                             \
+  b.Attr<ffi::Span<const int64_t>>("stride").Attr<ffi::Span<const int64_t>>("pad_lo")                  \
+      .Attr<ffi::Span<const int64_t>>("pad_hi").Attr<ffi::Span<const int64_t>>("dilation")             \
+      .Attr<int64_t>("groups").Attr<int64_t>("transpose").Attr<int64_t>("act").Attr<float>("alpha")    \
+      .Attr<int64_t>("has_bias")
+
+using F32 = ffi::Buffer<ffi::F32>;
+using R32 = ffi::ResultBuffer<ffi::F32>;
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kConvFwd, ConvFwd,
+                              BIND_CONV_ATTRS(ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Ret<F32>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kConvBwdData, ConvBwdData,
+                              BIND_CONV_ATTRS(ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Ret<F32>())
+                                  .Attr<int64_t>("from_output"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kConvBwdWeights, ConvBwdWeights,
+                              BIND_CONV_ATTRS(ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Ret<F32>().Ret<F32>())
+                                  .Attr<int64_t>("from_output"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kDenseFwd, DenseFwd,
+                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Ret<F32>().Attr<int64_t>("act")
+                                  .Attr<float>("alpha").Attr<int64_t>("has_bias"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kDenseBwdData, DenseBwdData,
+                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Ret<F32>().Attr<int64_t>("act")
+                                  .Attr<float>("alpha").Attr<int64_t>("has_bias").Attr<int64_t>("from_output"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kDenseBwdWeights, DenseBwdWeights,
+                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Ret<F32>().Ret<F32>()
+                                  .Attr<int64_t>("act").Attr<float>("alpha").Attr<int64_t>("has_bias")
+                                  .Attr<int64_t>("from_output"));
+
+JAX_MPS_REGISTER("jax_mps_conv_fwd", "cpu", kConvFwd);
+JAX_MPS_REGISTER("jax_mps_conv_bwd_data", "cpu", kConvBwdData);
+JAX_MPS_REGISTER("jax_mps_conv_bwd_weights", "cpu", kConvBwdWeights);
+JAX_MPS_REGISTER("jax_mps_dense_fwd", "cpu", kDenseFwd);
+JAX_MPS_REGISTER("jax_mps_dense_bwd_data", "cpu", kDenseBwdData);
+JAX_MPS_REGISTER("jax_mps_dense_bwd_weights", "cpu", kDenseBwdWeights);
+
+}  // namespace jax_mps::cpu

@@ -1,0 +1,147 @@
+// Loss and dropout descriptors shared by every backend: codes (must match jax_mps/losses.py),
+// the per-element math, and shape/attribute validation.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#include "runtime/common.h"
+
+namespace jax_mps {
+
+enum class LossKind : int64_t {
+  kSoftmaxCE = 0,  // per row: sum_c t_c * (lse(x) - x_c), t smoothed; labels int (N,) or probs (N, C)
+  kSigmoidCE = 1,
+  kMSE = 2,
+  kMAE = 3,
+  kHuber = 4,  // param = delta
+  kHinge = 5,
+  kKL = 6,  // pred = log-probabilities; per row: sum t * (log t - lp), 0 where t == 0
+  kCount = 7,
+};
+
+enum class Reduction : int64_t { kNone = 0, kSum = 1, kMean = 2, kSumByNonzeroWeights = 3, kCount = 4 };
+
+// Every loss is computed on (N, D) views: N samples, D values per sample.
+struct LossDesc {
+  LossKind kind = LossKind::kSoftmaxCE;
+  Reduction reduction = Reduction::kMean;
+  float param = 0.f;  // huber delta or softmax CE label smoothing
+  int64_t n = 0, d = 0;
+  bool int_labels = false;  // target is int32 (N,) class ids (softmax CE only)
+  bool weighted = false;    // weights (N,) given; otherwise all ones
+  bool elementwise() const { return kind != LossKind::kSoftmaxCE && kind != LossKind::kKL; }
+};
+
+inline ffi::Error MakeLossDesc(int64_t kind, int64_t reduction, float param, ffi::Span<const int64_t> pred,
+                               ffi::Span<const int64_t> target, bool int_target, int64_t n_weights,
+                               LossDesc* desc) {
+  JAX_MPS_CHECK(kind >= 0 && kind < int64_t(LossKind::kCount), "loss: unknown loss kind ", kind);
+  JAX_MPS_CHECK(reduction >= 0 && reduction < int64_t(Reduction::kCount), "loss: unknown reduction code ",
+                reduction);
+  desc->kind = static_cast<LossKind>(kind);
+  desc->reduction = static_cast<Reduction>(reduction);
+  desc->param = param;
+  JAX_MPS_CHECK(pred.size() == 2, "loss: predictions must be viewed as (N, D), got ", DimsStr(pred));
+  desc->n = pred[0];
+  desc->d = pred[1];
+  desc->int_labels = int_target;
+  if (int_target) {
+    JAX_MPS_CHECK(desc->kind == LossKind::kSoftmaxCE, "loss: integer labels only for softmax cross entropy");
+    JAX_MPS_CHECK(target.size() == 1 && target[0] == desc->n, "loss: integer labels must have shape (",
+                  desc->n, ",), got ", DimsStr(target));
+  } else {
+    JAX_MPS_CHECK(target.size() == 2 && target[0] == desc->n && target[1] == desc->d, "loss: target must have shape ",
+                  DimsStr(pred), ", got ", DimsStr(target));
+  }
+  JAX_MPS_CHECK(n_weights == 0 || n_weights == desc->n, "loss: weights must have shape (", desc->n,
+                ",) (or (0,) for none), got (", n_weights, ",)");
+  desc->weighted = n_weights != 0;
+  if (desc->kind == LossKind::kSoftmaxCE) {
+    JAX_MPS_CHECK(desc->d >= 1, "softmax_cross_entropy: need at least one class");
+    JAX_MPS_CHECK(param >= 0.f && param <= 1.f, "softmax_cross_entropy: label_smoothing must be in [0, 1], got ",
+                  param);
+  }
+  if (desc->kind == LossKind::kHuber)
+    JAX_MPS_CHECK(param > 0.f && std::isfinite(param), "huber_loss: delta must be > 0, got ", param);
+  return ffi::Error::Success();
+}
+
+// Per-element loss e(p, t) and its partials; the per-sample value is mean_j e (element-wise kinds).
+struct ElemGrad {
+  float dp, dt;
+};
+
+inline float ElemLoss(LossKind k, float p, float t, float delta) {
+  switch (k) {
+    case LossKind::kSigmoidCE: return std::fmax(p, 0.f) - p * t + std::log1p(std::exp(-std::fabs(p)));
+    case LossKind::kMSE: return (p - t) * (p - t);
+    case LossKind::kMAE: return std::fabs(p - t);
+    case LossKind::kHuber: {
+      float a = std::fabs(p - t);
+      return a <= delta ? 0.5f * a * a : delta * (a - 0.5f * delta);
+    }
+    case LossKind::kHinge: return std::fmax(0.f, 1.f - t * p);
+    case LossKind::kKL: return t == 0.f ? 0.f : t * (std::log(t) - p);
+    default: return 0.f;
+  }
+}
+
+inline ElemGrad ElemLossGrad(LossKind k, float p, float t, float delta) {
+  switch (k) {
+    case LossKind::kSigmoidCE: return {1.f / (1.f + std::exp(-p)) - t, -p};
+    case LossKind::kMSE: return {2.f * (p - t), -2.f * (p - t)};
+    case LossKind::kMAE: {
+      float s = p > t ? 1.f : (p < t ? -1.f : 0.f);
+      return {s, -s};
+    }
+    case LossKind::kHuber: {
+      float r = p - t;
+      float g = std::fabs(r) <= delta ? r : (r > 0.f ? delta : -delta);
+      return {g, -g};
+    }
+    case LossKind::kHinge: return {1.f - t * p > 0.f ? -t : 0.f, 0.f};  // target not differentiated
+    case LossKind::kKL: return {-t, t == 0.f ? 0.f : std::log(t) - p + 1.f};
+    default: return {0.f, 0.f};
+  }
+}
+
+// Dropout: with b = i / 4 (a 64-bit block index), keep element i iff
+// Philox4x32-10(counter = (lo32(b), hi32(b), k2, k3), key = (k0, k1))[i % 4] < threshold; k2 = k3 = 0 for
+// 2-word keys. Counter-based, so the mask depends on (key, i) only, never on threading.
+struct DropoutDesc {
+  uint64_t threshold = 0;  // keep probability * 2^32, in (0, 2^32]
+  float scale = 1.f;       // 1 / (1 - rate)
+};
+
+inline ffi::Error MakeDropoutDesc(int64_t threshold, float scale, int64_t key_words, DropoutDesc* desc) {
+  JAX_MPS_CHECK(threshold > 0 && threshold <= (int64_t(1) << 32), "dropout: keep threshold must be in (0, 2^32], got ",
+                threshold);
+  JAX_MPS_CHECK(std::isfinite(scale) && scale >= 1.f, "dropout: scale must be finite and >= 1, got ", scale);
+  JAX_MPS_CHECK(key_words == 2 || key_words == 4, "dropout: key data must be uint32 (2,) or (4,), got (", key_words,
+                ",)");
+  desc->threshold = static_cast<uint64_t>(threshold);
+  desc->scale = scale;
+  return ffi::Error::Success();
+}
+
+struct Philox4x32 {
+  uint32_t v[4];
+};
+
+inline Philox4x32 Philox(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
+  for (int r = 0; r < 10; ++r) {
+    uint64_t p0 = uint64_t(0xD2511F53u) * c0;
+    uint64_t p1 = uint64_t(0xCD9E8D57u) * c2;
+    uint32_t hi0 = uint32_t(p0 >> 32), lo0 = uint32_t(p0);
+    uint32_t hi1 = uint32_t(p1 >> 32), lo1 = uint32_t(p1);
+    c0 = hi1 ^ c1 ^ k0;
+    c1 = lo1;
+    c2 = hi0 ^ c3 ^ k1;
+    c3 = lo0;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  return {{c0, c1, c2, c3}};
+}
+
+}  // namespace jax_mps
