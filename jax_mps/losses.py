@@ -25,22 +25,30 @@ _REDUCTIONS = {"none": 0, "sum": 1, "mean": 2, "sum_by_nonzero_weights": 3}
 _NONE = 0
 
 
+def _loss_call(pred, target, weights, kind, reduction, param, keep_lse):
+    """Returns (value, lse): lse holds the softmax CE row log-sum-exps when keep_lse, else it is empty."""
+    n = pred.shape[0]
+    none = reduction == _NONE
+    specs = (_ffi.spec((n,) if none else (1,), pred.dtype), _ffi.spec((n if keep_lse else 0,), jnp.float32))
+    out, lse = _ffi.call("jax_mps_loss_fwd", specs, pred, target, weights,
+                         fold=[True, True, True] if none else None,  # a reduced value mixes the whole batch
+                         kind=kind, reduction=reduction, param=param)
+    return (out if none else out.reshape(())), lse
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _loss(pred, target, weights, kind, reduction, param):
-    return _loss_fwd(pred, target, weights, kind, reduction, param)[0]
+    return _loss_call(pred, target, weights, kind, reduction, param, False)[0]
 
 
 def _loss_fwd(pred, target, weights, kind, reduction, param):
-    n = pred.shape[0]
-    none = reduction == _NONE
-    out = _ffi.call("jax_mps_loss_fwd", _ffi.spec((n,) if none else (1,), pred.dtype), pred, target, weights,
-                    fold=[True, True, True] if none else None,  # a reduced value mixes the whole batch
-                    kind=kind, reduction=reduction, param=param)
-    return (out if none else out.reshape(())), (pred, target, weights)
+    # Softmax CE keeps the row log-sum-exps (N floats): the backward then needs one exp pass per row.
+    out, lse = _loss_call(pred, target, weights, kind, reduction, param, kind == _SOFTMAX_CE)
+    return out, (pred, target, weights, lse)
 
 
 def _loss_bwd(kind, reduction, param, res, g):
-    pred, target, weights = res
+    pred, target, weights, lse = res
     n, d = pred.shape
     none = reduction == _NONE
     int_labels = jnp.issubdtype(target.dtype, jnp.integer)
@@ -49,8 +57,8 @@ def _loss_bwd(kind, reduction, param, res, g):
              _ffi.spec((n, d) if wants_dt else (n, 0), pred.dtype),
              _ffi.spec(weights.shape, weights.dtype))
     dpred, dtarget, dweights = _ffi.call(
-        "jax_mps_loss_bwd", specs, pred, target, weights, g if none else g.reshape(1),
-        fold=[True] * 4 if none else None, kind=kind, reduction=reduction, param=param)
+        "jax_mps_loss_bwd", specs, pred, target, weights, lse, g if none else g.reshape(1),
+        fold=[True] * 5 if none else None, kind=kind, reduction=reduction, param=param)
     if int_labels:
         dtarget = np.zeros(target.shape, jax.dtypes.float0)
     elif not wants_dt:

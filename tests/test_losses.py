@@ -203,7 +203,7 @@ def test_bad_input():
 
 def test_cpp_validates():
     x = jnp.ones((3, 4))
-    out = jax.ShapeDtypeStruct((1,), jnp.float32)
+    out = (jax.ShapeDtypeStruct((1,), jnp.float32), jax.ShapeDtypeStruct((0,), jnp.float32))
     w = jnp.zeros((0,), jnp.float32)
 
     def fwd(p, t, w, out=out, **kw):
@@ -226,3 +226,5 @@ def test_cpp_validates():
         fwd(x, x, w, param=np.float32(2))
     with pytest.raises(Exception, match="output must have 3"):
         fwd(x, x, w, reduction=np.int64(0), kind=np.int64(2))
+    with pytest.raises(Exception, match="lse must have 0 or 3"):
+        fwd(x, x, w, out=(out[0], jax.ShapeDtypeStruct((2,), jnp.float32)))

@@ -1,6 +1,7 @@
 // Inverted dropout on the CPU: the keep mask comes from a counter-based generator (Philox4x32-10,
 // see runtime/losses.h), so it depends on (key, element index) only; it is returned bit-packed
 // (bit j of byte b <-> element 8b + j) for the backward pass.
+#include <algorithm>
 #include <cmath>
 
 #include "runtime/losses.h"
@@ -9,7 +10,21 @@
 namespace jax_mps::cpu {
 namespace {
 
-constexpr int64_t kParallelMinBytes = 4096;  // mask bytes (32k elements) below which we stay serial
+constexpr int64_t kParallelMin = 32768;  // elements below which threads cost more than they save
+constexpr int64_t kChunk = 512;          // elements per work item (a multiple of 8: whole mask bytes)
+
+// Runs fn(i) for i in [0, n): OpenMP threads only when `work` is large, and no parallel region at
+// all otherwise (even a one-thread region costs microseconds, which dominate small batches).
+template <typename F>
+void ParallelFor(int64_t n, int64_t work, F&& fn) {
+  if (work > kParallelMin) {
+#pragma omp parallel for
+    for (int64_t i = 0; i < n; ++i) fn(i);
+  } else {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+  }
+}
+
 
 ffi::Error DropoutFwd(ffi::Buffer<ffi::U32> key, ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y,
                       ffi::ResultBuffer<ffi::U8> mask, int64_t threshold, float scale) {
@@ -23,28 +38,61 @@ ffi::Error DropoutFwd(ffi::Buffer<ffi::U32> key, ffi::Buffer<ffi::F32> x, ffi::R
   const uint32_t* k = key.typed_data();
   const uint32_t k0 = k[0], k1 = k[1];
   const uint32_t k2 = key.element_count() == 4 ? k[2] : 0u, k3 = key.element_count() == 4 ? k[3] : 0u;
-  const uint64_t thr = desc.threshold;
-  const float s = desc.scale;
+  // u < threshold in 32-bit arithmetic (vectorises); threshold 2^32 keeps everything.
+  const bool keep_all = desc.threshold >> 32;
+  const uint32_t thr32 = uint32_t(desc.threshold);
+  const float sc = desc.scale;
   const float* xp = x.typed_data();
   float* yp = y->typed_data();
   uint8_t* mp = mask->typed_data();
-#pragma omp parallel for if (nbytes > kParallelMinBytes)
-  for (int64_t b = 0; b < nbytes; ++b) {
-    uint8_t bits = 0;
-    for (int h = 0; h < 2; ++h) {
-      const uint64_t blk = uint64_t(b) * 2 + h;  // 4 elements per Philox block
-      Philox4x32 r = Philox(uint32_t(blk), uint32_t(blk >> 32), k2, k3, k0, k1);
-      for (int q = 0; q < 4; ++q) {
-        const int j = h * 4 + q;
-        const int64_t i = b * 8 + j;
-        if (i >= n) break;
-        const bool keep = uint64_t(r.v[q]) < thr;
-        bits |= uint8_t(keep) << j;
-        yp[i] = keep ? xp[i] * s : 0.f;
-      }
+  const int64_t nchunks = (n + kChunk - 1) / kChunk;
+  ParallelFor(nchunks, n, [&](int64_t ch) {
+    // Philox4x32-10 on kChunk / 4 blocks at once, rounds outside so the block loop vectorises.
+    constexpr int kBlocks = kChunk / 4;
+    uint32_t c0[kBlocks], c1[kBlocks], c2[kBlocks], c3[kBlocks], u[kChunk];
+    const uint64_t base = uint64_t(ch) * kBlocks;
+    for (int q = 0; q < kBlocks; ++q) {
+      c0[q] = uint32_t(base + q);
+      c1[q] = uint32_t((base + q) >> 32);
+      c2[q] = k2;
+      c3[q] = k3;
     }
-    mp[b] = bits;
-  }
+    uint32_t r0 = k0, r1 = k1;
+    for (int r = 0; r < 10; ++r) {
+#pragma omp simd
+      for (int q = 0; q < kBlocks; ++q) {
+        const uint64_t p0 = uint64_t(0xD2511F53u) * c0[q], p1 = uint64_t(0xCD9E8D57u) * c2[q];
+        const uint32_t n0 = uint32_t(p1 >> 32) ^ c1[q] ^ r0, n2 = uint32_t(p0 >> 32) ^ c3[q] ^ r1;
+        c1[q] = uint32_t(p1);
+        c3[q] = uint32_t(p0);
+        c0[q] = n0;
+        c2[q] = n2;
+      }
+      r0 += 0x9E3779B9u;
+      r1 += 0xBB67AE85u;
+    }
+    for (int q = 0; q < kBlocks; ++q) {
+      u[4 * q] = c0[q];
+      u[4 * q + 1] = c1[q];
+      u[4 * q + 2] = c2[q];
+      u[4 * q + 3] = c3[q];
+    }
+    const int64_t i0 = ch * kChunk;
+    const int64_t cnt = std::min<int64_t>(kChunk, n - i0);
+    const float* xc = xp + i0;
+    float* yc = yp + i0;
+    uint8_t keep[kChunk];
+#pragma omp simd
+    for (int e = 0; e < kChunk; ++e) keep[e] = uint8_t(keep_all | (u[e] < thr32));
+#pragma omp simd
+    for (int64_t e = 0; e < cnt; ++e) yc[e] = keep[e] ? xc[e] * sc : 0.f;
+    for (int64_t b = 0; b * 8 < cnt; ++b) {
+      const uint8_t* kb = keep + 8 * b;
+      uint8_t bits = 0;
+      for (int j = 0; j < 8; ++j) bits |= uint8_t(kb[j] << j);  // bits past n are never read
+      mp[i0 / 8 + b] = bits;
+    }
+  });
   return ffi::Error::Success();
 }
 
@@ -59,8 +107,13 @@ ffi::Error DropoutBwd(ffi::Buffer<ffi::U8> mask, ffi::Buffer<ffi::F32> g, ffi::R
   const uint8_t* mp = mask.typed_data();
   const float* gp = g.typed_data();
   float* dp = dx->typed_data();
-#pragma omp parallel for if (nbytes > kParallelMinBytes)
-  for (int64_t i = 0; i < n; ++i) dp[i] = (mp[i >> 3] >> (i & 7)) & 1 ? gp[i] * scale : 0.f;
+  const int64_t nchunks = (n + kChunk - 1) / kChunk;
+  ParallelFor(nchunks, n, [&](int64_t ch) {
+    const int64_t i0 = ch * kChunk, cnt = std::min<int64_t>(kChunk, n - i0);
+    const uint8_t* mc = mp + i0 / 8;
+#pragma omp simd
+    for (int64_t e = 0; e < cnt; ++e) dp[i0 + e] = (mc[e >> 3] >> (e & 7)) & 1 ? gp[i0 + e] * scale : 0.f;
+  });
   return ffi::Error::Success();
 }
 

@@ -1,7 +1,11 @@
 // Losses on the CPU: one fused kernel computes the per-sample losses and the reduction, one fused
-// kernel computes every gradient (recomputing the per-sample values: cheaper than saving them).
+// kernel computes every gradient (recomputing per-sample values; softmax CE reuses the row log-sum-exps).
 #include <cmath>
+#include <cstring>
 #include <vector>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "runtime/losses.h"
 #include "runtime/registry.h"
@@ -10,6 +14,19 @@ namespace jax_mps::cpu {
 namespace {
 
 constexpr int64_t kParallelMin = 32768;  // elements below which threads cost more than they save
+
+// Runs fn(i) for i in [0, n): OpenMP threads only when `work` is large, and no parallel region at
+// all otherwise (even a one-thread region costs microseconds, which dominate small batches).
+template <typename F>
+void ParallelFor(int64_t n, int64_t work, F&& fn) {
+  if (work > kParallelMin) {
+#pragma omp parallel for
+    for (int64_t i = 0; i < n; ++i) fn(i);
+  } else {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+  }
+}
+
 
 struct LossArgs {
   LossDesc desc;
@@ -39,41 +56,149 @@ ffi::Error Decode(ffi::Buffer<ffi::F32>& pred, ffi::AnyBuffer& target, ffi::Buff
   return ffi::Error::Success();
 }
 
+// exp for softmax (std::exp does not vectorise at the baseline ISA without -ffast-math): Cephes
+// polynomial after exp(x) = 2^n exp(r), ~1e-7 relative error; arguments below -87 give ~1e-38.
+// Exp4 is the SSE2 form, ExpF the scalar one for row tails.
+inline float ExpF(float x) {
+  x = x < -87.f ? -87.f : x;
+  const float kMagic = 12582912.f;  // 1.5 * 2^23: adding it rounds to the nearest integer
+  float n = (x * 1.44269504f + kMagic) - kMagic;
+  float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  int32_t e = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &e, sizeof scale);
+  return p * scale;
+}
+
+#if defined(__SSE2__)
+inline __m128 Exp4(__m128 x) {
+  x = _mm_max_ps(x, _mm_set1_ps(-87.f));
+  __m128i ni = _mm_cvtps_epi32(_mm_mul_ps(x, _mm_set1_ps(1.44269504f)));
+  __m128 n = _mm_cvtepi32_ps(ni);
+  __m128 r = _mm_add_ps(_mm_sub_ps(x, _mm_mul_ps(n, _mm_set1_ps(0.693359375f))),
+                        _mm_mul_ps(n, _mm_set1_ps(2.12194440e-4f)));
+  __m128 p = _mm_set1_ps(1.9875691500e-4f);
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(1.3981999507e-3f));
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(8.3334519073e-3f));
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(4.1665795894e-2f));
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(1.6666665459e-1f));
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(5.0000001201e-1f));
+  p = _mm_add_ps(_mm_mul_ps(_mm_mul_ps(p, r), r), _mm_add_ps(r, _mm_set1_ps(1.f)));
+  __m128i e = _mm_slli_epi32(_mm_add_epi32(ni, _mm_set1_epi32(127)), 23);
+  return _mm_mul_ps(p, _mm_castsi128_ps(e));
+}
+#endif
+
+// out[j] = exp(x[j] - shift); returns the sum of out (out may be null: sum only).
+inline float ExpShift(const float* x, int64_t c, float shift, float* out) {
+  int64_t j = 0;
+  float s = 0.f;
+#if defined(__SSE2__)
+  __m128 acc = _mm_setzero_ps(), sh = _mm_set1_ps(shift);
+  for (; j + 4 <= c; j += 4) {
+    __m128 e = Exp4(_mm_sub_ps(_mm_loadu_ps(x + j), sh));
+    if (out) _mm_storeu_ps(out + j, e);
+    acc = _mm_add_ps(acc, e);
+  }
+  float lanes[4];
+  _mm_storeu_ps(lanes, acc);
+  s = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+#endif
+  for (; j < c; ++j) {
+    float e = ExpF(x[j] - shift);
+    if (out) out[j] = e;
+    s += e;
+  }
+  return s;
+}
+
 // log-sum-exp of one row.
 inline float Lse(const float* x, int64_t c) {
   float m = -INFINITY;
-  for (int64_t j = 0; j < c; ++j) m = std::fmax(m, x[j]);
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < c; ++j) m = x[j] > m ? x[j] : m;
   if (std::isinf(m)) return m;
-  float s = 0.f;
-  for (int64_t j = 0; j < c; ++j) s += std::exp(x[j] - m);
-  return m + std::log(s);
+  return m + std::log(ExpShift(x, c, m, nullptr));
 }
 
-// Unweighted per-sample loss of row i; `lse` receives the row's log-sum-exp (softmax CE only).
-inline float RowLoss(const LossArgs& a, int64_t i, float* lse) {
+// Element-wise kinds, with the kind a template parameter so that the per-element switch folds
+// away and the row loops vectorise.
+template <LossKind K>
+float ElemRowSum(const float* x, const float* t, int64_t n, float param) {
+  float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t j = 0; j < n; ++j) acc += ElemLoss(K, x[j], t[j], param);
+  return acc;
+}
+
+template <LossKind K>
+void ElemRowGrad(const float* x, const float* t, int64_t n, float param, float scale, float* dx, float* dt) {
+  if (dt) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      ElemGrad g = ElemLossGrad(K, x[j], t[j], param);
+      dx[j] = scale * g.dp;
+      dt[j] = scale * g.dt;
+    }
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) dx[j] = scale * ElemLossGrad(K, x[j], t[j], param).dp;
+  }
+}
+
+#define JAX_MPS_ELEM_DISPATCH(kind, FN, ...)                                     \
+  switch (kind) {                                                                \
+    case LossKind::kSigmoidCE: return FN<LossKind::kSigmoidCE>(__VA_ARGS__);     \
+    case LossKind::kMSE: return FN<LossKind::kMSE>(__VA_ARGS__);                 \
+    case LossKind::kMAE: return FN<LossKind::kMAE>(__VA_ARGS__);                 \
+    case LossKind::kHuber: return FN<LossKind::kHuber>(__VA_ARGS__);             \
+    case LossKind::kHinge: return FN<LossKind::kHinge>(__VA_ARGS__);             \
+    default: return FN<LossKind::kKL>(__VA_ARGS__);                              \
+  }
+
+float ElemRowSumAny(LossKind k, const float* x, const float* t, int64_t n, float param) {
+  JAX_MPS_ELEM_DISPATCH(k, ElemRowSum, x, t, n, param)
+}
+
+void ElemRowGradAny(LossKind k, const float* x, const float* t, int64_t n, float param, float scale, float* dx,
+                    float* dt) {
+  JAX_MPS_ELEM_DISPATCH(k, ElemRowGrad, x, t, n, param, scale, dx, dt)
+}
+
+// Unweighted per-sample loss of row i. Softmax CE: `*lse` is the row's log-sum-exp, taken as given
+// when `have_lse`, else computed and stored.
+inline float RowLoss(const LossArgs& a, int64_t i, float* lse, bool have_lse) {
   const LossDesc& d = a.desc;
   const float* x = a.pred + i * d.d;
   if (d.kind == LossKind::kSoftmaxCE) {
     const float ls = d.param, u = ls / float(d.d);
-    float l = Lse(x, d.d);
-    *lse = l;
+    if (!have_lse) *lse = Lse(x, d.d);
+    const float l = *lse;
     float acc = 0.f;
     if (a.labels) {
       float sx = 0.f;
-      if (ls != 0.f)
+      if (ls != 0.f) {
+#pragma omp simd reduction(+ : sx)
         for (int64_t j = 0; j < d.d; ++j) sx += x[j];
+      }
       acc = (1.f - ls) * (l - x[a.labels[i]]) + u * (float(d.d) * l - sx);
     } else {
       const float* t = a.target + i * d.d;
+#pragma omp simd reduction(+ : acc)
       for (int64_t j = 0; j < d.d; ++j) acc += ((1.f - ls) * t[j] + u) * (l - x[j]);
     }
     return acc;
   }
   const float* t = a.target + i * d.d;
-  double acc = 0.0;
-  for (int64_t j = 0; j < d.d; ++j) acc += ElemLoss(d.kind, x[j], t[j], d.param);
-  if (d.elementwise()) acc /= double(d.d);
-  return static_cast<float>(acc);
+  float acc = ElemRowSumAny(d.kind, x, t, d.d, d.param);
+  return d.elementwise() ? acc / float(d.d) : acc;
 }
 
 // Divisor of the reduced value (0 for none, which is never divided); 0 divisor -> result 0.
@@ -91,26 +216,33 @@ double Denominator(const LossArgs& a) {
   }
 }
 
+// out: (N,) for reduction none, (1,) otherwise. lse: (N,) to keep the softmax CE row log-sum-exps
+// for the backward pass (under differentiation), else (0,).
 ffi::Error LossFwd(ffi::Buffer<ffi::F32> pred, ffi::AnyBuffer target, ffi::Buffer<ffi::F32> weights,
-                   ffi::ResultBuffer<ffi::F32> out, int64_t kind, int64_t reduction, float param) {
+                   ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse_out, int64_t kind,
+                   int64_t reduction, float param) {
   LossArgs a;
   JAX_MPS_RETURN_IF_ERROR(Decode(pred, target, weights, kind, reduction, param, &a));
   const LossDesc& d = a.desc;
   const bool none = d.reduction == Reduction::kNone;
   JAX_MPS_CHECK(static_cast<int64_t>(out->element_count()) == (none ? d.n : 1), "loss: output must have ",
                 none ? d.n : 1, " elements, got ", out->element_count());
+  const int64_t nl = lse_out->element_count();
+  JAX_MPS_CHECK(nl == 0 || (nl == d.n && d.kind == LossKind::kSoftmaxCE), "loss: lse must have 0 or ", d.n,
+                " elements (softmax cross entropy), got ", nl);
+  float* lse_p = nl ? lse_out->typed_data() : nullptr;
   thread_local std::vector<float> scratch;
   float* l = out->typed_data();
   if (!none) {
     scratch.resize(d.n);
     l = scratch.data();
   }
-#pragma omp parallel for if (d.n * d.d > kParallelMin)
-  for (int64_t i = 0; i < d.n; ++i) {
-    float lse;
-    float v = RowLoss(a, i, &lse);
+  ParallelFor(d.n, d.n * d.d, [&](int64_t i) {
+    float lse = 0.f;
+    float v = RowLoss(a, i, &lse, false);
+    if (lse_p) lse_p[i] = lse;
     l[i] = a.weights ? a.weights[i] * v : v;
-  }
+  });
   if (none) return ffi::Error::Success();
   double s = 0.0;
   for (int64_t i = 0; i < d.n; ++i) s += l[i];
@@ -119,10 +251,11 @@ ffi::Error LossFwd(ffi::Buffer<ffi::F32> pred, ffi::AnyBuffer target, ffi::Buffe
   return ffi::Error::Success();
 }
 
-// g: (N,) for reduction none, (1,) otherwise. dtarget: (N, D) for a float target, else (N, 0);
+// lse: the forward's row log-sum-exps (N,) or (0,) to recompute them; g: (N,) for reduction none,
+// (1,) otherwise. dtarget: (N, D) for a float target, else (N, 0);
 // dweights: (N,) when weighted, else (0,).
 ffi::Error LossBwd(ffi::Buffer<ffi::F32> pred, ffi::AnyBuffer target, ffi::Buffer<ffi::F32> weights,
-                   ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> dpred, ffi::ResultBuffer<ffi::F32> dtarget,
+                   ffi::Buffer<ffi::F32> lse_in, ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> dpred, ffi::ResultBuffer<ffi::F32> dtarget,
                    ffi::ResultBuffer<ffi::F32> dweights, int64_t kind, int64_t reduction, float param) {
   LossArgs a;
   JAX_MPS_RETURN_IF_ERROR(Decode(pred, target, weights, kind, reduction, param, &a));
@@ -136,6 +269,10 @@ ffi::Error LossBwd(ffi::Buffer<ffi::F32> pred, ffi::AnyBuffer target, ffi::Buffe
                 " elements (float target), got ", ndt);
   JAX_MPS_CHECK(ndw == 0 || (ndw == d.n && a.weights), "loss_bwd: dweights must have 0 or ", d.n,
                 " elements (weighted), got ", ndw);
+  const int64_t nl = lse_in.element_count();
+  JAX_MPS_CHECK(nl == 0 || (nl == d.n && d.kind == LossKind::kSoftmaxCE), "loss_bwd: lse must have 0 or ", d.n,
+                " elements (softmax cross entropy), got ", nl);
+  const float* saved = nl ? lse_in.typed_data() : nullptr;
   const float* gp = g.typed_data();
   float* dx = dpred->typed_data();
   float* dt = ndt ? dtarget->typed_data() : nullptr;
@@ -144,41 +281,40 @@ ffi::Error LossBwd(ffi::Buffer<ffi::F32> pred, ffi::AnyBuffer target, ffi::Buffe
   // d(out)/d(l_i) for a unit weight; 0 when the reduced value was defined as 0.
   const float gs = none ? 0.f : (den == 0.0 ? 0.f : static_cast<float>(gp[0] / den));
   const float inv_d = d.elementwise() && d.d ? 1.f / float(d.d) : 1.f;
-#pragma omp parallel for if (d.n * d.d > kParallelMin)
-  for (int64_t i = 0; i < d.n; ++i) {
+  ParallelFor(d.n, d.n * d.d, [&](int64_t i) {
     const float gi = none ? gp[i] : gs;
     const float w = a.weights ? a.weights[i] : 1.f;
     const float c = gi * w;  // cotangent of the unweighted per-sample loss
     const float* x = a.pred + i * d.d;
     float* dxi = dx + i * d.d;
     float* dti = dt ? dt + i * d.d : nullptr;
-    float lse = 0.f;
-    if (dw) dw[i] = gi * RowLoss(a, i, &lse);
-    else if (d.kind == LossKind::kSoftmaxCE) lse = Lse(x, d.d);
+    float lse = saved ? saved[i] : 0.f;
+    if (dw) dw[i] = gi * RowLoss(a, i, &lse, saved != nullptr);
+    else if (d.kind == LossKind::kSoftmaxCE && !saved) lse = Lse(x, d.d);
     if (d.kind == LossKind::kSoftmaxCE) {
       const float ls = d.param, u = ls / float(d.d);
       if (a.labels) {
         // sum_c t_c = 1 for smoothed one-hot targets.
-        for (int64_t j = 0; j < d.d; ++j) dxi[j] = c * (std::exp(x[j] - lse) - u);
+        ExpShift(x, d.d, lse, dxi);  // softmax
+#pragma omp simd
+        for (int64_t j = 0; j < d.d; ++j) dxi[j] = c * (dxi[j] - u);
         dxi[a.labels[i]] -= c * (1.f - ls);
       } else {
         const float* t = a.target + i * d.d;
         float st = 0.f;
         for (int64_t j = 0; j < d.d; ++j) st += (1.f - ls) * t[j] + u;
-        for (int64_t j = 0; j < d.d; ++j) dxi[j] = c * (std::exp(x[j] - lse) * st - ((1.f - ls) * t[j] + u));
+        ExpShift(x, d.d, lse, dxi);  // softmax
+#pragma omp simd
+        for (int64_t j = 0; j < d.d; ++j) dxi[j] = c * (dxi[j] * st - ((1.f - ls) * t[j] + u));
         if (dti)
           for (int64_t j = 0; j < d.d; ++j) dti[j] = c * (1.f - ls) * (lse - x[j]);
       }
-      continue;
+      return;
     }
     const float* t = a.target + i * d.d;
     const float ce = c * inv_d;
-    for (int64_t j = 0; j < d.d; ++j) {
-      ElemGrad eg = ElemLossGrad(d.kind, x[j], t[j], d.param);
-      dxi[j] = ce * eg.dp;
-      if (dti) dti[j] = ce * eg.dt;
-    }
-  }
+    ElemRowGradAny(d.kind, x, t, d.d, d.param, ce, dxi, dti);
+  });
   return ffi::Error::Success();
 }
 
@@ -190,6 +326,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(kLossFwd, LossFwd,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("kind")
                                   .Attr<int64_t>("reduction")
                                   .Attr<float>("param"));
@@ -197,6 +334,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(kLossBwd, LossBwd,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()

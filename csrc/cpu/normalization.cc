@@ -111,16 +111,31 @@ void MeanVar(const float* x, const NormView& v, std::vector<double>& mean, std::
   }
 }
 
+// The gradient w.r.t. the pre-activation z: dz, or (fused ReLU) dz = mask > 0 ? dz : 0 with
+// mask = y, so that BN + ReLU costs no extra pass over memory.
+struct PreGrad {
+  const float* dz;
+  const float* mask;  // nullptr: none
+};
+
+template <bool kMask>
+inline float Dz(const float* dz, const float* mask, int64_t i) {
+  const float d = dz[i];  // loaded unconditionally so that the select vectorizes
+  return kMask ? (mask[i] > 0.f ? d : 0.f) : d;
+}
+
 // Per-(g, c) sums of dz and of dz * (x - m) over the S rows of each group, in double.
-void GradSums(const float* x, const float* dz, const float* m, const NormView& v, std::vector<double>& sdz,
-              std::vector<double>& sdzx) {
+template <bool kMask>
+void GradSumsT(const float* x, PreGrad pg, const float* m, const NormView& v, std::vector<double>& sdz,
+               std::vector<double>& sdzx) {
   const int64_t K = ChunksPerGroup(v), T = v.G * K, C = v.C;
   std::vector<double> pa(T * C, 0.0), pb(T * C, 0.0);
 #pragma omp parallel for schedule(static) if (T > 1)
   for (int64_t t = 0; t < T; ++t) {
     const int64_t g = t / K, k = t % K, s0 = v.S * k / K, s1 = v.S * (k + 1) / K;
     const float* __restrict xg = x + g * v.S * C;
-    const float* __restrict dg = dz + g * v.S * C;
+    const float* __restrict dg = pg.dz + g * v.S * C;
+    const float* __restrict kg = kMask ? pg.mask + g * v.S * C : nullptr;
     const float* mg = m + g * C;
     float ba[kTile], bb[kTile];
     for (int64_t c0 = 0; c0 < C; c0 += kTile) {
@@ -132,9 +147,11 @@ void GradSums(const float* x, const float* dz, const float* m, const NormView& v
         for (int64_t r = r0; r < std::min(r0 + B, s1); ++r) {
           const float* xr = xg + r * C + c0;
           const float* dr = dg + r * C + c0;
+          const float* kr = kMask ? kg + r * C + c0 : nullptr;
           for (int64_t c = 0; c < ct; ++c) {
-            ba[c] += dr[c];
-            bb[c] += dr[c] * (xr[c] - mc[c]);
+            const float dz = Dz<kMask>(dr, kr, c);
+            ba[c] += dz;
+            bb[c] += dz * (xr[c] - mc[c]);
           }
         }
         for (int64_t c = 0; c < ct; ++c) {
@@ -155,10 +172,16 @@ void GradSums(const float* x, const float* dz, const float* m, const NormView& v
   }
 }
 
+void GradSums(const float* x, PreGrad pg, const float* m, const NormView& v, std::vector<double>& sdz,
+              std::vector<double>& sdzx) {
+  pg.mask ? GradSumsT<true>(x, pg, m, v, sdz, sdzx) : GradSumsT<false>(x, pg, m, v, sdz, sdzx);
+}
+
 // out = ((x - m) - ml) * a + b, with m, ml, a, b per (g, c). The mean is split in two floats
 // (m + ml) so that a large common offset does not cost the output its precision.
-void Affine(const float* __restrict x, const NormView& v, const float* m, const float* ml, const float* a,
-            const float* b, float* __restrict out) {
+template <bool kRelu>
+void AffineT(const float* __restrict x, const NormView& v, const float* m, const float* ml, const float* a,
+             const float* b, float* __restrict out) {
   const int64_t C = v.C;
 #pragma omp parallel for schedule(static) if (v.rows() * C >= kParMin)
   for (int64_t r = 0; r < v.rows(); ++r) {
@@ -166,23 +189,38 @@ void Affine(const float* __restrict x, const NormView& v, const float* m, const 
     const float *mr = m + g * C, *lr = ml + g * C, *ar = a + g * C, *br = b + g * C;
     const float* xr = x + r * C;
     float* o = out + r * C;
-    for (int64_t c = 0; c < C; ++c) o[c] = ((xr[c] - mr[c]) - lr[c]) * ar[c] + br[c];
+    for (int64_t c = 0; c < C; ++c) {
+      const float z = ((xr[c] - mr[c]) - lr[c]) * ar[c] + br[c];
+      o[c] = kRelu ? std::max(z, 0.f) : z;
+    }
   }
 }
 
+void Affine(const float* x, const NormView& v, const float* m, const float* ml, const float* a, const float* b,
+            float* out, bool relu = false) {
+  relu ? AffineT<true>(x, v, m, ml, a, b, out) : AffineT<false>(x, v, m, ml, a, b, out);
+}
+
 // dx = a * dz + b * (x - m) + d, with a, b, m, d per (g, c). dx may alias dz.
-void GradInput(const float* x, const float* dz, const NormView& v, const float* a, const float* b, const float* m,
-               const float* d, float* dx) {
+template <bool kMask>
+void GradInputT(const float* x, PreGrad pg, const NormView& v, const float* a, const float* b, const float* m,
+                const float* d, float* dx) {
   const int64_t C = v.C;
 #pragma omp parallel for schedule(static) if (v.rows() * C >= kParMin)
   for (int64_t r = 0; r < v.rows(); ++r) {
     const int64_t g = r / v.S;
     const float *ar = a + g * C, *br = b + g * C, *mr = m + g * C, *dr = d + g * C;
     const float* xr = x + r * C;
-    const float* zr = dz + r * C;
+    const float* zr = pg.dz + r * C;
+    const float* kr = kMask ? pg.mask + r * C : nullptr;
     float* o = dx + r * C;
-    for (int64_t c = 0; c < C; ++c) o[c] = ar[c] * zr[c] + br[c] * (xr[c] - mr[c]) + dr[c];
+    for (int64_t c = 0; c < C; ++c) o[c] = ar[c] * Dz<kMask>(zr, kr, c) + br[c] * (xr[c] - mr[c]) + dr[c];
   }
+}
+
+void GradInput(const float* x, PreGrad pg, const NormView& v, const float* a, const float* b, const float* m,
+               const float* d, float* dx) {
+  pg.mask ? GradInputT<true>(x, pg, v, a, b, m, d, dx) : GradInputT<false>(x, pg, v, a, b, m, d, dx);
 }
 
 // Per-channel affine coefficients broadcast to G groups: a = scale * rstd, b = bias.
@@ -206,17 +244,18 @@ void NormForward(const float* x, const NormView& v, const std::vector<double>& m
     ml[i] = static_cast<float>(mean[i] - m[i]);
   }
   AffineCoeffs(v, scale, bias, rstd, a, b);
-  Affine(x, v, m.data(), ml.data(), a.data(), b.data(), y);
-  ActForward(act, alpha, v.rows() * v.C, y, y);
+  Affine(x, v, m.data(), ml.data(), a.data(), b.data(), y, act == Act::kRelu);
+  if (act != Act::kRelu) ActForward(act, alpha, v.rows() * v.C, y, y);
 }
 
 // dz = dy * act'(z): dy itself without activation; otherwise written into `dx` (which the
 // gradient pass then overwrites in place). `s` is y when from_output, else x (z is recomputed).
-const float* PreActGrad(const float* x, const float* s, const float* dy, const NormView& v,
-                        const std::vector<float>& mean, const float* scale, const float* bias,
-                        const std::vector<double>& rstd, Act act, float alpha, bool from_output, float* dx) {
+PreGrad PreActGrad(const float* x, const float* s, const float* dy, const NormView& v,
+                   const std::vector<float>& mean, const float* scale, const float* bias,
+                   const std::vector<double>& rstd, Act act, float alpha, bool from_output, float* dx) {
   const int64_t n = v.rows() * v.C;
-  if (act == Act::kNone) return dy;
+  if (act == Act::kNone) return {dy, nullptr};
+  if (act == Act::kRelu && from_output) return {dy, s};
   if (from_output) {
     ActBackward(act, alpha, n, s, dy, dx, true);
   } else {
@@ -225,7 +264,7 @@ const float* PreActGrad(const float* x, const float* s, const float* dy, const N
     Affine(x, v, mean.data(), zero.data(), a.data(), b.data(), z.data());
     ActBackward(act, alpha, n, z.data(), dy, dx, false);
   }
-  return dx;
+  return {dx, nullptr};
 }
 
 using F32 = ffi::Buffer<ffi::F32>;
@@ -281,7 +320,7 @@ ffi::Error BnBwd(F32 x, F32 scale, F32 bias, F32 mean, F32 rstd, F32 s, F32 dy, 
     const float* sc = scale.typed_data();
     std::vector<float> m(mean.typed_data(), mean.typed_data() + C);
     std::vector<double> rs(rstd.typed_data(), rstd.typed_data() + C);
-    const float* dz = PreActGrad(x.typed_data(), s.typed_data(), dy.typed_data(), v, m, sc, bias.typed_data(), rs,
+    const PreGrad dz = PreActGrad(x.typed_data(), s.typed_data(), dy.typed_data(), v, m, sc, bias.typed_data(), rs,
                                  static_cast<Act>(act), alpha, from_output != 0, dx->typed_data());
     std::vector<double> sdz, sdzx;
     GradSums(x.typed_data(), dz, m.data(), v, sdz, sdzx);
@@ -348,7 +387,7 @@ ffi::Error BniBwd(F32 x, F32 scale, F32 bias, F32 mean, F32 var, F32 s, F32 dy, 
     const float* sc = scale.typed_data();
     std::vector<float> m(mean.typed_data(), mean.typed_data() + C);
     std::vector<double> rs = Rstd(var.typed_data(), C, eps);
-    const float* dz = PreActGrad(x.typed_data(), s.typed_data(), dy.typed_data(), v, m, sc, bias.typed_data(), rs,
+    const PreGrad dz = PreActGrad(x.typed_data(), s.typed_data(), dy.typed_data(), v, m, sc, bias.typed_data(), rs,
                                  static_cast<Act>(act), alpha, from_output != 0, dx->typed_data());
     std::vector<double> sdz, sdzx;
     GradSums(x.typed_data(), dz, m.data(), v, sdz, sdzx);
@@ -407,7 +446,7 @@ ffi::Error InBwd(F32 x, F32 scale, F32 mean, F32 rstd, F32 dy, R32 dx, R32 dscal
     const float* sc = scale.typed_data();
     const float* rs = rstd.typed_data();
     std::vector<double> sdz, sdzx;
-    GradSums(x.typed_data(), dy.typed_data(), mean.typed_data(), v, sdz, sdzx);
+    GradSums(x.typed_data(), {dy.typed_data(), nullptr}, mean.typed_data(), v, sdz, sdzx);
     std::vector<float> a(v.stats()), b(v.stats()), d(v.stats());
     std::vector<double> ds(C, 0.0), db(C, 0.0);
     const double S = static_cast<double>(v.S);
@@ -424,7 +463,7 @@ ffi::Error InBwd(F32 x, F32 scale, F32 mean, F32 rstd, F32 dy, R32 dx, R32 dscal
       dscale->typed_data()[c] = static_cast<float>(ds[c]);
       dbias->typed_data()[c] = static_cast<float>(db[c]);
     }
-    GradInput(x.typed_data(), dy.typed_data(), v, a.data(), b.data(), mean.typed_data(), d.data(),
+    GradInput(x.typed_data(), {dy.typed_data(), nullptr}, v, a.data(), b.data(), mean.typed_data(), d.data(),
               dx->typed_data());
     return ffi::Error::Success();
   });
