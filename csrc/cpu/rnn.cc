@@ -166,7 +166,7 @@ class StepGemm {
       dnnl::memory::desc src({m, k}, dt::f32, dnnl::memory::dims{lda, 1});
       dnnl::memory::desc wany({k, n}, dt::f32, tag::any);
       dnnl::memory::desc dst({m, n}, dt::f32, tag::ab);
-      dnnl::primitive_attr attr;
+      dnnl::primitive_attr attr = UserAttr();
       if (accumulate) {
         dnnl::post_ops po;
         po.append_sum(1.f);
@@ -174,23 +174,22 @@ class StepGemm {
       }
       dnnl::matmul::primitive_desc pd(Engine(), src, wany, dst, attr);
       dnnl::memory::desc w_user({k, n}, dt::f32, transposed ? dnnl::memory::dims{1, k} : dnnl::memory::dims{n, 1});
-      dnnl::reorder::primitive_desc rpd(Engine(), w_user, Engine(), pd.weights_desc());
+      dnnl::reorder::primitive_desc rpd(Engine(), w_user, Engine(), pd.weights_desc(), UserAttr());
       return StepPlan{dnnl::matmul(pd), pd, dnnl::reorder(rpd), w_user};
     });
     thread_local std::vector<float> packed;  // one StepGemm alive per thread at a time
     Scratch(packed, static_cast<int64_t>(plan_->pd.weights_desc().get_size() / sizeof(float)) + 1);
     wmem_ = dnnl::memory(plan_->pd.weights_desc(), Engine(), packed.data());
     auto user = Mem(plan_->w_user, w);
-    plan_->pack.execute(Stream(), user, wmem_);
+    Exec(plan_->pack, {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, wmem_}});
     src_ = dnnl::memory(plan_->pd.src_desc(), Engine(), DNNL_MEMORY_NONE);
     dst_ = dnnl::memory(plan_->pd.dst_desc(), Engine(), DNNL_MEMORY_NONE);
   }
   void operator()(const float* src, float* dst) {
     src_.set_data_handle(const_cast<float*>(src));
     dst_.set_data_handle(dst);
-    plan_->mm.execute(Stream(), {{DNNL_ARG_SRC, src_}, {DNNL_ARG_WEIGHTS, wmem_}, {DNNL_ARG_DST, dst_}});
+    Exec(plan_->mm, {{DNNL_ARG_SRC, src_}, {DNNL_ARG_WEIGHTS, wmem_}, {DNNL_ARG_DST, dst_}});
   }
-  ~StepGemm() { Stream().wait(); }
 
  private:
   std::shared_ptr<StepPlan> plan_;
