@@ -5,26 +5,13 @@
 #include <cmath>
 
 #include "runtime/losses.h"
+#include "cpu/kernel_util.h"
 #include "runtime/registry.h"
 
 namespace jax_mps::cpu {
 namespace {
 
-constexpr int64_t kParallelMin = 32768;  // elements below which threads cost more than they save
-constexpr int64_t kChunk = 512;          // elements per work item (a multiple of 8: whole mask bytes)
-
-// Runs fn(i) for i in [0, n): OpenMP threads only when `work` is large, and no parallel region at
-// all otherwise (even a one-thread region costs microseconds, which dominate small batches).
-template <typename F>
-void ParallelFor(int64_t n, int64_t work, F&& fn) {
-  if (work > kParallelMin) {
-#pragma omp parallel for
-    for (int64_t i = 0; i < n; ++i) fn(i);
-  } else {
-    for (int64_t i = 0; i < n; ++i) fn(i);
-  }
-}
-
+constexpr int64_t kChunk = 512;  // elements per work item (a multiple of 8: whole mask bytes)
 
 ffi::Error DropoutFwd(ffi::Buffer<ffi::U32> key, ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y,
                       ffi::ResultBuffer<ffi::U8> mask, int64_t threshold, float scale) {

@@ -8,24 +8,12 @@
 #endif
 
 #include "runtime/losses.h"
+#include "cpu/kernel_util.h"
 #include "runtime/registry.h"
 
 namespace jax_mps::cpu {
 namespace {
 
-constexpr int64_t kParallelMin = 32768;  // elements below which threads cost more than they save
-
-// Runs fn(i) for i in [0, n): OpenMP threads only when `work` is large, and no parallel region at
-// all otherwise (even a one-thread region costs microseconds, which dominate small batches).
-template <typename F>
-void ParallelFor(int64_t n, int64_t work, F&& fn) {
-  if (work > kParallelMin) {
-#pragma omp parallel for
-    for (int64_t i = 0; i < n; ++i) fn(i);
-  } else {
-    for (int64_t i = 0; i < n; ++i) fn(i);
-  }
-}
 
 
 struct LossArgs {
@@ -58,24 +46,7 @@ ffi::Error Decode(ffi::Buffer<ffi::F32>& pred, ffi::AnyBuffer& target, ffi::Buff
 
 // exp for softmax (std::exp does not vectorise at the baseline ISA without -ffast-math): Cephes
 // polynomial after exp(x) = 2^n exp(r), ~1e-7 relative error; arguments below -87 give ~1e-38.
-// Exp4 is the SSE2 form, ExpF the scalar one for row tails.
-inline float ExpF(float x) {
-  x = x < -87.f ? -87.f : x;
-  const float kMagic = 12582912.f;  // 1.5 * 2^23: adding it rounds to the nearest integer
-  float n = (x * 1.44269504f + kMagic) - kMagic;
-  float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.f;
-  int32_t e = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &e, sizeof scale);
-  return p * scale;
-}
+// Exp4 is the SSE2 form, FastExp (kernel_util.h) the scalar one for row tails.
 
 #if defined(__SSE2__)
 inline __m128 Exp4(__m128 x) {
@@ -112,7 +83,7 @@ inline float ExpShift(const float* x, int64_t c, float shift, float* out) {
   s = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
 #endif
   for (; j < c; ++j) {
-    float e = ExpF(x[j] - shift);
+    float e = FastExp(x[j] - shift);
     if (out) out[j] = e;
     s += e;
   }

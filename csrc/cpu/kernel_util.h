@@ -1,0 +1,42 @@
+// Small building blocks shared by our own CPU kernels.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+namespace jax_mps::cpu {
+
+constexpr int64_t kParallelMin = 32768;  // elements below which threads cost more than they save
+
+// Runs fn(i) for i in [0, n): OpenMP threads only when `work` is large, and no parallel region at
+// all otherwise (even a one-thread region costs microseconds, which dominate small batches).
+template <typename F>
+void ParallelFor(int64_t n, int64_t work, F&& fn) {
+  if (work > kParallelMin) {
+#pragma omp parallel for
+    for (int64_t i = 0; i < n; ++i) fn(i);
+  } else {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+  }
+}
+
+// exp with Cephes' range reduction exp(x) = 2^n exp(r) and polynomial (~1 ulp), branch-free so
+// loops calling it vectorise; arguments are clamped to [-87.3, 88.3].
+inline __attribute__((always_inline)) float FastExp(float x) {
+  x = std::min(std::max(x, -87.3f), 88.3f);
+  float n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;  // 1.5 * 2^23: round to nearest
+  float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float s;
+  std::memcpy(&s, &bits, sizeof s);
+  return p * s;
+}
+
+}  // namespace jax_mps::cpu
