@@ -1,6 +1,6 @@
 """Conv / dense fwd+bwd at LeNet-5 sizes (batch 128): jax_mps vs XLA-native (jitted lax / jnp.dot).
 
-Run: OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/bench_conv.py [--reps N]
+Run: OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/bench_conv.py [--reps N]
 Times are medians over interleaved runs of jitted value_and_grad (first-layer conv takes no dx,
 as in training where x is data). On a shared, loaded machine wall times swing wildly: use
 --cpu-time with OMP_NUM_THREADS=1 and XLA single-threaded (process CPU time then measures work).

@@ -1,6 +1,6 @@
 """batch_norm forward + backward (all of x, scale, bias) vs jitted XLA of the same math.
 
-Usage: PYTHONPATH=.:tests python benchmarks/bench_normalization.py [N H W C] [reps]
+Usage: PYTHONPATH=src:tests python benchmarks/bench_normalization.py [N H W C] [reps]
 Thread counts come from the environment (OMP_NUM_THREADS for ours, XLA_FLAGS for XLA's).
 """
 import sys

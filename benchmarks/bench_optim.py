@@ -1,7 +1,7 @@
 """Adam step on a 200-leaf, 25M-parameter tree: mps.optim.adam(...).apply (one fused in-place
 runtime call) vs jitted optax.adam + optax.apply_updates with donated params and state.
 
-    PYTHONPATH=. python benchmarks/bench_optim.py [--iters 60] [--params 25e6] [--leaves 200]
+    PYTHONPATH=src python benchmarks/bench_optim.py [--iters 60] [--params 25e6] [--leaves 200]
 
 Runs alternate between the two so machine load hits both alike; prints median ms per step.
 """

