@@ -103,8 +103,8 @@ def time_torch(xs, ys):
         torch.nn.Linear(400, 120), torch.nn.ReLU(), torch.nn.Linear(120, 84), torch.nn.ReLU(),
         torch.nn.Linear(84, 10))
     opt = torch.optim.Adam(net.parameters(), 1e-3)
-    txs = [torch.from_numpy(np.asarray(x)).permute(0, 3, 1, 2).contiguous() for x in xs]
-    tys = [torch.from_numpy(np.asarray(y)).long() for y in ys]
+    txs = [torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous() for x in xs]
+    tys = [torch.from_numpy(np.array(y)).long() for y in ys]
 
     def step(x, y):
         opt.zero_grad(set_to_none=True)
