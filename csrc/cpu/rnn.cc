@@ -3,10 +3,12 @@
 // Own kernels rather than oneDNN's RNN primitives: those have no sequence-length support (packed
 // semantics need per-row state freezing and zero outputs). Per layer-direction: one GEMM projects the inputs of every
 // time step (rows in x's own layout, so batch- and time-major need no copy), then one recurrent
-// GEMM (B x H x GH) and a fused element-wise cell per step. The backward runs the per-step
-// element-wise + recurrent GEMM chain and then does dW_ih, dW_hh and dx as one GEMM each over
-// all time steps. Whole-sequence GEMMs are oneDNN's dnnl_sgemm; the per-step recurrent GEMMs are
-// oneDNN matmuls on W_hh packed once per call (measured faster than sgemm re-packing each step).
+// GEMM (B x H x GH, biases fused) and a fused element-wise cell per step. The backward runs the
+// per-step element-wise + recurrent GEMM chain and then does dW_ih, dW_hh and dx as one GEMM each
+// over all time steps. Whole-sequence GEMMs are oneDNN's dnnl_sgemm; the per-step recurrent GEMMs
+// are oneDNN matmuls on W_hh packed once per call (measured faster than sgemm re-packing each step).
+// Threads split the batch: each runs its slice's projection, chain and dx with no per-step
+// synchronisation (see Forward).
 #include <omp.h>
 
 #include <algorithm>
