@@ -5,8 +5,8 @@ Not a test. One process; both implementations are warmed up, then timed interlea
 Two XLA baselines: the input projection hoisted out of the scan (the stronger one) and both
 projections inside the step (as flax's LSTMCell under nn.scan).
 Usage: python benchmarks/bench_lstm.py [--reps 30]
-On a 2-core machine shared with other load, OMP_NUM_THREADS=1 (the runtime's oneDNN single-threaded,
-XLA keeping its own threads) avoids OpenMP barrier stalls when a core is taken away.
+The runtime's threads (OMP_NUM_THREADS) each run a slice of the batch with no per-step barrier; on a
+machine shared with other load, compare the ratios of one run rather than absolute times.
 """
 from __future__ import annotations
 

@@ -76,11 +76,12 @@ GRID = [
     (3, True, 4, 3, 5, 3, True, "mixed", False),
     (3, False, 3, 2, 2, 7, False, "mixed", True),
     (1, False, 50, 3, 4, 5, True, "mixed", False),
+    (2, True, 5, 17, 4, 6, True, "mixed", False),  # B >= 16: two threads run separate batch slices
 ]
 
 
 # Every grid row for the LSTM, a covering subset for the other cells (keeps the file fast).
-CASES = ([("lstm", c) for c in GRID] + [("gru", GRID[i]) for i in (0, 1, 3, 4, 6)]
+CASES = ([("lstm", c) for c in GRID] + [("gru", GRID[i]) for i in (0, 1, 3, 4, 6, 7)]
          + [("tanh", GRID[i]) for i in (1, 3, 5)] + [("relu", GRID[i]) for i in (0, 2, 4)])
 
 

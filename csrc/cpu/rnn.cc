@@ -3,12 +3,17 @@
 // Own kernels rather than oneDNN's RNN primitives: those have no sequence-length support (packed
 // semantics need per-row state freezing and zero outputs). Per layer-direction: one GEMM projects the inputs of every
 // time step (rows in x's own layout, so batch- and time-major need no copy), then one recurrent
-// GEMM (B x H x GH) and a fused element-wise cell per step. The backward runs the per-step
-// element-wise + recurrent GEMM chain and then does dW_ih, dW_hh and dx as one GEMM each over
-// all time steps. Whole-sequence GEMMs are oneDNN's dnnl_sgemm; the per-step recurrent GEMMs are
-// oneDNN matmuls on W_hh packed once per call (measured faster than sgemm re-packing each step).
+// GEMM (B x H x GH, biases fused) and a fused element-wise cell per step. The backward runs the
+// per-step element-wise + recurrent GEMM chain and then does dW_ih, dW_hh and dx as one GEMM each
+// over all time steps. Whole-sequence GEMMs are oneDNN's dnnl_sgemm; the per-step recurrent GEMMs
+// are oneDNN matmuls on W_hh packed once per call (measured faster than sgemm re-packing each step).
+// Threads split the batch: each runs its slice's projection, chain and dx with no per-step
+// synchronisation (see Forward).
+#include <omp.h>
+
 #include <algorithm>
 #include <cstring>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -73,13 +78,13 @@ JAX_MPS_INLINE void LstmFwdRow(int64_t H, float* __restrict gi, float* __restric
 
 JAX_MPS_INLINE void GruFwdRow(int64_t H, float* __restrict gr, float* __restrict gz, float* __restrict gn,
                               float* __restrict ghn, float* __restrict ghp, const float* __restrict ar,
-                              const float* __restrict az, const float* __restrict an, const float* __restrict bhn,
+                              const float* __restrict az, const float* __restrict an, const float* __restrict bin,
                               float* __restrict h, float* __restrict yo) {
   for (int64_t j = 0; j < H; ++j) {
     float r = Sigmoid(gr[j] + ar[j]);
     float z = Sigmoid(gz[j] + az[j]);
-    float hn = an[j] + bhn[j];
-    float n = Tanh(gn[j] + r * hn);
+    float hn = an[j];
+    float n = Tanh(gn[j] + bin[j] + r * hn);
     float hp = h[j];
     float out = n + z * (hp - n);
     gr[j] = r;
@@ -148,7 +153,7 @@ float* Scratch(std::vector<float>& v, int64_t n) {
 
 // Per-step recurrent GEMM with W_hh packed once per call into oneDNN's blocked layout (brgemm),
 // instead of dnnl_sgemm re-packing it every step. dst (m x n, contiguous) [+]= src (m x k, row
-// stride lda) * W, where W is W_hh (k x n) or, transposed, W_hh^T read from the (n x k) array.
+// stride lda) * W [+ bias], where W is W_hh (k x n) or, transposed, W_hh^T read from the (n x k) array.
 struct StepPlan {
   dnnl::matmul mm;
   dnnl::matmul::primitive_desc pd;
@@ -158,10 +163,13 @@ struct StepPlan {
 
 class StepGemm {
  public:
-  StepGemm(int64_t m, int64_t n, int64_t k, int64_t lda, bool transposed, bool accumulate, const float* w) {
+  StepGemm(int64_t m, int64_t n, int64_t k, int64_t lda, bool transposed, bool accumulate, const float* w,
+           const float* bias = nullptr) {
     static PlanCache<StepPlan> cache;
     PlanKey key;
-    key.add(m).add(n).add(k).add(lda).add(int64_t(transposed)).add(int64_t(accumulate));
+    // Inside a parallel region oneDNN plans for one thread; outside it splits the work itself.
+    key.add(m).add(n).add(k).add(lda).add(int64_t(transposed)).add(int64_t(accumulate)).add(int64_t(bias != nullptr));
+    key.add(int64_t(omp_in_parallel()));
     plan_ = cache.Get(key, [&] {
       dnnl::memory::desc src({m, k}, dt::f32, dnnl::memory::dims{lda, 1});
       dnnl::memory::desc wany({k, n}, dt::f32, tag::any);
@@ -172,32 +180,77 @@ class StepGemm {
         po.append_sum(1.f);
         attr.set_post_ops(po);
       }
-      dnnl::matmul::primitive_desc pd(Engine(), src, wany, dst, attr);
+      dnnl::matmul::primitive_desc pd =
+          bias ? dnnl::matmul::primitive_desc(Engine(), src, wany, dnnl::memory::desc({1, n}, dt::f32, tag::ab), dst, attr)
+               : dnnl::matmul::primitive_desc(Engine(), src, wany, dst, attr);
       dnnl::memory::desc w_user({k, n}, dt::f32, transposed ? dnnl::memory::dims{1, k} : dnnl::memory::dims{n, 1});
       dnnl::reorder::primitive_desc rpd(Engine(), w_user, Engine(), pd.weights_desc(), UserAttr());
       return StepPlan{dnnl::matmul(pd), pd, dnnl::reorder(rpd), w_user};
     });
-    thread_local std::vector<float> packed;  // one StepGemm alive per thread at a time
+    // One StepGemm alive per thread at a time: the packed weights and scratchpad are per thread.
+    thread_local std::vector<float> packed, pad;
     Scratch(packed, static_cast<int64_t>(plan_->pd.weights_desc().get_size() / sizeof(float)) + 1);
-    wmem_ = dnnl::memory(plan_->pd.weights_desc(), Engine(), packed.data());
-    auto user = Mem(plan_->w_user, w);
-    Exec(plan_->pack, {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, wmem_}});
+    auto wmem = dnnl::memory(plan_->pd.weights_desc(), Engine(), packed.data());
+    Exec(plan_->pack, {{DNNL_ARG_FROM, Mem(plan_->w_user, w)}, {DNNL_ARG_TO, wmem}});
     src_ = dnnl::memory(plan_->pd.src_desc(), Engine(), DNNL_MEMORY_NONE);
     dst_ = dnnl::memory(plan_->pd.dst_desc(), Engine(), DNNL_MEMORY_NONE);
+    args_ = {{DNNL_ARG_SRC, src_}, {DNNL_ARG_WEIGHTS, wmem}, {DNNL_ARG_DST, dst_}};
+    if (bias) args_.emplace(DNNL_ARG_BIAS, Mem(plan_->pd.bias_desc(), bias));
+    const dnnl::memory::desc pad_md = plan_->pd.scratchpad_desc();
+    if (pad_md.get_size()) {
+      Scratch(pad, static_cast<int64_t>(pad_md.get_size() / sizeof(float)) + 1);
+      args_.emplace(DNNL_ARG_SCRATCHPAD, dnnl::memory(pad_md, Engine(), pad.data()));
+    }
   }
+  // Argument map built once: the per-step call is only the kernel (cf. Exec's per-call setup).
   void operator()(const float* src, float* dst) {
     src_.set_data_handle(const_cast<float*>(src));
     dst_.set_data_handle(dst);
-    Exec(plan_->mm, {{DNNL_ARG_SRC, src_}, {DNNL_ARG_WEIGHTS, wmem_}, {DNNL_ARG_DST, dst_}});
+    plan_->mm.execute(Stream(), args_);
+    Stream().wait();
   }
 
  private:
   std::shared_ptr<StepPlan> plan_;
-  dnnl::memory wmem_, src_, dst_;
+  dnnl::memory src_, dst_;
+  std::unordered_map<int, dnnl::memory> args_;
 };
 
+// Threads for the per-step chains. Batch rows are independent recurrences, so each thread runs the
+// whole chain of its own slice of rows with no per-step synchronisation; at least 8 rows a slice
+// keeps the per-step GEMMs efficient. With one slice oneDNN parallelises each GEMM instead.
+int ChainThreads(int64_t B) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), B / 8)));
+}
+
+// Runs f(i, n) on n = nt threads (inline when nt == 1: oneDNN calls in f then use every thread,
+// while inside a parallel region they run on the calling thread). Rethrows the first exception.
+template <typename F>
+void Parallel(int nt, F&& f) {
+  if (nt == 1) return f(int64_t(0), int64_t(1));
+  std::exception_ptr err;
+#pragma omp parallel num_threads(nt)
+  {
+    try {
+      f(int64_t(omp_get_thread_num()), int64_t(omp_get_num_threads()));
+    } catch (...) {
+#pragma omp critical(jax_mps_rnn_err)
+      err = std::current_exception();
+    }
+  }
+  if (err) std::rethrow_exception(err);
+}
+
+// Part i of n of [0, N), boundaries at multiples of `align` (one 64-byte line of floats).
+void Split(int64_t N, int64_t i, int64_t n, int64_t* lo, int64_t* hi, int64_t align = 16) {
+  const int64_t blocks = (N + align - 1) / align;
+  *lo = std::min(N, blocks * i / n * align);
+  *hi = std::min(N, blocks * (i + 1) / n * align);
+}
+
 // ---- Forward steps. g: this step's workspace rows (stride rs) holding the input projection
-// (+ biases) in the gate columns on entry; a: h_{t-1} W_hh (B x GH); h/c: carried state (B x H);
+// in the gate columns on entry; a: h_{t-1} W_hh + biases (B x GH; GRU: b_in is separate, as it
+// stays outside the reset product); h/c: carried state (B x H);
 // y: output rows (stride ys). Rows past their length keep the state, write y = 0 and a finite
 // h_{t-1} (the dW_hh GEMM reads every row).
 
@@ -223,7 +276,7 @@ void LstmFwdStep(int64_t B, int64_t H, int64_t t, const int32_t* len, float* ws,
 
 JAX_MPS_CLONES
 void GruFwdStep(int64_t B, int64_t H, int64_t t, const int32_t* len, float* ws, int64_t rs, const float* tmp,
-                const float* bhn, float* hc, float* y, int64_t ys) {
+                const float* bin, float* hc, float* y, int64_t ys) {
   for (int64_t b = 0; b < B; ++b) {
     float* __restrict g = ws + b * rs;
     const float* __restrict a = tmp + b * 3 * H;
@@ -236,7 +289,7 @@ void GruFwdStep(int64_t B, int64_t H, int64_t t, const int32_t* len, float* ws, 
       }
       continue;
     }
-    GruFwdRow(H, g, g + H, g + 2 * H, g + 3 * H, g + 4 * H, a, a + H, a + 2 * H, bhn, h, yo);
+    GruFwdRow(H, g, g + H, g + 2 * H, g + 3 * H, g + 4 * H, a, a + H, a + 2 * H, bin, h, yo);
   }
 }
 
@@ -387,14 +440,22 @@ ffi::Error CheckSize(const char* what, int64_t got, int64_t want) {
   return ffi::Error::Success();
 }
 
+// Layer-direction passes run batch slices in parallel (ChainThreads): each thread projects its
+// own rows' inputs, runs their recurrence and, in the backward, their dx; only the weight
+// gradients (sums over every row) are split by columns after the chains. Rows are in x's layout;
+// a slice's rows are contiguous when batch-major, so time-major projects / back-projects every
+// row at once instead (oneDNN then uses all threads).
 void Forward(const RnnDesc& d, const float* x, const float* h0, const float* c0, const int32_t* len,
              const std::vector<Weights>& w, float* y, float* hn, float* cn, float* wsp) {
   const int64_t B = d.B, H = d.H, T = d.T, D = d.D, GH = d.G() * H, W = d.W(), rows = d.Rows(), DH = D * H;
   const int64_t sT = d.sT(), sB = d.sB();
-  thread_local std::vector<float> s_tmp, s_h, s_c;
+  const int nt = ChainThreads(B);
+  const bool local = nt == 1 || !d.time_major;
+  thread_local std::vector<float> s_tmp, s_h, s_c, s_bias;
   float* tmp = Scratch(s_tmp, B * GH);
   float* hc = Scratch(s_h, B * H);
   float* cc = Scratch(s_c, B * H);
+  float* bias = Scratch(s_bias, GH);
   float* louts = wsp + d.L * D * rows * W;
   for (int64_t l = 0; l < d.L; ++l) {
     const float* X = l == 0 ? x : louts + (l - 1) * rows * DH;
@@ -404,36 +465,45 @@ void Forward(const RnnDesc& d, const float* x, const float* h0, const float* c0,
       const int64_t ld = l * D + k;
       const Weights& p = w[ld];
       float* ws = wsp + ld * rows * W;
-      // Gate columns <- x W_ih + b_ih + b_hh (GRU: b_hn stays inside the reset product).
-      std::vector<float> bias(GH);
-      for (int64_t j = 0; j < GH; ++j)
-        bias[j] = p.b_ih[j] + (d.cell == Cell::kGru && j >= 2 * H ? 0.f : p.b_hh[j]);
-      for (int64_t r = 0; r < rows; ++r) std::memcpy(ws + r * W, bias.data(), GH * sizeof(float));
-      Gemm('N', 'N', rows, GH, Il, X, Il, p.w_ih, GH, 1.f, ws, W);
+      // Biases go into the recurrent GEMM: b_ih + b_hh (GRU's n gate: b_hn, b_in joins in the cell).
+      const bool gru = d.cell == Cell::kGru;
+      for (int64_t j = 0; j < GH; ++j) bias[j] = gru && j >= 2 * H ? p.b_hh[j] : p.b_ih[j] + p.b_hh[j];
       std::memcpy(hc, h0 + ld * B * H, B * H * sizeof(float));
       if (d.cell == Cell::kLstm) std::memcpy(cc, c0 + ld * B * H, B * H * sizeof(float));
-      StepGemm rec(B, GH, H, H, false, false, p.w_hh);
-      for (int64_t s = 0; s < T; ++s) {
-        const int64_t t = k == 0 ? s : T - 1 - s;
-        float* g = ws + t * sT * W;
-        float* yo = Y + t * sT * DH + k * H;
-        rec(hc, tmp);
-        switch (d.cell) {
-          case Cell::kLstm: LstmFwdStep(B, H, t, len, g, sB * W, tmp, hc, cc, yo, sB * DH); break;
-          case Cell::kGru: GruFwdStep(B, H, t, len, g, sB * W, tmp, p.b_hh + 2 * H, hc, yo, sB * DH); break;
-          default: RnnFwdStep(B, H, t, len, g, sB * W, tmp, d.cell == Cell::kRnnRelu, hc, yo, sB * DH);
+      // Gate columns <- x W_ih.
+      if (!local) Gemm('N', 'N', rows, GH, Il, X, Il, p.w_ih, GH, 0.f, ws, W);
+      Parallel(nt, [&](int64_t i, int64_t n) {
+        const int64_t b0 = B * i / n, b1 = B * (i + 1) / n, m = b1 - b0;
+        if (local) Gemm('N', 'N', m * T, GH, Il, X + b0 * sB * Il, Il, p.w_ih, GH, 0.f, ws + b0 * sB * W, W);
+        float *h = hc + b0 * H, *c = cc + b0 * H, *a = tmp + b0 * GH;
+        StepGemm rec(m, GH, H, H, false, false, p.w_hh, bias);
+        for (int64_t s = 0; s < T; ++s) {
+          const int64_t t = k == 0 ? s : T - 1 - s;
+          const int64_t r = t * sT + b0 * sB;
+          float* g = ws + r * W;
+          float* yo = Y + r * DH + k * H;
+          rec(h, a);
+          switch (d.cell) {
+            case Cell::kLstm: LstmFwdStep(m, H, t, len + b0, g, sB * W, a, h, c, yo, sB * DH); break;
+            case Cell::kGru: GruFwdStep(m, H, t, len + b0, g, sB * W, a, p.b_ih + 2 * H, h, yo, sB * DH); break;
+            default: RnnFwdStep(m, H, t, len + b0, g, sB * W, a, d.cell == Cell::kRnnRelu, h, yo, sB * DH);
+          }
         }
-      }
+      });
       std::memcpy(hn + ld * B * H, hc, B * H * sizeof(float));
       if (d.cell == Cell::kLstm) std::memcpy(cn + ld * B * H, cc, B * H * sizeof(float));
     }
   }
 }
 
-void ColSum(const float* a, int64_t rows, int64_t n, float* out) {
+// out[j] = sum over rows of a[r * lda + j], j < n.
+JAX_MPS_CLONES
+void ColSum(const float* a, int64_t rows, int64_t n, int64_t lda, float* __restrict out) {
   std::fill(out, out + n, 0.f);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < n; ++j) out[j] += a[r * n + j];
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* __restrict ar = a + r * lda;
+    for (int64_t j = 0; j < n; ++j) out[j] += ar[j];
+  }
 }
 
 struct Grads {
@@ -445,6 +515,10 @@ void Backward(const RnnDesc& d, const float* x, const int32_t* len, const std::v
               float* dc0, const std::vector<Grads>& gw) {
   const int64_t B = d.B, H = d.H, T = d.T, D = d.D, GH = d.G() * H, W = d.W(), rows = d.Rows(), DH = D * H;
   const int64_t sT = d.sT(), sB = d.sB();
+  const int nt = ChainThreads(B);
+  const bool local = nt == 1 || !d.time_major;
+  // Weight gradients: column blocks of 16 on up to every thread (one block: oneDNN splits it).
+  const int nw = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), (GH + 15) / 16));
   const bool gru = d.cell == Cell::kGru;
   thread_local std::vector<float> s_dgx, s_dgh, s_dy0, s_dy1, s_dh, s_dhn, s_dc;
   float* dgx = Scratch(s_dgx, rows * GH);
@@ -466,32 +540,49 @@ void Backward(const RnnDesc& d, const float* x, const int32_t* len, const std::v
       const Weights& p = w[ld];
       const Grads& q = gw[ld];
       const float* ws = wsp + ld * rows * W;
+      const float beta = k == 0 ? 0.f : 1.f;  // the second direction adds its dx
       std::memcpy(dh, dhn_in + ld * B * H, B * H * sizeof(float));
       if (d.cell == Cell::kLstm) std::memcpy(dc, dcn_in + ld * B * H, B * H * sizeof(float));
-      StepGemm rec(B, H, GH, sB * GH, true, true, p.w_hh);
-      for (int64_t s = T - 1; s >= 0; --s) {
-        const int64_t t = k == 0 ? s : T - 1 - s;
-        const float* g = ws + t * sT * W;
-        const float* dyo = dY + t * sT * DH + k * H;
-        float* gx = dgx + t * sT * GH;
-        float* gh = dgh + t * sT * GH;
-        switch (d.cell) {
-          case Cell::kLstm: LstmBwdStep(B, H, t, len, g, sB * W, dyo, sB * DH, gx, sB * GH, dh, dc, dhn); break;
-          case Cell::kGru: GruBwdStep(B, H, t, len, g, sB * W, dyo, sB * DH, gx, gh, sB * GH, dh, dhn); break;
-          default:
-            RnnBwdStep(B, H, t, len, g, sB * W, d.cell == Cell::kRnnRelu, dyo, sB * DH, gx, sB * GH, dh, dhn);
+      Parallel(nt, [&](int64_t i, int64_t n) {
+        const int64_t b0 = B * i / n, b1 = B * (i + 1) / n, m = b1 - b0;
+        float *dht = dh + b0 * H, *dhp = dhn + b0 * H, *dct = dc + b0 * H;
+        StepGemm rec(m, H, GH, sB * GH, true, true, p.w_hh);
+        for (int64_t s = T - 1; s >= 0; --s) {
+          const int64_t t = k == 0 ? s : T - 1 - s;
+          const int64_t r = t * sT + b0 * sB;
+          const float* g = ws + r * W;
+          const float* dyo = dY + r * DH + k * H;
+          float* gx = dgx + r * GH;
+          float* gh = dgh + r * GH;
+          switch (d.cell) {
+            case Cell::kLstm:
+              LstmBwdStep(m, H, t, len + b0, g, sB * W, dyo, sB * DH, gx, sB * GH, dht, dct, dhp);
+              break;
+            case Cell::kGru: GruBwdStep(m, H, t, len + b0, g, sB * W, dyo, sB * DH, gx, gh, sB * GH, dht, dhp); break;
+            default:
+              RnnBwdStep(m, H, t, len + b0, g, sB * W, d.cell == Cell::kRnnRelu, dyo, sB * DH, gx, sB * GH, dht, dhp);
+          }
+          rec(gh, dhp);
+          std::swap(dht, dhp);
         }
-        rec(gh, dhn);
-        std::swap(dh, dhn);
-      }
-      std::memcpy(dh0 + ld * B * H, dh, B * H * sizeof(float));
+        std::memcpy(dh0 + ld * B * H + b0 * H, dht, m * H * sizeof(float));
+        if (local) Gemm('N', 'T', m * T, Il, GH, dgx + b0 * sB * GH, GH, p.w_ih, GH, beta, dX + b0 * sB * Il, Il);
+      });
       if (d.cell == Cell::kLstm) std::memcpy(dc0 + ld * B * H, dc, B * H * sizeof(float));
-      // Whole-sequence GEMMs; every result is written (beta = 0), never accumulated across calls.
-      Gemm('T', 'N', Il, GH, rows, X, Il, dgx, GH, 0.f, q.w_ih, GH);
-      Gemm('T', 'N', H, GH, rows, ws + d.HprevCol(), W, dgh, GH, 0.f, q.w_hh, GH);
-      ColSum(dgx, rows, GH, q.b_ih);
-      ColSum(dgh, rows, GH, q.b_hh);
-      Gemm('N', 'T', rows, Il, GH, dgx, GH, p.w_ih, GH, k == 0 ? 0.f : 1.f, dX, Il);
+      if (!local) Gemm('N', 'T', rows, Il, GH, dgx, GH, p.w_ih, GH, beta, dX, Il);
+      // Sums over every row; each result is written (beta = 0), never accumulated across calls.
+      Parallel(nw, [&](int64_t i, int64_t n) {
+        int64_t c0, c1;
+        Split(GH, i, n, &c0, &c1);
+        if (c0 == c1) return;
+        Gemm('T', 'N', Il, c1 - c0, rows, X, Il, dgx + c0, GH, 0.f, q.w_ih + c0, GH);
+        Gemm('T', 'N', H, c1 - c0, rows, ws + d.HprevCol(), W, dgh + c0, GH, 0.f, q.w_hh + c0, GH);
+        ColSum(dgx + c0, rows, c1 - c0, GH, q.b_ih + c0);
+        if (gru)
+          ColSum(dgh + c0, rows, c1 - c0, GH, q.b_hh + c0);
+        else
+          std::memcpy(q.b_hh + c0, q.b_ih + c0, (c1 - c0) * sizeof(float));
+      });
     }
     dY = dX;
   }
