@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cpu/dnnl_common.h"
+#include "cpu/kernel_util.h"
 #include "runtime/registry.h"
 #include "runtime/rnn.h"
 
@@ -28,25 +29,8 @@ namespace {
 #define JAX_MPS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #define JAX_MPS_INLINE inline __attribute__((always_inline))
 
-// exp with Cephes' range reduction and polynomial (~1 ulp), written to vectorise.
-JAX_MPS_INLINE float Exp(float x) {
-  x = std::min(std::max(x, -87.3f), 88.3f);
-  float n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round to nearest
-  float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.f;
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float s;
-  std::memcpy(&s, &bits, sizeof s);
-  return p * s;
-}
-JAX_MPS_INLINE float Sigmoid(float x) { return 1.f / (1.f + Exp(-x)); }
-JAX_MPS_INLINE float Tanh(float x) { return 1.f - 2.f / (Exp(2.f * x) + 1.f); }
+JAX_MPS_INLINE float Sigmoid(float x) { return 1.f / (1.f + FastExp(-x)); }
+JAX_MPS_INLINE float Tanh(float x) { return 1.f - 2.f / (FastExp(2.f * x) + 1.f); }
 
 // Per-row cell kernels: every column block is its own restrict parameter so GCC vectorises them.
 JAX_MPS_INLINE void LstmFwdRow(int64_t H, float* __restrict gi, float* __restrict gf, float* __restrict gg,
