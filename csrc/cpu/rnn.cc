@@ -586,6 +586,8 @@ ffi::Error RnnFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> h0, ffi::Buffer
   JAX_MPS_RETURN_IF_ERROR(CheckSize("c_n", cn->element_count(), d.cell == Cell::kLstm ? LDBH : 0));
   JAX_MPS_RETURN_IF_ERROR(CheckSize("workspace", ws->element_count(), d.WorkspaceSize()));
   return Guard("rnn_fwd", [&] {
+    AdviseHugePages(ws->typed_data(), ws->size_bytes());
+    AdviseHugePages(y->typed_data(), y->size_bytes());
     Forward(d, x.typed_data(), h0.typed_data(), c0.typed_data(), lens.typed_data(), wp, y->typed_data(),
             hn->typed_data(), cn->typed_data(), ws->typed_data());
     return ffi::Error::Success();
@@ -625,6 +627,7 @@ ffi::Error RnnBwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> h0, ffi::Buffer
     gp.push_back({p[0], p[1], p[2], p[3]});
   }
   return Guard("rnn_bwd", [&] {
+    AdviseHugePages(dx->typed_data(), dx->size_bytes());
     Backward(d, x.typed_data(), lens.typed_data(), wp, ws.typed_data(), dy.typed_data(), dhn.typed_data(),
              dcn.typed_data(), dx->typed_data(), dh0->typed_data(), dc0->typed_data(), gp);
     return ffi::Error::Success();
