@@ -32,6 +32,11 @@ CONV2D = [
     ((2, 6, 6, 5), (3, 3, 5, 7), 1, ((-1, 2), (1, -1)), (2, 1), 1, True, "elu"),  # negative pad crops
     ((1, 10, 3, 4), (4, 1, 4, 4), (2, 1), "SAME", (2, 1), 1, False, "softplus"),
     ((3, 4, 4, 1), (2, 2, 1, 2), (2, 2), "SAME", 1, 1, True, "relu6"),
+    # small-channel im2col backward: window rows of 3, 5, 7 and 15 floats take fixed-size copies
+    ((3, 9, 8, 1), (5, 5, 1, 6), 1, "SAME", 1, 1, True, "relu"),             # LeNet's first layer
+    ((2, 7, 6, 1), (3, 3, 1, 2), 1, "SAME", 1, 1, True, None),
+    ((1, 9, 9, 1), (7, 7, 1, 2), 1, ((1, 2), (3, 0)), 1, 1, True, "tanh"),
+    ((2, 8, 7, 3), (5, 5, 3, 4), (1, 2), "SAME", 1, 1, False, "relu"),
     ((1, 4, 3, 33), (2, 3, 33, 3), (2, 1), "SAME", 1, 1, True, "relu"),      # Cin >= 32: oneDNN backward
     ((2, 5, 4, 32), (3, 3, 32, 5), 1, ((2, 0), (1, 3)), (1, 2), 1, False, "gelu"),
 ]

@@ -11,6 +11,7 @@
 
 #include "cpu/dnnl_common.h"
 #include "cpu/eltwise.h"
+#include "cpu/kernel_util.h"
 #include "runtime/conv.h"
 #include "runtime/registry.h"
 
@@ -57,9 +58,7 @@ const float* ActGrad(int64_t act, float alpha, int64_t from_output, int64_t n, c
   if (static_cast<Act>(act) == Act::kNone) return dy;
   float* dz = Scratch(0, n);
   if (static_cast<Act>(act) == Act::kRelu && from_output) {
-    // The common case inline: one fused pass, no OpenMP region for a memory-bound loop.
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) dz[i] = s[i] > 0.f ? dy[i] : 0.f;
+    ReluGradFromOutput(n, s, dy, dz);  // the common case inline: no OpenMP region for a memory-bound loop
     return dz;
   }
   ActBackward(static_cast<Act>(act), alpha, n, s, dy, dz, from_output != 0);
@@ -116,7 +115,7 @@ MatmulPlan* GetMatmul(int64_t m, int64_t k, int64_t n, bool a_t, bool b_t, bool 
   static PlanCache<MatmulPlan> cache;
   PlanKey key;
   key.add(m).add(k).add(n).add(int64_t(a_t)).add(int64_t(b_t)).add(int64_t(bias)).add(static_cast<int64_t>(act))
-      .add(static_cast<double>(alpha));
+      .add(static_cast<double>(alpha)).add(int64_t(omp_get_max_threads()));
   return cache.Get(key, [&] {
     MatmulPlan p;
     p.a = a_t ? memory::desc({m, k}, dt::f32, memory::dims{1, m}) : memory::desc({m, k}, dt::f32, tag::ab);
@@ -152,41 +151,65 @@ bool UseIm2Col(const ConvDesc& c) { return !c.transpose && c.groups == 1 && c.ic
 constexpr int64_t kChunkBytes = 256 << 10;
 
 int64_t ChunkRows(const ConvDesc& c) {
-  const int64_t kc = c.kh * c.kw * c.ic;
+  const int64_t kc = c.kh * c.kw * c.ic + 1;
   return std::max<int64_t>(16, kChunkBytes / (kc * int64_t(sizeof(float))));
 }
 
-// cols (rows p0..p1) of the im2col matrix, zeros where the window hits padding.
-void Im2Col(const ConvDesc& c, const float* x, int64_t p0, int64_t p1, float* cols) {
-  const int64_t kc = c.kh * c.kw * c.ic, ohw = c.oh * c.ow;
+// d[0, n) = s[0, n). Window rows of small-channel convs are a handful of floats (LeNet's first
+// layer: 5), so the common lengths get fixed-size copies the compiler unrolls.
+template <int N>
+inline void CopyFixed(float* __restrict d, const float* __restrict s) {
+  for (int j = 0; j < N; ++j) d[j] = s[j];
+}
+inline void CopyRun(float* __restrict d, const float* __restrict s, int64_t n) {
+  switch (n) {
+    case 3: return CopyFixed<3>(d, s);
+    case 5: return CopyFixed<5>(d, s);
+    case 7: return CopyFixed<7>(d, s);
+    case 9: return CopyFixed<9>(d, s);
+    case 15: return CopyFixed<15>(d, s);
+    default:
+      for (int64_t j = 0; j < n; ++j) d[j] = s[j];
+  }
+}
+
+// Rows p0..p1 of the im2col matrix (row stride ld; with ld > kc, column kc is set to 1), zeros
+// where the window hits padding. Output coordinates advance incrementally (no divisions per row):
+// LeNet's first layer has 100k rows of 25 values, so per-row overhead is what this costs.
+void Im2Col(const ConvDesc& c, const float* x, int64_t p0, int64_t p1, float* cols, int64_t ld) {
+  const int64_t ohw = c.oh * c.ow, kwc = c.kw * c.ic, kc = c.kh * kwc;
+  int64_t n = p0 / ohw, oh = p0 % ohw / c.ow, ow = p0 % c.ow;
   for (int64_t p = p0; p < p1; ++p) {
-    const int64_t n = p / ohw, r = p % ohw, oh = r / c.ow, ow = r % c.ow;
-    float* row = cols + (p - p0) * kc;
+    float* __restrict row = cols + (p - p0) * ld;
+    // valid kw range: 0 <= ow*sw + kw*dw - plw < iw
+    const int64_t base = ow * c.sw - c.plw;
+    int64_t k0 = 0, k1 = c.kw;
+    if (base < 0) k0 = std::min(c.kw, (-base + c.dw - 1) / c.dw);
+    if (base + (c.kw - 1) * c.dw >= c.iw) k1 = base >= c.iw ? 0 : std::min(c.kw, (c.iw - base + c.dw - 1) / c.dw);
+    k1 = std::max(k1, k0);
+    const bool full = k0 == 0 && k1 == c.kw && c.dw == 1;
+    const float* img = x + n * c.ih * c.iw * c.ic;
     for (int64_t kh = 0; kh < c.kh; ++kh) {
       const int64_t ih = oh * c.sh + kh * c.dh - c.plh;
-      float* dst = row + kh * c.kw * c.ic;
+      float* __restrict dst = row + kh * kwc;
       if (ih < 0 || ih >= c.ih) {
-        std::fill(dst, dst + c.kw * c.ic, 0.f);
+        std::fill(dst, dst + kwc, 0.f);
         continue;
       }
-      const float* src = x + ((n * c.ih + ih) * c.iw) * c.ic;
-      // valid kw range: 0 <= ow*sw + kw*dw - plw < iw
-      const int64_t base = ow * c.sw - c.plw;
-      int64_t k0 = base >= 0 ? 0 : std::min(c.kw, (-base + c.dw - 1) / c.dw);
-      int64_t k1 = base >= c.iw ? 0 : std::min(c.kw, (c.iw - base + c.dw - 1) / c.dw);
-      if (k1 < k0) k1 = k0;
-      if (k0 > 0) std::fill(dst, dst + k0 * c.ic, 0.f);
-      if (k1 < c.kw) std::fill(dst + k1 * c.ic, dst + c.kw * c.ic, 0.f);
-      if (c.dw == 1) {  // the window row is one contiguous run of x
-        const float* s0 = src + (base + k0) * c.ic;
-        float* d0 = dst + k0 * c.ic;
-        for (int64_t j = 0, e = (k1 - k0) * c.ic; j < e; ++j) d0[j] = s0[j];
-      } else {
-        for (int64_t kw = k0; kw < k1; ++kw) {
-          const float* s0 = src + (base + kw * c.dw) * c.ic;
-          for (int64_t j = 0; j < c.ic; ++j) dst[kw * c.ic + j] = s0[j];
-        }
+      const float* src = img + ih * c.iw * c.ic;  // indexed from base * ic (>= 0 from k0 on)
+      if (full) {  // the window row is one contiguous run of x
+        CopyRun(dst, src + base * c.ic, kwc);
+        continue;
       }
+      std::fill(dst, dst + k0 * c.ic, 0.f);
+      for (int64_t kw = k0; kw < k1; ++kw)
+        for (int64_t j = 0; j < c.ic; ++j) dst[kw * c.ic + j] = src[(base + kw * c.dw) * c.ic + j];
+      std::fill(dst + k1 * c.ic, dst + kwc, 0.f);
+    }
+    if (ld > kc) row[kc] = 1.f;
+    if (++ow == c.ow) {
+      ow = 0;
+      if (++oh == c.oh) oh = 0, ++n;
     }
   }
 }
@@ -199,58 +222,48 @@ const float* ChunkDz(Act act, float alpha, bool from_output, const float* s, con
   if (act == Act::kNone) return dz;
   if (buf.size() < size_t(m)) buf.resize(m);
   if (act == Act::kRelu && from_output) {
-    const float* sc = s + p0 * oc;
-    for (int64_t j = 0; j < m; ++j) buf[j] = sc[j] > 0.f ? dz[j] : 0.f;
+    ReluGradFromOutput(m, s + p0 * oc, dz, buf.data());
   } else {
     ActBackward(act, alpha, m, s + p0 * oc, dz, buf.data(), from_output);
   }
   return buf.data();
 }
 
-// dw = im2col(x)^T @ dz and db = colsum(dz), dz = dy * act'(s) made per chunk: per-thread
-// partial sums, then one reduction.
+// [dw; db] = [im2col(x) | 1]^T @ dz with dz = dy * act'(s) made per chunk (the column of ones
+// makes the GEMM produce db too): per-thread partial sums, then one reduction.
 void Im2ColBwdWeights(const ConvDesc& c, const float* x, const float* s, const float* dy, Act act, float alpha,
                       bool from_output, float* dw, float* db) {
-  const int64_t kc = c.kh * c.kw * c.ic, rows = c.n * c.oh * c.ow, ch = ChunkRows(c), oc = c.oc;
+  const int64_t kc = c.kh * c.kw * c.ic, kc1 = kc + 1, rows = c.n * c.oh * c.ow, ch = ChunkRows(c), oc = c.oc;
   const int64_t nchunks = (rows + ch - 1) / ch;
-  const int nt = omp_get_max_threads();
-  float* part = Scratch(1, size_t(nt) * (kc + 1) * oc);
-  std::fill(part, part + size_t(nt) * (kc + 1) * oc, 0.f);
+  const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), nchunks));
+  float* part = Scratch(1, size_t(nt) * kc1 * oc);
+  std::fill(part, part + size_t(nt) * kc1 * oc, 0.f);
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num();
-    float* mine = part + size_t(t) * (kc + 1) * oc;  // kc rows of dw, then db
+    float* mine = part + size_t(t) * kc1 * oc;  // (oc, kc + 1): dw^T with db as the last column
     thread_local std::vector<float> cols, tmp, dzc;
-    if (cols.size() < size_t(ch * kc)) cols.resize(ch * kc);
-    if (tmp.size() < size_t(kc * oc)) tmp.resize(kc * oc);
+    if (cols.size() < size_t(ch * kc1)) cols.resize(ch * kc1);
+    if (tmp.size() < size_t(kc1 * oc)) tmp.resize(kc1 * oc);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < nchunks; ++i) {
       const int64_t p0 = i * ch, p1 = std::min(rows, p0 + ch);
       const float* dz = ChunkDz(act, alpha, from_output, s, dy, oc, p0, p1, dzc);
-      Im2Col(c, x, p0, p1, cols.data());
-      // dw^T (oc, kc) = dz^T @ cols: the long reduction runs over B's rows, which brgemm does well.
-      MatmulPlan* mp = GetMatmul(oc, p1 - p0, kc, true, false, false, Act::kNone, 0.f);
+      Im2Col(c, x, p0, p1, cols.data(), kc1);
+      // (oc, kc + 1) = dz^T @ cols: the long reduction runs over B's rows, which brgemm does well.
+      MatmulPlan* mp = GetMatmul(oc, p1 - p0, kc1, true, false, false, Act::kNone, 0.f);
       RunMatmul(mp, dz, cols.data(), nullptr, tmp.data());
-      for (int64_t k = 0; k < kc; ++k)
-        for (int64_t o = 0; o < oc; ++o) mine[k * oc + o] += tmp[o * kc + k];
-      float* mdb = mine + kc * oc;
-      for (int64_t p = 0; p < p1 - p0; ++p) {
-        const float* row = dz + p * oc;
-#pragma omp simd
-        for (int64_t j = 0; j < oc; ++j) mdb[j] += row[j];
-      }
+      for (int64_t j = 0; j < kc1 * oc; ++j) mine[j] += tmp[j];
     }
   }
-  for (int64_t j = 0; j < kc * oc; ++j) {
-    float acc = 0.f;
-    for (int t = 0; t < nt; ++t) acc += part[size_t(t) * (kc + 1) * oc + j];
-    dw[j] = acc;
-  }
-  if (db)
-    for (int64_t j = 0; j < oc; ++j) {
+  for (int64_t k = 0; k < kc1; ++k)
+    for (int64_t o = 0; o < oc; ++o) {
       float acc = 0.f;
-      for (int t = 0; t < nt; ++t) acc += part[size_t(t) * (kc + 1) * oc + kc * oc + j];
-      db[j] = acc;
+      for (int t = 0; t < nt; ++t) acc += part[size_t(t) * kc1 * oc + o * kc1 + k];
+      if (k < kc)
+        dw[k * oc + o] = acc;
+      else if (db)
+        db[o] = acc;
     }
 }
 
@@ -492,6 +505,7 @@ ffi::Error DenseFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffe
   JAX_MPS_CHECK(d.k >= 1, "dense_fwd: In must be >= 1");
   if (d.m == 0 || d.n == 0) return ffi::Error::Success();
   return Guard("dense_fwd", [&] {
+    ThreadLimit one(d.m * d.n * d.k < kSmallGemm);
     MatmulPlan* p = GetMatmul(d.m, d.k, d.n, false, false, has_bias != 0, static_cast<Act>(act), alpha);
     RunMatmul(p, x.typed_data(), w.typed_data(), has_bias ? b.typed_data() : nullptr, y->typed_data());
     if (p->act_after)
@@ -515,6 +529,7 @@ ffi::Error DenseBwdData(ffi::Buffer<ffi::F32> s, ffi::Buffer<ffi::F32> dy, ffi::
     return ffi::Error::Success();
   }
   return Guard("dense_bwd_data", [&] {
+    ThreadLimit one(d.m * d.n * d.k < kSmallGemm);
     const float* dz = ActGrad(act, alpha, from_output, dy.element_count(), s.typed_data(), dy.typed_data());
     MatmulPlan* p = GetMatmul(d.m, d.n, d.k, false, true, false, Act::kNone, 0.f);  // dz @ w^T
     RunMatmul(p, dz, w.typed_data(), nullptr, dx->typed_data());
@@ -540,6 +555,7 @@ ffi::Error DenseBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> s, ffi
   }
   if (d.k == 0 || d.n == 0) return ffi::Error::Success();
   return Guard("dense_bwd_weights", [&] {
+    ThreadLimit one(d.m * d.n * d.k < kSmallGemm);
     const float* dz = ActGrad(act, alpha, from_output, dy.element_count(), s.typed_data(), dy.typed_data());
     MatmulPlan* p = GetMatmul(d.k, d.m, d.n, true, false, false, Act::kNone, 0.f);  // x^T @ dz
     RunMatmul(p, x.typed_data(), dz, nullptr, dw->typed_data());

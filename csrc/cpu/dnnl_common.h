@@ -4,6 +4,7 @@
 #include <vector>
 
 #include <dnnl.hpp>
+#include <omp.h>
 
 #include "runtime/common.h"
 
@@ -54,5 +55,26 @@ inline void Exec(const dnnl::primitive& prim, std::unordered_map<int, dnnl::memo
   prim.execute(Stream(), args);
   Stream().wait();
 }
+
+// Runs small work on the calling thread only: waking OpenMP's sleeping workers
+// (OMP_WAIT_POLICY=PASSIVE) costs more than a GEMM of ~1 MFLOP. Plans created inside the scope
+// must be cached under the thread count (oneDNN fixes some primitives' threads at creation).
+class ThreadLimit {
+ public:
+  explicit ThreadLimit(bool single) : prev_(single ? omp_get_max_threads() : 0) {
+    if (single) omp_set_num_threads(1);
+  }
+  ~ThreadLimit() {
+    if (prev_) omp_set_num_threads(prev_);
+  }
+  ThreadLimit(const ThreadLimit&) = delete;
+  ThreadLimit& operator=(const ThreadLimit&) = delete;
+
+ private:
+  int prev_;
+};
+
+// Multiply-adds below which a GEMM runs on one thread (measured on LeNet's dense layers).
+constexpr int64_t kSmallGemm = int64_t(1) << 21;
 
 }  // namespace jax_mps::cpu

@@ -43,6 +43,17 @@ inline __attribute__((always_inline)) float FastExp(float x) {
   return p * s;
 }
 
+// out = y > 0 ? dy : 0 (ReLU's gradient from its output). dy is read unconditionally so the
+// select vectorises: a conditional load would keep the loop scalar and branchy.
+inline void ReluGradFromOutput(int64_t n, const float* __restrict y, const float* __restrict dy,
+                               float* __restrict out) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float d = dy[i];
+    out[i] = y[i] > 0.f ? d : 0.f;
+  }
+}
+
 // XLA hands large results to us as fresh, untouched pages (glibc mmaps big blocks per call), and
 // first-touch faults on 4 KiB pages cost ~20% of an LSTM forward at T100 B64 H256. Asking for huge
 // pages before the first write makes that one fault per 2 MiB. Advice only: ignored where unsupported.
