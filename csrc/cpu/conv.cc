@@ -155,63 +155,76 @@ int64_t ChunkRows(const ConvDesc& c) {
   return std::max<int64_t>(16, kChunkBytes / (kc * int64_t(sizeof(float))));
 }
 
-// d[0, n) = s[0, n). Window rows of small-channel convs are a handful of floats (LeNet's first
-// layer: 5), so the common lengths get fixed-size copies the compiler unrolls.
+// count rows of n floats: d[i * ds + j] = s[i * ss + j]. Window rows of small-channel convs are
+// a handful of floats (LeNet's first layer: 5), so common n get a fixed-size, unrolled copy.
 template <int N>
-inline void CopyFixed(float* __restrict d, const float* __restrict s) {
-  for (int j = 0; j < N; ++j) d[j] = s[j];
+void CopyRowsFixed(const float* __restrict s, int64_t ss, float* __restrict d, int64_t ds, int64_t count) {
+  for (int64_t i = 0; i < count; ++i)
+    for (int j = 0; j < N; ++j) d[i * ds + j] = s[i * ss + j];
 }
-inline void CopyRun(float* __restrict d, const float* __restrict s, int64_t n) {
+void CopyRows(const float* __restrict s, int64_t ss, float* __restrict d, int64_t ds, int64_t count, int64_t n) {
   switch (n) {
-    case 3: return CopyFixed<3>(d, s);
-    case 5: return CopyFixed<5>(d, s);
-    case 7: return CopyFixed<7>(d, s);
-    case 9: return CopyFixed<9>(d, s);
-    case 15: return CopyFixed<15>(d, s);
+    case 1: return CopyRowsFixed<1>(s, ss, d, ds, count);
+    case 2: return CopyRowsFixed<2>(s, ss, d, ds, count);
+    case 3: return CopyRowsFixed<3>(s, ss, d, ds, count);
+    case 4: return CopyRowsFixed<4>(s, ss, d, ds, count);
+    case 5: return CopyRowsFixed<5>(s, ss, d, ds, count);
+    case 6: return CopyRowsFixed<6>(s, ss, d, ds, count);
+    case 7: return CopyRowsFixed<7>(s, ss, d, ds, count);
+    case 9: return CopyRowsFixed<9>(s, ss, d, ds, count);
+    case 15: return CopyRowsFixed<15>(s, ss, d, ds, count);
     default:
-      for (int64_t j = 0; j < n; ++j) d[j] = s[j];
+      for (int64_t i = 0; i < count; ++i)
+        for (int64_t j = 0; j < n; ++j) d[i * ds + j] = s[i * ss + j];
   }
 }
 
-// Rows p0..p1 of the im2col matrix (row stride ld; with ld > kc, column kc is set to 1), zeros
-// where the window hits padding. Output coordinates advance incrementally (no divisions per row):
-// LeNet's first layer has 100k rows of 25 values, so per-row overhead is what this costs.
-void Im2Col(const ConvDesc& c, const float* x, int64_t p0, int64_t p1, float* cols, int64_t ld) {
-  const int64_t ohw = c.oh * c.ow, kwc = c.kw * c.ic, kc = c.kh * kwc;
-  int64_t n = p0 / ohw, oh = p0 % ohw / c.ow, ow = p0 % c.ow;
-  for (int64_t p = p0; p < p1; ++p) {
-    float* __restrict row = cols + (p - p0) * ld;
-    // valid kw range: 0 <= ow*sw + kw*dw - plw < iw
-    const int64_t base = ow * c.sw - c.plw;
-    int64_t k0 = 0, k1 = c.kw;
-    if (base < 0) k0 = std::min(c.kw, (-base + c.dw - 1) / c.dw);
-    if (base + (c.kw - 1) * c.dw >= c.iw) k1 = base >= c.iw ? 0 : std::min(c.kw, (c.iw - base + c.dw - 1) / c.dw);
-    k1 = std::max(k1, k0);
-    const bool full = k0 == 0 && k1 == c.kw && c.dw == 1;
-    const float* img = x + n * c.ih * c.iw * c.ic;
-    for (int64_t kh = 0; kh < c.kh; ++kh) {
-      const int64_t ih = oh * c.sh + kh * c.dh - c.plh;
-      float* __restrict dst = row + kh * kwc;
-      if (ih < 0 || ih >= c.ih) {
-        std::fill(dst, dst + kwc, 0.f);
-        continue;
-      }
-      const float* src = img + ih * c.iw * c.ic;  // indexed from base * ic (>= 0 from k0 on)
-      if (full) {  // the window row is one contiguous run of x
-        CopyRun(dst, src + base * c.ic, kwc);
-        continue;
-      }
-      std::fill(dst, dst + k0 * c.ic, 0.f);
+// im2col rows for output positions (n, oh, ow0..ow1) of one image row, row stride ld; zeros where
+// the window hits padding. Positions whose window lies inside the row (and dw == 1) are copied a
+// kernel row at a time for the whole run, the edges one window at a time.
+void Im2ColSegment(const ConvDesc& c, const float* img, int64_t oh, int64_t ow0, int64_t ow1, float* cols,
+                   int64_t ld) {
+  const int64_t kwc = c.kw * c.ic, ekw = (c.kw - 1) * c.dw + 1;
+  // full windows: ow*sw - plw >= 0 and ow*sw - plw + ekw <= iw
+  int64_t lo = (c.plw + c.sw - 1) / c.sw, hi = c.iw + c.plw >= ekw ? (c.iw + c.plw - ekw) / c.sw + 1 : 0;
+  if (c.dw != 1) lo = hi = ow1;
+  lo = std::clamp(lo, ow0, ow1);
+  hi = std::clamp(hi, lo, ow1);
+  for (int64_t kh = 0; kh < c.kh; ++kh) {
+    const int64_t ih = oh * c.sh + kh * c.dh - c.plh;
+    float* dst = cols + kh * kwc;
+    if (ih < 0 || ih >= c.ih) {
+      for (int64_t ow = ow0; ow < ow1; ++ow) std::fill_n(dst + (ow - ow0) * ld, kwc, 0.f);
+      continue;
+    }
+    const float* src = img + ih * c.iw * c.ic;  // indexed from base * ic (>= 0 from k0 on)
+    if (hi > lo) CopyRows(src + (lo * c.sw - c.plw) * c.ic, c.sw * c.ic, dst + (lo - ow0) * ld, ld, hi - lo, kwc);
+    auto edge = [&](int64_t ow) {
+      float* d = dst + (ow - ow0) * ld;
+      const int64_t base = ow * c.sw - c.plw;  // valid kw: 0 <= base + kw*dw < iw
+      const int64_t k0 = base < 0 ? std::min(c.kw, (-base + c.dw - 1) / c.dw) : 0;
+      const int64_t k1 = std::max(k0, base >= c.iw ? 0 : std::min(c.kw, (c.iw - base + c.dw - 1) / c.dw));
+      std::fill(d, d + k0 * c.ic, 0.f);
       for (int64_t kw = k0; kw < k1; ++kw)
-        for (int64_t j = 0; j < c.ic; ++j) dst[kw * c.ic + j] = src[(base + kw * c.dw) * c.ic + j];
-      std::fill(dst + k1 * c.ic, dst + kwc, 0.f);
-    }
-    if (ld > kc) row[kc] = 1.f;
-    if (++ow == c.ow) {
-      ow = 0;
-      if (++oh == c.oh) oh = 0, ++n;
-    }
+        for (int64_t j = 0; j < c.ic; ++j) d[kw * c.ic + j] = src[(base + kw * c.dw) * c.ic + j];
+      std::fill(d + k1 * c.ic, d + kwc, 0.f);
+    };
+    for (int64_t ow = ow0; ow < lo; ++ow) edge(ow);
+    for (int64_t ow = hi; ow < ow1; ++ow) edge(ow);
   }
+}
+
+// Rows p0..p1 of the im2col matrix (rows p = (n, oh, ow), columns (kh, kw, ci) = the HWIO weight
+// rows; row stride ld, and with ld > kc column kc set to 1), one image row segment at a time.
+void Im2Col(const ConvDesc& c, const float* x, int64_t p0, int64_t p1, float* cols, int64_t ld) {
+  const int64_t ohw = c.oh * c.ow, kc = c.kh * c.kw * c.ic;
+  for (int64_t p = p0; p < p1;) {
+    const int64_t n = p / ohw, oh = p % ohw / c.ow, ow = p % c.ow, ow1 = std::min(c.ow, ow + (p1 - p));
+    Im2ColSegment(c, x + n * c.ih * c.iw * c.ic, oh, ow, ow1, cols + (p - p0) * ld, ld);
+    p += ow1 - ow;
+  }
+  if (ld > kc)
+    for (int64_t p = 0; p < p1 - p0; ++p) cols[p * ld + kc] = 1.f;
 }
 
 // dz for rows [p0, p1) (a pointer into dy when there is no activation).
