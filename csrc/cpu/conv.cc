@@ -179,17 +179,24 @@ void CopyRows(const float* __restrict s, int64_t ss, float* __restrict d, int64_
   }
 }
 
+// [lo, hi): the output columns in [ow0, ow1) whose window row lies inside the input row and is one
+// contiguous run of it (dw == 1): ow*sw - plw >= 0 and ow*sw - plw + kw <= iw.
+void FullWindows(const ConvDesc& c, int64_t ow0, int64_t ow1, int64_t* lo, int64_t* hi) {
+  *lo = (c.plw + c.sw - 1) / c.sw;
+  *hi = c.iw + c.plw >= c.kw ? (c.iw + c.plw - c.kw) / c.sw + 1 : 0;
+  if (c.dw != 1) *lo = *hi = ow1;
+  *lo = std::clamp(*lo, ow0, ow1);
+  *hi = std::clamp(*hi, *lo, ow1);
+}
+
 // im2col rows for output positions (n, oh, ow0..ow1) of one image row, row stride ld; zeros where
 // the window hits padding. Positions whose window lies inside the row (and dw == 1) are copied a
 // kernel row at a time for the whole run, the edges one window at a time.
 void Im2ColSegment(const ConvDesc& c, const float* img, int64_t oh, int64_t ow0, int64_t ow1, float* cols,
                    int64_t ld) {
-  const int64_t kwc = c.kw * c.ic, ekw = (c.kw - 1) * c.dw + 1;
-  // full windows: ow*sw - plw >= 0 and ow*sw - plw + ekw <= iw
-  int64_t lo = (c.plw + c.sw - 1) / c.sw, hi = c.iw + c.plw >= ekw ? (c.iw + c.plw - ekw) / c.sw + 1 : 0;
-  if (c.dw != 1) lo = hi = ow1;
-  lo = std::clamp(lo, ow0, ow1);
-  hi = std::clamp(hi, lo, ow1);
+  const int64_t kwc = c.kw * c.ic;
+  int64_t lo, hi;
+  FullWindows(c, ow0, ow1, &lo, &hi);
   for (int64_t kh = 0; kh < c.kh; ++kh) {
     const int64_t ih = oh * c.sh + kh * c.dh - c.plh;
     float* dst = cols + kh * kwc;
@@ -280,6 +287,35 @@ void Im2ColBwdWeights(const ConvDesc& c, const float* x, const float* s, const f
     }
 }
 
+// Adds one output row's im2col-gradient rows (n, oh, 0..ow) into the image dx: the inverse of
+// Im2ColSegment, full windows a kernel row at a time.
+void Col2ImRow(const ConvDesc& c, const float* rows, int64_t oh, float* dx) {
+  const int64_t kwc = c.kw * c.ic, kc = c.kh * kwc;
+  int64_t lo, hi;
+  FullWindows(c, 0, c.ow, &lo, &hi);
+  for (int64_t kh = 0; kh < c.kh; ++kh) {
+    const int64_t ih = oh * c.sh + kh * c.dh - c.plh;
+    if (ih < 0 || ih >= c.ih) continue;
+    float* dst = dx + ih * c.iw * c.ic;
+    const float* src = rows + kh * kwc;
+    for (int64_t ow = lo; ow < hi; ++ow) {
+      float* __restrict d = dst + (ow * c.sw - c.plw) * c.ic;
+      const float* __restrict r = src + ow * kc;
+#pragma omp simd
+      for (int64_t j = 0; j < kwc; ++j) d[j] += r[j];
+    }
+    auto edge = [&](int64_t ow) {
+      for (int64_t kw = 0; kw < c.kw; ++kw) {
+        const int64_t iw = ow * c.sw + kw * c.dw - c.plw;
+        if (iw < 0 || iw >= c.iw) continue;
+        for (int64_t j = 0; j < c.ic; ++j) dst[iw * c.ic + j] += src[ow * kc + kw * c.ic + j];
+      }
+    };
+    for (int64_t ow = 0; ow < lo; ++ow) edge(ow);
+    for (int64_t ow = hi; ow < c.ow; ++ow) edge(ow);
+  }
+}
+
 // dx = col2im(dz @ w^T), chunks of whole images so threads never add into the same dx rows.
 void Im2ColBwdData(const ConvDesc& c, const float* s, const float* dy, const float* w, Act act, float alpha,
                    bool from_output, float* dx) {
@@ -294,23 +330,9 @@ void Im2ColBwdData(const ConvDesc& c, const float* s, const float* dy, const flo
     const float* dz = ChunkDz(act, alpha, from_output, s, dy, oc, p0, p1, dzc);
     RunMatmul(GetMatmul(p1 - p0, oc, kc, false, true, false, Act::kNone, 0.f), dz, w, nullptr, dcols.data());
     std::fill(dx + n0 * xsz, dx + n1 * xsz, 0.f);
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t n = p / ohw, r = p % ohw, oh = r / c.ow, ow = r % c.ow;
-      const float* row = dcols.data() + (p - p0) * kc;
-      for (int64_t kh = 0; kh < c.kh; ++kh) {
-        const int64_t ih = oh * c.sh + kh * c.dh - c.plh;
-        if (ih < 0 || ih >= c.ih) continue;
-        float* dst = dx + ((n * c.ih + ih) * c.iw) * c.ic;
-        for (int64_t kw = 0; kw < c.kw; ++kw) {
-          const int64_t iw = ow * c.sw + kw * c.dw - c.plw;
-          if (iw < 0 || iw >= c.iw) continue;
-          const float* src = row + (kh * c.kw + kw) * c.ic;
-          float* d = dst + iw * c.ic;
-#pragma omp simd
-          for (int64_t j = 0; j < c.ic; ++j) d[j] += src[j];
-        }
-      }
-    }
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t oh = 0; oh < c.oh; ++oh)
+        Col2ImRow(c, dcols.data() + ((n - n0) * ohw + oh * c.ow) * kc, oh, dx + n * xsz);
   }
 }
 
