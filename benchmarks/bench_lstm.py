@@ -1,9 +1,11 @@
-"""LSTM forward+backward (value_and_grad under jit): jax_mps vs the same LSTM as lax.scan in XLA.
+"""LSTM forward+backward: jax_mps vs the same LSTM as lax.scan in XLA vs torch.nn.LSTM (CPU).
 
-Not a test. One process; both implementations are warmed up, then timed interleaved (A, B, A, B,
-...) so load from other processes hits all alike; prints medians and XLA / jax_mps ratios.
-Two XLA baselines: the input projection hoisted out of the scan (the stronger one) and both
-projections inside the step (as flax's LSTMCell under nn.scan).
+Not a test. One process; every implementation is warmed up, then timed interleaved (A, B, C, A,
+...) so load from other processes hits all alike; prints medians and other / jax_mps ratios.
+Two XLA baselines (value_and_grad under jit): the input projection hoisted out of the scan (the
+stronger one) and both projections inside the step (as flax's LSTMCell under nn.scan). PyTorch:
+torch.nn.LSTM with the same weights, the same loss and backward, torch.set_num_threads matching
+OMP_NUM_THREADS (default: all cores).
 Usage: python benchmarks/bench_lstm.py [--reps 30]
 The runtime's threads (OMP_NUM_THREADS) each run a slice of the batch with no per-step barrier; on a
 machine shared with other load, compare the ratios of one run rather than absolute times.
@@ -11,6 +13,7 @@ machine shared with other load, compare the ratios of one run rather than absolu
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import jax
@@ -73,6 +76,32 @@ def make_step(fn):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
 
 
+def torch_step(p, x):
+    """The same loss and gradients with torch.nn.LSTM (None when torch is missing)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count())))
+    I, G = p["w_ih"].shape
+    m = torch.nn.LSTM(I, G // 4, batch_first=True)
+    with torch.no_grad():
+        for name, v in [("weight_ih_l0", p["w_ih"].T), ("weight_hh_l0", p["w_hh"].T), ("bias_ih_l0", p["b_ih"]),
+                        ("bias_hh_l0", p["b_hh"])]:
+            getattr(m, name).copy_(torch.from_numpy(np.array(v)))
+    xt = torch.from_numpy(np.array(x)).requires_grad_(True)
+
+    def step(*_):
+        m.zero_grad(set_to_none=True)
+        xt.grad = None
+        y, (h, c) = m(xt)
+        loss = (y**2).mean() + h.mean() + c.mean()
+        loss.backward()
+        return loss.detach(), (m.weight_ih_l0.grad.T, xt.grad)
+
+    return step
+
+
 def timed(f, *args):
     t0 = time.perf_counter()
     jax.block_until_ready(f(*args))
@@ -96,6 +125,15 @@ def main():
             l1, g1 = f(p, x)
             err = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))
             assert err < 1e-4 and abs(float(l1 - l0)) < 1e-4, (name, err)
+        ts = torch_step(p, x)
+        if ts is None:
+            print("  (torch not installed: no PyTorch column)")
+        else:
+            lt, (gw, gx) = ts()
+            err = max(float(np.max(np.abs(gw.numpy() - np.array(g0[0]["w_ih"])))),
+                      float(np.max(np.abs(gx.numpy() - np.array(g0[1])))))
+            assert err < 1e-4 and abs(float(lt) - float(l0)) < 1e-4, ("torch", err)
+            fns["PyTorch nn.LSTM"] = ts
         times = {n: [] for n in fns}
         for rep in range(3 + args.reps):  # 3 warm-up rounds, then interleaved timing
             for n, f in fns.items():
