@@ -336,36 +336,51 @@ void Im2ColBwdData(const ConvDesc& c, const float* s, const float* dy, const flo
   }
 }
 
-struct ConvFwdPlan {
+struct ConvPlan {
   dnnl::primitive prim;
   ConvMds m;
-  bool act_after;
-};
-struct ConvBwdDataPlan {
-  dnnl::primitive prim;
-  ConvMds m;
-};
-struct ConvBwdWeightsPlan {
-  dnnl::primitive prim;
-  ConvMds m;
+  bool act_after = false;  // forward: the activation runs as its own pass
 };
 
 // Forward primitive descriptors (also the hints for the backward ones).
-dnnl::convolution_forward::primitive_desc ConvFwdPd(const ConvMds& m, bool has_bias,
-                                                    const dnnl::primitive_attr& attr = UserAttr()) {
+// oneDNN's convolution and deconvolution (transposed conv) primitives take the same arguments;
+// these traits let one set of builders serve both.
+struct ConvPrims {
+  using Fwd = dnnl::convolution_forward;
+  using BwdData = dnnl::convolution_backward_data;
+  using BwdWeights = dnnl::convolution_backward_weights;
+  static constexpr algorithm kAlg = algorithm::convolution_direct;
+};
+struct DeconvPrims {
+  using Fwd = dnnl::deconvolution_forward;
+  using BwdData = dnnl::deconvolution_backward_data;
+  using BwdWeights = dnnl::deconvolution_backward_weights;
+  static constexpr algorithm kAlg = algorithm::deconvolution_direct;
+};
+
+template <typename P>
+typename P::Fwd::primitive_desc FwdPd(const ConvMds& m, bool has_bias, const dnnl::primitive_attr& attr = UserAttr()) {
   if (has_bias)
-    return {Engine(), prop_kind::forward_training, algorithm::convolution_direct, m.src, m.wei, m.bias, m.dst,
-            m.strides, m.dilates, m.pl, m.pr, attr};
-  return {Engine(), prop_kind::forward_training, algorithm::convolution_direct, m.src, m.wei, m.dst,
-          m.strides, m.dilates, m.pl, m.pr, attr};
+    return {Engine(), prop_kind::forward_training, P::kAlg, m.src, m.wei, m.bias, m.dst, m.strides, m.dilates, m.pl,
+            m.pr, attr};
+  return {Engine(), prop_kind::forward_training, P::kAlg, m.src, m.wei, m.dst, m.strides, m.dilates, m.pl, m.pr,
+          attr};
 }
-dnnl::deconvolution_forward::primitive_desc DeconvFwdPd(const ConvMds& m, bool has_bias,
-                                                        const dnnl::primitive_attr& attr = UserAttr()) {
-  if (has_bias)
-    return {Engine(), prop_kind::forward_training, algorithm::deconvolution_direct, m.src, m.wei, m.bias, m.dst,
-            m.strides, m.dilates, m.pl, m.pr, attr};
-  return {Engine(), prop_kind::forward_training, algorithm::deconvolution_direct, m.src, m.wei, m.dst,
-          m.strides, m.dilates, m.pl, m.pr, attr};
+
+template <typename P>
+dnnl::primitive BwdDataPrim(const ConvMds& m) {
+  return typename P::BwdData(typename P::BwdData::primitive_desc(Engine(), P::kAlg, m.src, m.wei, m.dst, m.strides,
+                                                                 m.dilates, m.pl, m.pr, FwdPd<P>(m, false),
+                                                                 UserAttr()));
+}
+
+template <typename P>
+dnnl::primitive BwdWeightsPrim(const ConvMds& m, bool has_bias) {
+  using Pd = typename P::BwdWeights::primitive_desc;
+  const auto hint = FwdPd<P>(m, has_bias);
+  return typename P::BwdWeights(
+      has_bias ? Pd(Engine(), P::kAlg, m.src, m.wei, m.bias, m.dst, m.strides, m.dilates, m.pl, m.pr, hint, UserAttr())
+               : Pd(Engine(), P::kAlg, m.src, m.wei, m.dst, m.strides, m.dilates, m.pl, m.pr, hint, UserAttr()));
 }
 
 PlanKey ConvKey(int64_t kind, const ConvDesc& c, int64_t has_bias, int64_t act = 0, float alpha = 0.f) {
@@ -392,15 +407,15 @@ ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer
                 has_bias ? c.oc : 0, ",), got ", DimsStr(b.dimensions()));
   if (y->element_count() == 0) return ffi::Error::Success();
   return Guard(op, [&] {
-    static PlanCache<ConvFwdPlan> cache;
+    static PlanCache<ConvPlan> cache;
     auto plan = cache.Get(ConvKey(0, c, has_bias, act, alpha), [&] {
-      ConvFwdPlan p;
+      ConvPlan p;
       p.m = MakeMds(c, has_bias != 0);
       auto attr = ActAttr(static_cast<Act>(act), alpha, &p.act_after);
       if (c.transpose)
-        p.prim = dnnl::deconvolution_forward(DeconvFwdPd(p.m, has_bias != 0, attr));
+        p.prim = dnnl::deconvolution_forward(FwdPd<DeconvPrims>(p.m, has_bias != 0, attr));
       else
-        p.prim = dnnl::convolution_forward(ConvFwdPd(p.m, has_bias != 0, attr));
+        p.prim = dnnl::convolution_forward(FwdPd<ConvPrims>(p.m, has_bias != 0, attr));
       return p;
     });
     const float* wp = w.typed_data();
@@ -441,18 +456,11 @@ ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> s, ffi::Buffer<ffi::F32> dy, ffi::B
                     from_output != 0, dx->typed_data());
       return ffi::Error::Success();
     }
-    static PlanCache<ConvBwdDataPlan> cache;
+    static PlanCache<ConvPlan> cache;
     auto plan = cache.Get(ConvKey(1, c, 0), [&] {
-      ConvBwdDataPlan p;
+      ConvPlan p;
       p.m = MakeMds(c, false);
-      if (c.transpose)
-        p.prim = dnnl::deconvolution_backward_data(dnnl::deconvolution_backward_data::primitive_desc(
-            Engine(), algorithm::deconvolution_direct, p.m.src, p.m.wei, p.m.dst, p.m.strides, p.m.dilates,
-            p.m.pl, p.m.pr, DeconvFwdPd(p.m, false), UserAttr()));
-      else
-        p.prim = dnnl::convolution_backward_data(dnnl::convolution_backward_data::primitive_desc(
-            Engine(), algorithm::convolution_direct, p.m.src, p.m.wei, p.m.dst, p.m.strides, p.m.dilates,
-            p.m.pl, p.m.pr, ConvFwdPd(p.m, false), UserAttr()));
+      p.prim = c.transpose ? BwdDataPrim<DeconvPrims>(p.m) : BwdDataPrim<ConvPrims>(p.m);
       return p;
     });
     const float* dz = ActGrad(act, alpha, from_output, dy.element_count(), s.typed_data(), dy.typed_data());
@@ -493,27 +501,12 @@ ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> s, ffi:
                        from_output != 0, dw->typed_data(), has_bias ? db->typed_data() : nullptr);
       return ffi::Error::Success();
     }
-    static PlanCache<ConvBwdWeightsPlan> cache;
+    static PlanCache<ConvPlan> cache;
     auto plan = cache.Get(ConvKey(2, c, has_bias), [&] {
-      ConvBwdWeightsPlan p;
+      ConvPlan p;
       p.m = MakeMds(c, has_bias != 0);
-      if (c.transpose) {
-        auto hint = DeconvFwdPd(p.m, has_bias != 0);
-        p.prim = has_bias ? dnnl::deconvolution_backward_weights(dnnl::deconvolution_backward_weights::primitive_desc(
-                                Engine(), algorithm::deconvolution_direct, p.m.src, p.m.wei, p.m.bias, p.m.dst,
-                                p.m.strides, p.m.dilates, p.m.pl, p.m.pr, hint, UserAttr()))
-                          : dnnl::deconvolution_backward_weights(dnnl::deconvolution_backward_weights::primitive_desc(
-                                Engine(), algorithm::deconvolution_direct, p.m.src, p.m.wei, p.m.dst, p.m.strides,
-                                p.m.dilates, p.m.pl, p.m.pr, hint, UserAttr()));
-      } else {
-        auto hint = ConvFwdPd(p.m, has_bias != 0);
-        p.prim = has_bias ? dnnl::convolution_backward_weights(dnnl::convolution_backward_weights::primitive_desc(
-                                Engine(), algorithm::convolution_direct, p.m.src, p.m.wei, p.m.bias, p.m.dst,
-                                p.m.strides, p.m.dilates, p.m.pl, p.m.pr, hint, UserAttr()))
-                          : dnnl::convolution_backward_weights(dnnl::convolution_backward_weights::primitive_desc(
-                                Engine(), algorithm::convolution_direct, p.m.src, p.m.wei, p.m.dst, p.m.strides,
-                                p.m.dilates, p.m.pl, p.m.pr, hint, UserAttr()));
-      }
+      const bool bias = has_bias != 0;
+      p.prim = c.transpose ? BwdWeightsPrim<DeconvPrims>(p.m, bias) : BwdWeightsPrim<ConvPrims>(p.m, bias);
       return p;
     });
     const float* dz = ActGrad(act, alpha, from_output, dy.element_count(), s.typed_data(), dy.typed_data());
