@@ -10,6 +10,14 @@
 
 namespace jax_mps::cpu {
 
+// Hot element-wise kernels are compiled for several ISAs and picked at load time (the build has
+// no -march: wheels must run on any x86-64).
+#if defined(__x86_64__)
+#define JAX_MPS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define JAX_MPS_CLONES
+#endif
+
 constexpr int64_t kParallelMin = 32768;  // elements below which threads cost more than they save
 
 // Runs fn(i) for i in [0, n): OpenMP threads only when `work` is large, and no parallel region at

@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/kernel_util.h"
 #include "runtime/optim.h"
 #include "runtime/registry.h"
 
@@ -96,7 +97,7 @@ struct Hyper {
 // Hyperparameters are copied into locals: read through a reference they could alias the
 // stores, which keeps GCC from hoisting them.
 template <typename P, OptRule R, bool kMom, bool kNesterov, bool kAms, bool kCentered>
-void StepChunk(const Leaf& L, int64_t b, int64_t e, const Pre& c, const Hyper& h) {
+JAX_MPS_CLONES void StepChunk(const Leaf& L, int64_t b, int64_t e, const Pre& c, const Hyper& h) {
   const P* __restrict p = static_cast<const P*>(L.p);
   const P* __restrict g = static_cast<const P*>(L.g);
   P* __restrict out = static_cast<P*>(L.out);

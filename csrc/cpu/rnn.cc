@@ -25,8 +25,6 @@
 namespace jax_mps::cpu {
 namespace {
 
-// Element-wise step kernels are compiled for several ISAs and picked at load time (no -march).
-#define JAX_MPS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #define JAX_MPS_INLINE inline __attribute__((always_inline))
 
 JAX_MPS_INLINE float Sigmoid(float x) { return 1.f / (1.f + FastExp(-x)); }
