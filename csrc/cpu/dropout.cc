@@ -13,6 +13,58 @@ namespace {
 
 constexpr int64_t kChunk = 512;  // elements per work item (a multiple of 8: whole mask bytes)
 
+// Elements [ch * kChunk, ...) of the dropout forward. Compiled per ISA: Philox's 32x32->64-bit
+// multiplies are most of the work and widen with the vectors.
+JAX_MPS_CLONES void DropoutChunk(int64_t ch, int64_t n, uint32_t k0, uint32_t k1, uint32_t k2, uint32_t k3,
+                                 bool keep_all, uint32_t thr32, float sc, const float* xp, float* yp, uint8_t* mp) {
+  // Philox4x32-10 on kChunk / 4 blocks at once, rounds outside so the block loop vectorises.
+  constexpr int kBlocks = kChunk / 4;
+  uint32_t c0[kBlocks], c1[kBlocks], c2[kBlocks], c3[kBlocks], u[kChunk];
+  const uint64_t base = uint64_t(ch) * kBlocks;
+  for (int q = 0; q < kBlocks; ++q) {
+    c0[q] = uint32_t(base + q);
+    c1[q] = uint32_t((base + q) >> 32);
+    c2[q] = k2;
+    c3[q] = k3;
+  }
+  uint32_t r0 = k0, r1 = k1;
+  for (int r = 0; r < 10; ++r) {
+#pragma omp simd
+    for (int q = 0; q < kBlocks; ++q) {
+      const uint64_t p0 = uint64_t(0xD2511F53u) * c0[q], p1 = uint64_t(0xCD9E8D57u) * c2[q];
+      const uint32_t n0 = uint32_t(p1 >> 32) ^ c1[q] ^ r0, n2 = uint32_t(p0 >> 32) ^ c3[q] ^ r1;
+      c1[q] = uint32_t(p1);
+      c3[q] = uint32_t(p0);
+      c0[q] = n0;
+      c2[q] = n2;
+    }
+    r0 += 0x9E3779B9u;
+    r1 += 0xBB67AE85u;
+  }
+  for (int q = 0; q < kBlocks; ++q) {
+    u[4 * q] = c0[q];
+    u[4 * q + 1] = c1[q];
+    u[4 * q + 2] = c2[q];
+    u[4 * q + 3] = c3[q];
+  }
+  const int64_t i0 = ch * kChunk;
+  const int64_t cnt = std::min<int64_t>(kChunk, n - i0);
+  const float* __restrict xc = xp + i0;
+  float* __restrict yc = yp + i0;
+  // Keep tests on the 32-bit u (same width as the floats, so the select vectorises).
+#pragma omp simd
+  for (int64_t e = 0; e < cnt; ++e) {
+    const float v = xc[e] * sc;  // loaded unconditionally: a conditional load keeps the loop scalar
+    yc[e] = (keep_all | (u[e] < thr32)) ? v : 0.f;
+  }
+  for (int64_t b = 0; b * 8 < cnt; ++b) {
+    const uint32_t* ub = u + 8 * b;
+    uint8_t bits = 0;
+    for (int j = 0; j < 8; ++j) bits |= uint8_t((keep_all | (ub[j] < thr32)) << j);  // bits past n are never read
+    mp[i0 / 8 + b] = bits;
+  }
+}
+
 ffi::Error DropoutFwd(ffi::Buffer<ffi::U32> key, ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y,
                       ffi::ResultBuffer<ffi::U8> mask, int64_t threshold, float scale) {
   DropoutDesc desc;
@@ -34,51 +86,7 @@ ffi::Error DropoutFwd(ffi::Buffer<ffi::U32> key, ffi::Buffer<ffi::F32> x, ffi::R
   uint8_t* mp = mask->typed_data();
   const int64_t nchunks = (n + kChunk - 1) / kChunk;
   ParallelFor(nchunks, n, [&](int64_t ch) {
-    // Philox4x32-10 on kChunk / 4 blocks at once, rounds outside so the block loop vectorises.
-    constexpr int kBlocks = kChunk / 4;
-    uint32_t c0[kBlocks], c1[kBlocks], c2[kBlocks], c3[kBlocks], u[kChunk];
-    const uint64_t base = uint64_t(ch) * kBlocks;
-    for (int q = 0; q < kBlocks; ++q) {
-      c0[q] = uint32_t(base + q);
-      c1[q] = uint32_t((base + q) >> 32);
-      c2[q] = k2;
-      c3[q] = k3;
-    }
-    uint32_t r0 = k0, r1 = k1;
-    for (int r = 0; r < 10; ++r) {
-#pragma omp simd
-      for (int q = 0; q < kBlocks; ++q) {
-        const uint64_t p0 = uint64_t(0xD2511F53u) * c0[q], p1 = uint64_t(0xCD9E8D57u) * c2[q];
-        const uint32_t n0 = uint32_t(p1 >> 32) ^ c1[q] ^ r0, n2 = uint32_t(p0 >> 32) ^ c3[q] ^ r1;
-        c1[q] = uint32_t(p1);
-        c3[q] = uint32_t(p0);
-        c0[q] = n0;
-        c2[q] = n2;
-      }
-      r0 += 0x9E3779B9u;
-      r1 += 0xBB67AE85u;
-    }
-    for (int q = 0; q < kBlocks; ++q) {
-      u[4 * q] = c0[q];
-      u[4 * q + 1] = c1[q];
-      u[4 * q + 2] = c2[q];
-      u[4 * q + 3] = c3[q];
-    }
-    const int64_t i0 = ch * kChunk;
-    const int64_t cnt = std::min<int64_t>(kChunk, n - i0);
-    const float* xc = xp + i0;
-    float* yc = yp + i0;
-    uint8_t keep[kChunk];
-#pragma omp simd
-    for (int e = 0; e < kChunk; ++e) keep[e] = uint8_t(keep_all | (u[e] < thr32));
-#pragma omp simd
-    for (int64_t e = 0; e < cnt; ++e) yc[e] = keep[e] ? xc[e] * sc : 0.f;
-    for (int64_t b = 0; b * 8 < cnt; ++b) {
-      const uint8_t* kb = keep + 8 * b;
-      uint8_t bits = 0;
-      for (int j = 0; j < 8; ++j) bits |= uint8_t(kb[j] << j);  // bits past n are never read
-      mp[i0 / 8 + b] = bits;
-    }
+    DropoutChunk(ch, n, k0, k1, k2, k3, keep_all, thr32, sc, xp, yp, mp);
   });
   return ffi::Error::Success();
 }
@@ -99,7 +107,10 @@ ffi::Error DropoutBwd(ffi::Buffer<ffi::U8> mask, ffi::Buffer<ffi::F32> g, ffi::R
     const int64_t i0 = ch * kChunk, cnt = std::min<int64_t>(kChunk, n - i0);
     const uint8_t* mc = mp + i0 / 8;
 #pragma omp simd
-    for (int64_t e = 0; e < cnt; ++e) dp[i0 + e] = (mc[e >> 3] >> (e & 7)) & 1 ? gp[i0 + e] * scale : 0.f;
+    for (int64_t e = 0; e < cnt; ++e) {
+      const float v = gp[i0 + e] * scale;
+      dp[i0 + e] = (mc[e >> 3] >> (e & 7)) & 1 ? v : 0.f;
+    }
   });
   return ffi::Error::Success();
 }
