@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -35,12 +36,10 @@ inline Win Window(const Pool2DDesc& d, int64_t i, int64_t j) {
 
 inline int64_t Work(const Pool2DDesc& d) { return d.n * d.oh * d.ow * d.c * d.kh * d.kw; }
 
-// One window tap over the C channels of one output: a running max with argmax (a NaN replaces a
-// number, never the reverse) and a running sum. The output row itself is the accumulator (small,
-// stays in L1). The max is written with SSE2 masks: compilers turn the scalar select into
-// branches, which mispredict on every other element of random data.
+// The max is written with SSE2 masks: compilers turn the scalar select into branches, which
+// mispredict on every other element of random data.
 #if defined(__SSE2__)
-// Loads/stores of r = 1..3 trailing lanes (r is a constant once CT is).
+// Loads/stores of r = 1..3 trailing lanes (r is a constant once the lane count is).
 inline __m128 LoadTail(const float* p, int64_t r) {
   const __m128 lo = r >= 2 ? _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p))) : _mm_load_ss(p);
   return r == 3 ? _mm_movelh_ps(lo, _mm_load_ss(p + 2)) : lo;
@@ -50,116 +49,92 @@ inline void StoreTail(float* p, __m128 v, int64_t r) {
   else _mm_store_ss(p, v);
   if (r == 3) _mm_store_ss(p + 2, _mm_movehl_ps(v, v));
 }
-inline void MaxLanes(__m128 v, __m128 cur, __m128i sv, __m128i ci, __m128* m, __m128i* ix) {
-  // !(v <= cur) is v > cur or either is NaN; masking with "cur is a number" keeps the first NaN.
-  const __m128 t = _mm_and_ps(_mm_cmpnle_ps(v, cur), _mm_cmpord_ps(cur, cur));
-  const __m128i ti = _mm_castps_si128(t);
-  *m = _mm_or_ps(_mm_and_ps(t, v), _mm_andnot_ps(t, cur));
-  *ix = _mm_or_si128(_mm_and_si128(ti, sv), _mm_andnot_si128(ti, ci));
-}
+inline __m128 Load(const float* p, int64_t r) { return r == 4 ? _mm_loadu_ps(p) : LoadTail(p, r); }
+inline void Store(float* p, __m128 v, int64_t r) { r == 4 ? _mm_storeu_ps(p, v) : StoreTail(p, v, r); }
+inline __m128 Select(__m128 t, __m128 a, __m128 b) { return _mm_or_ps(_mm_and_ps(t, a), _mm_andnot_ps(t, b)); }
 #endif
 
-template <int64_t CT>
-inline void MaxTap(int64_t c, const float* __restrict xr, int32_t s, float* __restrict m,
-                   int32_t* __restrict ix) {
-  if (CT) c = CT;
-  int64_t k = 0;
+// Max (and, when Idx, argmax) over window `win` of the NL channels of x (channel stride c between
+// pixels) for output element o of y / idx. The accumulators stay in registers across the taps.
+// A value replaces the running max when greater, or when it is NaN and the max is not (the first
+// NaN wins); ties and all -inf windows go to the first real element (every window holds one).
+template <int64_t NL, bool Idx>
+inline void MaxWindow(const Pool2DDesc& d, const Win& win, int64_t c, const float* x, float* y, int32_t* idx,
+                      int64_t o) {
+  const int32_t first = static_cast<int32_t>(win.h0 * d.w + win.w0);
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 #if defined(__SSE2__)
-  float* ixf = reinterpret_cast<float*>(ix);
-  const __m128i sv = _mm_set1_epi32(s);
-  for (; k + 4 <= c; k += 4) {
-    __m128 nm;
-    __m128i ni;
-    MaxLanes(_mm_loadu_ps(xr + k), _mm_loadu_ps(m + k), sv, _mm_loadu_si128(reinterpret_cast<__m128i*>(ix + k)),
-             &nm, &ni);
-    _mm_storeu_ps(m + k, nm);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(ix + k), ni);
+  constexpr int64_t kV = (NL + 3) / 4;
+  auto lanes = [](int64_t v) { return std::min<int64_t>(4, NL - 4 * v); };
+  __m128 m[kV], a[kV];  // a: the argmax's int32 bits
+  for (int64_t v = 0; v < kV; ++v) {
+    m[v] = _mm_set1_ps(kNegInf);
+    a[v] = _mm_castsi128_ps(_mm_set1_epi32(first));
   }
-  if (const int64_t r = c - k) {
-    __m128 nm;
-    __m128i ni;
-    MaxLanes(LoadTail(xr + k, r), LoadTail(m + k, r), sv, _mm_castps_si128(LoadTail(ixf + k, r)), &nm, &ni);
-    StoreTail(m + k, nm, r);
-    StoreTail(ixf + k, _mm_castsi128_ps(ni), r);
+  for (int64_t ih = win.h0; ih < win.h1; ++ih)
+    for (int64_t iw = win.w0; iw < win.w1; ++iw) {
+      const int32_t s = static_cast<int32_t>(ih * d.w + iw);
+      const float* xr = x + s * c;
+      const __m128 sv = _mm_castsi128_ps(_mm_set1_epi32(s));
+      for (int64_t v = 0; v < kV; ++v) {
+        const __m128 xv = Load(xr + 4 * v, lanes(v));
+        // !(x <= m) is x > m or either is NaN; masking with "m is a number" keeps the first NaN.
+        const __m128 t = _mm_and_ps(_mm_cmpnle_ps(xv, m[v]), _mm_cmpord_ps(m[v], m[v]));
+        m[v] = Select(t, xv, m[v]);
+        if constexpr (Idx) a[v] = Select(t, sv, a[v]);
+      }
+    }
+  for (int64_t v = 0; v < kV; ++v) {
+    Store(y + o + 4 * v, m[v], lanes(v));
+    if constexpr (Idx) Store(reinterpret_cast<float*>(idx + o + 4 * v), a[v], lanes(v));
   }
 #else
-  for (; k < c; ++k) {
-    const float v = xr[k], cur = m[k];
-    if ((v > cur) | ((v != v) & (cur == cur))) {
-      m[k] = v;
-      ix[k] = s;
+  float m[NL];
+  int32_t a[NL];
+  std::fill(m, m + NL, kNegInf);
+  std::fill(a, a + NL, first);
+  for (int64_t ih = win.h0; ih < win.h1; ++ih)
+    for (int64_t iw = win.w0; iw < win.w1; ++iw) {
+      const int32_t s = static_cast<int32_t>(ih * d.w + iw);
+      for (int64_t k = 0; k < NL; ++k) {
+        const float v = x[s * c + k];
+        if ((v > m[k]) | ((v != v) & (m[k] == m[k]))) {
+          m[k] = v;
+          a[k] = s;
+        }
+      }
     }
-  }
+  std::copy(m, m + NL, y + o);
+  if constexpr (Idx) std::copy(a, a + NL, idx + o);
 #endif
-}
-
-template <int64_t CT>
-inline void SumTap(int64_t c, const float* __restrict xr, float* __restrict acc) {
-  if (CT) c = CT;
-  for (int64_t k = 0; k < c; ++k) acc[k] += xr[k];
 }
 
 // CT: the channel count as a compile-time constant (0: runtime), so the short channel loops of
-// small conv nets unroll instead of paying vector prologue/epilogue per tap.
-template <int64_t CT>
+// small conv nets unroll into one register block. Idx: also write the argmax (int32 spatial index
+// ih * W + iw per (n, c)) for the backward pass; the primal alone skips it.
+template <int64_t CT, bool Idx>
 void MaxFwd(const Pool2DDesc& d, const float* x, float* y, int32_t* idx) {
   const int64_t c = CT ? CT : d.c;
-  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 #pragma omp parallel for collapse(2) if (Work(d) > kParallelWork)
   for (int64_t n = 0; n < d.n; ++n)
     for (int64_t i = 0; i < d.oh; ++i) {
       const float* xn = x + n * d.h * d.w * c;
-      const int64_t o = (n * d.oh + i) * d.ow * c;
-      float* yr = y + o;
-      int32_t* ir = idx + o;
       for (int64_t j = 0; j < d.ow; ++j) {
         const Win win = Window(d, i, j);
-        // Ties and all -inf windows go to the first real element (every window holds one).
-        const int32_t first = static_cast<int32_t>(win.h0 * d.w + win.w0);
-#if defined(__SSE2__)
+        const int64_t o = ((n * d.oh + i) * d.ow + j) * c;
         if constexpr (CT > 0 && CT <= 16) {
-          // Accumulators in registers across the taps.
-          constexpr int64_t kV = (CT + 3) / 4;
-          __m128 m[kV];
-          __m128i ix[kV];
-          for (int64_t v = 0; v < kV; ++v) {
-            m[v] = _mm_set1_ps(kNegInf);
-            ix[v] = _mm_set1_epi32(first);
+          MaxWindow<CT, Idx>(d, win, c, xn, y, idx, o);
+        } else {
+          // Blocks of 16 channels (8 of the 16 SSE registers hold the accumulators), then the rest.
+          int64_t k = 0;
+          for (; k + 16 <= c; k += 16) MaxWindow<16, Idx>(d, win, c, xn + k, y, idx, o + k);
+          for (; k + 4 <= c; k += 4) MaxWindow<4, Idx>(d, win, c, xn + k, y, idx, o + k);
+          switch (c - k) {
+            case 1: MaxWindow<1, Idx>(d, win, c, xn + k, y, idx, o + k); break;
+            case 2: MaxWindow<2, Idx>(d, win, c, xn + k, y, idx, o + k); break;
+            case 3: MaxWindow<3, Idx>(d, win, c, xn + k, y, idx, o + k); break;
           }
-          for (int64_t ih = win.h0; ih < win.h1; ++ih)
-            for (int64_t iw = win.w0; iw < win.w1; ++iw) {
-              const int32_t s = static_cast<int32_t>(ih * d.w + iw);
-              const float* xr = xn + s * c;
-              const __m128i sv = _mm_set1_epi32(s);
-              for (int64_t v = 0; v < kV; ++v) {
-                const int64_t r = std::min<int64_t>(4, CT - 4 * v);
-                MaxLanes(r == 4 ? _mm_loadu_ps(xr + 4 * v) : LoadTail(xr + 4 * v, r), m[v], sv, ix[v], &m[v], &ix[v]);
-              }
-            }
-          for (int64_t v = 0; v < kV; ++v) {
-            const int64_t r = std::min<int64_t>(4, CT - 4 * v);
-            float* yo = yr + j * c + 4 * v;
-            float* io = reinterpret_cast<float*>(ir + j * c + 4 * v);
-            if (r == 4) {
-              _mm_storeu_ps(yo, m[v]);
-              _mm_storeu_ps(io, _mm_castsi128_ps(ix[v]));
-            } else {
-              StoreTail(yo, m[v], r);
-              StoreTail(io, _mm_castsi128_ps(ix[v]), r);
-            }
-          }
-          continue;
         }
-#endif
-        for (int64_t k = 0; k < c; ++k) {
-          yr[j * c + k] = kNegInf;
-          ir[j * c + k] = first;
-        }
-        for (int64_t ih = win.h0; ih < win.h1; ++ih)
-          for (int64_t iw = win.w0; iw < win.w1; ++iw) {
-            const int32_t s = static_cast<int32_t>(ih * d.w + iw);
-            MaxTap<CT>(c, xn + s * c, s, yr + j * c, ir + j * c);
-          }
       }
     }
 }
@@ -180,20 +155,31 @@ void MaxBwd(const Pool2DDesc& d, const int32_t* idx, const float* dy, float* dx)
   }
 }
 
-#define POOL_DISPATCH(c, F, ...)                         \
-  switch (c) {                                            \
-    case 1: F<1>(__VA_ARGS__); break;                     \
-    case 2: F<2>(__VA_ARGS__); break;                     \
-    case 3: F<3>(__VA_ARGS__); break;                     \
-    case 4: F<4>(__VA_ARGS__); break;                     \
-    case 6: F<6>(__VA_ARGS__); break;                     \
-    case 8: F<8>(__VA_ARGS__); break;                     \
-    case 16: F<16>(__VA_ARGS__); break;                   \
-    default: F<0>(__VA_ARGS__);                           \
+// Calls f(std::integral_constant<int64_t, CT>) with CT = c for the channel counts of small conv
+// nets, else CT = 0 (runtime count).
+template <typename F>
+void DispatchC(int64_t c, F&& f) {
+  using I = int64_t;
+  switch (c) {
+    case 1: f(std::integral_constant<I, 1>{}); break;
+    case 2: f(std::integral_constant<I, 2>{}); break;
+    case 3: f(std::integral_constant<I, 3>{}); break;
+    case 4: f(std::integral_constant<I, 4>{}); break;
+    case 6: f(std::integral_constant<I, 6>{}); break;
+    case 8: f(std::integral_constant<I, 8>{}); break;
+    case 16: f(std::integral_constant<I, 16>{}); break;
+    default: f(std::integral_constant<I, 0>{});
   }
+}
 
 inline float Divisor(const Pool2DDesc& d, const Win& win, bool include_pad) {
   return static_cast<float>(include_pad ? d.kh * d.kw : (win.h1 - win.h0) * (win.w1 - win.w0));
+}
+
+template <int64_t CT>
+inline void SumTap(int64_t c, const float* __restrict xr, float* __restrict acc) {
+  if (CT) c = CT;
+  for (int64_t k = 0; k < c; ++k) acc[k] += xr[k];
 }
 
 template <int64_t CT>
@@ -215,13 +201,45 @@ void AvgFwd(const Pool2DDesc& d, bool include_pad, const float* x, float* y) {
     }
 }
 
-// Gather form: each input pixel sums dy / divisor over the windows holding it, so dx is written
-// once (no zero fill, no read-modify-write) and rows split across threads without races. Window
-// ranges and divisors are tabulated once per call (integer divisions per pixel cost more than the
-// arithmetic).
+// Scatter form for windows that do not overlap (stride >= window): each input pixel lies in at
+// most one window, so a dx row is written once, left to right, with dy / divisor on the taps of its
+// windows and zeros only where no window reaches (gaps, rows and columns past the last window).
+template <int64_t CT>
+void AvgBwdDisjoint(const Pool2DDesc& d, const float* inv, const float* dy, float* dx) {
+  const int64_t c = CT ? CT : d.c;
+#pragma omp parallel for collapse(2) if (Work(d) > kParallelWork)
+  for (int64_t n = 0; n < d.n; ++n)
+    for (int64_t ih = 0; ih < d.h; ++ih) {
+      float* __restrict r = dx + (n * d.h + ih) * d.w * c;
+      const int64_t i = (ih + d.pt) / d.sh;  // the only window row that can hold ih
+      if (i >= d.oh || ih + d.pt - i * d.sh >= d.kh) {
+        std::memset(r, 0, d.w * c * sizeof(float));
+        continue;
+      }
+      const float* __restrict g = dy + (n * d.oh + i) * d.ow * c;
+      int64_t iw = 0;
+      for (int64_t j = 0; j < d.ow; ++j, g += c) {
+        const Win win = Window(d, i, j);
+        if (win.w0 > iw) std::memset(r + iw * c, 0, (win.w0 - iw) * c * sizeof(float));
+        const float q = inv[i * d.ow + j];
+        for (iw = win.w0; iw < win.w1; ++iw)
+          for (int64_t k = 0; k < c; ++k) r[iw * c + k] = g[k] * q;
+      }
+      if (d.w > iw) std::memset(r + iw * c, 0, (d.w - iw) * c * sizeof(float));
+    }
+}
+
+// Gather form for overlapping windows: each input pixel sums dy / divisor over the windows holding
+// it, so dx is written once (no zero fill, no read-modify-write) and rows split across threads
+// without races. Window ranges and divisors are tabulated once per call (integer divisions per
+// pixel cost more than the arithmetic).
 template <int64_t CT>
 void AvgBwd(const Pool2DDesc& d, bool include_pad, const float* dy, float* dx) {
   const int64_t c = CT ? CT : d.c;
+  std::vector<float> inv(d.oh * d.ow);
+  for (int64_t i = 0; i < d.oh; ++i)
+    for (int64_t j = 0; j < d.ow; ++j) inv[i * d.ow + j] = 1.f / Divisor(d, Window(d, i, j), include_pad);
+  if (d.sh >= d.kh && d.sw >= d.kw) return AvgBwdDisjoint<CT>(d, inv.data(), dy, dx);
   // Outputs i with i * s - p <= x < i * s - p + k, clipped to [0, out).
   auto range = [](int64_t x, int64_t p, int64_t k, int64_t s, int64_t out, int64_t* lo, int64_t* hi) {
     const int64_t a = x + p - k + 1;
@@ -231,9 +249,6 @@ void AvgBwd(const Pool2DDesc& d, bool include_pad, const float* dy, float* dx) {
   std::vector<int64_t> hr(2 * d.h), wr(2 * d.w);
   for (int64_t x = 0; x < d.h; ++x) range(x, d.pt, d.kh, d.sh, d.oh, &hr[2 * x], &hr[2 * x + 1]);
   for (int64_t x = 0; x < d.w; ++x) range(x, d.pl, d.kw, d.sw, d.ow, &wr[2 * x], &wr[2 * x + 1]);
-  std::vector<float> inv(d.oh * d.ow);
-  for (int64_t i = 0; i < d.oh; ++i)
-    for (int64_t j = 0; j < d.ow; ++j) inv[i * d.ow + j] = 1.f / Divisor(d, Window(d, i, j), include_pad);
 #pragma omp parallel for collapse(2) if (Work(d) > kParallelWork)
   for (int64_t n = 0; n < d.n; ++n)
     for (int64_t ih = 0; ih < d.h; ++ih) {
@@ -253,14 +268,25 @@ void AvgBwd(const Pool2DDesc& d, bool include_pad, const float* dy, float* dx) {
     }
 }
 
+// with_index 0 (the primal alone, nothing to differentiate) skips the argmax: idx is then empty.
 ffi::Error MaxPoolFwd(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::S32> idx,
-                      Span window, Span stride, Span pad_lo, Span pad_hi) {
+                      Span window, Span stride, Span pad_lo, Span pad_hi, int64_t with_index) {
   Pool2DDesc d;
   JAX_MPS_RETURN_IF_ERROR(MakePool2D("max_pool_fwd", x.dimensions(), y->dimensions(), window, stride, pad_lo, pad_hi, &d));
-  JAX_MPS_CHECK(idx->dimensions().size() == 4 && idx->element_count() == y->element_count(),
-                "max_pool_fwd: argmax must have the output's shape ", DimsStr(y->dimensions()));
+  JAX_MPS_CHECK(with_index == 0 || with_index == 1, "max_pool_fwd: with_index must be 0 or 1, got ", with_index);
+  if (with_index) {
+    JAX_MPS_CHECK(idx->dimensions().size() == 4 && idx->element_count() == y->element_count(),
+                  "max_pool_fwd: argmax must have the output's shape ", DimsStr(y->dimensions()), ", got ",
+                  DimsStr(idx->dimensions()));
+  } else {
+    JAX_MPS_CHECK(idx->element_count() == 0, "max_pool_fwd: argmax must be empty when with_index is 0, got ",
+                  DimsStr(idx->dimensions()));
+  }
   JAX_MPS_CHECK(d.h * d.w <= std::numeric_limits<int32_t>::max(), "max_pool_fwd: H * W must fit in int32");
-  POOL_DISPATCH(d.c, MaxFwd, d, x.typed_data(), y->typed_data(), idx->typed_data());
+  DispatchC(d.c, [&](auto ct) {
+    if (with_index) MaxFwd<decltype(ct)::value, true>(d, x.typed_data(), y->typed_data(), idx->typed_data());
+    else MaxFwd<decltype(ct)::value, false>(d, x.typed_data(), y->typed_data(), nullptr);
+  });
   return ffi::Error::Success();
 }
 
@@ -270,7 +296,7 @@ ffi::Error MaxPoolBwd(ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::F32> dy, ffi::
   JAX_MPS_RETURN_IF_ERROR(MakePool2D("max_pool_bwd", dx->dimensions(), dy.dimensions(), window, stride, pad_lo, pad_hi, &d));
   JAX_MPS_CHECK(idx.element_count() == dy.element_count(), "max_pool_bwd: argmax must have dy's shape ",
                 DimsStr(dy.dimensions()), ", got ", DimsStr(idx.dimensions()));
-  POOL_DISPATCH(d.c, MaxBwd, d, idx.typed_data(), dy.typed_data(), dx->typed_data());
+  DispatchC(d.c, [&](auto ct) { MaxBwd<decltype(ct)::value>(d, idx.typed_data(), dy.typed_data(), dx->typed_data()); });
   return ffi::Error::Success();
 }
 
@@ -278,7 +304,9 @@ ffi::Error AvgPoolFwd(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, Sp
                       Span pad_hi, int64_t count_include_pad) {
   Pool2DDesc d;
   JAX_MPS_RETURN_IF_ERROR(MakePool2D("avg_pool_fwd", x.dimensions(), y->dimensions(), window, stride, pad_lo, pad_hi, &d));
-  POOL_DISPATCH(d.c, AvgFwd, d, count_include_pad != 0, x.typed_data(), y->typed_data());
+  DispatchC(d.c, [&](auto ct) {
+    AvgFwd<decltype(ct)::value>(d, count_include_pad != 0, x.typed_data(), y->typed_data());
+  });
   return ffi::Error::Success();
 }
 
@@ -286,7 +314,9 @@ ffi::Error AvgPoolBwd(ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx, 
                       Span pad_hi, int64_t count_include_pad) {
   Pool2DDesc d;
   JAX_MPS_RETURN_IF_ERROR(MakePool2D("avg_pool_bwd", dx->dimensions(), dy.dimensions(), window, stride, pad_lo, pad_hi, &d));
-  POOL_DISPATCH(d.c, AvgBwd, d, count_include_pad != 0, dy.typed_data(), dx->typed_data());
+  DispatchC(d.c, [&](auto ct) {
+    AvgBwd<decltype(ct)::value>(d, count_include_pad != 0, dy.typed_data(), dx->typed_data());
+  });
   return ffi::Error::Success();
 }
 
@@ -343,7 +373,8 @@ ffi::Error GlobalAvgBwd(ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kMaxPoolFwd, MaxPoolFwd,
                               POOL_ATTRS(ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
-                                            .Ret<ffi::Buffer<ffi::S32>>()));
+                                            .Ret<ffi::Buffer<ffi::S32>>())
+                                  .Attr<int64_t>("with_index"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kMaxPoolBwd, MaxPoolBwd,
                               POOL_ATTRS(ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::S32>>().Arg<ffi::Buffer<ffi::F32>>()
                                             .Ret<ffi::Buffer<ffi::F32>>()));
