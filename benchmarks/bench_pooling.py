@@ -85,11 +85,12 @@ def torch_fns(op, k, s, p, cip):
 
 
 def timed(f, x, inner):
+    """Mean time of `inner` calls, each run to completion (no overlap of successive calls)."""
     t0 = time.perf_counter()
     for _ in range(inner):
         r = f(x)
-    if isinstance(r, jax.Array):
-        r.block_until_ready()
+        if isinstance(r, jax.Array):
+            r.block_until_ready()
     return (time.perf_counter() - t0) / inner
 
 
