@@ -120,6 +120,49 @@ def test_max_ties_and_special_values():
     assert np.isnan(float(mps.max_pool2d(x, 2)[0, 0, 0, 0]))
 
 
+# Non-overlapping windows (stride >= window) take the scatter backward: exact tiling, leftover
+# rows/columns, gaps between windows, padding on either side, rectangular windows.
+DISJOINT_2D = [
+    ((2, 8, 6, 6), 2, None, "VALID"), ((1, 6, 9, 16), (2, 3), None, "VALID"), ((2, 7, 9, 3), 2, None, "VALID"),
+    ((1, 7, 7, 5), 2, 2, "SAME"), ((2, 6, 7, 6), 3, (3, 4), ((2, 1), (0, 2))),
+    ((3, 5, 4, 20), (1, 2), (2, 2), ((0, 0), (1, 1))),
+]
+
+
+@pytest.mark.parametrize("shape,window,stride,padding", DISJOINT_2D)
+def test_avg_pool2d_disjoint(shape, window, stride, padding):
+    for cip in (False, True):
+        check_fwd_and_grads(lambda x: mps.avg_pool2d(x, window, stride, padding, cip),
+                            lambda x: ref.pool_avg(x, window, stride, padding, cip), (_x(shape),))
+
+
+# Runtime channel counts through the 16-, 4- and 1..3-channel register blocks of the max kernel
+# (the other tests cover the specialised counts and 17 = 16 + 1).
+@pytest.mark.parametrize("c", [7, 38])
+def test_max_pool2d_channels(c):
+    x = _x((2, 5, 6, c), seed=c)
+    f = lambda x: mps.max_pool2d(x, 3, 1, "SAME")
+    assert_close(jax.jit(f)(x), ref.pool_max(x, 3, 1, "SAME"))  # primal alone: no argmax
+    check_fwd_and_grads(f, lambda x: ref.pool_max(x, 3, 1, "SAME"), (x,))
+
+
+@pytest.mark.parametrize("c", [6, 37])
+def test_max_pool2d_primal_special_values(c):
+    # The primal-only kernel (no argmax) keeps NaN propagation, -inf handling and ties.
+    x = np.array(_x((2, 6, 5, c), seed=1))
+    x[0, 1, 2, :] = np.nan
+    x[1, :2, :2, : c // 2 + 1] = -np.inf
+    x[1, 4, 3, c - 1] = np.nan
+    x = jnp.asarray(x)
+    for geo in [(2, None, "VALID"), (3, 1, "SAME"), (3, 2, 1)]:
+        got = jax.jit(lambda x: mps.max_pool2d(x, *geo))(x)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(ref.pool_max(x, *geo)))
+    # Ties (the gradient's side is in test_max_ties_and_special_values).
+    x = jnp.round(x * 2) / 2
+    got = jax.jit(lambda x: mps.max_pool2d(x, 3, 1))(x)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(ref.pool_max(x, 3, 1)))
+
+
 def test_jit_vmap_value_and_grad():
     x = _x((3, 2, 6, 5, 4))
     f = lambda v: mps.max_pool2d(v, 2, 1, "SAME")
@@ -207,7 +250,8 @@ def test_cpp_validation():
     # Output shape inconsistent with the window.
     with pytest.raises(Exception, match="output must have shape"):
         jax.block_until_ready(_raw("jax_mps_max_pool_fwd", (jax.ShapeDtypeStruct((1, 3, 3, 2), f32),
-                                                            jax.ShapeDtypeStruct((1, 3, 3, 2), i32)), x, **geo))
+                                                            jax.ShapeDtypeStruct((1, 3, 3, 2), i32)), x, **geo,
+                                   with_index=np.int64(1)))
     # Padding as large as the window.
     with pytest.raises(Exception, match="padding must be smaller than the window"):
         jax.block_until_ready(_raw("jax_mps_avg_pool_fwd", jax.ShapeDtypeStruct((1, 3, 3, 2), f32), x,
@@ -229,3 +273,17 @@ def test_cpp_validation():
     with pytest.raises(Exception, match="output must have shape"):
         jax.block_until_ready(_raw("jax_mps_upsample2d_bwd", jax.ShapeDtypeStruct((1, 4, 4, 2), f32),
                                    jnp.ones((1, 8, 7, 2)), sh=np.int64(2), sw=np.int64(2), method="nearest"))
+    # with_index: 1 needs an argmax of y's size, 0 an empty one.
+    y_spec = jax.ShapeDtypeStruct((1, 2, 2, 2), f32)
+    with pytest.raises(Exception, match="argmax must have the output's shape"):
+        jax.block_until_ready(_raw("jax_mps_max_pool_fwd", (y_spec, jax.ShapeDtypeStruct((0,), i32)), x, **geo,
+                                   with_index=np.int64(1)))
+    with pytest.raises(Exception, match="argmax must be empty when with_index is 0"):
+        jax.block_until_ready(_raw("jax_mps_max_pool_fwd", (y_spec, jax.ShapeDtypeStruct((1, 2, 2, 2), i32)), x,
+                                   **geo, with_index=np.int64(0)))
+    with pytest.raises(Exception, match="with_index must be 0 or 1"):
+        jax.block_until_ready(_raw("jax_mps_max_pool_fwd", (y_spec, jax.ShapeDtypeStruct((0,), i32)), x, **geo,
+                                   with_index=np.int64(2)))
+    y, idx = _raw("jax_mps_max_pool_fwd", (y_spec, jax.ShapeDtypeStruct((0,), i32)), x, **geo,
+                  with_index=np.int64(0))
+    assert idx.shape == (0,) and float(jnp.abs(y - 1).max()) == 0.0

@@ -59,19 +59,20 @@ def _in_spec(g, geo):
 
 # ---- max pooling ------------------------------------------------------------------------------
 
-def _max_call(x, geo):
-    return _ffi.call("jax_mps_max_pool_fwd", (_out_spec(x, geo), _out_spec(x, geo, jnp.int32)), x, fold=[True],
+def _max_call(x, geo, with_index):
+    # Without the index (nothing differentiated) the kernel skips the argmax; idx is then empty.
+    idx = _out_spec(x, geo, jnp.int32) if with_index else _ffi.spec((0,), jnp.int32)
+    return _ffi.call("jax_mps_max_pool_fwd", (_out_spec(x, geo), idx), x, fold=[True], with_index=with_index,
                      **_attrs(geo))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _max_pool(x, geo):
-    return _max_call(x, geo)[0]
+    return _max_call(x, geo, False)[0]
 
 
 def _max_pool_fwd(x, geo):
-    y, idx = _max_call(x, geo)
-    return y, idx
+    return _max_call(x, geo, True)
 
 
 def _max_pool_bwd(geo, idx, g):
