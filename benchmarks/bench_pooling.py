@@ -1,8 +1,9 @@
 """Max / average pooling, forward and forward+backward: jax_mps vs XLA-native lax.reduce_window vs PyTorch.
 
-Not a test. One process; every implementation is jitted (torch runs eagerly on NCHW tensors),
-checked against the others once, warmed up, then timed interleaved (A, B, C, A, B, C, ...) so load
-from other processes hits all alike; prints medians and the speed-up of jax_mps over each.
+Not a test. One process; the JAX implementations are jitted (torch runs eagerly on NCHW tensors),
+checked against each other once, warmed up, then timed interleaved (A, B, C, A, B, C, ...) so load
+from other processes hits all alike, each sample the mean of ~2 ms of calls run one after another
+to completion; prints medians and the speed-up of jax_mps over each.
 "fwd" is the primal alone (nothing differentiated), "fwd+bwd" the gradient of sum(pool(x)**2).
 Usage: python benchmarks/bench_pooling.py [--reps 10] [--threads 2] [--only max]
 On a machine shared with other load, compare the ratios of one run rather than absolute times.

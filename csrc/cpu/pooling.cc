@@ -66,7 +66,8 @@ inline void MaxStep(V4 x, V4 sv, V4* m, V4* a) {
   *m = _mm_or_ps(_mm_and_ps(t, x), _mm_andnot_ps(t, *m));
   if constexpr (Idx) *a = _mm_or_ps(_mm_and_ps(t, sv), _mm_andnot_ps(t, *a));
 }
-// MaxStep for NaN-free x (maxps keeps m where x is NaN), in half the instructions.
+// MaxStep for NaN-free x (maxps keeps m where x is NaN) in fewer instructions; a window holding a
+// NaN is redone with MaxStep.
 template <bool Idx>
 inline void MaxStepNumbers(V4 x, V4 sv, V4* m, V4* a) {
   const __m128 nm = _mm_max_ps(x, *m);
