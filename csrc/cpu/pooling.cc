@@ -191,23 +191,26 @@ inline void MaxWindow(const Pool2DDesc& d, const Win& win, int64_t c, const floa
   }
 }
 
+// Calls f(xn, win, o) for every output window of the forward passes: xn is the window's image in
+// x, o the offset of its output channels; threads split (image, output row) pairs.
+template <typename F>
+void ForEachWindow(const Pool2DDesc& d, int64_t c, const float* x, F&& f) {
+#pragma omp parallel for collapse(2) if (Work(d) > kParallelWork)
+  for (int64_t n = 0; n < d.n; ++n)
+    for (int64_t i = 0; i < d.oh; ++i)
+      for (int64_t j = 0; j < d.ow; ++j) f(x + n * d.h * d.w * c, Window(d, i, j), ((n * d.oh + i) * d.ow + j) * c);
+}
+
 // CT: the channel count as a compile-time constant (0: runtime). Idx: also write the argmax for
 // the backward pass; the primal alone skips it.
 template <int64_t CT, bool Idx>
 void MaxFwd(const Pool2DDesc& d, const float* x, float* y, int32_t* idx) {
   const int64_t c = CT ? CT : d.c;
-#pragma omp parallel for collapse(2) if (Work(d) > kParallelWork)
-  for (int64_t n = 0; n < d.n; ++n)
-    for (int64_t i = 0; i < d.oh; ++i) {
-      const float* xn = x + n * d.h * d.w * c;
-      for (int64_t j = 0; j < d.ow; ++j) {
-        const Win win = Window(d, i, j);
-        const int64_t o = ((n * d.oh + i) * d.ow + j) * c;
-        ForBlocks<CT, Idx ? 16 : 32>(c, [&](auto nl, int64_t k) {
-          MaxWindow<decltype(nl)::value, Idx>(d, win, c, xn + k, y + o + k, Idx ? idx + o + k : nullptr);
-        });
-      }
-    }
+  ForEachWindow(d, c, x, [&](const float* xn, const Win& win, int64_t o) {
+    ForBlocks<CT, Idx ? 16 : 32>(c, [&](auto nl, int64_t k) {
+      MaxWindow<decltype(nl)::value, Idx>(d, win, c, xn + k, y + o + k, Idx ? idx + o + k : nullptr);
+    });
+  });
 }
 
 template <int64_t CT>
@@ -248,26 +251,19 @@ inline float Divisor(const Pool2DDesc& d, const Win& win, bool include_pad) {
 template <int64_t CT>
 void AvgFwd(const Pool2DDesc& d, bool include_pad, const float* x, float* y) {
   const int64_t c = CT ? CT : d.c;
-#pragma omp parallel for collapse(2) if (Work(d) > kParallelWork)
-  for (int64_t n = 0; n < d.n; ++n)
-    for (int64_t i = 0; i < d.oh; ++i) {
-      const float* xn = x + n * d.h * d.w * c;
-      for (int64_t j = 0; j < d.ow; ++j) {
-        const Win win = Window(d, i, j);
-        const V4 inv = Set1(1.f / Divisor(d, win, include_pad));
-        float* yo = y + ((n * d.oh + i) * d.ow + j) * c;
-        ForBlocks<CT>(c, [&](auto nl, int64_t k) {
-          using B = Blk<decltype(nl)::value>;
-          V4 acc[B::kV];
-          for (int64_t v = 0; v < B::kV; ++v) acc[v] = Set1(0.f);
-          for (int64_t ih = win.h0; ih < win.h1; ++ih)
-            for (int64_t iw = win.w0; iw < win.w1; ++iw)
-              for (int64_t v = 0; v < B::kV; ++v)
-                acc[v] = Add(acc[v], Load(xn + (ih * d.w + iw) * c + k + 4 * v, B::Lanes(v)));
-          for (int64_t v = 0; v < B::kV; ++v) Store(yo + k + 4 * v, Mul(acc[v], inv), B::Lanes(v));
-        });
-      }
-    }
+  ForEachWindow(d, c, x, [&](const float* xn, const Win& win, int64_t o) {
+    const V4 inv = Set1(1.f / Divisor(d, win, include_pad));
+    ForBlocks<CT>(c, [&](auto nl, int64_t k) {
+      using B = Blk<decltype(nl)::value>;
+      V4 acc[B::kV];
+      for (int64_t v = 0; v < B::kV; ++v) acc[v] = Set1(0.f);
+      for (int64_t ih = win.h0; ih < win.h1; ++ih)
+        for (int64_t iw = win.w0; iw < win.w1; ++iw)
+          for (int64_t v = 0; v < B::kV; ++v)
+            acc[v] = Add(acc[v], Load(xn + (ih * d.w + iw) * c + k + 4 * v, B::Lanes(v)));
+      for (int64_t v = 0; v < B::kV; ++v) Store(y + o + k + 4 * v, Mul(acc[v], inv), B::Lanes(v));
+    });
+  });
 }
 
 // Scatter form for windows that do not overlap (stride >= window): each input pixel lies in at
