@@ -1,7 +1,7 @@
 """Conv / dense fwd and fwd+bwd at LeNet-5 sizes (batch 128): jax_mps vs XLA-native JAX (jitted
 lax.conv_general_dilated / jnp.dot) vs PyTorch (CPU, torch.nn.functional.conv2d / linear).
 
-Run: OMP_NUM_THREADS=2 PYTHONPATH=src python benchmarks/bench_conv.py [--reps N] [--cpu-time]
+Run: OMP_NUM_THREADS=2 python benchmarks/bench_conv.py [--reps N] [--cpu-time]
 One process; every case is first checked to give the same result on all sides, warmed up, then
 timed interleaved in blocks of 20 (mps, xla, torch, mps, ...); prints medians and the speed-up of
 jax_mps (other / mps) vs XLA and vs torch. fwd+bwd is jitted value_and_grad of <y, ct> in JAX and

@@ -1,7 +1,7 @@
 """batch_norm (training mode, with and without fused relu) forward and forward + backward (all of
 x, scale, bias): jax_mps vs jitted XLA of the same math vs PyTorch (CPU, F.batch_norm(training=True)).
 
-Usage: PYTHONPATH=src python benchmarks/bench_normalization.py [N H W C] [reps]
+Usage: python benchmarks/bench_normalization.py [N H W C] [reps]
 One process; each case is checked to give the same result on all sides, warmed up, then timed
 interleaved (mps, xla, torch, mps, ...); prints medians and the speed-up of jax_mps (other time /
 jax_mps time) vs XLA and vs torch. Thread counts come from the environment (OMP_NUM_THREADS for

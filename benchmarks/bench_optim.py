@@ -3,7 +3,7 @@ runtime call) vs jitted optax.adam + optax.apply_updates with donated params and
 torch.optim.Adam over tensors of the same sizes (fused=True, torch's fastest CPU Adam; foreach=True
 where fused is unsupported; --torch-impl picks).
 
-    PYTHONPATH=src python benchmarks/bench_optim.py [--iters 40] [--params 25e6] [--leaves 200] [--torch-impl fused]
+    python benchmarks/bench_optim.py [--iters 40] [--params 25e6] [--leaves 200] [--torch-impl fused]
 
 All start from the same params and use the same grads; after the warm-up steps the params are
 checked to agree. Steps alternate (mps, optax, torch, mps, ...) so machine load hits all alike;

@@ -7,7 +7,7 @@
 
 namespace nb = nanobind;
 
-NB_MODULE(_core, m) {
+NB_MODULE(_jax_mps_cpu, m) {
   m.def("registrations", [] {
     nb::list out;
     for (const auto& t : jax_mps::Registry())

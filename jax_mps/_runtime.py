@@ -29,7 +29,14 @@ def _preload_dnnl() -> None:
 
 
 _preload_dnnl()
-from . import _core  # noqa: E402
+try:
+    # A top-level module installed beside the package (not inside it), so that the source tree's
+    # jax_mps/ -- first on sys.path when pytest runs from the repository root -- finds it too.
+    import _jax_mps_cpu as _core  # noqa: E402
+except ImportError as e:  # pragma: no cover - only without a build
+    raise ImportError(
+        "jax_mps: the compiled runtime (_jax_mps_cpu) is not installed; run "
+        "`python -m pip install .` (or tools/dev_build.sh and PYTHONPATH=build/dev)") from e
 
 TARGETS: dict[str, set[str]] = {}  # target name -> platforms it is registered for
 
