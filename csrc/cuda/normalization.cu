@@ -1,0 +1,523 @@
+// Batch norm (training and inference), instance norm and local response norm on CUDA.
+// x is viewed as (G, S, C) (runtime/normalization.h): statistics per (g, c) over the S rows of
+// group g. Column kernels (32 channels x 8 row lanes per block, row slices across blocks) add
+// their double partials into device scratch with atomics; a per-channel kernel turns the sums
+// into statistics/coefficients; one element-wise pass writes y (or dx). The mean is kept in
+// double so that x - mean keeps its precision under a large common offset (as on the CPU).
+// Fused activations follow cuda/act.cuh; the pre-activation is recomputed where needed.
+#include "cuda/act.cuh"
+#include "cuda/common.cuh"
+#include "cuda/reduce.cuh"
+#include "runtime/normalization.h"
+
+namespace jax_mps::cuda {
+namespace {
+
+using Buf = ffi::AnyBuffer;
+using Res = ffi::Result<ffi::AnyBuffer>;
+
+// Per-(g, c) coefficients of the element-wise passes, in scratch.
+struct Coef {
+  double* m;  // mean (G*C)
+  float* a;   // scale * rstd (G*C)
+  float* b;   // bias, or the gradient pass's b (G*C)
+  float* d;   // gradient pass's constant term (G*C)
+};
+
+inline dim3 ColGrid3(const NormView& v) {
+  dim3 g = ColGrid(v.S, v.C);
+  g.z = unsigned(v.G);
+  return g;
+}
+
+// sums[2 * (g*C + c)] += sum x, sums[... + 1] += sum x^2 (double).
+template <typename T>
+__global__ void StatsK(int64_t S, int64_t C, const T* x, double* sums) {
+  const int64_t c = int64_t(blockIdx.x) * kColX + threadIdx.x, g = blockIdx.z;
+  double s = 0.0, ss = 0.0;
+  if (c < C)
+    for (int64_t r = int64_t(blockIdx.y) * kColY + threadIdx.y; r < S; r += int64_t(gridDim.y) * kColY) {
+      const double v = Ld(x[(g * S + r) * C + c]);
+      s += v;
+      ss += v * v;
+    }
+  ColFlush(s, sums, 2 * (g * C + c), 2 * (g * C + C));
+  ColFlush(ss, sums, 2 * (g * C + c) + 1, 2 * (g * C + C));
+}
+
+// From the sums: mean / var / rstd outputs (nullptr: not wanted) and the forward coefficients.
+template <typename T>
+__global__ void FinishStatsK(int64_t G, int64_t S, int64_t C, float eps, const double* sums, const T* scale,
+                             const T* bias, T* mean_out, T* var_out, T* rstd_out, Coef k) {
+  JAX_MPS_GRID_STRIDE(i, G * C) {
+    const int64_t c = i % C;
+    const double m = sums[2 * i] / double(S);
+    double var = sums[2 * i + 1] / double(S) - m * m;
+    if (var < 0.0) var = 0.0;
+    const double r = 1.0 / sqrt(var + double(eps));
+    if (mean_out) mean_out[i] = St<T>(float(m));
+    if (var_out) var_out[i] = St<T>(float(var));
+    if (rstd_out) rstd_out[i] = St<T>(float(r));
+    k.m[i] = m;
+    k.a[i] = float(double(Ld(scale[c])) * r);
+    k.b[i] = Ld(bias[c]);
+  }
+}
+
+// Inference: coefficients from the given statistics.
+template <typename T>
+__global__ void GivenStatsK(int64_t C, float eps, const T* scale, const T* bias, const T* mean, const T* var, Coef k) {
+  JAX_MPS_GRID_STRIDE(c, C) {
+    const double r = 1.0 / sqrt(double(Ld(var[c])) + double(eps));
+    k.m[c] = Ld(mean[c]);
+    k.a[c] = float(double(Ld(scale[c])) * r);
+    k.b[c] = Ld(bias[c]);
+  }
+}
+
+// y = act((x - m) * a + b), per (g, c).
+template <typename T>
+__global__ void AffineK(int64_t G, int64_t S, int64_t C, Act act, float alpha, const T* x, Coef k, T* y) {
+  JAX_MPS_GRID_STRIDE(e, G * S * C) {
+    const int64_t gc = (e / (S * C)) * C + e % C;
+    const float z = float(double(Ld(x[e])) - k.m[gc]) * k.a[gc] + k.b[gc];
+    y[e] = St<T>(ActF(act, alpha, z));
+  }
+}
+
+// The gradient w.r.t. the pre-activation z at element e (z recomputed from x unless from_output).
+template <typename T>
+__device__ __forceinline__ float Dz(int64_t e, int64_t gc, Act act, float alpha, bool from_output, const T* x,
+                                    const T* s, const T* dy, const Coef& k) {
+  const float g = Ld(dy[e]);
+  if (act == Act::kNone) return g;
+  if (from_output) return ActGFromOutput(act, alpha, Ld(s[e]), g);
+  const float z = float(double(Ld(x[e])) - k.m[gc]) * k.a[gc] + k.b[gc];
+  return ActG(act, alpha, z, g);
+}
+
+// sums[2 * gc] += sum dz, sums[2 * gc + 1] += sum dz * (x - m).
+template <typename T>
+__global__ void GradSumsK(int64_t S, int64_t C, Act act, float alpha, bool from_output, const T* x, const T* s,
+                          const T* dy, Coef k, double* sums) {
+  const int64_t c = int64_t(blockIdx.x) * kColX + threadIdx.x, g = blockIdx.z, gc = g * C + c;
+  double sd = 0.0, sdx = 0.0;
+  if (c < C)
+    for (int64_t r = int64_t(blockIdx.y) * kColY + threadIdx.y; r < S; r += int64_t(gridDim.y) * kColY) {
+      const int64_t e = (g * S + r) * C + c;
+      const double dz = Dz(e, gc, act, alpha, from_output, x, s, dy, k);
+      sd += dz;
+      sdx += dz * (double(Ld(x[e])) - k.m[gc]);
+    }
+  ColFlush(sd, sums, 2 * gc, 2 * (g * C + C));
+  ColFlush(sdx, sums, 2 * gc + 1, 2 * (g * C + C));
+}
+
+// dx = ga * dz + gb * (x - m) + gd, with (ga, gb, gd) = (k.a as the forward's scale*rstd, k2.b, k2.d).
+template <typename T>
+__global__ void GradInputK(int64_t G, int64_t S, int64_t C, Act act, float alpha, bool from_output, const T* x,
+                           const T* s, const T* dy, Coef k, const float* gb, const float* gd, T* dx) {
+  JAX_MPS_GRID_STRIDE(e, G * S * C) {
+    const int64_t gc = (e / (S * C)) * C + e % C;
+    const float dz = Dz(e, gc, act, alpha, from_output, x, s, dy, k);
+    dx[e] = St<T>(k.a[gc] * dz + gb[gc] * float(double(Ld(x[e])) - k.m[gc]) + gd[gc]);
+  }
+}
+
+// Batch-norm training backward coefficients (exact paths through the mean and var outputs).
+template <typename T>
+__global__ void BnBwdCoefK(int64_t C, double M, const double* sums, const T* scale, const T* rstd, const T* dmean,
+                           const T* dvar, float* gb, float* gd, T* dscale, T* dbias) {
+  JAX_MPS_GRID_STRIDE(c, C) {
+    const double r = Ld(rstd[c]), g = Ld(scale[c]), sdz = sums[2 * c], sdzx = sums[2 * c + 1];
+    dbias[c] = St<T>(float(sdz));
+    dscale[c] = St<T>(float(r * sdzx));
+    gb[c] = float((-g * r * r * r * sdzx + 2.0 * double(Ld(dvar[c]))) / M);
+    gd[c] = float((-g * r * sdz + double(Ld(dmean[c]))) / M);
+  }
+}
+
+template <typename T>
+__global__ void BniBwdCoefK(int64_t C, float eps, const double* sums, const T* scale, const T* var, float* gb,
+                            float* gd, T* dscale, T* dbias, T* dmean, T* dvar) {
+  JAX_MPS_GRID_STRIDE(c, C) {
+    const double r = 1.0 / sqrt(double(Ld(var[c])) + double(eps)), g = Ld(scale[c]);
+    const double sdz = sums[2 * c], sdzx = sums[2 * c + 1];
+    dbias[c] = St<T>(float(sdz));
+    dscale[c] = St<T>(float(r * sdzx));
+    dmean[c] = St<T>(float(-g * r * sdz));
+    dvar[c] = St<T>(float(-0.5 * g * r * r * r * sdzx));
+    gb[c] = 0.f;
+    gd[c] = 0.f;
+  }
+}
+
+// Instance norm backward: per-(g, c) coefficients, and dscale / dbias summed over g in order.
+template <typename T>
+__global__ void InBwdCoefK(int64_t G, int64_t C, double S, const double* sums, const T* scale, const T* rstd,
+                           float* gb, float* gd, T* dscale, T* dbias) {
+  JAX_MPS_GRID_STRIDE(c, C) {
+    const double g = Ld(scale[c]);
+    double ds = 0.0, db = 0.0;
+    for (int64_t n = 0; n < G; ++n) {
+      const int64_t i = n * C + c;
+      const double r = Ld(rstd[i]), sdz = sums[2 * i], sdzx = sums[2 * i + 1];
+      ds += r * sdzx;
+      db += sdz;
+      gb[i] = float(-g * r * r * r * sdzx / S);
+      gd[i] = float(-g * r * sdz / S);
+    }
+    dscale[c] = St<T>(float(ds));
+    dbias[c] = St<T>(float(db));
+  }
+}
+
+// Instance norm: coefficients from the saved per-(g, c) mean and rstd.
+template <typename T>
+__global__ void SavedStatsK(int64_t G, int64_t C, const T* scale, const T* mean, const T* rstd, Coef k) {
+  JAX_MPS_GRID_STRIDE(i, G * C) {
+    k.m[i] = Ld(mean[i]);
+    k.a[i] = Ld(scale[i % C]) * Ld(rstd[i]);
+    k.b[i] = 0.f;
+  }
+}
+
+// Batch norm backward: coefficients from the saved mean and rstd.
+template <typename T>
+__global__ void SavedBnStatsK(int64_t C, const T* scale, const T* bias, const T* mean, const T* rstd, Coef k) {
+  JAX_MPS_GRID_STRIDE(c, C) {
+    k.m[c] = Ld(mean[c]);
+    k.a[c] = Ld(scale[c]) * Ld(rstd[c]);
+    k.b[c] = Ld(bias[c]);
+  }
+}
+
+// Scratch for G*C statistics: coefficients, the gradient pass's b/d and 2*G*C double sums.
+struct Work {
+  Coef k;
+  float* gb;
+  float* gd;
+  double* sums;
+};
+
+ffi::Error MakeWork(Ctx& ctx, const char* op, int64_t stats, Work* w) {
+  const size_t n = size_t(stats);
+  ffi::Error err;
+  char* p = static_cast<char*>(Scratch(ctx, n * (8 + 4 * 4) + 2 * n * 8 + 64, op, &err));
+  if (!p) return err;
+  w->sums = reinterpret_cast<double*>(p);
+  w->k.m = w->sums + 2 * n;
+  float* f = reinterpret_cast<float*>(w->k.m + n);
+  w->k.a = f;
+  w->k.b = f + n;
+  w->k.d = f + 2 * n;
+  w->gb = f + 2 * n;
+  w->gd = f + 3 * n;
+  JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(w->sums, 0, 2 * n * sizeof(double), ctx.stream));
+  return ffi::Error::Success();
+}
+
+ffi::Error SameDtype(const char* op, ffi::DataType t, std::initializer_list<std::pair<const char*, const Buf*>> bs) {
+  for (auto& [name, b] : bs) JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, name, *b, t));
+  return ffi::Error::Success();
+}
+
+// ---- batch norm, training mode ----
+
+ffi::Error BnFwd(Ctx ctx, Buf x, Buf scale, Buf bias, Res y, Res mean, Res var, Res rstd, float eps, int64_t act,
+                 float alpha) {
+  const char* op = "batch_norm";
+  NormView v;
+  JAX_MPS_RETURN_IF_ERROR(BatchNormView(op, x.dimensions(), &v));
+  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "scale", scale.dimensions(), v.C));
+  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "bias", bias.dimensions(), v.C));
+  JAX_MPS_RETURN_IF_ERROR(CheckEpsilon(op, eps));
+  JAX_MPS_RETURN_IF_ERROR(CheckFusedAct(op, act, alpha, 0));
+  JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "y", y->element_count(), x.element_count()));
+  for (auto* r : {&mean, &var, &rstd}) JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "stats", (*r)->element_count(), v.C));
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x.element_type(), {{"scale", &scale}, {"bias", &bias}, {"y", &*y},
+                                                           {"mean", &*mean}, {"var", &*var}, {"rstd", &*rstd}}));
+  Work w;
+  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.C, &w));
+  return DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    StatsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, ctx.stream>>>(v.S, v.C, Ptr<const T>(x), w.sums);
+    FinishStatsK<T><<<Blocks(v.C), 256, 0, ctx.stream>>>(1, v.S, v.C, eps, w.sums, Ptr<const T>(scale),
+                                                        Ptr<const T>(bias), Ptr<T>(*mean), Ptr<T>(*var),
+                                                        Ptr<T>(*rstd), w.k);
+    AffineK<T><<<Blocks(x.element_count()), 256, 0, ctx.stream>>>(1, v.S, v.C, Act(act), alpha, Ptr<const T>(x),
+                                                                  w.k, Ptr<T>(*y));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error BnBwd(Ctx ctx, Buf x, Buf scale, Buf bias, Buf mean, Buf rstd, Buf s, Buf dy, Buf dmean, Buf dvar, Res dx,
+                 Res dscale, Res dbias, int64_t act, float alpha, int64_t from_output) {
+  const char* op = "batch_norm_bwd";
+  NormView v;
+  JAX_MPS_RETURN_IF_ERROR(BatchNormView(op, x.dimensions(), &v));
+  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "scale", scale.dimensions(), v.C));
+  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "bias", bias.dimensions(), v.C));
+  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "mean", mean.dimensions(), v.C));
+  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "rstd", rstd.dimensions(), v.C));
+  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "dmean", dmean.dimensions(), v.C));
+  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "dvar", dvar.dimensions(), v.C));
+  JAX_MPS_RETURN_IF_ERROR(CheckSame(op, "y", s.dimensions(), x.dimensions()));
+  JAX_MPS_RETURN_IF_ERROR(CheckSame(op, "dy", dy.dimensions(), x.dimensions()));
+  JAX_MPS_RETURN_IF_ERROR(CheckFusedAct(op, act, alpha, from_output));
+  JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "dx", dx->element_count(), x.element_count()));
+  for (auto* r : {&dscale, &dbias})
+    JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "dscale/dbias", (*r)->element_count(), v.C));
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x.element_type(),
+                                    {{"scale", &scale}, {"bias", &bias}, {"mean", &mean}, {"rstd", &rstd},
+                                     {"y", &s}, {"dy", &dy}, {"dmean", &dmean}, {"dvar", &dvar}, {"dx", &*dx},
+                                     {"dscale", &*dscale}, {"dbias", &*dbias}}));
+  Work w;
+  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.C, &w));
+  const bool fo = from_output != 0;
+  return DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    SavedBnStatsK<T><<<Blocks(v.C), 256, 0, ctx.stream>>>(v.C, Ptr<const T>(scale), Ptr<const T>(bias),
+                                                         Ptr<const T>(mean), Ptr<const T>(rstd), w.k);
+    GradSumsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, ctx.stream>>>(v.S, v.C, Act(act), alpha, fo, Ptr<const T>(x),
+                                                                     Ptr<const T>(s), Ptr<const T>(dy), w.k, w.sums);
+    BnBwdCoefK<T><<<Blocks(v.C), 256, 0, ctx.stream>>>(v.C, double(v.S), w.sums, Ptr<const T>(scale),
+                                                      Ptr<const T>(rstd), Ptr<const T>(dmean), Ptr<const T>(dvar),
+                                                      w.gb, w.gd, Ptr<T>(*dscale), Ptr<T>(*dbias));
+    GradInputK<T><<<Blocks(x.element_count()), 256, 0, ctx.stream>>>(1, v.S, v.C, Act(act), alpha, fo,
+                                                                     Ptr<const T>(x), Ptr<const T>(s),
+                                                                     Ptr<const T>(dy), w.k, w.gb, w.gd, Ptr<T>(*dx));
+    return LaunchStatus(op);
+  });
+}
+
+// ---- batch norm, inference mode (given statistics) ----
+
+ffi::Error CheckBni(const char* op, Buf& x, Buf& scale, Buf& bias, Buf& mean, Buf& var, float eps, NormView* v) {
+  JAX_MPS_RETURN_IF_ERROR(BatchNormView(op, x.dimensions(), v));
+  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "scale", scale.dimensions(), v->C));
+  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "bias", bias.dimensions(), v->C));
+  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "mean", mean.dimensions(), v->C));
+  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "var", var.dimensions(), v->C));
+  JAX_MPS_RETURN_IF_ERROR(
+      SameDtype(op, x.element_type(), {{"scale", &scale}, {"bias", &bias}, {"mean", &mean}, {"var", &var}}));
+  return CheckEpsilon(op, eps);
+}
+
+ffi::Error BniFwd(Ctx ctx, Buf x, Buf scale, Buf bias, Buf mean, Buf var, Res y, float eps, int64_t act, float alpha) {
+  const char* op = "batch_norm_inference";
+  NormView v;
+  JAX_MPS_RETURN_IF_ERROR(CheckBni(op, x, scale, bias, mean, var, eps, &v));
+  JAX_MPS_RETURN_IF_ERROR(CheckFusedAct(op, act, alpha, 0));
+  JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "y", y->element_count(), x.element_count()));
+  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "y", *y, x.element_type()));
+  Work w;
+  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.C, &w));
+  return DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    GivenStatsK<T><<<Blocks(v.C), 256, 0, ctx.stream>>>(v.C, eps, Ptr<const T>(scale), Ptr<const T>(bias),
+                                                       Ptr<const T>(mean), Ptr<const T>(var), w.k);
+    AffineK<T><<<Blocks(x.element_count()), 256, 0, ctx.stream>>>(1, v.S, v.C, Act(act), alpha, Ptr<const T>(x),
+                                                                  w.k, Ptr<T>(*y));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error BniBwd(Ctx ctx, Buf x, Buf scale, Buf bias, Buf mean, Buf var, Buf s, Buf dy, Res dx, Res dscale,
+                  Res dbias, Res dmean, Res dvar, float eps, int64_t act, float alpha, int64_t from_output) {
+  const char* op = "batch_norm_inference_bwd";
+  NormView v;
+  JAX_MPS_RETURN_IF_ERROR(CheckBni(op, x, scale, bias, mean, var, eps, &v));
+  JAX_MPS_RETURN_IF_ERROR(CheckSame(op, "y", s.dimensions(), x.dimensions()));
+  JAX_MPS_RETURN_IF_ERROR(CheckSame(op, "dy", dy.dimensions(), x.dimensions()));
+  JAX_MPS_RETURN_IF_ERROR(CheckFusedAct(op, act, alpha, from_output));
+  JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "dx", dx->element_count(), x.element_count()));
+  for (auto* r : {&dscale, &dbias, &dmean, &dvar})
+    JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "parameter gradient", (*r)->element_count(), v.C));
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x.element_type(),
+                                    {{"y", &s}, {"dy", &dy}, {"dx", &*dx}, {"dscale", &*dscale},
+                                     {"dbias", &*dbias}, {"dmean", &*dmean}, {"dvar", &*dvar}}));
+  Work w;
+  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.C, &w));
+  const bool fo = from_output != 0;
+  return DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    GivenStatsK<T><<<Blocks(v.C), 256, 0, ctx.stream>>>(v.C, eps, Ptr<const T>(scale), Ptr<const T>(bias),
+                                                       Ptr<const T>(mean), Ptr<const T>(var), w.k);
+    GradSumsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, ctx.stream>>>(v.S, v.C, Act(act), alpha, fo, Ptr<const T>(x),
+                                                                     Ptr<const T>(s), Ptr<const T>(dy), w.k, w.sums);
+    BniBwdCoefK<T><<<Blocks(v.C), 256, 0, ctx.stream>>>(v.C, eps, w.sums, Ptr<const T>(scale), Ptr<const T>(var),
+                                                       w.gb, w.gd, Ptr<T>(*dscale), Ptr<T>(*dbias), Ptr<T>(*dmean),
+                                                       Ptr<T>(*dvar));
+    GradInputK<T><<<Blocks(x.element_count()), 256, 0, ctx.stream>>>(1, v.S, v.C, Act(act), alpha, fo,
+                                                                     Ptr<const T>(x), Ptr<const T>(s),
+                                                                     Ptr<const T>(dy), w.k, w.gb, w.gd, Ptr<T>(*dx));
+    return LaunchStatus(op);
+  });
+}
+
+// ---- instance norm ----
+
+ffi::Error InFwd(Ctx ctx, Buf x, Buf scale, Buf bias, Res y, Res mean, Res rstd, float eps) {
+  const char* op = "instance_norm";
+  NormView v;
+  JAX_MPS_RETURN_IF_ERROR(InstanceNormView(x.dimensions(), &v));
+  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "scale", scale.dimensions(), v.C));
+  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "bias", bias.dimensions(), v.C));
+  JAX_MPS_RETURN_IF_ERROR(CheckEpsilon(op, eps));
+  JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "y", y->element_count(), x.element_count()));
+  for (auto* r : {&mean, &rstd}) JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "stats", (*r)->element_count(), v.stats()));
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x.element_type(), {{"scale", &scale}, {"bias", &bias}, {"y", &*y},
+                                                           {"mean", &*mean}, {"rstd", &*rstd}}));
+  if (v.stats() == 0) return ffi::Error::Success();
+  Work w;
+  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.stats(), &w));
+  return DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    StatsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, ctx.stream>>>(v.S, v.C, Ptr<const T>(x), w.sums);
+    FinishStatsK<T><<<Blocks(v.stats()), 256, 0, ctx.stream>>>(v.G, v.S, v.C, eps, w.sums, Ptr<const T>(scale),
+                                                              Ptr<const T>(bias), Ptr<T>(*mean), nullptr,
+                                                              Ptr<T>(*rstd), w.k);
+    AffineK<T><<<Blocks(x.element_count()), 256, 0, ctx.stream>>>(v.G, v.S, v.C, Act::kNone, 0.f, Ptr<const T>(x),
+                                                                  w.k, Ptr<T>(*y));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error InBwd(Ctx ctx, Buf x, Buf scale, Buf mean, Buf rstd, Buf dy, Res dx, Res dscale, Res dbias) {
+  const char* op = "instance_norm_bwd";
+  NormView v;
+  JAX_MPS_RETURN_IF_ERROR(InstanceNormView(x.dimensions(), &v));
+  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "scale", scale.dimensions(), v.C));
+  const Dims sd{v.G, v.C};
+  JAX_MPS_RETURN_IF_ERROR(CheckSame(op, "mean", mean.dimensions(), ffi::Span<const int64_t>(sd.data(), 2)));
+  JAX_MPS_RETURN_IF_ERROR(CheckSame(op, "rstd", rstd.dimensions(), ffi::Span<const int64_t>(sd.data(), 2)));
+  JAX_MPS_RETURN_IF_ERROR(CheckSame(op, "dy", dy.dimensions(), x.dimensions()));
+  JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "dx", dx->element_count(), x.element_count()));
+  for (auto* r : {&dscale, &dbias})
+    JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "dscale/dbias", (*r)->element_count(), v.C));
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x.element_type(),
+                                    {{"scale", &scale}, {"mean", &mean}, {"rstd", &rstd}, {"dy", &dy}, {"dx", &*dx},
+                                     {"dscale", &*dscale}, {"dbias", &*dbias}}));
+  if (v.C == 0) return ffi::Error::Success();
+  Work w;
+  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, std::max<int64_t>(v.stats(), 1), &w));
+  return DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    SavedStatsK<T><<<Blocks(v.stats()), 256, 0, ctx.stream>>>(v.G, v.C, Ptr<const T>(scale), Ptr<const T>(mean),
+                                                             Ptr<const T>(rstd), w.k);
+    if (v.G > 0)
+      GradSumsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, ctx.stream>>>(v.S, v.C, Act::kNone, 0.f, false,
+                                                                       Ptr<const T>(x), nullptr, Ptr<const T>(dy), w.k,
+                                                                       w.sums);
+    InBwdCoefK<T><<<Blocks(v.C), 256, 0, ctx.stream>>>(v.G, v.C, double(v.S), w.sums, Ptr<const T>(scale),
+                                                      Ptr<const T>(rstd), w.gb, w.gd, Ptr<T>(*dscale), Ptr<T>(*dbias));
+    if (x.element_count() > 0)
+      GradInputK<T><<<Blocks(x.element_count()), 256, 0, ctx.stream>>>(v.G, v.S, v.C, Act::kNone, 0.f, false,
+                                                                       Ptr<const T>(x), nullptr, Ptr<const T>(dy), w.k,
+                                                                       w.gb, w.gd, Ptr<T>(*dx));
+    return LaunchStatus(op);
+  });
+}
+
+// ---- local response norm across the last axis (one thread per element; windows are short) ----
+// y_c = x_c * s_c^-beta, s_c = k + alpha/size * sum_{|c'-c| <= size/2} x_c'^2.
+// dx_j = dy_j s_j^-beta - 2 alpha beta / size * x_j * sum_{|c-j| <= size/2} dy_c x_c s_c^(-beta-1).
+
+template <typename T>
+__device__ __forceinline__ float LrnS(const T* row, int64_t c, int64_t C, int64_t h, double coef, float k) {
+  double acc = 0.0;
+  const int64_t lo = c - h > 0 ? c - h : 0, hi = c + h < C - 1 ? c + h : C - 1;
+  for (int64_t q = lo; q <= hi; ++q) {
+    const double v = Ld(row[q]);
+    acc += v * v;
+  }
+  return float(double(k) + coef * acc);
+}
+
+template <typename T>
+__global__ void LrnFwdK(int64_t n, int64_t C, int64_t h, double coef, float beta, float k, const T* x, T* y) {
+  JAX_MPS_GRID_STRIDE(e, n) {
+    const int64_t c = e % C;
+    const T* row = x + (e - c);
+    y[e] = St<T>(Ld(x[e]) * powf(LrnS(row, c, C, h, coef, k), -beta));
+  }
+}
+
+template <typename T>
+__global__ void LrnBwdK(int64_t n, int64_t C, int64_t h, double coef, float beta, float k, const T* x, const T* dy,
+                        T* dx) {
+  JAX_MPS_GRID_STRIDE(e, n) {
+    const int64_t j = e % C;
+    const T* row = x + (e - j);
+    const T* grow = dy + (e - j);
+    const float sj = LrnS(row, j, C, h, coef, k);
+    double acc = 0.0;
+    const int64_t lo = j - h > 0 ? j - h : 0, hi = j + h < C - 1 ? j + h : C - 1;
+    for (int64_t c = lo; c <= hi; ++c) {
+      const float sc = LrnS(row, c, C, h, coef, k);
+      acc += double(Ld(grow[c])) * Ld(row[c]) * powf(sc, -beta) / sc;
+    }
+    dx[e] = St<T>(float(Ld(grow[j]) * powf(sj, -beta) - 2.0 * coef * beta * Ld(row[j]) * acc));
+  }
+}
+
+ffi::Error LrnFwd(Ctx ctx, Buf x, Res y, int64_t size, float alpha, float beta, float k) {
+  const char* op = "local_response_norm";
+  LrnDesc p{size, alpha, beta, k};
+  JAX_MPS_RETURN_IF_ERROR(CheckLrn(x.dimensions(), p));
+  JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "y", y->element_count(), x.element_count()));
+  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "y", *y, x.element_type()));
+  const int64_t n = x.element_count(), C = x.dimensions().back();
+  if (n == 0) return ffi::Error::Success();
+  return DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    LrnFwdK<T><<<Blocks(n), 256, 0, ctx.stream>>>(n, C, size / 2, double(alpha) / double(size), beta, k,
+                                                Ptr<const T>(x), Ptr<T>(*y));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error LrnBwd(Ctx ctx, Buf x, Buf dy, Res dx, int64_t size, float alpha, float beta, float k) {
+  const char* op = "local_response_norm_bwd";
+  LrnDesc p{size, alpha, beta, k};
+  JAX_MPS_RETURN_IF_ERROR(CheckLrn(x.dimensions(), p));
+  JAX_MPS_RETURN_IF_ERROR(CheckSame(op, "dy", dy.dimensions(), x.dimensions()));
+  JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "dx", dx->element_count(), x.element_count()));
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x.element_type(), {{"dy", &dy}, {"dx", &*dx}}));
+  const int64_t n = x.element_count(), C = x.dimensions().back();
+  if (n == 0) return ffi::Error::Success();
+  return DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    LrnBwdK<T><<<Blocks(n), 256, 0, ctx.stream>>>(n, C, size / 2, double(alpha) / double(size), beta, k,
+                                                Ptr<const T>(x), Ptr<const T>(dy), Ptr<T>(*dx));
+    return LaunchStatus(op);
+  });
+}
+
+}  // namespace
+
+#define B ffi::Ffi::Bind().Ctx<Ctx>()
+#define A .Arg<ffi::AnyBuffer>()
+#define R .Ret<ffi::AnyBuffer>()
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_batch_norm_fwd, BnFwd,
+                              B A A A R R R R.Attr<float>("epsilon").Attr<int64_t>("act").Attr<float>("alpha"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_batch_norm_bwd, BnBwd,
+                              B A A A A A A A A A R R R.Attr<int64_t>("act").Attr<float>("alpha")
+                                  .Attr<int64_t>("from_output"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_batch_norm_inference_fwd, BniFwd,
+                              B A A A A A R.Attr<float>("epsilon").Attr<int64_t>("act").Attr<float>("alpha"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_batch_norm_inference_bwd, BniBwd,
+                              B A A A A A A A R R R R R.Attr<float>("epsilon").Attr<int64_t>("act")
+                                  .Attr<float>("alpha").Attr<int64_t>("from_output"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_instance_norm_fwd, InFwd, B A A A R R R.Attr<float>("epsilon"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_instance_norm_bwd, InBwd, B A A A A A R R R);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_local_response_norm_fwd, LrnFwd,
+                              B A R.Attr<int64_t>("size").Attr<float>("alpha").Attr<float>("beta").Attr<float>("k"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_local_response_norm_bwd, LrnBwd,
+                              B A A R.Attr<int64_t>("size").Attr<float>("alpha").Attr<float>("beta").Attr<float>("k"));
+#undef B
+#undef A
+#undef R
+
+}  // namespace jax_mps::cuda
