@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import importlib.metadata as _md
 import os
+import warnings
 
 # oneDNN's OpenMP threads spin while idle by default; XLA's own threads and input pipelines then
 # starve (measured: LeNet training on 2 cores ran 2.5x slower). Must be set before libgomp loads.
@@ -40,13 +42,45 @@ except ImportError as e:  # pragma: no cover - only without a build
 
 TARGETS: dict[str, set[str]] = {}  # target name -> platforms it is registered for
 
-for _name, _platform, _capsule in _core.registrations():
-    jax.ffi.register_ffi_target(_name, _capsule, platform=_platform, api_version=1)
-    TARGETS.setdefault(_name, set()).add(_platform)
+
+def _register(module) -> None:
+    for name, platform, capsule in module.registrations():
+        jax.ffi.register_ffi_target(name, capsule, platform=platform, api_version=1)
+        TARGETS.setdefault(name, set()).add(platform)
+
+
+def _cuda_visible() -> bool:
+    try:
+        return bool(jax.devices("cuda"))
+    except RuntimeError:  # no CUDA plugin, or no GPU
+        return False
+
+
+def _load_cuda():
+    """The CUDA half, only where a CUDA device is visible (and the module was built)."""
+    if not _cuda_visible():
+        return None
+    # jax's CUDA plugin has loaded cuDNN/cuBLAS from the nvidia-* wheels by now; the module's
+    # RPATH finds the same files for regular installs, and the soname match covers in-tree builds.
+    if importlib.util.find_spec("_jax_mps_cuda") is None:  # built without the CUDA half
+        return None
+    try:
+        import _jax_mps_cuda
+    except ImportError as e:  # built, but its libraries do not load here: say so, run on the CPU only
+        warnings.warn(f"jax_mps: the CUDA backend (_jax_mps_cuda) failed to load, GPU calls will fail: {e}")
+        return None
+    return _jax_mps_cuda
+
+
+_register(_core)
+_cuda = _load_cuda()
+if _cuda is not None:
+    _register(_cuda)
 
 
 def backends() -> dict[str, str]:
     """Backends compiled into this build and able to run here, with their library versions."""
     out = dict(_core.backends())
-    platforms = {d.platform for d in jax.devices()} | {"cpu"}
-    return {k: v for k, v in out.items() if k in platforms}
+    if _cuda is not None:
+        out.update(_cuda.backends())
+    return out  # the CPU always runs; the CUDA half is loaded only where a GPU is visible

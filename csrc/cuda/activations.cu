@@ -118,7 +118,7 @@ ffi::Error PreluBwd(Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer alpha, ffi::AnyBuf
   if (c == 0) return ffi::Error::Success();
   const int64_t rows = x.element_count() / c;
   ffi::Error err;
-  double* acc = static_cast<double*>(Scratch(ctx, c * sizeof(double), op, &err));
+  double* acc = static_cast<double*>(Workspace(ctx, c * sizeof(double), op, &err));
   if (!acc) return err;
   JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(acc, 0, c * sizeof(double), ctx.stream));
   return DispatchFloat(op, x.element_type(), [&](auto t) {

@@ -6,18 +6,18 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <mutex>
 #include <optional>
+#include <unordered_map>
 #include <string>
 
 #include "runtime/common.h"
 
 namespace jax_mps::cuda {
 
-// Every handler runs on XLA's compute stream and may take device scratch from XLA's allocator
-// (freed when the handler returns; stream order keeps later users behind our kernels).
+// Every handler runs on XLA's compute stream, with no synchronisation.
 struct Ctx {
   cudaStream_t stream;
-  ffi::ScratchAllocator scratch;
 };
 
 inline ffi::Error CudaError(const char* op, cudaError_t e) {
@@ -36,16 +36,40 @@ inline ffi::Error LaunchStatus(const char* op) {
   return e == cudaSuccess ? ffi::Error::Success() : CudaError(op, e);
 }
 
-// Device scratch of `bytes` (256-byte aligned); nullptr with *err set when the allocator fails.
-inline void* Scratch(Ctx& ctx, size_t bytes, const char* op, ffi::Error* err) {
-  if (bytes == 0) bytes = 1;
-  std::optional<void*> p = ctx.scratch.Allocate(bytes, 256);
-  if (!p.has_value() || *p == nullptr) {
-    *err = ffi::Error(ffi::ErrorCode::kResourceExhausted, std::string(op) + ": could not allocate " + std::to_string(bytes) +
-                                         " bytes of device scratch");
+// Device workspace of at least `bytes` for the calling handler, owned by the backend: one buffer
+// per stream, grown (never shrunk) when a call needs more; valid until the next handler on the
+// same stream (stream order keeps it private). XLA's FFI scratch allocator is not used: it
+// refused every request under jax 0.11's CUDA plugin. Growing synchronises the stream once
+// (earlier kernels may still read the old buffer), so handlers using it are not marked
+// command-buffer compatible. nullptr with *err set on failure.
+inline void* Workspace(Ctx& ctx, size_t bytes, const char* op, ffi::Error* err) {
+  struct Buf {
+    void* p = nullptr;
+    size_t size = 0;
+  };
+  static std::mutex mu;
+  static std::unordered_map<cudaStream_t, Buf> bufs;
+  std::lock_guard<std::mutex> lock(mu);
+  Buf& b = bufs[ctx.stream];
+  if (b.size >= bytes) return b.p;
+  int dev = 0;
+  cudaError_t e = cudaStreamGetDevice(ctx.stream, &dev);
+  if (e == cudaSuccess) e = cudaSetDevice(dev);
+  if (e == cudaSuccess && b.p) e = cudaStreamSynchronize(ctx.stream);
+  if (e == cudaSuccess && b.p) e = cudaFree(b.p);
+  b = Buf{};
+  size_t want = bytes < (size_t(1) << 20) ? (size_t(1) << 20) : bytes;
+  if (e == cudaSuccess) e = cudaMalloc(&b.p, want);
+  if (e != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky-free error state for later launches
+    *err = ffi::Error(ffi::ErrorCode::kResourceExhausted, std::string(op) + ": could not allocate " +
+                                                              std::to_string(bytes) + " bytes of workspace: " +
+                                                              cudaGetErrorString(e));
+    b = Buf{};
     return nullptr;
   }
-  return *p;
+  b.size = want;
+  return b.p;
 }
 
 inline bool IsFloat(ffi::DataType t) { return t == ffi::F32 || t == ffi::F16 || t == ffi::BF16; }
@@ -109,9 +133,7 @@ struct CtxDecoding<::jax_mps::cuda::Ctx> {
                                     DiagnosticEngine& diagnostic) {
     auto stream = CtxDecoding<PlatformStream<cudaStream_t>>::Decode(api, ctx, diagnostic);
     if (!stream.has_value()) return std::nullopt;
-    auto scratch = CtxDecoding<ScratchAllocator>::Decode(api, ctx, diagnostic);
-    if (!scratch.has_value()) return std::nullopt;
-    return Type{*stream, std::move(*scratch)};
+    return Type{*stream};
   }
 };
 }  // namespace xla::ffi

@@ -218,7 +218,7 @@ ffi::Error LossFwd(Ctx ctx, ffi::AnyBuffer pred, ffi::AnyBuffer target, ffi::Any
                 " elements, got ", out->element_count());
   const int64_t nl = lse_out->element_count();
   JAX_MPS_CHECK(nl == 0 || (nl == d.n && d.kind == LossKind::kSoftmaxCE && lse_out->element_type() == ffi::F32),
-                op, ": lse must be float32 with 0 or ", d.n, " elements (softmax cross entropy), got ", nl);
+                op, ": lse must have 0 or ", d.n, " elements (float32, softmax cross entropy), got ", nl);
   return DispatchFloat(op, pred.element_type(), [&](auto t) {
     using T = decltype(t);
     const unsigned blocks = none ? RowBlocks(d.n) : 1u;
@@ -248,7 +248,7 @@ ffi::Error LossBwd(Ctx ctx, ffi::AnyBuffer pred, ffi::AnyBuffer target, ffi::Any
                 ": dweights must have 0 or ", d.n, " elements (weighted), got ", ndw);
   const int64_t nl = lse_in.element_count();
   JAX_MPS_CHECK(nl == 0 || (nl == d.n && d.kind == LossKind::kSoftmaxCE && lse_in.element_type() == ffi::F32), op,
-                ": lse must be float32 with 0 or ", d.n, " elements (softmax cross entropy), got ", nl);
+                ": lse must have 0 or ", d.n, " elements (float32, softmax cross entropy), got ", nl);
   if (d.n == 0) return ffi::Error::Success();
   return DispatchFloat(op, dt, [&](auto t) {
     using T = decltype(t);

@@ -20,8 +20,7 @@ using Res = ffi::Result<ffi::AnyBuffer>;
 struct Coef {
   double* m;  // mean (G*C)
   float* a;   // scale * rstd (G*C)
-  float* b;   // bias, or the gradient pass's b (G*C)
-  float* d;   // gradient pass's constant term (G*C)
+  float* b;   // bias (G*C)
 };
 
 inline dim3 ColGrid3(const NormView& v) {
@@ -113,7 +112,7 @@ __global__ void GradSumsK(int64_t S, int64_t C, Act act, float alpha, bool from_
   ColFlush(sdx, sums, 2 * gc + 1, 2 * (g * C + C));
 }
 
-// dx = ga * dz + gb * (x - m) + gd, with (ga, gb, gd) = (k.a as the forward's scale*rstd, k2.b, k2.d).
+// dx = a * dz + gb * (x - m) + gd, with a = scale * rstd (the forward's coefficient).
 template <typename T>
 __global__ void GradInputK(int64_t G, int64_t S, int64_t C, Act act, float alpha, bool from_output, const T* x,
                            const T* s, const T* dy, Coef k, const float* gb, const float* gd, T* dx) {
@@ -203,14 +202,13 @@ struct Work {
 ffi::Error MakeWork(Ctx& ctx, const char* op, int64_t stats, Work* w) {
   const size_t n = size_t(stats);
   ffi::Error err;
-  char* p = static_cast<char*>(Scratch(ctx, n * (8 + 4 * 4) + 2 * n * 8 + 64, op, &err));
+  char* p = static_cast<char*>(Workspace(ctx, n * (2 * 8 + 8 + 4 * 4), op, &err));  // sums, m, a, b, gb, gd
   if (!p) return err;
   w->sums = reinterpret_cast<double*>(p);
   w->k.m = w->sums + 2 * n;
   float* f = reinterpret_cast<float*>(w->k.m + n);
   w->k.a = f;
   w->k.b = f + n;
-  w->k.d = f + 2 * n;
   w->gb = f + 2 * n;
   w->gd = f + 3 * n;
   JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(w->sums, 0, 2 * n * sizeof(double), ctx.stream));

@@ -106,7 +106,7 @@ __global__ void StepK(LeafTable t, StepArgs a, const float* lr, const int32_t* c
           o1[i] = m;
           den = v - m * m;
         }
-        d = nlr * ((1.f / sqrtf(den + a.eps)) * gv);
+        d = nlr * (rsqrtf(den + a.eps) * gv);  // lax.rsqrt, as optax (XLA:GPU lowers it to rsqrt too)
         if (a.mom) {
           const float* ti = a.centered ? a2 : a1;
           float* to = a.centered ? o2 : o1;
@@ -212,7 +212,7 @@ ffi::Error OptimStep(Ctx ctx, ffi::AnyBuffer lr, ffi::AnyBuffer count, ffi::AnyB
   double* int_sq = nullptr;
   if (d.norm_mode == NormMode::kInternal) {
     ffi::Error err;
-    int_sq = static_cast<double*>(Scratch(ctx, sizeof(double), op, &err));
+    int_sq = static_cast<double*>(Workspace(ctx, sizeof(double), op, &err));
     if (!int_sq) return err;
     JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(int_sq, 0, sizeof(double), ctx.stream));
     JAX_MPS_RETURN_IF_ERROR(LaunchSqNorm(ctx, op, dtype, tables, MakePre(rescale, clip_value, 0.f, 0.f), int_sq));
@@ -251,7 +251,7 @@ ffi::Error OptimSqNorm(Ctx ctx, ffi::RemainingArgs args, ffi::Result<ffi::AnyBuf
     t.g[t.count++] = g->untyped_data();
   }
   ffi::Error err;
-  double* acc = static_cast<double*>(Scratch(ctx, sizeof(double), op, &err));
+  double* acc = static_cast<double*>(Workspace(ctx, sizeof(double), op, &err));
   if (!acc) return err;
   JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(acc, 0, sizeof(double), ctx.stream));
   if (!tables.empty())
