@@ -41,12 +41,12 @@ def backend(request):
         import jax_mps  # noqa: F401  (loads the CUDA half where a GPU is visible)
         if "cuda" not in jax_mps.backends():
             pytest.skip("jax_mps was built without the CUDA backend")
-    else:
-        dev = _device("cpu")
         if "validates" in request.node.name:
             # Runtime errors of a GPU call surface when its result is awaited (asynchronous
             # dispatch); the validation tests expect them at the call, as on the CPU.
             request.getfixturevalue("monkeypatch").setattr(jax.ffi, "ffi_call", _blocking(jax.ffi.ffi_call))
+    else:
+        dev = _device("cpu")
     with jax.default_device(dev):
         yield name
 

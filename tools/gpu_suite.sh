@@ -19,5 +19,6 @@ fi
 cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DJAX_MPS_CUDA=ON \
   -DPython_EXECUTABLE="$(command -v "$PY")"
 cmake --build build/gpu -j"$(nproc)"
-export PYTHONPATH=$PWD/build/gpu${PYTHONPATH:+:$PYTHONPATH}
+# The source tree too: the example tests run examples/*.py in a subprocess.
+export PYTHONPATH=$PWD:$PWD/build/gpu${PYTHONPATH:+:$PYTHONPATH}
 JAX_MPS_TEST_BACKENDS=${JAX_MPS_TEST_BACKENDS:-cuda} "$PY" -m pytest tests -q -rfE "$@"

@@ -230,22 +230,27 @@ ffi::Error SoftmaxBwd(Ctx ctx, ffi::AnyBuffer y, ffi::AnyBuffer dy, ffi::Result<
 #define CTX Ctx<Ctx>()
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_activation_fwd, ActFwd,
                               ffi::Ffi::Bind().CTX.Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("act").Attr<float>("alpha"));
+                                  .Attr<int64_t>("act").Attr<float>("alpha"),
+                              JAX_MPS_ONLY_KERNELS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_activation_bwd, ActBwd,
                               ffi::Ffi::Bind().CTX.Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>().Attr<int64_t>("act").Attr<float>("alpha"));
+                                  .Ret<ffi::AnyBuffer>().Attr<int64_t>("act").Attr<float>("alpha"),
+                              JAX_MPS_ONLY_KERNELS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_prelu_fwd, PreluFwd,
                               ffi::Ffi::Bind().CTX.Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>());
+                                  .Ret<ffi::AnyBuffer>(),
+                              JAX_MPS_ONLY_KERNELS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_prelu_bwd, PreluBwd,
                               ffi::Ffi::Bind().CTX.Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_softmax_fwd, SoftmaxFwd,
                               ffi::Ffi::Bind().CTX.Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("axis").Attr<int64_t>("log"));
+                                  .Attr<int64_t>("axis").Attr<int64_t>("log"),
+                              JAX_MPS_ONLY_KERNELS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_softmax_bwd, SoftmaxBwd,
                               ffi::Ffi::Bind().CTX.Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>().Attr<int64_t>("axis").Attr<int64_t>("log"));
+                                  .Ret<ffi::AnyBuffer>().Attr<int64_t>("axis").Attr<int64_t>("log"),
+                              JAX_MPS_ONLY_KERNELS);
 #undef CTX
 
 }  // namespace jax_mps::cuda

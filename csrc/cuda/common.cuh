@@ -51,7 +51,7 @@ inline void* Workspace(Ctx& ctx, size_t bytes, const char* op, ffi::Error* err) 
   static std::unordered_map<cudaStream_t, Buf> bufs;
   std::lock_guard<std::mutex> lock(mu);
   Buf& b = bufs[ctx.stream];
-  if (b.size >= bytes) return b.p;
+  if (b.p && b.size >= bytes) return b.p;  // (a first request of 0 bytes still allocates: never nullptr)
   int dev = 0;
   cudaError_t e = cudaStreamGetDevice(ctx.stream, &dev);
   if (e == cudaSuccess) e = cudaSetDevice(dev);
@@ -122,6 +122,10 @@ inline unsigned Blocks(int64_t n, int threads = 256, int64_t cap = 132 * 32) {
        i += int64_t(blockDim.x) * gridDim.x)
 
 template <typename T> T* Ptr(ffi::AnyBuffer b) { return static_cast<T*>(b.untyped_data()); }
+
+// Traits of handlers that only launch kernels (no workspace, no library call, no synchronisation):
+// XLA may capture them in CUDA graphs.
+#define JAX_MPS_ONLY_KERNELS {ffi::Traits::kCmdBufferCompatible}
 
 }  // namespace jax_mps::cuda
 

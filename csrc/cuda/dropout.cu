@@ -96,9 +96,11 @@ ffi::Error DropoutBwd(Ctx ctx, ffi::AnyBuffer mask, ffi::AnyBuffer g, ffi::Resul
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_dropout_fwd, DropoutFwd,
                               ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("threshold").Attr<float>("scale"));
+                                  .Attr<int64_t>("threshold").Attr<float>("scale"),
+                              JAX_MPS_ONLY_KERNELS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_dropout_bwd, DropoutBwd,
                               ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>().Attr<float>("scale"));
+                                  .Ret<ffi::AnyBuffer>().Attr<float>("scale"),
+                              JAX_MPS_ONLY_KERNELS);
 
 }  // namespace jax_mps::cuda

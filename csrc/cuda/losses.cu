@@ -265,11 +265,13 @@ ffi::Error LossBwd(Ctx ctx, ffi::AnyBuffer pred, ffi::AnyBuffer target, ffi::Any
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_loss_fwd, LossFwd,
                               ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("kind").Attr<int64_t>("reduction").Attr<float>("param"));
+                                  .Attr<int64_t>("kind").Attr<int64_t>("reduction").Attr<float>("param"),
+                              JAX_MPS_ONLY_KERNELS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_loss_bwd, LossBwd,
                               ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("kind").Attr<int64_t>("reduction").Attr<float>("param"));
+                                  .Attr<int64_t>("kind").Attr<int64_t>("reduction").Attr<float>("param"),
+                              JAX_MPS_ONLY_KERNELS);
 
 }  // namespace jax_mps::cuda

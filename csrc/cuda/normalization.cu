@@ -511,9 +511,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_batch_norm_inference_bwd, BniBwd,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_instance_norm_fwd, InFwd, B A A A R R R.Attr<float>("epsilon"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_instance_norm_bwd, InBwd, B A A A A A R R R);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_local_response_norm_fwd, LrnFwd,
-                              B A R.Attr<int64_t>("size").Attr<float>("alpha").Attr<float>("beta").Attr<float>("k"));
+                              B A R.Attr<int64_t>("size").Attr<float>("alpha").Attr<float>("beta").Attr<float>("k"),
+                              JAX_MPS_ONLY_KERNELS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_local_response_norm_bwd, LrnBwd,
-                              B A A R.Attr<int64_t>("size").Attr<float>("alpha").Attr<float>("beta").Attr<float>("k"));
+                              B A A R.Attr<int64_t>("size").Attr<float>("alpha").Attr<float>("beta").Attr<float>("k"),
+                              JAX_MPS_ONLY_KERNELS);
 #undef B
 #undef A
 #undef R

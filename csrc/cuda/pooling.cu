@@ -235,25 +235,31 @@ ffi::Error GlobalAvgBwd(Ctx ctx, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> 
 
 // Binding's move constructor is private, so the shared attributes are a macro, not a function.
 #define POOL_ATTRS(b) b.Attr<Span>("window").Attr<Span>("stride").Attr<Span>("pad_lo").Attr<Span>("pad_hi")
-#define TRAITS {ffi::Traits::kCmdBufferCompatible}
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_max_pool_fwd, MaxPoolFwd,
                               POOL_ATTRS(ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
                                              .Ret<ffi::AnyBuffer>())
-                                  .Attr<int64_t>("with_index"));
+                                  .Attr<int64_t>("with_index"),
+                              JAX_MPS_ONLY_KERNELS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_max_pool_bwd, MaxPoolBwd,
                               POOL_ATTRS(ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
-                                             .Ret<ffi::AnyBuffer>()));
+                                             .Ret<ffi::AnyBuffer>()),
+                              JAX_MPS_ONLY_KERNELS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_avg_pool_fwd, AvgPoolFwd,
                               POOL_ATTRS(ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>())
-                                  .Attr<int64_t>("count_include_pad"));
+                                  .Attr<int64_t>("count_include_pad"),
+                              JAX_MPS_ONLY_KERNELS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_avg_pool_bwd, AvgPoolBwd,
                               POOL_ATTRS(ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>())
-                                  .Attr<int64_t>("count_include_pad"));
+                                  .Attr<int64_t>("count_include_pad"),
+                              JAX_MPS_ONLY_KERNELS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_global_avg_pool2d_fwd, GlobalAvgFwd,
-                              ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
+                              ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>(),
+                              JAX_MPS_ONLY_KERNELS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_global_avg_pool2d_bwd, GlobalAvgBwd,
-                              ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
-#undef TRAITS
+                              ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>(),
+                              JAX_MPS_ONLY_KERNELS);
+
 #undef POOL_ATTRS
 
 }  // namespace jax_mps::cuda

@@ -108,9 +108,11 @@ ffi::Error UpsampleBwd(Ctx ctx, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> d
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_upsample2d_fwd, UpsampleFwd,
                               ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("sh").Attr<int64_t>("sw").Attr<std::string_view>("method"));
+                                  .Attr<int64_t>("sh").Attr<int64_t>("sw").Attr<std::string_view>("method"),
+                              JAX_MPS_ONLY_KERNELS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_upsample2d_bwd, UpsampleBwd,
                               ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("sh").Attr<int64_t>("sw").Attr<std::string_view>("method"));
+                                  .Attr<int64_t>("sh").Attr<int64_t>("sw").Attr<std::string_view>("method"),
+                              JAX_MPS_ONLY_KERNELS);
 
 }  // namespace jax_mps::cuda
