@@ -252,7 +252,7 @@ size_t AlgoWorkspace(cudnnHandle_t h, ConvPlan* p, int kind) {
 ffi::Error CheckConvAct(const char* op, int64_t act, float alpha, int64_t from_output) {
   JAX_MPS_CHECK(ValidAct(act), op, ": unknown activation code ", act);
   JAX_MPS_CHECK(!from_output || ActGradFromOutput(Act(act), alpha), op, ": activation ", act,
-                " cannot be differentiated from its output");
+                " cannot take its gradient from the output");
   return ffi::Error::Success();
 }
 
@@ -545,7 +545,7 @@ ffi::Error DenseFwd(Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer 
   if (d.m == 0 || d.n == 0) return ffi::Error::Success();
   return DispatchFloat(op, dt, [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
-    cublasLtHandle_t h;
+    cublasLtHandle_t h = nullptr;
     JAX_MPS_RETURN_IF_ERROR(CublasLt(op, ctx.stream, &h));
     // Fused epilogues where cuBLASLt has the function (its GELU is the tanh form).
     const Act a = Act(act);
@@ -558,7 +558,7 @@ ffi::Error DenseFwd(Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer 
       epi = has_bias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU;
       fused = true;
     }
-    MatmulPlan* p;
+    MatmulPlan* p = nullptr;
     JAX_MPS_RETURN_IF_ERROR(GetMatmul(op, h, dt, d.n, d.m, d.k, false, false, epi, &p));  // y^T = w^T x^T
     ffi::Error err;
     void* ws = Workspace(ctx, p->ws, op, &err);
@@ -591,9 +591,9 @@ ffi::Error DenseBwdData(Ctx ctx, ffi::AnyBuffer s, ffi::AnyBuffer dy, ffi::AnyBu
       ZeroK<T><<<Blocks(d.m * d.k), 256, 0, ctx.stream>>>(d.m * d.k, Ptr<T>(*dx));
       return LaunchStatus(op);
     }
-    cublasLtHandle_t h;
+    cublasLtHandle_t h = nullptr;
     JAX_MPS_RETURN_IF_ERROR(CublasLt(op, ctx.stream, &h));
-    MatmulPlan* p;
+    MatmulPlan* p = nullptr;
     JAX_MPS_RETURN_IF_ERROR(GetMatmul(op, h, dt, d.k, d.m, d.n, true, false, CUBLASLT_EPILOGUE_DEFAULT, &p));
     Carve cv;
     const size_t o_dz = cv.Add(act ? d.m * d.n * sizeof(T) : 0), o_ws = cv.Add(p->ws);
@@ -636,9 +636,9 @@ ffi::Error DenseBwdWeights(Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer s, ffi::Any
       return LaunchStatus(op);
     }
     if (d.k == 0 || d.n == 0) return ffi::Error::Success();
-    cublasLtHandle_t h;
+    cublasLtHandle_t h = nullptr;
     JAX_MPS_RETURN_IF_ERROR(CublasLt(op, ctx.stream, &h));
-    MatmulPlan* p;
+    MatmulPlan* p = nullptr;
     JAX_MPS_RETURN_IF_ERROR(GetMatmul(op, h, dt, d.n, d.k, d.m, false, true, CUBLASLT_EPILOGUE_DEFAULT, &p));
     Carve cv;
     const size_t o_dz = cv.Add(act ? d.m * d.n * sizeof(T) : 0), o_acc = cv.Add(has_bias ? d.n * sizeof(double) : 0),
