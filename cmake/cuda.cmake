@@ -40,8 +40,9 @@ find_library(CUBLASLT_LIBRARY NAMES libcublasLt.so.13 cublasLt PATHS "${CU13_LIB
 message(STATUS "jax_mps CUDA backend: nvcc ${CMAKE_CUDA_COMPILER_VERSION}, archs ${CMAKE_CUDA_ARCHITECTURES}, "
                "cuDNN ${CUDNN_LIBRARY}, cuBLASLt ${CUBLASLT_LIBRARY}")
 
-# Kernels and FFI handlers (nvcc) in a static library; the nanobind module (host compiler) holds
-# the explicit target table, so no handler can be dropped by the linker.
+# The backend's kernels and library calls (struct Cuda, nvcc) in a static library; the nanobind
+# module (host compiler) instantiates the runtime's handlers for Cuda in one explicit table
+# (csrc/cuda/targets.cc), so no handler can be dropped by the linker.
 file(GLOB JAX_MPS_CUDA_SOURCES CONFIGURE_DEPENDS "${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda/*.cu")
 add_library(jax_mps_cuda_kernels STATIC ${JAX_MPS_CUDA_SOURCES})
 set_target_properties(jax_mps_cuda_kernels PROPERTIES CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON
@@ -54,7 +55,8 @@ target_compile_options(jax_mps_cuda_kernels PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-
 target_link_libraries(jax_mps_cuda_kernels PUBLIC CUDA::cudart_static "${CUDNN_LIBRARY}" "${CUBLASLT_LIBRARY}"
                       "${CUBLAS_LIBRARY}")
 
-nanobind_add_module(_jax_mps_cuda NB_STATIC "${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda/module.cc")
+nanobind_add_module(_jax_mps_cuda NB_STATIC "${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda/module.cc"
+                    "${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda/targets.cc")
 target_include_directories(_jax_mps_cuda PRIVATE "${CMAKE_CURRENT_SOURCE_DIR}/csrc")
 target_include_directories(_jax_mps_cuda SYSTEM PRIVATE "${XLA_FFI_INCLUDE}" "${CUDNN_INCLUDE_DIR}"
                            "${CU13_INCLUDE_DIR}")

@@ -40,13 +40,10 @@ except ImportError as e:  # pragma: no cover - only without a build
         "jax_mps: the compiled runtime (_jax_mps_cpu) is not installed; run "
         "`python -m pip install .` (or tools/dev_build.sh and PYTHONPATH=build/dev)") from e
 
-TARGETS: dict[str, set[str]] = {}  # target name -> platforms it is registered for
-
-
-def _register(module) -> None:
-    for name, platform, capsule in module.registrations():
-        jax.ffi.register_ffi_target(name, capsule, platform=platform, api_version=1)
-        TARGETS.setdefault(name, set()).add(platform)
+# The contract's constants (activation / loss / reduction / optimizer / RNN codes, the
+# gradient-from-output rule, workspace sizes), defined once in csrc/runtime/ and exported by every
+# backend module alike: read them from here, never as literals.
+contract = _core
 
 
 def _cuda_visible() -> bool:
@@ -57,13 +54,12 @@ def _cuda_visible() -> bool:
 
 
 def _load_cuda():
-    """The CUDA half, only where a CUDA device is visible (and the module was built)."""
-    if not _cuda_visible():
+    """The CUDA backend: its own module, loaded only where a CUDA device is visible (a CPU-only
+    machine never loads, or needs, a CUDA library)."""
+    if not _cuda_visible() or importlib.util.find_spec("_jax_mps_cuda") is None:
         return None
     # jax's CUDA plugin has loaded cuDNN/cuBLAS from the nvidia-* wheels by now; the module's
     # RPATH finds the same files for regular installs, and the soname match covers in-tree builds.
-    if importlib.util.find_spec("_jax_mps_cuda") is None:  # built without the CUDA half
-        return None
     try:
         import _jax_mps_cuda
     except ImportError as e:  # built, but its libraries do not load here: say so, run on the CPU only
@@ -72,15 +68,23 @@ def _load_cuda():
     return _jax_mps_cuda
 
 
-_register(_core)
 _cuda = _load_cuda()
-if _cuda is not None:
-    _register(_cuda)
+
+for _module in (_core, _cuda):
+    if _module is not None:
+        for _name, _platform, _capsule in _module.registrations():
+            jax.ffi.register_ffi_target(_name, _capsule, platform=_platform, api_version=1)
+
+
+def _platforms() -> set[str]:
+    return {d.platform for d in jax.devices()}
 
 
 def backends() -> dict[str, str]:
     """Backends compiled into this build and able to run here, with their library versions."""
-    out = dict(_core.backends())
-    if _cuda is not None:
-        out.update(_cuda.backends())
-    return out  # the CPU always runs; the CUDA half is loaded only where a GPU is visible
+    key, versions = _core.backend()
+    out = {key: versions}  # the CPU backend always runs
+    if _cuda is not None and _platforms() & {"gpu", "cuda"}:
+        key, versions = _cuda.backend()
+        out[key] = versions
+    return out

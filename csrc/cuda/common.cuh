@@ -7,15 +7,16 @@
 
 #include <cstdint>
 #include <mutex>
+#include <initializer_list>
 #include <optional>
 #include <unordered_map>
 #include <string>
 
-#include "runtime/common.h"
+#include "runtime/backend.h"
 
 namespace jax_mps::cuda {
 
-// Every handler runs on XLA's compute stream, with no synchronisation.
+// The kernels' view of XLA's compute stream (Cuda::Ctx, a cudaStream_t): no synchronisation.
 struct Ctx {
   cudaStream_t stream;
 };
@@ -72,35 +73,24 @@ inline void* Workspace(Ctx& ctx, size_t bytes, const char* op, ffi::Error* err) 
   return b.p;
 }
 
-inline bool IsFloat(ffi::DataType t) { return t == ffi::F32 || t == ffi::F16 || t == ffi::BF16; }
+// The element type behind each of the runtime's dtype tags.
+template <typename Tag> struct Elem;
+template <> struct Elem<F32Tag> { using type = float; };
+template <> struct Elem<F16Tag> { using type = __half; };
+template <> struct Elem<BF16Tag> { using type = __nv_bfloat16; };
 
-inline const char* DtypeName(ffi::DataType t) {
-  switch (t) {
-    case ffi::F32: return "float32";
-    case ffi::F16: return "float16";
-    case ffi::BF16: return "bfloat16";
-    case ffi::S32: return "int32";
-    case ffi::U32: return "uint32";
-    case ffi::U8: return "uint8";
-    default: return "an unsupported dtype";
-  }
-}
-
-// Calls f(T{}) with T the C++ type of float dtype t (float, __half, __nv_bfloat16).
+// The runtime's dtype switch, handing f a value of the CUDA element type (float, __half, __nv_bfloat16).
 template <typename F>
 ffi::Error DispatchFloat(const char* op, ffi::DataType t, F&& f) {
-  switch (t) {
-    case ffi::F32: return f(float{});
-    case ffi::F16: return f(__half{});
-    case ffi::BF16: return f(__nv_bfloat16{});
-    default: return Invalid(op, ": dtype must be float32, float16 or bfloat16, got ", DtypeName(t));
-  }
+  return ::jax_mps::DispatchFloat(op, t, [&](auto tag) { return f(typename Elem<decltype(tag)>::type{}); });
 }
 
-// All float operands of one call share one dtype.
-inline ffi::Error CheckDtype(const char* op, const char* name, const ffi::AnyBuffer& b, ffi::DataType want) {
-  JAX_MPS_CHECK(b.element_type() == want, op, ": ", name, " must be ", DtypeName(want), ", got ",
-                DtypeName(b.element_type()));
+// Every float operand of one call has x's dtype (the runtime checks each is a float; the CUDA
+// kernels read them all as one type).
+inline ffi::Error SameDtype(const char* op, const ffi::AnyBuffer& ref, std::initializer_list<const ffi::AnyBuffer*> bs) {
+  for (const ffi::AnyBuffer* b : bs)
+    JAX_MPS_CHECK(b->element_type() == ref.element_type(), op, ": every float operand must be ",
+                  DtypeName(ref.element_type()), " like x, got ", DtypeName(b->element_type()));
   return ffi::Error::Success();
 }
 
@@ -123,21 +113,10 @@ inline unsigned Blocks(int64_t n, int threads = 256, int64_t cap = 132 * 32) {
 
 template <typename T> T* Ptr(ffi::AnyBuffer b) { return static_cast<T*>(b.untyped_data()); }
 
-// Traits of handlers that only launch kernels (no workspace, no library call, no synchronisation):
-// XLA may capture them in CUDA graphs.
-#define JAX_MPS_ONLY_KERNELS {ffi::Traits::kCmdBufferCompatible}
+
+
+
 
 }  // namespace jax_mps::cuda
 
-namespace xla::ffi {
-template <>
-struct CtxDecoding<::jax_mps::cuda::Ctx> {
-  using Type = ::jax_mps::cuda::Ctx;
-  static std::optional<Type> Decode(const XLA_FFI_Api* api, XLA_FFI_ExecutionContext* ctx,
-                                    DiagnosticEngine& diagnostic) {
-    auto stream = CtxDecoding<PlatformStream<cudaStream_t>>::Decode(api, ctx, diagnostic);
-    if (!stream.has_value()) return std::nullopt;
-    return Type{*stream};
-  }
-};
-}  // namespace xla::ffi
+

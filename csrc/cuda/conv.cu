@@ -19,14 +19,13 @@
 #include <vector>
 
 #include "cuda/act.cuh"
+#include "cuda/backend.h"
 #include "cuda/libs.cuh"
 #include "cuda/reduce.cuh"
-#include "runtime/conv.h"
 
 namespace jax_mps::cuda {
 namespace {
 
-using Span = ffi::Span<const int64_t>;
 constexpr size_t kMaxAlgoWorkspace = size_t(256) << 20;
 
 // ---- element-wise helpers ----
@@ -124,7 +123,7 @@ ffi::Error MakeGeo(const char* op, const ConvDesc& c, Geo* g) {
     g->lo_h = c.plh; g->hi_h = c.phh; g->lo_w = c.plw; g->hi_w = c.phw;
   } else {
     g->xh = c.oh; g->xw = c.ow; g->xc = c.oc; g->yh = c.ih; g->yw = c.iw; g->yc = c.ic;
-    const int64_t ekh = c.EffK(c.kh, c.dh), ekw = c.EffK(c.kw, c.dw);
+    const int64_t ekh = (c.kh - 1) * c.dh + 1, ekw = (c.kw - 1) * c.dw + 1;  // dilated kernel extents
     g->lo_h = ekh - 1 - c.plh; g->hi_h = ekh - 1 - c.phh; g->lo_w = ekw - 1 - c.plw; g->hi_w = ekw - 1 - c.phw;
     JAX_MPS_CHECK(g->lo_h >= 0 && g->hi_h >= 0 && g->lo_w >= 0 && g->hi_w >= 0, op,
                   ": padding larger than the dilated kernel minus one is not supported on CUDA");
@@ -249,53 +248,32 @@ size_t AlgoWorkspace(cudnnHandle_t h, ConvPlan* p, int kind) {
   return most;
 }
 
-ffi::Error CheckConvAct(const char* op, int64_t act, float alpha, int64_t from_output) {
-  JAX_MPS_CHECK(ValidAct(act), op, ": unknown activation code ", act);
-  JAX_MPS_CHECK(!from_output || ActGradFromOutput(Act(act), alpha), op, ": activation ", act,
-                " cannot take its gradient from the output");
-  return ffi::Error::Success();
-}
-
-#define CONV_ATTRS                                                                                        \
-  Span stride, Span pad_lo, Span pad_hi, Span dilation, int64_t groups, int64_t transpose, int64_t act, \
-      float alpha, int64_t has_bias
-
-// Shared set-up of the three conv targets: descriptor, geometry, handle, plan.
+// Descriptors, geometry, handle and plan of one conv call.
 struct ConvCall {
-  ConvDesc c;
   Geo g;
   cudnnHandle_t h;
   ConvPlan* plan;
 };
 
-ffi::Error SetUp(const char* op, Ctx& ctx, Span x, Span w, Span y, CONV_ATTRS, ffi::DataType dt, ConvCall* cc) {
-  JAX_MPS_RETURN_IF_ERROR(
-      MakeConvDesc(op, x, w, y, stride, pad_lo, pad_hi, dilation, groups, transpose != 0, &cc->c));
-  JAX_MPS_RETURN_IF_ERROR(MakeGeo(op, cc->c, &cc->g));
+ffi::Error SetUp(const char* op, Ctx& ctx, const ConvDesc& c, ffi::DataType dt, ConvCall* cc) {
+  JAX_MPS_RETURN_IF_ERROR(MakeGeo(op, c, &cc->g));
   JAX_MPS_RETURN_IF_ERROR(Cudnn(op, ctx.stream, &cc->h));
   return GetPlan(op, cc->h, StreamDevice(ctx.stream), cc->g, dt, &cc->plan);
 }
 
-ffi::Error ConvFwd(Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> y,
-                   CONV_ATTRS) {
-  const char* op = transpose ? "conv_transpose_fwd" : "conv_fwd";
+ffi::Error ConvFwdImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
+                       ffi::AnyBuffer y) {
+  const char* op = c.transpose ? "conv_transpose_fwd" : "conv_fwd";
   const ffi::DataType dt = x.element_type();
-  JAX_MPS_RETURN_IF_ERROR(CheckConvAct(op, act, alpha, 0));
-  for (auto* q : {&w, &b}) JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "w/b", *q, dt));
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "y", *y, dt));
-  ConvDesc c0;
-  JAX_MPS_RETURN_IF_ERROR(MakeConvDesc(op, x.dimensions(), w.dimensions(), y->dimensions(), stride, pad_lo, pad_hi,
-                                       dilation, groups, transpose != 0, &c0));
-  JAX_MPS_CHECK(int64_t(b.element_count()) == (has_bias ? c0.oc : 0), op, ": b must have shape (",
-                has_bias ? c0.oc : 0, ",), got ", DimsStr(b.dimensions()));
-  if (y->element_count() == 0) return ffi::Error::Success();
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&w, &y}));
+  if (c.has_bias) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&b}));
+  if (y.element_count() == 0) return ffi::Error::Success();
   return DispatchFloat(op, dt, [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
     ConvCall cc;
-    JAX_MPS_RETURN_IF_ERROR(SetUp(op, ctx, x.dimensions(), w.dimensions(), y->dimensions(), stride, pad_lo, pad_hi,
-                                  dilation, groups, transpose, act, alpha, has_bias, dt, &cc));
+    JAX_MPS_RETURN_IF_ERROR(SetUp(op, ctx, c, dt, &cc));
     const Geo& g = cc.g;
-    const bool tr = cc.c.transpose;
+    const bool tr = c.transpose;
     const int64_t nw = w.element_count(), nxp = g.n * g.XHp() * g.XWp() * g.xc;
     const size_t algo_ws = AlgoWorkspace(cc.h, cc.plan, tr ? 1 : 0);
     Carve cv;
@@ -305,54 +283,47 @@ ffi::Error ConvFwd(Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b
     if (!ws) return err;
     T* wk = reinterpret_cast<T*>(ws + o_w);
     T* xp = reinterpret_cast<T*>(ws + o_x);
-    FilterK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(cc.c.kh, cc.c.kw, w.dimensions()[2], cc.c.oc, tr, true,
-                                                  Ptr<const T>(w), wk);
+    FilterK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(c.kh, c.kw, w.dimensions()[2], c.oc, tr, true, Ptr<const T>(w), wk);
     if (!tr) {  // Y = F(X = x)
       const T* xin = Ptr<const T>(x);
       if (g.phys) {
         PadK<T><<<Blocks(nxp), 256, 0, ctx.stream>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h, g.lo_w, xin, xp);
         xin = xp;
       }
-      JAX_MPS_RETURN_IF_ERROR(RunConv(op, cc.h, cc.plan, 0, xin, wk, y->untyped_data(), ws + o_ws, algo_ws));
+      JAX_MPS_RETURN_IF_ERROR(RunConv(op, cc.h, cc.plan, 0, xin, wk, y.untyped_data(), ws + o_ws, algo_ws));
     } else {  // y = X = data gradient of F at Y = x
-      void* dst = g.phys ? static_cast<void*>(xp) : y->untyped_data();
+      void* dst = g.phys ? static_cast<void*>(xp) : y.untyped_data();
       JAX_MPS_RETURN_IF_ERROR(RunConv(op, cc.h, cc.plan, 1, wk, x.untyped_data(), dst, ws + o_ws, algo_ws));
       if (g.phys)
-        CropK<T><<<Blocks(y->element_count()), 256, 0, ctx.stream>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h,
-                                                                    g.lo_w, xp, Ptr<T>(*y));
+        CropK<T><<<Blocks(y.element_count()), 256, 0, ctx.stream>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h,
+                                                                   g.lo_w, xp, Ptr<T>(y));
     }
-    if (has_bias || act != 0)
-      BiasActK<T><<<Blocks(y->element_count()), 256, 0, ctx.stream>>>(
-          y->element_count(), cc.c.oc, Ptr<T>(*y), has_bias ? Ptr<const T>(b) : nullptr, Act(act), alpha);
+    if (c.has_bias || c.act != Act::kNone)
+      BiasActK<T><<<Blocks(y.element_count()), 256, 0, ctx.stream>>>(
+          y.element_count(), c.oc, Ptr<T>(y), c.has_bias ? Ptr<const T>(b) : nullptr, c.act, c.alpha);
     return LaunchStatus(op);
   });
 }
 
 // dx from the saved activation operand s (y or z), dy and w.
-ffi::Error ConvBwdData(Ctx ctx, ffi::AnyBuffer s, ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx,
-                       CONV_ATTRS, int64_t from_output) {
-  const char* op = transpose ? "conv_transpose_bwd_data" : "conv_bwd_data";
+ffi::Error ConvBwdDataImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer s, ffi::AnyBuffer dy, ffi::AnyBuffer w,
+                           ffi::AnyBuffer dx) {
+  const char* op = c.transpose ? "conv_transpose_bwd_data" : "conv_bwd_data";
   const ffi::DataType dt = dy.element_type();
-  JAX_MPS_RETURN_IF_ERROR(CheckConvAct(op, act, alpha, from_output));
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "w", w, dt));
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "dx", *dx, dt));
-  JAX_MPS_CHECK(act == 0 || (s.element_count() == dy.element_count() && s.element_type() == dt), op,
-                ": s must match dy ", DimsStr(dy.dimensions()), ", got ", DimsStr(s.dimensions()));
-  ConvDesc c0;
-  JAX_MPS_RETURN_IF_ERROR(MakeConvDesc(op, dx->dimensions(), w.dimensions(), dy.dimensions(), stride, pad_lo, pad_hi,
-                                       dilation, groups, transpose != 0, &c0));
-  if (dx->element_count() == 0) return ffi::Error::Success();
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, dy, {&w, &dx}));
+  const bool act = c.act != Act::kNone;
+  if (act) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, dy, {&s}));
+  if (dx.element_count() == 0) return ffi::Error::Success();
   return DispatchFloat(op, dt, [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
     if (dy.element_count() == 0) {
-      ZeroK<T><<<Blocks(dx->element_count()), 256, 0, ctx.stream>>>(dx->element_count(), Ptr<T>(*dx));
+      ZeroK<T><<<Blocks(dx.element_count()), 256, 0, ctx.stream>>>(dx.element_count(), Ptr<T>(dx));
       return LaunchStatus(op);
     }
     ConvCall cc;
-    JAX_MPS_RETURN_IF_ERROR(SetUp(op, ctx, dx->dimensions(), w.dimensions(), dy.dimensions(), stride, pad_lo, pad_hi,
-                                  dilation, groups, transpose, act, alpha, has_bias, dt, &cc));
+    JAX_MPS_RETURN_IF_ERROR(SetUp(op, ctx, c, dt, &cc));
     const Geo& g = cc.g;
-    const bool tr = cc.c.transpose;
+    const bool tr = c.transpose;
     const int64_t nw = w.element_count(), nxp = g.n * g.XHp() * g.XWp() * g.xc, ny = dy.element_count();
     const size_t algo_ws = AlgoWorkspace(cc.h, cc.plan, tr ? 0 : 1);
     Carve cv;
@@ -365,63 +336,54 @@ ffi::Error ConvBwdData(Ctx ctx, ffi::AnyBuffer s, ffi::AnyBuffer dy, ffi::AnyBuf
     T* xp = reinterpret_cast<T*>(ws + o_x);
     const T* dz = Ptr<const T>(dy);
     if (act) {
-      T* d = reinterpret_cast<T*>(ws + o_dz);
-      DzK<T><<<Blocks(ny), 256, 0, ctx.stream>>>(ny, Act(act), alpha, from_output != 0, Ptr<const T>(s), dz, d);
-      dz = d;
+      T* q = reinterpret_cast<T*>(ws + o_dz);
+      DzK<T><<<Blocks(ny), 256, 0, ctx.stream>>>(ny, c.act, c.alpha, c.from_output, Ptr<const T>(s), dz, q);
+      dz = q;
     }
-    FilterK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(cc.c.kh, cc.c.kw, w.dimensions()[2], cc.c.oc, tr, true,
-                                                  Ptr<const T>(w), wk);
+    FilterK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(c.kh, c.kw, w.dimensions()[2], c.oc, tr, true, Ptr<const T>(w), wk);
     if (!tr) {  // dx = data gradient of F at dY = dz (padded X: crop)
-      void* dst = g.phys ? static_cast<void*>(xp) : dx->untyped_data();
+      void* dst = g.phys ? static_cast<void*>(xp) : dx.untyped_data();
       JAX_MPS_RETURN_IF_ERROR(RunConv(op, cc.h, cc.plan, 1, wk, dz, dst, ws + o_ws, algo_ws));
       if (g.phys)
-        CropK<T><<<Blocks(dx->element_count()), 256, 0, ctx.stream>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h,
-                                                                     g.lo_w, xp, Ptr<T>(*dx));
+        CropK<T><<<Blocks(dx.element_count()), 256, 0, ctx.stream>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h,
+                                                                    g.lo_w, xp, Ptr<T>(dx));
     } else {  // dx = F(X = dz)
       const T* xin = dz;
       if (g.phys) {
         PadK<T><<<Blocks(nxp), 256, 0, ctx.stream>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h, g.lo_w, dz, xp);
         xin = xp;
       }
-      JAX_MPS_RETURN_IF_ERROR(RunConv(op, cc.h, cc.plan, 0, xin, wk, dx->untyped_data(), ws + o_ws, algo_ws));
+      JAX_MPS_RETURN_IF_ERROR(RunConv(op, cc.h, cc.plan, 0, xin, wk, dx.untyped_data(), ws + o_ws, algo_ws));
     }
     return LaunchStatus(op);
   });
 }
 
 // dw, db from x, the saved activation operand s and dy.
-ffi::Error ConvBwdWeights(Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer s, ffi::AnyBuffer dy,
-                          ffi::Result<ffi::AnyBuffer> dw, ffi::Result<ffi::AnyBuffer> db, CONV_ATTRS,
-                          int64_t from_output) {
-  const char* op = transpose ? "conv_transpose_bwd_weights" : "conv_bwd_weights";
+ffi::Error ConvBwdWeightsImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer x, ffi::AnyBuffer s, ffi::AnyBuffer dy,
+                              ffi::AnyBuffer dw, ffi::AnyBuffer db) {
+  const char* op = c.transpose ? "conv_transpose_bwd_weights" : "conv_bwd_weights";
   const ffi::DataType dt = x.element_type();
-  JAX_MPS_RETURN_IF_ERROR(CheckConvAct(op, act, alpha, from_output));
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "dy", dy, dt));
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "dw", *dw, dt));
-  JAX_MPS_CHECK(act == 0 || (s.element_count() == dy.element_count() && s.element_type() == dt), op,
-                ": s must match dy ", DimsStr(dy.dimensions()), ", got ", DimsStr(s.dimensions()));
-  ConvDesc c0;
-  JAX_MPS_RETURN_IF_ERROR(MakeConvDesc(op, x.dimensions(), dw->dimensions(), dy.dimensions(), stride, pad_lo, pad_hi,
-                                       dilation, groups, transpose != 0, &c0));
-  JAX_MPS_CHECK(int64_t(db->element_count()) == (has_bias ? c0.oc : 0) && (!has_bias || db->element_type() == dt), op,
-                ": db must have shape (", has_bias ? c0.oc : 0, ",)");
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&dy, &dw}));
+  const bool act = c.act != Act::kNone;
+  if (act) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&s}));
+  if (c.has_bias) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&db}));
   return DispatchFloat(op, dt, [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
     if (dy.element_count() == 0 || x.element_count() == 0) {
-      ZeroK<T><<<Blocks(dw->element_count()), 256, 0, ctx.stream>>>(dw->element_count(), Ptr<T>(*dw));
-      if (has_bias) ZeroK<T><<<Blocks(c0.oc), 256, 0, ctx.stream>>>(c0.oc, Ptr<T>(*db));
+      ZeroK<T><<<Blocks(dw.element_count()), 256, 0, ctx.stream>>>(dw.element_count(), Ptr<T>(dw));
+      if (c.has_bias) ZeroK<T><<<Blocks(c.oc), 256, 0, ctx.stream>>>(c.oc, Ptr<T>(db));
       return LaunchStatus(op);
     }
     ConvCall cc;
-    JAX_MPS_RETURN_IF_ERROR(SetUp(op, ctx, x.dimensions(), dw->dimensions(), dy.dimensions(), stride, pad_lo, pad_hi,
-                                  dilation, groups, transpose, act, alpha, has_bias, dt, &cc));
+    JAX_MPS_RETURN_IF_ERROR(SetUp(op, ctx, c, dt, &cc));
     const Geo& g = cc.g;
-    const bool tr = cc.c.transpose;
-    const int64_t nw = dw->element_count(), nxp = g.n * g.XHp() * g.XWp() * g.xc, ny = dy.element_count();
+    const bool tr = c.transpose;
+    const int64_t nw = dw.element_count(), nxp = g.n * g.XHp() * g.XWp() * g.xc, ny = dy.element_count();
     const size_t algo_ws = AlgoWorkspace(cc.h, cc.plan, 2);
     Carve cv;
     const size_t o_w = cv.Add(nw * sizeof(T)), o_x = cv.Add(g.phys ? nxp * sizeof(T) : 0),
-                 o_dz = cv.Add(act ? ny * sizeof(T) : 0), o_acc = cv.Add(has_bias ? c0.oc * sizeof(double) : 0),
+                 o_dz = cv.Add(act ? ny * sizeof(T) : 0), o_acc = cv.Add(c.has_bias ? c.oc * sizeof(double) : 0),
                  o_ws = cv.Add(algo_ws);
     ffi::Error err;
     char* ws = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
@@ -430,9 +392,9 @@ ffi::Error ConvBwdWeights(Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer s, ffi::AnyB
     T* xp = reinterpret_cast<T*>(ws + o_x);
     const T* dz = Ptr<const T>(dy);
     if (act) {
-      T* d = reinterpret_cast<T*>(ws + o_dz);
-      DzK<T><<<Blocks(ny), 256, 0, ctx.stream>>>(ny, Act(act), alpha, from_output != 0, Ptr<const T>(s), dz, d);
-      dz = d;
+      T* q = reinterpret_cast<T*>(ws + o_dz);
+      DzK<T><<<Blocks(ny), 256, 0, ctx.stream>>>(ny, c.act, c.alpha, c.from_output, Ptr<const T>(s), dz, q);
+      dz = q;
     }
     // F's filter gradient: X = x, dY = dz (conv); X = dz, dY = x (transposed conv).
     const T* fx = tr ? dz : Ptr<const T>(x);
@@ -442,14 +404,13 @@ ffi::Error ConvBwdWeights(Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer s, ffi::AnyB
       fx = xp;
     }
     JAX_MPS_RETURN_IF_ERROR(RunConv(op, cc.h, cc.plan, 2, fx, fdy, wk, ws + o_ws, algo_ws));
-    FilterK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(cc.c.kh, cc.c.kw, dw->dimensions()[2], cc.c.oc, tr, false, wk,
-                                                  Ptr<T>(*dw));
-    if (has_bias) {
+    FilterK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(c.kh, c.kw, dw.dimensions()[2], c.oc, tr, false, wk, Ptr<T>(dw));
+    if (c.has_bias) {
       double* acc = reinterpret_cast<double*>(ws + o_acc);
-      JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(acc, 0, c0.oc * sizeof(double), ctx.stream));
-      const int64_t rows = ny / c0.oc;
-      ColSumK<T><<<ColGrid(rows, c0.oc), dim3(kColX, kColY), 0, ctx.stream>>>(rows, c0.oc, dz, acc);
-      CastK<T><<<Blocks(c0.oc), 256, 0, ctx.stream>>>(c0.oc, acc, Ptr<T>(*db));
+      JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(acc, 0, c.oc * sizeof(double), ctx.stream));
+      const int64_t rows = ny / c.oc;
+      ColSumK<T><<<ColGrid(rows, c.oc), dim3(kColX, kColY), 0, ctx.stream>>>(rows, c.oc, dz, acc);
+      CastK<T><<<Blocks(c.oc), 256, 0, ctx.stream>>>(c.oc, acc, Ptr<T>(db));
     }
     return LaunchStatus(op);
   });
@@ -525,37 +486,26 @@ ffi::Error RunMatmul(const char* op, Ctx& ctx, cublasLtHandle_t h, MatmulPlan* p
   return ffi::Error::Success();
 }
 
-ffi::Error CheckDenseAct(const char* op, int64_t act, float alpha, int64_t from_output) {
-  return CheckConvAct(op, act, alpha, from_output);
-}
-
-ffi::Error DenseFwd(Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> y,
-                    int64_t act, float alpha, int64_t has_bias) {
+ffi::Error DenseFwdImpl(Ctx ctx, const DenseDesc& d, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
+                        ffi::AnyBuffer y) {
   const char* op = "dense_fwd";
-  DenseDesc d;
   const ffi::DataType dt = x.element_type();
-  JAX_MPS_RETURN_IF_ERROR(MakeDenseDesc(op, x.dimensions(), w.dimensions(), &d));
-  JAX_MPS_RETURN_IF_ERROR(CheckDenseAct(op, act, alpha, 0));
-  for (auto* q : {&w, &b}) JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "w/b", *q, dt));
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "y", *y, dt));
-  JAX_MPS_CHECK(int64_t(b.element_count()) == (has_bias ? d.n : 0), op, ": b must have shape (", has_bias ? d.n : 0,
-                ",)");
-  JAX_MPS_CHECK(int64_t(y->element_count()) == d.m * d.n, op, ": y must have ", d.m * d.n, " elements");
-  JAX_MPS_CHECK(d.k >= 1, op, ": In must be >= 1");
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&w, &y}));
+  if (d.has_bias) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&b}));
   if (d.m == 0 || d.n == 0) return ffi::Error::Success();
   return DispatchFloat(op, dt, [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
     cublasLtHandle_t h = nullptr;
     JAX_MPS_RETURN_IF_ERROR(CublasLt(op, ctx.stream, &h));
     // Fused epilogues where cuBLASLt has the function (its GELU is the tanh form).
-    const Act a = Act(act);
-    cublasLtEpilogue_t epi = has_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    const Act a = d.act;
+    cublasLtEpilogue_t epi = d.has_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
     bool fused = a == Act::kNone;
     if (a == Act::kRelu) {
-      epi = has_bias ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_RELU;
+      epi = d.has_bias ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_RELU;
       fused = true;
     } else if (a == Act::kGeluTanh) {
-      epi = has_bias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU;
+      epi = d.has_bias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU;
       fused = true;
     }
     MatmulPlan* p = nullptr;
@@ -563,32 +513,26 @@ ffi::Error DenseFwd(Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer 
     ffi::Error err;
     void* ws = Workspace(ctx, p->ws, op, &err);
     if (!ws) return err;
-    JAX_MPS_RETURN_IF_ERROR(RunMatmul(op, ctx, h, p, w.untyped_data(), x.untyped_data(), y->untyped_data(),
-                                      has_bias ? b.untyped_data() : nullptr, ws));
+    JAX_MPS_RETURN_IF_ERROR(RunMatmul(op, ctx, h, p, w.untyped_data(), x.untyped_data(), y.untyped_data(),
+                                      d.has_bias ? b.untyped_data() : nullptr, ws));
     if (!fused)
-      BiasActK<T><<<Blocks(d.m * d.n), 256, 0, ctx.stream>>>(d.m * d.n, d.n, Ptr<T>(*y), nullptr, a, alpha);
+      BiasActK<T><<<Blocks(d.m * d.n), 256, 0, ctx.stream>>>(d.m * d.n, d.n, Ptr<T>(y), nullptr, a, d.alpha);
     return LaunchStatus(op);
   });
 }
 
-ffi::Error DenseBwdData(Ctx ctx, ffi::AnyBuffer s, ffi::AnyBuffer dy, ffi::AnyBuffer w,
-                        ffi::Result<ffi::AnyBuffer> dx, int64_t act, float alpha, int64_t /*has_bias*/,
-                        int64_t from_output) {
+ffi::Error DenseBwdDataImpl(Ctx ctx, const DenseDesc& d, ffi::AnyBuffer s, ffi::AnyBuffer dy, ffi::AnyBuffer w,
+                            ffi::AnyBuffer dx) {
   const char* op = "dense_bwd_data";
-  DenseDesc d;
   const ffi::DataType dt = dy.element_type();
-  JAX_MPS_RETURN_IF_ERROR(MakeDenseDesc(op, dx->dimensions(), w.dimensions(), &d));
-  JAX_MPS_RETURN_IF_ERROR(CheckDenseAct(op, act, alpha, from_output));
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "w", w, dt));
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "dx", *dx, dt));
-  JAX_MPS_CHECK(int64_t(dy.element_count()) == d.m * d.n &&
-                    (act == 0 || (s.element_count() == dy.element_count() && s.element_type() == dt)),
-                op, ": dy (and s) must have ", d.m * d.n, " elements");
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, dy, {&w, &dx}));
+  const bool act = d.act != Act::kNone;
+  if (act) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, dy, {&s}));
   if (d.m == 0 || d.k == 0) return ffi::Error::Success();
   return DispatchFloat(op, dt, [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
     if (d.n == 0) {
-      ZeroK<T><<<Blocks(d.m * d.k), 256, 0, ctx.stream>>>(d.m * d.k, Ptr<T>(*dx));
+      ZeroK<T><<<Blocks(d.m * d.k), 256, 0, ctx.stream>>>(d.m * d.k, Ptr<T>(dx));
       return LaunchStatus(op);
     }
     cublasLtHandle_t h = nullptr;
@@ -603,36 +547,29 @@ ffi::Error DenseBwdData(Ctx ctx, ffi::AnyBuffer s, ffi::AnyBuffer dy, ffi::AnyBu
     const T* dz = Ptr<const T>(dy);
     if (act) {
       T* q = reinterpret_cast<T*>(ws + o_dz);
-      DzK<T><<<Blocks(d.m * d.n), 256, 0, ctx.stream>>>(d.m * d.n, Act(act), alpha, from_output != 0, Ptr<const T>(s),
-                                                       dz, q);
+      DzK<T><<<Blocks(d.m * d.n), 256, 0, ctx.stream>>>(d.m * d.n, d.act, d.alpha, d.from_output, Ptr<const T>(s), dz,
+                                                       q);
       dz = q;
     }
     // dx^T (K, M) = w (K, N) @ dz^T (N, M): w is stored as a column-major (N, K).
-    JAX_MPS_RETURN_IF_ERROR(RunMatmul(op, ctx, h, p, w.untyped_data(), dz, dx->untyped_data(), nullptr, ws + o_ws));
+    JAX_MPS_RETURN_IF_ERROR(RunMatmul(op, ctx, h, p, w.untyped_data(), dz, dx.untyped_data(), nullptr, ws + o_ws));
     return LaunchStatus(op);
   });
 }
 
-ffi::Error DenseBwdWeights(Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer s, ffi::AnyBuffer dy,
-                           ffi::Result<ffi::AnyBuffer> dw, ffi::Result<ffi::AnyBuffer> db, int64_t act, float alpha,
-                           int64_t has_bias, int64_t from_output) {
+ffi::Error DenseBwdWeightsImpl(Ctx ctx, const DenseDesc& d, ffi::AnyBuffer x, ffi::AnyBuffer s, ffi::AnyBuffer dy,
+                               ffi::AnyBuffer dw, ffi::AnyBuffer db) {
   const char* op = "dense_bwd_weights";
-  DenseDesc d;
   const ffi::DataType dt = x.element_type();
-  JAX_MPS_RETURN_IF_ERROR(MakeDenseDesc(op, x.dimensions(), dw->dimensions(), &d));
-  JAX_MPS_RETURN_IF_ERROR(CheckDenseAct(op, act, alpha, from_output));
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "dy", dy, dt));
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "dw", *dw, dt));
-  JAX_MPS_CHECK(int64_t(dy.element_count()) == d.m * d.n &&
-                    (act == 0 || (s.element_count() == dy.element_count() && s.element_type() == dt)),
-                op, ": dy (and s) must have ", d.m * d.n, " elements");
-  JAX_MPS_CHECK(int64_t(db->element_count()) == (has_bias ? d.n : 0) && (!has_bias || db->element_type() == dt), op,
-                ": db must have shape (", has_bias ? d.n : 0, ",)");
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&dy, &dw}));
+  const bool act = d.act != Act::kNone;
+  if (act) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&s}));
+  if (d.has_bias) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&db}));
   return DispatchFloat(op, dt, [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
     if (d.m == 0) {
-      ZeroK<T><<<Blocks(d.k * d.n), 256, 0, ctx.stream>>>(d.k * d.n, Ptr<T>(*dw));
-      if (has_bias) ZeroK<T><<<Blocks(d.n), 256, 0, ctx.stream>>>(d.n, Ptr<T>(*db));
+      ZeroK<T><<<Blocks(d.k * d.n), 256, 0, ctx.stream>>>(d.k * d.n, Ptr<T>(dw));
+      if (d.has_bias) ZeroK<T><<<Blocks(d.n), 256, 0, ctx.stream>>>(d.n, Ptr<T>(db));
       return LaunchStatus(op);
     }
     if (d.k == 0 || d.n == 0) return ffi::Error::Success();
@@ -641,7 +578,7 @@ ffi::Error DenseBwdWeights(Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer s, ffi::Any
     MatmulPlan* p = nullptr;
     JAX_MPS_RETURN_IF_ERROR(GetMatmul(op, h, dt, d.n, d.k, d.m, false, true, CUBLASLT_EPILOGUE_DEFAULT, &p));
     Carve cv;
-    const size_t o_dz = cv.Add(act ? d.m * d.n * sizeof(T) : 0), o_acc = cv.Add(has_bias ? d.n * sizeof(double) : 0),
+    const size_t o_dz = cv.Add(act ? d.m * d.n * sizeof(T) : 0), o_acc = cv.Add(d.has_bias ? d.n * sizeof(double) : 0),
                  o_ws = cv.Add(p->ws);
     ffi::Error err;
     char* ws = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
@@ -649,46 +586,44 @@ ffi::Error DenseBwdWeights(Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer s, ffi::Any
     const T* dz = Ptr<const T>(dy);
     if (act) {
       T* q = reinterpret_cast<T*>(ws + o_dz);
-      DzK<T><<<Blocks(d.m * d.n), 256, 0, ctx.stream>>>(d.m * d.n, Act(act), alpha, from_output != 0, Ptr<const T>(s),
-                                                       dz, q);
+      DzK<T><<<Blocks(d.m * d.n), 256, 0, ctx.stream>>>(d.m * d.n, d.act, d.alpha, d.from_output, Ptr<const T>(s), dz,
+                                                       q);
       dz = q;
     }
     // dw^T (N, K) = dz^T (N, M) @ x (M, K): x is stored as a column-major (K, M).
-    JAX_MPS_RETURN_IF_ERROR(RunMatmul(op, ctx, h, p, dz, x.untyped_data(), dw->untyped_data(), nullptr, ws + o_ws));
-    if (has_bias) {
+    JAX_MPS_RETURN_IF_ERROR(RunMatmul(op, ctx, h, p, dz, x.untyped_data(), dw.untyped_data(), nullptr, ws + o_ws));
+    if (d.has_bias) {
       double* acc = reinterpret_cast<double*>(ws + o_acc);
       JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(acc, 0, d.n * sizeof(double), ctx.stream));
       ColSumK<T><<<ColGrid(d.m, d.n), dim3(kColX, kColY), 0, ctx.stream>>>(d.m, d.n, dz, acc);
-      CastK<T><<<Blocks(d.n), 256, 0, ctx.stream>>>(d.n, acc, Ptr<T>(*db));
+      CastK<T><<<Blocks(d.n), 256, 0, ctx.stream>>>(d.n, acc, Ptr<T>(db));
     }
     return LaunchStatus(op);
   });
 }
 
 }  // namespace
-
-#define BIND_CONV_ATTRS(b)                                                                                 \
-  b.Attr<Span>("stride").Attr<Span>("pad_lo").Attr<Span>("pad_hi").Attr<Span>("dilation")                 \
-      .Attr<int64_t>("groups").Attr<int64_t>("transpose").Attr<int64_t>("act").Attr<float>("alpha")        \
-      .Attr<int64_t>("has_bias")
-#define B ffi::Ffi::Bind().Ctx<Ctx>()
-#define A .Arg<ffi::AnyBuffer>()
-#define R .Ret<ffi::AnyBuffer>()
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_conv_fwd, ConvFwd, BIND_CONV_ATTRS(B A A A R));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_conv_bwd_data, ConvBwdData, BIND_CONV_ATTRS(B A A A R).Attr<int64_t>("from_output"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_conv_bwd_weights, ConvBwdWeights,
-                              BIND_CONV_ATTRS(B A A A R R).Attr<int64_t>("from_output"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_dense_fwd, DenseFwd,
-                              B A A A R.Attr<int64_t>("act").Attr<float>("alpha").Attr<int64_t>("has_bias"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_dense_bwd_data, DenseBwdData,
-                              B A A A R.Attr<int64_t>("act").Attr<float>("alpha").Attr<int64_t>("has_bias")
-                                  .Attr<int64_t>("from_output"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_dense_bwd_weights, DenseBwdWeights,
-                              B A A A R R.Attr<int64_t>("act").Attr<float>("alpha").Attr<int64_t>("has_bias")
-                                  .Attr<int64_t>("from_output"));
-#undef B
-#undef A
-#undef R
-#undef BIND_CONV_ATTRS
-
 }  // namespace jax_mps::cuda
+
+namespace jax_mps {
+
+ffi::Error Cuda::ConvFwd(Ctx s, const ConvDesc& c, Buf x, Buf w, Buf b, Buf y) {
+  return cuda::ConvFwdImpl(cuda::Ctx{s}, c, x, w, b, y);
+}
+ffi::Error Cuda::ConvBwdData(Ctx s, const ConvDesc& c, Buf sy, Buf dy, Buf w, Buf dx) {
+  return cuda::ConvBwdDataImpl(cuda::Ctx{s}, c, sy, dy, w, dx);
+}
+ffi::Error Cuda::ConvBwdWeights(Ctx s, const ConvDesc& c, Buf x, Buf sy, Buf dy, Buf dw, Buf db) {
+  return cuda::ConvBwdWeightsImpl(cuda::Ctx{s}, c, x, sy, dy, dw, db);
+}
+ffi::Error Cuda::DenseFwd(Ctx s, const DenseDesc& d, Buf x, Buf w, Buf b, Buf y) {
+  return cuda::DenseFwdImpl(cuda::Ctx{s}, d, x, w, b, y);
+}
+ffi::Error Cuda::DenseBwdData(Ctx s, const DenseDesc& d, Buf sy, Buf dy, Buf w, Buf dx) {
+  return cuda::DenseBwdDataImpl(cuda::Ctx{s}, d, sy, dy, w, dx);
+}
+ffi::Error Cuda::DenseBwdWeights(Ctx s, const DenseDesc& d, Buf x, Buf sy, Buf dy, Buf dw, Buf db) {
+  return cuda::DenseBwdWeightsImpl(cuda::Ctx{s}, d, x, sy, dy, dw, db);
+}
+
+}  // namespace jax_mps

@@ -1,8 +1,8 @@
 // Inverted dropout on CUDA: the same Philox4x32-10 counter stream as the CPU kernel
-// (runtime/losses.h), so one key gives the same mask on every backend; the mask is bit-packed
+// (runtime/dropout.h), so one key gives the same mask on every backend; the mask is bit-packed
 // (bit j of byte b <-> element 8b + j). One thread makes one mask byte (8 elements, 2 blocks).
+#include "cuda/backend.h"
 #include "cuda/common.cuh"
-#include "runtime/losses.h"
 
 namespace jax_mps::cuda {
 namespace {
@@ -51,56 +51,34 @@ __global__ void DropoutBwdK(int64_t n, const uint8_t* mask, float scale, const T
   JAX_MPS_GRID_STRIDE(i, n) dx[i] = St<T>((mask[i >> 3] >> (i & 7)) & 1 ? Ld(g[i]) * scale : 0.f);
 }
 
-ffi::Error DropoutFwd(Ctx ctx, ffi::AnyBuffer key, ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y,
-                      ffi::Result<ffi::AnyBuffer> mask, int64_t threshold, float scale) {
-  const char* op = "dropout";
-  DropoutDesc desc;
-  JAX_MPS_CHECK(key.element_type() == ffi::U32, op, ": key data must be uint32");
-  JAX_MPS_CHECK(mask->element_type() == ffi::U8, op, ": mask must be uint8");
-  JAX_MPS_RETURN_IF_ERROR(MakeDropoutDesc(threshold, scale, int64_t(key.element_count()), &desc));
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "y", *y, x.element_type()));
-  const int64_t n = x.element_count(), nbytes = (n + 7) / 8;
-  JAX_MPS_CHECK(int64_t(mask->element_count()) == nbytes, op, ": mask must have ", nbytes, " bytes for ", n,
-                " elements, got ", mask->element_count());
-  JAX_MPS_CHECK(int64_t(y->element_count()) == n, op, ": y size mismatch");
-  if (n == 0) return ffi::Error::Success();
-  return DispatchFloat(op, x.element_type(), [&](auto t) {
-    using T = decltype(t);
-    DropoutFwdK<T><<<Blocks(nbytes), 256, 0, ctx.stream>>>(n, Ptr<const uint32_t>(key), int(key.element_count()),
-                                                         desc.threshold, desc.scale, Ptr<const T>(x), Ptr<T>(*y),
-                                                         Ptr<uint8_t>(*mask));
-    return LaunchStatus(op);
-  });
-}
-
-ffi::Error DropoutBwd(Ctx ctx, ffi::AnyBuffer mask, ffi::AnyBuffer g, ffi::Result<ffi::AnyBuffer> dx, float scale) {
-  const char* op = "dropout_bwd";
-  JAX_MPS_CHECK(std::isfinite(scale) && scale >= 1.f, op, ": scale must be finite and >= 1, got ", scale);
-  JAX_MPS_CHECK(mask.element_type() == ffi::U8, op, ": mask must be uint8");
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "dx", *dx, g.element_type()));
-  const int64_t n = g.element_count(), nbytes = (n + 7) / 8;
-  JAX_MPS_CHECK(int64_t(mask.element_count()) == nbytes, op, ": mask must have ", nbytes, " bytes for ", n,
-                " elements, got ", mask.element_count());
-  JAX_MPS_CHECK(int64_t(dx->element_count()) == n, op, ": dx size mismatch");
-  if (n == 0) return ffi::Error::Success();
-  return DispatchFloat(op, g.element_type(), [&](auto t) {
-    using T = decltype(t);
-    DropoutBwdK<T><<<Blocks(n), 256, 0, ctx.stream>>>(n, Ptr<const uint8_t>(mask), scale, Ptr<const T>(g),
-                                                    Ptr<T>(*dx));
-    return LaunchStatus(op);
-  });
-}
-
 }  // namespace
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_dropout_fwd, DropoutFwd,
-                              ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("threshold").Attr<float>("scale"),
-                              JAX_MPS_ONLY_KERNELS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_dropout_bwd, DropoutBwd,
-                              ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>().Attr<float>("scale"),
-                              JAX_MPS_ONLY_KERNELS);
-
 }  // namespace jax_mps::cuda
+
+namespace jax_mps {
+using namespace cuda;  // NOLINT: the kernels above
+
+ffi::Error Cuda::DropoutFwd(Cuda::Ctx s, const DropoutDesc& d, Buf key, Buf x, Buf y, Buf mask) {
+  const char* op = "dropout";
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&y}));
+  const int64_t nbytes = (d.n + 7) / 8;
+  if (d.n == 0) return ffi::Error::Success();
+  return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    DropoutFwdK<T><<<Blocks(nbytes), 256, 0, s>>>(d.n, Ptr<const uint32_t>(key), int(d.key_words), d.threshold,
+                                                 d.scale, Ptr<const T>(x), Ptr<T>(y), Ptr<uint8_t>(mask));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error Cuda::DropoutBwd(Cuda::Ctx s, const DropoutDesc& d, Buf mask, Buf g, Buf dx) {
+  const char* op = "dropout_bwd";
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, g, {&dx}));
+  if (d.n == 0) return ffi::Error::Success();
+  return cuda::DispatchFloat(op, g.element_type(), [&](auto t) {
+    using T = decltype(t);
+    DropoutBwdK<T><<<Blocks(d.n), 256, 0, s>>>(d.n, Ptr<const uint8_t>(mask), d.scale, Ptr<const T>(g), Ptr<T>(dx));
+    return LaunchStatus(op);
+  });
+}
+
+}  // namespace jax_mps

@@ -2,9 +2,9 @@
 // in a fixed order (deterministic, no scratch); "none" spreads rows over the grid. Codes and the
 // per-element math are those of runtime/losses.h. Integer labels are device data and cannot be
 // checked on the host: an out-of-range label makes that sample's loss and gradients NaN.
+#include "cuda/backend.h"
 #include "cuda/common.cuh"
 #include "cuda/reduce.cuh"
-#include "runtime/losses.h"
 
 namespace jax_mps::cuda {
 namespace {
@@ -183,18 +183,6 @@ __global__ void LossBwdK(LossDesc d, LossPtrs<T> a, const float* saved, const T*
   }
 }
 
-ffi::Error Decode(const char* op, const ffi::AnyBuffer& pred, const ffi::AnyBuffer& target,
-                  const ffi::AnyBuffer& weights, int64_t kind, int64_t reduction, float param, LossDesc* d) {
-  JAX_MPS_CHECK(IsFloat(pred.element_type()), op, ": predictions must be float32, float16 or bfloat16");
-  const bool int_target = target.element_type() == ffi::S32;
-  JAX_MPS_CHECK(int_target || target.element_type() == pred.element_type(), op,
-                ": target must be int32 or the predictions' dtype ", DtypeName(pred.element_type()));
-  JAX_MPS_CHECK(weights.element_count() == 0 || weights.element_type() == pred.element_type(), op,
-                ": weights must have the predictions' dtype");
-  return MakeLossDesc(kind, reduction, param, pred.dimensions(), target.dimensions(), int_target,
-                      int64_t(weights.element_count()), d);
-}
-
 template <typename T>
 LossPtrs<T> MakePtrs(const LossDesc& d, const ffi::AnyBuffer& pred, const ffi::AnyBuffer& target,
                      const ffi::AnyBuffer& weights) {
@@ -206,72 +194,46 @@ LossPtrs<T> MakePtrs(const LossDesc& d, const ffi::AnyBuffer& pred, const ffi::A
 
 unsigned RowBlocks(int64_t n) { return unsigned(std::min<int64_t>((n + 7) / 8, 132 * 16)); }
 
-ffi::Error LossFwd(Ctx ctx, ffi::AnyBuffer pred, ffi::AnyBuffer target, ffi::AnyBuffer weights,
-                   ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> lse_out, int64_t kind,
-                   int64_t reduction, float param) {
+}  // namespace
+}  // namespace jax_mps::cuda
+
+namespace jax_mps {
+using namespace cuda;  // NOLINT: the kernels above
+
+ffi::Error Cuda::LossFwd(Cuda::Ctx s, const LossDesc& d, Buf pred, Buf target, Buf weights, Buf out, Buf lse) {
   const char* op = "loss";
-  LossDesc d;
-  JAX_MPS_RETURN_IF_ERROR(Decode(op, pred, target, weights, kind, reduction, param, &d));
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, pred, {&out}));
+  if (!d.int_labels) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, pred, {&target}));
+  if (d.weighted) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, pred, {&weights}));
   const bool none = d.reduction == Reduction::kNone;
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "output", *out, pred.element_type()));
-  JAX_MPS_CHECK(int64_t(out->element_count()) == (none ? d.n : 1), op, ": output must have ", none ? d.n : 1,
-                " elements, got ", out->element_count());
-  const int64_t nl = lse_out->element_count();
-  JAX_MPS_CHECK(nl == 0 || (nl == d.n && d.kind == LossKind::kSoftmaxCE && lse_out->element_type() == ffi::F32),
-                op, ": lse must have 0 or ", d.n, " elements (float32, softmax cross entropy), got ", nl);
-  return DispatchFloat(op, pred.element_type(), [&](auto t) {
+  const int64_t nl = lse.element_count();
+  return cuda::DispatchFloat(op, pred.element_type(), [&](auto t) {
     using T = decltype(t);
     const unsigned blocks = none ? RowBlocks(d.n) : 1u;
-    LossFwdK<T><<<blocks, none ? 256 : 1024, 0, ctx.stream>>>(d, MakePtrs<T>(d, pred, target, weights), Ptr<T>(*out),
-                                                            nl ? Ptr<float>(*lse_out) : nullptr);
+    if (none && d.n == 0) return ffi::Error::Success();
+    LossFwdK<T><<<blocks, none ? 256 : 1024, 0, s>>>(d, MakePtrs<T>(d, pred, target, weights), Ptr<T>(out),
+                                                   nl ? Ptr<float>(lse) : nullptr);
     return LaunchStatus(op);
   });
 }
 
-ffi::Error LossBwd(Ctx ctx, ffi::AnyBuffer pred, ffi::AnyBuffer target, ffi::AnyBuffer weights, ffi::AnyBuffer lse_in,
-                   ffi::AnyBuffer g, ffi::Result<ffi::AnyBuffer> dpred, ffi::Result<ffi::AnyBuffer> dtarget,
-                   ffi::Result<ffi::AnyBuffer> dweights, int64_t kind, int64_t reduction, float param) {
+ffi::Error Cuda::LossBwd(Cuda::Ctx s, const LossDesc& d, Buf pred, Buf target, Buf weights, Buf lse, Buf g,
+                         Buf dpred, Buf dtarget, Buf dweights) {
   const char* op = "loss_bwd";
-  LossDesc d;
-  JAX_MPS_RETURN_IF_ERROR(Decode(op, pred, target, weights, kind, reduction, param, &d));
-  const bool none = d.reduction == Reduction::kNone;
-  const ffi::DataType dt = pred.element_type();
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "cotangent", g, dt));
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "dpred", *dpred, dt));
-  JAX_MPS_CHECK(int64_t(g.element_count()) == (none ? d.n : 1), op, ": cotangent must have ", none ? d.n : 1,
-                " elements, got ", g.element_count());
-  JAX_MPS_CHECK(int64_t(dpred->element_count()) == d.n * d.d, op, ": dpred size mismatch");
-  const int64_t ndt = dtarget->element_count(), ndw = dweights->element_count();
-  JAX_MPS_CHECK(ndt == 0 || (ndt == d.n * d.d && !d.int_labels && dtarget->element_type() == dt), op,
-                ": dtarget must have 0 or ", d.n * d.d, " elements (float target), got ", ndt);
-  JAX_MPS_CHECK(ndw == 0 || (ndw == d.n && d.weighted && dweights->element_type() == dt), op,
-                ": dweights must have 0 or ", d.n, " elements (weighted), got ", ndw);
-  const int64_t nl = lse_in.element_count();
-  JAX_MPS_CHECK(nl == 0 || (nl == d.n && d.kind == LossKind::kSoftmaxCE && lse_in.element_type() == ffi::F32), op,
-                ": lse must have 0 or ", d.n, " elements (float32, softmax cross entropy), got ", nl);
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, pred, {&g, &dpred}));
+  if (!d.int_labels) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, pred, {&target}));
+  if (d.weighted) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, pred, {&weights}));
+  const int64_t ndt = dtarget.element_count(), ndw = dweights.element_count(), nl = lse.element_count();
+  if (ndt) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, pred, {&dtarget}));
+  if (ndw) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, pred, {&dweights}));
   if (d.n == 0) return ffi::Error::Success();
-  return DispatchFloat(op, dt, [&](auto t) {
+  return cuda::DispatchFloat(op, pred.element_type(), [&](auto t) {
     using T = decltype(t);
-    LossBwdK<T><<<RowBlocks(d.n), 256, 0, ctx.stream>>>(d, MakePtrs<T>(d, pred, target, weights),
-                                                     nl ? Ptr<const float>(lse_in) : nullptr, Ptr<const T>(g),
-                                                     Ptr<T>(*dpred), ndt ? Ptr<T>(*dtarget) : nullptr,
-                                                     ndw ? Ptr<T>(*dweights) : nullptr);
+    LossBwdK<T><<<RowBlocks(d.n), 256, 0, s>>>(d, MakePtrs<T>(d, pred, target, weights),
+                                            nl ? Ptr<const float>(lse) : nullptr, Ptr<const T>(g), Ptr<T>(dpred),
+                                            ndt ? Ptr<T>(dtarget) : nullptr, ndw ? Ptr<T>(dweights) : nullptr);
     return LaunchStatus(op);
   });
 }
 
-}  // namespace
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_loss_fwd, LossFwd,
-                              ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("kind").Attr<int64_t>("reduction").Attr<float>("param"),
-                              JAX_MPS_ONLY_KERNELS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_loss_bwd, LossBwd,
-                              ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("kind").Attr<int64_t>("reduction").Attr<float>("param"),
-                              JAX_MPS_ONLY_KERNELS);
-
-}  // namespace jax_mps::cuda
+}  // namespace jax_mps

@@ -1,23 +1,12 @@
-// The CUDA extension module _jax_mps_cuda: hands its FFI target table (platform "CUDA") and the
-// library versions to jax_mps/_runtime.py, which imports it only where a CUDA device is visible.
+// The CUDA extension module _jax_mps_cuda: its FFI table (platform "CUDA"), the library versions
+// loaded at run time and the contract's constants; jax_mps/_runtime.py imports it only where a
+// CUDA device is visible.
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
 #include <cudnn.h>
-#include <nanobind/nanobind.h>
-#include <nanobind/stl/string.h>
 
-#include <string>
-
-#include "xla/ffi/api/c_api.h"
-
-namespace nb = nanobind;
-
-// The handlers (csrc/cuda/*.cu; XLA_FFI_DEFINE_HANDLER_SYMBOL gives them C linkage).
-#define I(name) extern "C" XLA_FFI_Error* kCuda_##name(XLA_FFI_CallFrame*);
-#define U(name) extern "C" XLA_FFI_Error* kCudaUnimplemented_##name(XLA_FFI_CallFrame*);
-#include "cuda/targets.inc"
-#undef I
-#undef U
+#include "cuda/targets.h"
+#include "runtime/export.h"
 
 namespace {
 std::string Version3(int v, int major_div, int minor_div) {
@@ -27,25 +16,10 @@ std::string Version3(int v, int major_div, int minor_div) {
 }  // namespace
 
 NB_MODULE(_jax_mps_cuda, m) {
-  m.def("registrations", [] {
-    nb::list out;
-#define I(name) \
-  out.append(nb::make_tuple("jax_mps_" #name, "CUDA", nb::capsule(reinterpret_cast<void*>(kCuda_##name))));
-#define U(name)                                        \
-  out.append(nb::make_tuple("jax_mps_" #name, "CUDA", \
-                            nb::capsule(reinterpret_cast<void*>(kCudaUnimplemented_##name))));
-#include "cuda/targets.inc"
-#undef I
-#undef U
-    return out;
-  }, "List of (target name, platform, handler capsule) for every FFI target of the CUDA backend.");
-  m.def("backends", [] {
-    nb::dict d;
-    int rt = 0;
-    cudaRuntimeGetVersion(&rt);
-    d["cuda"] = "cuDNN " + Version3(int(cudnnGetVersion()), 10000, 100) + ", cuBLASLt " +
-                Version3(int(cublasLtGetVersion()), 10000, 100) + ", CUDA runtime " + std::to_string(rt / 1000) +
-                "." + std::to_string((rt % 1000) / 10);
-    return d;
-  }, "The CUDA backend and its libraries (versions loaded at run time).");
+  int rt = 0;
+  cudaRuntimeGetVersion(&rt);
+  jax_mps::ExportContract(m, jax_mps::CudaTargets(), "CUDA", "cuda",
+                          "cuDNN " + Version3(int(cudnnGetVersion()), 10000, 100) + ", cuBLASLt " +
+                              Version3(int(cublasLtGetVersion()), 10000, 100) + ", CUDA runtime " +
+                              std::to_string(rt / 1000) + "." + std::to_string((rt % 1000) / 10));
 }

@@ -6,15 +6,12 @@
 // double so that x - mean keeps its precision under a large common offset (as on the CPU).
 // Fused activations follow cuda/act.cuh; the pre-activation is recomputed where needed.
 #include "cuda/act.cuh"
+#include "cuda/backend.h"
 #include "cuda/common.cuh"
 #include "cuda/reduce.cuh"
-#include "runtime/normalization.h"
 
 namespace jax_mps::cuda {
 namespace {
-
-using Buf = ffi::AnyBuffer;
-using Res = ffi::Result<ffi::AnyBuffer>;
 
 // Per-(g, c) coefficients of the element-wise passes, in scratch.
 struct Coef {
@@ -215,209 +212,6 @@ ffi::Error MakeWork(Ctx& ctx, const char* op, int64_t stats, Work* w) {
   return ffi::Error::Success();
 }
 
-ffi::Error SameDtype(const char* op, ffi::DataType t, std::initializer_list<std::pair<const char*, const Buf*>> bs) {
-  for (auto& [name, b] : bs) JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, name, *b, t));
-  return ffi::Error::Success();
-}
-
-// ---- batch norm, training mode ----
-
-ffi::Error BnFwd(Ctx ctx, Buf x, Buf scale, Buf bias, Res y, Res mean, Res var, Res rstd, float eps, int64_t act,
-                 float alpha) {
-  const char* op = "batch_norm";
-  NormView v;
-  JAX_MPS_RETURN_IF_ERROR(BatchNormView(op, x.dimensions(), &v));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "scale", scale.dimensions(), v.C));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "bias", bias.dimensions(), v.C));
-  JAX_MPS_RETURN_IF_ERROR(CheckEpsilon(op, eps));
-  JAX_MPS_RETURN_IF_ERROR(CheckFusedAct(op, act, alpha, 0));
-  JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "y", y->element_count(), x.element_count()));
-  for (auto* r : {&mean, &var, &rstd}) JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "stats", (*r)->element_count(), v.C));
-  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x.element_type(), {{"scale", &scale}, {"bias", &bias}, {"y", &*y},
-                                                           {"mean", &*mean}, {"var", &*var}, {"rstd", &*rstd}}));
-  Work w;
-  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.C, &w));
-  return DispatchFloat(op, x.element_type(), [&](auto t) {
-    using T = decltype(t);
-    StatsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, ctx.stream>>>(v.S, v.C, Ptr<const T>(x), w.sums);
-    FinishStatsK<T><<<Blocks(v.C), 256, 0, ctx.stream>>>(1, v.S, v.C, eps, w.sums, Ptr<const T>(scale),
-                                                        Ptr<const T>(bias), Ptr<T>(*mean), Ptr<T>(*var),
-                                                        Ptr<T>(*rstd), w.k);
-    AffineK<T><<<Blocks(x.element_count()), 256, 0, ctx.stream>>>(1, v.S, v.C, Act(act), alpha, Ptr<const T>(x),
-                                                                  w.k, Ptr<T>(*y));
-    return LaunchStatus(op);
-  });
-}
-
-ffi::Error BnBwd(Ctx ctx, Buf x, Buf scale, Buf bias, Buf mean, Buf rstd, Buf s, Buf dy, Buf dmean, Buf dvar, Res dx,
-                 Res dscale, Res dbias, int64_t act, float alpha, int64_t from_output) {
-  const char* op = "batch_norm_bwd";
-  NormView v;
-  JAX_MPS_RETURN_IF_ERROR(BatchNormView(op, x.dimensions(), &v));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "scale", scale.dimensions(), v.C));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "bias", bias.dimensions(), v.C));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "mean", mean.dimensions(), v.C));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "rstd", rstd.dimensions(), v.C));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "dmean", dmean.dimensions(), v.C));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "dvar", dvar.dimensions(), v.C));
-  JAX_MPS_RETURN_IF_ERROR(CheckSame(op, "y", s.dimensions(), x.dimensions()));
-  JAX_MPS_RETURN_IF_ERROR(CheckSame(op, "dy", dy.dimensions(), x.dimensions()));
-  JAX_MPS_RETURN_IF_ERROR(CheckFusedAct(op, act, alpha, from_output));
-  JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "dx", dx->element_count(), x.element_count()));
-  for (auto* r : {&dscale, &dbias})
-    JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "dscale/dbias", (*r)->element_count(), v.C));
-  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x.element_type(),
-                                    {{"scale", &scale}, {"bias", &bias}, {"mean", &mean}, {"rstd", &rstd},
-                                     {"y", &s}, {"dy", &dy}, {"dmean", &dmean}, {"dvar", &dvar}, {"dx", &*dx},
-                                     {"dscale", &*dscale}, {"dbias", &*dbias}}));
-  Work w;
-  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.C, &w));
-  const bool fo = from_output != 0;
-  return DispatchFloat(op, x.element_type(), [&](auto t) {
-    using T = decltype(t);
-    SavedBnStatsK<T><<<Blocks(v.C), 256, 0, ctx.stream>>>(v.C, Ptr<const T>(scale), Ptr<const T>(bias),
-                                                         Ptr<const T>(mean), Ptr<const T>(rstd), w.k);
-    GradSumsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, ctx.stream>>>(v.S, v.C, Act(act), alpha, fo, Ptr<const T>(x),
-                                                                     Ptr<const T>(s), Ptr<const T>(dy), w.k, w.sums);
-    BnBwdCoefK<T><<<Blocks(v.C), 256, 0, ctx.stream>>>(v.C, double(v.S), w.sums, Ptr<const T>(scale),
-                                                      Ptr<const T>(rstd), Ptr<const T>(dmean), Ptr<const T>(dvar),
-                                                      w.gb, w.gd, Ptr<T>(*dscale), Ptr<T>(*dbias));
-    GradInputK<T><<<Blocks(x.element_count()), 256, 0, ctx.stream>>>(1, v.S, v.C, Act(act), alpha, fo,
-                                                                     Ptr<const T>(x), Ptr<const T>(s),
-                                                                     Ptr<const T>(dy), w.k, w.gb, w.gd, Ptr<T>(*dx));
-    return LaunchStatus(op);
-  });
-}
-
-// ---- batch norm, inference mode (given statistics) ----
-
-ffi::Error CheckBni(const char* op, Buf& x, Buf& scale, Buf& bias, Buf& mean, Buf& var, float eps, NormView* v) {
-  JAX_MPS_RETURN_IF_ERROR(BatchNormView(op, x.dimensions(), v));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "scale", scale.dimensions(), v->C));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "bias", bias.dimensions(), v->C));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "mean", mean.dimensions(), v->C));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "var", var.dimensions(), v->C));
-  JAX_MPS_RETURN_IF_ERROR(
-      SameDtype(op, x.element_type(), {{"scale", &scale}, {"bias", &bias}, {"mean", &mean}, {"var", &var}}));
-  return CheckEpsilon(op, eps);
-}
-
-ffi::Error BniFwd(Ctx ctx, Buf x, Buf scale, Buf bias, Buf mean, Buf var, Res y, float eps, int64_t act, float alpha) {
-  const char* op = "batch_norm_inference";
-  NormView v;
-  JAX_MPS_RETURN_IF_ERROR(CheckBni(op, x, scale, bias, mean, var, eps, &v));
-  JAX_MPS_RETURN_IF_ERROR(CheckFusedAct(op, act, alpha, 0));
-  JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "y", y->element_count(), x.element_count()));
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "y", *y, x.element_type()));
-  Work w;
-  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.C, &w));
-  return DispatchFloat(op, x.element_type(), [&](auto t) {
-    using T = decltype(t);
-    GivenStatsK<T><<<Blocks(v.C), 256, 0, ctx.stream>>>(v.C, eps, Ptr<const T>(scale), Ptr<const T>(bias),
-                                                       Ptr<const T>(mean), Ptr<const T>(var), w.k);
-    AffineK<T><<<Blocks(x.element_count()), 256, 0, ctx.stream>>>(1, v.S, v.C, Act(act), alpha, Ptr<const T>(x),
-                                                                  w.k, Ptr<T>(*y));
-    return LaunchStatus(op);
-  });
-}
-
-ffi::Error BniBwd(Ctx ctx, Buf x, Buf scale, Buf bias, Buf mean, Buf var, Buf s, Buf dy, Res dx, Res dscale,
-                  Res dbias, Res dmean, Res dvar, float eps, int64_t act, float alpha, int64_t from_output) {
-  const char* op = "batch_norm_inference_bwd";
-  NormView v;
-  JAX_MPS_RETURN_IF_ERROR(CheckBni(op, x, scale, bias, mean, var, eps, &v));
-  JAX_MPS_RETURN_IF_ERROR(CheckSame(op, "y", s.dimensions(), x.dimensions()));
-  JAX_MPS_RETURN_IF_ERROR(CheckSame(op, "dy", dy.dimensions(), x.dimensions()));
-  JAX_MPS_RETURN_IF_ERROR(CheckFusedAct(op, act, alpha, from_output));
-  JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "dx", dx->element_count(), x.element_count()));
-  for (auto* r : {&dscale, &dbias, &dmean, &dvar})
-    JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "parameter gradient", (*r)->element_count(), v.C));
-  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x.element_type(),
-                                    {{"y", &s}, {"dy", &dy}, {"dx", &*dx}, {"dscale", &*dscale},
-                                     {"dbias", &*dbias}, {"dmean", &*dmean}, {"dvar", &*dvar}}));
-  Work w;
-  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.C, &w));
-  const bool fo = from_output != 0;
-  return DispatchFloat(op, x.element_type(), [&](auto t) {
-    using T = decltype(t);
-    GivenStatsK<T><<<Blocks(v.C), 256, 0, ctx.stream>>>(v.C, eps, Ptr<const T>(scale), Ptr<const T>(bias),
-                                                       Ptr<const T>(mean), Ptr<const T>(var), w.k);
-    GradSumsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, ctx.stream>>>(v.S, v.C, Act(act), alpha, fo, Ptr<const T>(x),
-                                                                     Ptr<const T>(s), Ptr<const T>(dy), w.k, w.sums);
-    BniBwdCoefK<T><<<Blocks(v.C), 256, 0, ctx.stream>>>(v.C, eps, w.sums, Ptr<const T>(scale), Ptr<const T>(var),
-                                                       w.gb, w.gd, Ptr<T>(*dscale), Ptr<T>(*dbias), Ptr<T>(*dmean),
-                                                       Ptr<T>(*dvar));
-    GradInputK<T><<<Blocks(x.element_count()), 256, 0, ctx.stream>>>(1, v.S, v.C, Act(act), alpha, fo,
-                                                                     Ptr<const T>(x), Ptr<const T>(s),
-                                                                     Ptr<const T>(dy), w.k, w.gb, w.gd, Ptr<T>(*dx));
-    return LaunchStatus(op);
-  });
-}
-
-// ---- instance norm ----
-
-ffi::Error InFwd(Ctx ctx, Buf x, Buf scale, Buf bias, Res y, Res mean, Res rstd, float eps) {
-  const char* op = "instance_norm";
-  NormView v;
-  JAX_MPS_RETURN_IF_ERROR(InstanceNormView(x.dimensions(), &v));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "scale", scale.dimensions(), v.C));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "bias", bias.dimensions(), v.C));
-  JAX_MPS_RETURN_IF_ERROR(CheckEpsilon(op, eps));
-  JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "y", y->element_count(), x.element_count()));
-  for (auto* r : {&mean, &rstd}) JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "stats", (*r)->element_count(), v.stats()));
-  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x.element_type(), {{"scale", &scale}, {"bias", &bias}, {"y", &*y},
-                                                           {"mean", &*mean}, {"rstd", &*rstd}}));
-  if (v.stats() == 0) return ffi::Error::Success();
-  Work w;
-  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.stats(), &w));
-  return DispatchFloat(op, x.element_type(), [&](auto t) {
-    using T = decltype(t);
-    StatsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, ctx.stream>>>(v.S, v.C, Ptr<const T>(x), w.sums);
-    FinishStatsK<T><<<Blocks(v.stats()), 256, 0, ctx.stream>>>(v.G, v.S, v.C, eps, w.sums, Ptr<const T>(scale),
-                                                              Ptr<const T>(bias), Ptr<T>(*mean), nullptr,
-                                                              Ptr<T>(*rstd), w.k);
-    AffineK<T><<<Blocks(x.element_count()), 256, 0, ctx.stream>>>(v.G, v.S, v.C, Act::kNone, 0.f, Ptr<const T>(x),
-                                                                  w.k, Ptr<T>(*y));
-    return LaunchStatus(op);
-  });
-}
-
-ffi::Error InBwd(Ctx ctx, Buf x, Buf scale, Buf mean, Buf rstd, Buf dy, Res dx, Res dscale, Res dbias) {
-  const char* op = "instance_norm_bwd";
-  NormView v;
-  JAX_MPS_RETURN_IF_ERROR(InstanceNormView(x.dimensions(), &v));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "scale", scale.dimensions(), v.C));
-  const Dims sd{v.G, v.C};
-  JAX_MPS_RETURN_IF_ERROR(CheckSame(op, "mean", mean.dimensions(), ffi::Span<const int64_t>(sd.data(), 2)));
-  JAX_MPS_RETURN_IF_ERROR(CheckSame(op, "rstd", rstd.dimensions(), ffi::Span<const int64_t>(sd.data(), 2)));
-  JAX_MPS_RETURN_IF_ERROR(CheckSame(op, "dy", dy.dimensions(), x.dimensions()));
-  JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "dx", dx->element_count(), x.element_count()));
-  for (auto* r : {&dscale, &dbias})
-    JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "dscale/dbias", (*r)->element_count(), v.C));
-  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x.element_type(),
-                                    {{"scale", &scale}, {"mean", &mean}, {"rstd", &rstd}, {"dy", &dy}, {"dx", &*dx},
-                                     {"dscale", &*dscale}, {"dbias", &*dbias}}));
-  if (v.C == 0) return ffi::Error::Success();
-  Work w;
-  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, std::max<int64_t>(v.stats(), 1), &w));
-  return DispatchFloat(op, x.element_type(), [&](auto t) {
-    using T = decltype(t);
-    SavedStatsK<T><<<Blocks(v.stats()), 256, 0, ctx.stream>>>(v.G, v.C, Ptr<const T>(scale), Ptr<const T>(mean),
-                                                             Ptr<const T>(rstd), w.k);
-    if (v.G > 0)
-      GradSumsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, ctx.stream>>>(v.S, v.C, Act::kNone, 0.f, false,
-                                                                       Ptr<const T>(x), nullptr, Ptr<const T>(dy), w.k,
-                                                                       w.sums);
-    InBwdCoefK<T><<<Blocks(v.C), 256, 0, ctx.stream>>>(v.G, v.C, double(v.S), w.sums, Ptr<const T>(scale),
-                                                      Ptr<const T>(rstd), w.gb, w.gd, Ptr<T>(*dscale), Ptr<T>(*dbias));
-    if (x.element_count() > 0)
-      GradInputK<T><<<Blocks(x.element_count()), 256, 0, ctx.stream>>>(v.G, v.S, v.C, Act::kNone, 0.f, false,
-                                                                       Ptr<const T>(x), nullptr, Ptr<const T>(dy), w.k,
-                                                                       w.gb, w.gd, Ptr<T>(*dx));
-    return LaunchStatus(op);
-  });
-}
-
 // ---- local response norm across the last axis (one thread per element; windows are short) ----
 // y_c = x_c * s_c^-beta, s_c = k + alpha/size * sum_{|c'-c| <= size/2} x_c'^2.
 // dx_j = dy_j s_j^-beta - 2 alpha beta / size * x_j * sum_{|c-j| <= size/2} dy_c x_c s_c^(-beta-1).
@@ -460,64 +254,159 @@ __global__ void LrnBwdK(int64_t n, int64_t C, int64_t h, double coef, float beta
   }
 }
 
-ffi::Error LrnFwd(Ctx ctx, Buf x, Res y, int64_t size, float alpha, float beta, float k) {
-  const char* op = "local_response_norm";
-  LrnDesc p{size, alpha, beta, k};
-  JAX_MPS_RETURN_IF_ERROR(CheckLrn(x.dimensions(), p));
-  JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "y", y->element_count(), x.element_count()));
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "y", *y, x.element_type()));
-  const int64_t n = x.element_count(), C = x.dimensions().back();
-  if (n == 0) return ffi::Error::Success();
-  return DispatchFloat(op, x.element_type(), [&](auto t) {
-    using T = decltype(t);
-    LrnFwdK<T><<<Blocks(n), 256, 0, ctx.stream>>>(n, C, size / 2, double(alpha) / double(size), beta, k,
-                                                Ptr<const T>(x), Ptr<T>(*y));
-    return LaunchStatus(op);
-  });
-}
-
-ffi::Error LrnBwd(Ctx ctx, Buf x, Buf dy, Res dx, int64_t size, float alpha, float beta, float k) {
-  const char* op = "local_response_norm_bwd";
-  LrnDesc p{size, alpha, beta, k};
-  JAX_MPS_RETURN_IF_ERROR(CheckLrn(x.dimensions(), p));
-  JAX_MPS_RETURN_IF_ERROR(CheckSame(op, "dy", dy.dimensions(), x.dimensions()));
-  JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "dx", dx->element_count(), x.element_count()));
-  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x.element_type(), {{"dy", &dy}, {"dx", &*dx}}));
-  const int64_t n = x.element_count(), C = x.dimensions().back();
-  if (n == 0) return ffi::Error::Success();
-  return DispatchFloat(op, x.element_type(), [&](auto t) {
-    using T = decltype(t);
-    LrnBwdK<T><<<Blocks(n), 256, 0, ctx.stream>>>(n, C, size / 2, double(alpha) / double(size), beta, k,
-                                                Ptr<const T>(x), Ptr<const T>(dy), Ptr<T>(*dx));
-    return LaunchStatus(op);
-  });
-}
-
 }  // namespace
-
-#define B ffi::Ffi::Bind().Ctx<Ctx>()
-#define A .Arg<ffi::AnyBuffer>()
-#define R .Ret<ffi::AnyBuffer>()
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_batch_norm_fwd, BnFwd,
-                              B A A A R R R R.Attr<float>("epsilon").Attr<int64_t>("act").Attr<float>("alpha"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_batch_norm_bwd, BnBwd,
-                              B A A A A A A A A A R R R.Attr<int64_t>("act").Attr<float>("alpha")
-                                  .Attr<int64_t>("from_output"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_batch_norm_inference_fwd, BniFwd,
-                              B A A A A A R.Attr<float>("epsilon").Attr<int64_t>("act").Attr<float>("alpha"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_batch_norm_inference_bwd, BniBwd,
-                              B A A A A A A A R R R R R.Attr<float>("epsilon").Attr<int64_t>("act")
-                                  .Attr<float>("alpha").Attr<int64_t>("from_output"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_instance_norm_fwd, InFwd, B A A A R R R.Attr<float>("epsilon"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_instance_norm_bwd, InBwd, B A A A A A R R R);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_local_response_norm_fwd, LrnFwd,
-                              B A R.Attr<int64_t>("size").Attr<float>("alpha").Attr<float>("beta").Attr<float>("k"),
-                              JAX_MPS_ONLY_KERNELS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_local_response_norm_bwd, LrnBwd,
-                              B A A R.Attr<int64_t>("size").Attr<float>("alpha").Attr<float>("beta").Attr<float>("k"),
-                              JAX_MPS_ONLY_KERNELS);
-#undef B
-#undef A
-#undef R
-
 }  // namespace jax_mps::cuda
+
+namespace jax_mps {
+using namespace cuda;  // NOLINT: the kernels above
+
+ffi::Error Cuda::BatchNormFwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, Buf bias, Buf y, Buf mean, Buf var,
+                              Buf rstd) {
+  const char* op = "batch_norm";
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&scale, &bias, &y, &mean, &var, &rstd}));
+  cuda::Ctx ctx{s};
+  Work w;
+  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.C, &w));
+  return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    StatsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, s>>>(v.S, v.C, Ptr<const T>(x), w.sums);
+    FinishStatsK<T><<<Blocks(v.C), 256, 0, s>>>(1, v.S, v.C, v.eps, w.sums, Ptr<const T>(scale), Ptr<const T>(bias),
+                                               Ptr<T>(mean), Ptr<T>(var), Ptr<T>(rstd), w.k);
+    AffineK<T><<<Blocks(x.element_count()), 256, 0, s>>>(1, v.S, v.C, v.act, v.alpha, Ptr<const T>(x), w.k, Ptr<T>(y));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error Cuda::BatchNormBwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, Buf bias, Buf mean, Buf rstd, Buf sy,
+                              Buf dy, Buf dmean, Buf dvar, Buf dx, Buf dscale, Buf dbias) {
+  const char* op = "batch_norm_bwd";
+  JAX_MPS_RETURN_IF_ERROR(
+      SameDtype(op, x, {&scale, &bias, &mean, &rstd, &sy, &dy, &dmean, &dvar, &dx, &dscale, &dbias}));
+  cuda::Ctx ctx{s};
+  Work w;
+  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.C, &w));
+  return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    SavedBnStatsK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, Ptr<const T>(scale), Ptr<const T>(bias), Ptr<const T>(mean),
+                                                Ptr<const T>(rstd), w.k);
+    GradSumsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, s>>>(v.S, v.C, v.act, v.alpha, v.from_output, Ptr<const T>(x),
+                                                            Ptr<const T>(sy), Ptr<const T>(dy), w.k, w.sums);
+    BnBwdCoefK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, double(v.S), w.sums, Ptr<const T>(scale), Ptr<const T>(rstd),
+                                             Ptr<const T>(dmean), Ptr<const T>(dvar), w.gb, w.gd, Ptr<T>(dscale),
+                                             Ptr<T>(dbias));
+    GradInputK<T><<<Blocks(x.element_count()), 256, 0, s>>>(1, v.S, v.C, v.act, v.alpha, v.from_output,
+                                                            Ptr<const T>(x), Ptr<const T>(sy), Ptr<const T>(dy), w.k,
+                                                            w.gb, w.gd, Ptr<T>(dx));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error Cuda::BatchNormInferenceFwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, Buf bias, Buf mean, Buf var,
+                                       Buf y) {
+  const char* op = "batch_norm_inference";
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&scale, &bias, &mean, &var, &y}));
+  cuda::Ctx ctx{s};
+  Work w;
+  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.C, &w));
+  return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    GivenStatsK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, v.eps, Ptr<const T>(scale), Ptr<const T>(bias), Ptr<const T>(mean),
+                                              Ptr<const T>(var), w.k);
+    AffineK<T><<<Blocks(x.element_count()), 256, 0, s>>>(1, v.S, v.C, v.act, v.alpha, Ptr<const T>(x), w.k, Ptr<T>(y));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error Cuda::BatchNormInferenceBwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, Buf bias, Buf mean, Buf var,
+                                       Buf sy, Buf dy, Buf dx, Buf dscale, Buf dbias, Buf dmean, Buf dvar) {
+  const char* op = "batch_norm_inference_bwd";
+  JAX_MPS_RETURN_IF_ERROR(
+      SameDtype(op, x, {&scale, &bias, &mean, &var, &sy, &dy, &dx, &dscale, &dbias, &dmean, &dvar}));
+  cuda::Ctx ctx{s};
+  Work w;
+  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.C, &w));
+  return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    GivenStatsK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, v.eps, Ptr<const T>(scale), Ptr<const T>(bias), Ptr<const T>(mean),
+                                              Ptr<const T>(var), w.k);
+    GradSumsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, s>>>(v.S, v.C, v.act, v.alpha, v.from_output, Ptr<const T>(x),
+                                                            Ptr<const T>(sy), Ptr<const T>(dy), w.k, w.sums);
+    BniBwdCoefK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, v.eps, w.sums, Ptr<const T>(scale), Ptr<const T>(var), w.gb, w.gd,
+                                              Ptr<T>(dscale), Ptr<T>(dbias), Ptr<T>(dmean), Ptr<T>(dvar));
+    GradInputK<T><<<Blocks(x.element_count()), 256, 0, s>>>(1, v.S, v.C, v.act, v.alpha, v.from_output,
+                                                            Ptr<const T>(x), Ptr<const T>(sy), Ptr<const T>(dy), w.k,
+                                                            w.gb, w.gd, Ptr<T>(dx));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error Cuda::InstanceNormFwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, Buf bias, Buf y, Buf mean,
+                                 Buf rstd) {
+  const char* op = "instance_norm";
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&scale, &bias, &y, &mean, &rstd}));
+  if (v.stats() == 0) return ffi::Error::Success();
+  cuda::Ctx ctx{s};
+  Work w;
+  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.stats(), &w));
+  return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    StatsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, s>>>(v.S, v.C, Ptr<const T>(x), w.sums);
+    FinishStatsK<T><<<Blocks(v.stats()), 256, 0, s>>>(v.G, v.S, v.C, v.eps, w.sums, Ptr<const T>(scale),
+                                                     Ptr<const T>(bias), Ptr<T>(mean), nullptr, Ptr<T>(rstd), w.k);
+    AffineK<T><<<Blocks(x.element_count()), 256, 0, s>>>(v.G, v.S, v.C, Act::kNone, 0.f, Ptr<const T>(x), w.k,
+                                                         Ptr<T>(y));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error Cuda::InstanceNormBwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, Buf mean, Buf rstd, Buf dy, Buf dx,
+                                 Buf dscale, Buf dbias) {
+  const char* op = "instance_norm_bwd";
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&scale, &mean, &rstd, &dy, &dx, &dscale, &dbias}));
+  if (v.C == 0) return ffi::Error::Success();
+  cuda::Ctx ctx{s};
+  Work w;
+  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, std::max<int64_t>(v.stats(), 1), &w));
+  return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    SavedStatsK<T><<<Blocks(v.stats()), 256, 0, s>>>(v.G, v.C, Ptr<const T>(scale), Ptr<const T>(mean),
+                                                    Ptr<const T>(rstd), w.k);
+    if (v.G > 0)
+      GradSumsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, s>>>(v.S, v.C, Act::kNone, 0.f, false, Ptr<const T>(x),
+                                                              nullptr, Ptr<const T>(dy), w.k, w.sums);
+    InBwdCoefK<T><<<Blocks(v.C), 256, 0, s>>>(v.G, v.C, double(v.S), w.sums, Ptr<const T>(scale), Ptr<const T>(rstd),
+                                             w.gb, w.gd, Ptr<T>(dscale), Ptr<T>(dbias));
+    if (x.element_count() > 0)
+      GradInputK<T><<<Blocks(x.element_count()), 256, 0, s>>>(v.G, v.S, v.C, Act::kNone, 0.f, false, Ptr<const T>(x),
+                                                              nullptr, Ptr<const T>(dy), w.k, w.gb, w.gd, Ptr<T>(dx));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error Cuda::LrnFwd(Cuda::Ctx s, const LrnDesc& p, Buf x, Buf y) {
+  const char* op = "local_response_norm";
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&y}));
+  const int64_t n = p.rows * p.C;
+  if (n == 0) return ffi::Error::Success();
+  return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    LrnFwdK<T><<<Blocks(n), 256, 0, s>>>(n, p.C, p.size / 2, double(p.alpha) / double(p.size), p.beta, p.k,
+                                        Ptr<const T>(x), Ptr<T>(y));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error Cuda::LrnBwd(Cuda::Ctx s, const LrnDesc& p, Buf x, Buf dy, Buf dx) {
+  const char* op = "local_response_norm_bwd";
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&dy, &dx}));
+  const int64_t n = p.rows * p.C;
+  if (n == 0) return ffi::Error::Success();
+  return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    LrnBwdK<T><<<Blocks(n), 256, 0, s>>>(n, p.C, p.size / 2, double(p.alpha) / double(p.size), p.beta, p.k,
+                                        Ptr<const T>(x), Ptr<const T>(dy), Ptr<T>(dx));
+    return LaunchStatus(op);
+  });
+}
+
+}  // namespace jax_mps

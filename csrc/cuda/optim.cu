@@ -6,9 +6,9 @@
 #include <algorithm>
 #include <vector>
 
+#include "cuda/backend.h"
 #include "cuda/common.cuh"
 #include "cuda/reduce.cuh"
-#include "runtime/optim.h"
 
 namespace jax_mps::cuda {
 namespace {
@@ -133,165 +133,97 @@ unsigned GridFor(const LeafTable& t) {
 // Squared norm of the (rescaled, value-clipped) gradients of `leaves` added to *acc (zeroed by the caller).
 ffi::Error LaunchSqNorm(Ctx& ctx, const char* op, ffi::DataType dtype, std::vector<LeafTable>& tables, Pre c,
                         double* acc) {
-  return DispatchFloat(op, dtype, [&](auto tag) {
+  return cuda::DispatchFloat(op, dtype, [&](auto tag) {
     using P = decltype(tag);
     for (auto& t : tables) SqNormK<P><<<GridFor(t), 256, 0, ctx.stream>>>(t, c, acc);
     return LaunchStatus(op);
   });
 }
 
-ffi::Error OptimStep(Ctx ctx, ffi::AnyBuffer lr, ffi::AnyBuffer count, ffi::AnyBuffer sqnorm, ffi::RemainingArgs args,
-                     ffi::RemainingRets rets, int64_t rule, int64_t n, int64_t nslots, int64_t write_updates, float b1,
-                     float b2, float ob1, float ob2, float eps, float momentum, float weight_decay, int64_t nesterov,
-                     int64_t amsgrad, int64_t centered, float rescale, float clip_value, float clip_norm,
-                     int64_t norm_mode, float l1, float l2) {
+__global__ void ToFloat(const double* s, float* out) { out[0] = float(s[0]); }
+
+// The leaf tables of leaves `grads` (and, for a step, params/outs/slots), kMaxLeaves per launch.
+void AddLeaf(std::vector<LeafTable>& tables, int64_t l) {
+  if (l % kMaxLeaves == 0) {
+    tables.emplace_back();
+    std::memset(&tables.back(), 0, sizeof(LeafTable));
+  }
+}
+
+}  // namespace
+}  // namespace jax_mps::cuda
+
+namespace jax_mps {
+using namespace cuda;  // NOLINT: the kernels above
+
+ffi::Error Cuda::OptimStep(Cuda::Ctx s, const OptimDesc& d, Buf lr, Buf count, Buf sqnorm, const Buffers& args,
+                           const Buffers& rets) {
   const char* op = "optim";
-  OptimDesc d;
-  d.rule = static_cast<OptRule>(rule);
-  d.n = n;
-  d.nslots = nslots;
-  d.write_updates = write_updates != 0;
-  d.b1 = b1; d.b2 = b2; d.eps = eps; d.momentum = momentum; d.weight_decay = weight_decay;
-  d.nesterov = nesterov != 0; d.amsgrad = amsgrad != 0; d.centered = centered != 0;
-  d.rescale = rescale; d.clip_value = clip_value; d.clip_norm = clip_norm; d.l1 = l1; d.l2 = l2;
-  d.norm_mode = static_cast<NormMode>(norm_mode);
-  JAX_MPS_RETURN_IF_ERROR(ValidateOptim(d, args.size(), rets.size()));
-  JAX_MPS_CHECK(lr.element_count() == 1 && count.element_count() == 1 && sqnorm.element_count() == 1 &&
-                    lr.element_type() == ffi::F32 && count.element_type() == ffi::S32 &&
-                    sqnorm.element_type() == ffi::F32,
-                op, ": lr, count and sqnorm must be float32, int32 and float32 scalars");
+  const int64_t n = d.n;
+  if (n == 0) return ffi::Error::Success();
+  const ffi::DataType dtype = args[0].element_type();
   std::vector<LeafTable> tables;
-  ffi::DataType dtype = ffi::F32;
   for (int64_t l = 0; l < n; ++l) {
-    auto p = args.get<ffi::AnyBuffer>(l);
-    auto g = args.get<ffi::AnyBuffer>(n + l);
-    auto o = rets.get<ffi::AnyBuffer>(l);
-    if (!p.has_value()) return p.error();
-    if (!g.has_value()) return g.error();
-    if (!o.has_value()) return o.error();
-    const int64_t size = int64_t(p->element_count());
-    if (l == 0) dtype = p->element_type();
-    JAX_MPS_CHECK(IsFloat(p->element_type()) && p->element_type() == dtype, op,
-                  ": params of one call must share one float dtype (leaf ", l, ")");
-    JAX_MPS_CHECK(g->element_type() == dtype && (*o)->element_type() == dtype, op,
-                  ": grad/result dtype differs from its param (leaf ", l, ")");
-    JAX_MPS_CHECK(int64_t(g->element_count()) == size && int64_t((*o)->element_count()) == size, op,
-                  ": grad/result size differs from its param (leaf ", l, ": ", DimsStr(p->dimensions()), ")");
-    if (l % kMaxLeaves == 0) {
-      tables.emplace_back();
-      std::memset(&tables.back(), 0, sizeof(LeafTable));
-    }
+    JAX_MPS_RETURN_IF_ERROR(SameDtype(op, args[0], {&args[l], &args[n + l], &rets[l]}));
+    AddLeaf(tables, l);
     LeafTable& t = tables.back();
     const int k = t.count++;
-    t.size[k] = size;
-    t.p[k] = p->untyped_data();
-    t.g[k] = g->untyped_data();
-    t.out[k] = (*o)->untyped_data();
-    for (int64_t s = 0; s < nslots; ++s) {
-      auto si = args.get<ffi::AnyBuffer>((2 + s) * n + l);
-      auto so = rets.get<ffi::AnyBuffer>((1 + s) * n + l);
-      if (!si.has_value()) return si.error();
-      if (!so.has_value()) return so.error();
-      JAX_MPS_CHECK(si->element_type() == ffi::F32 && (*so)->element_type() == ffi::F32, op, ": state slot ", s,
-                    " of leaf ", l, " must be float32");
-      JAX_MPS_CHECK(int64_t(si->element_count()) == size && int64_t((*so)->element_count()) == size, op,
-                    ": state slot ", s, " of leaf ", l, " has ", si->element_count(), " elements, param has ", size);
-      t.s_in[s][k] = static_cast<float*>(si->untyped_data());
-      t.s_out[s][k] = static_cast<float*>((*so)->untyped_data());
+    t.size[k] = int64_t(args[l].element_count());
+    t.p[k] = args[l].untyped_data();
+    t.g[k] = args[n + l].untyped_data();
+    t.out[k] = rets[l].untyped_data();
+    for (int64_t q = 0; q < d.nslots; ++q) {
+      t.s_in[q][k] = static_cast<float*>(args[(2 + q) * n + l].untyped_data());
+      t.s_out[q][k] = static_cast<float*>(rets[(1 + q) * n + l].untyped_data());
     }
   }
-  if (n == 0) return ffi::Error::Success();
   StepArgs a;
   a.rule = d.rule;
-  a.mom = momentum != 0.f;
+  a.mom = d.momentum != 0.f;
   a.nesterov = d.nesterov; a.ams = d.amsgrad; a.centered = d.centered; a.write_updates = d.write_updates;
-  a.b1 = b1; a.ob1 = ob1; a.b2 = b2; a.ob2 = ob2; a.eps = eps; a.momentum = momentum; a.wd = weight_decay;
-  a.clip_norm = clip_norm;
+  a.b1 = d.b1; a.ob1 = d.ob1; a.b2 = d.b2; a.ob2 = d.ob2; a.eps = d.eps; a.momentum = d.momentum;
+  a.wd = d.weight_decay;
+  a.clip_norm = d.clip_norm;
   a.norm_mode = d.norm_mode;
-  a.pre = MakePre(rescale, clip_value, l1, l2);
+  a.pre = MakePre(d.rescale, d.clip_value, d.l1, d.l2);
+  cuda::Ctx ctx{s};
   double* int_sq = nullptr;
   if (d.norm_mode == NormMode::kInternal) {
     ffi::Error err;
     int_sq = static_cast<double*>(Workspace(ctx, sizeof(double), op, &err));
     if (!int_sq) return err;
-    JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(int_sq, 0, sizeof(double), ctx.stream));
-    JAX_MPS_RETURN_IF_ERROR(LaunchSqNorm(ctx, op, dtype, tables, MakePre(rescale, clip_value, 0.f, 0.f), int_sq));
+    JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(int_sq, 0, sizeof(double), s));
+    JAX_MPS_RETURN_IF_ERROR(LaunchSqNorm(ctx, op, dtype, tables, MakePre(d.rescale, d.clip_value, 0.f, 0.f), int_sq));
   }
-  return DispatchFloat(op, dtype, [&](auto tag) {
+  return cuda::DispatchFloat(op, dtype, [&](auto tag) {
     using P = decltype(tag);
     for (auto& t : tables)
-      StepK<P><<<GridFor(t), 256, 0, ctx.stream>>>(t, a, Ptr<const float>(lr), Ptr<const int32_t>(count),
-                                                   Ptr<const float>(sqnorm), int_sq);
+      StepK<P><<<GridFor(t), 256, 0, s>>>(t, a, Ptr<const float>(lr), Ptr<const int32_t>(count),
+                                          Ptr<const float>(sqnorm), int_sq);
     return LaunchStatus(op);
   });
 }
 
-__global__ void ToFloat(const double* s, float* out) { out[0] = float(s[0]); }
-
-ffi::Error OptimSqNorm(Ctx ctx, ffi::RemainingArgs args, ffi::Result<ffi::AnyBuffer> out, float rescale,
-                       float clip_value) {
+ffi::Error Cuda::OptimSqNorm(Cuda::Ctx s, const SqNormDesc& d, const Buffers& grads, Buf out) {
   const char* op = "optim_sqnorm";
-  JAX_MPS_CHECK(out->element_count() == 1 && out->element_type() == ffi::F32, op,
-                ": result must be a float32 scalar");
-  JAX_MPS_CHECK(rescale >= 0.f && clip_value >= 0.f, op, ": rescale and clip_value must be >= 0");
   std::vector<LeafTable> tables;
-  ffi::DataType dtype = ffi::F32;
-  for (size_t l = 0; l < args.size(); ++l) {
-    auto g = args.get<ffi::AnyBuffer>(l);
-    if (!g.has_value()) return g.error();
-    if (l == 0) dtype = g->element_type();
-    JAX_MPS_CHECK(IsFloat(g->element_type()) && g->element_type() == dtype, op,
-                  ": grads of one call must share one float dtype (leaf ", l, ")");
-    if (l % kMaxLeaves == 0) {
-      tables.emplace_back();
-      std::memset(&tables.back(), 0, sizeof(LeafTable));
-    }
+  for (size_t l = 0; l < grads.size(); ++l) {
+    JAX_MPS_RETURN_IF_ERROR(SameDtype(op, grads[0], {&grads[l]}));
+    AddLeaf(tables, int64_t(l));
     LeafTable& t = tables.back();
-    t.size[t.count] = int64_t(g->element_count());
-    t.g[t.count++] = g->untyped_data();
+    t.size[t.count] = int64_t(grads[l].element_count());
+    t.g[t.count++] = grads[l].untyped_data();
   }
+  cuda::Ctx ctx{s};
   ffi::Error err;
   double* acc = static_cast<double*>(Workspace(ctx, sizeof(double), op, &err));
   if (!acc) return err;
-  JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(acc, 0, sizeof(double), ctx.stream));
+  JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(acc, 0, sizeof(double), s));
   if (!tables.empty())
-    JAX_MPS_RETURN_IF_ERROR(LaunchSqNorm(ctx, op, dtype, tables, MakePre(rescale, clip_value, 0.f, 0.f), acc));
-  ToFloat<<<1, 1, 0, ctx.stream>>>(acc, Ptr<float>(*out));
+    JAX_MPS_RETURN_IF_ERROR(LaunchSqNorm(ctx, op, grads[0].element_type(), tables,
+                                         MakePre(d.rescale, d.clip_value, 0.f, 0.f), acc));
+  ToFloat<<<1, 1, 0, s>>>(acc, Ptr<float>(out));
   return LaunchStatus(op);
 }
 
-}  // namespace
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_optim_step_fwd, OptimStep,
-                              ffi::Ffi::Bind()
-                                  .Ctx<Ctx>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .RemainingArgs()
-                                  .RemainingRets()
-                                  .Attr<int64_t>("rule")
-                                  .Attr<int64_t>("n")
-                                  .Attr<int64_t>("nslots")
-                                  .Attr<int64_t>("write_updates")
-                                  .Attr<float>("b1")
-                                  .Attr<float>("b2")
-                                  .Attr<float>("ob1")
-                                  .Attr<float>("ob2")
-                                  .Attr<float>("eps")
-                                  .Attr<float>("momentum")
-                                  .Attr<float>("weight_decay")
-                                  .Attr<int64_t>("nesterov")
-                                  .Attr<int64_t>("amsgrad")
-                                  .Attr<int64_t>("centered")
-                                  .Attr<float>("rescale")
-                                  .Attr<float>("clip_value")
-                                  .Attr<float>("clip_norm")
-                                  .Attr<int64_t>("norm_mode")
-                                  .Attr<float>("l1")
-                                  .Attr<float>("l2"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_optim_sqnorm_fwd, OptimSqNorm,
-                              ffi::Ffi::Bind().Ctx<Ctx>().RemainingArgs().Ret<ffi::AnyBuffer>()
-                                  .Attr<float>("rescale").Attr<float>("clip_value"));
-
-}  // namespace jax_mps::cuda
+}  // namespace jax_mps

@@ -3,13 +3,11 @@
 // gather: each input element sums the windows that hold it, so dx is written once, without
 // atomics or a zero fill. Max pooling's argmax (spatial index ih * W + iw, first maximum in window
 // order wins, NaN wins) is the CPU kernel's.
+#include "cuda/backend.h"
 #include "cuda/common.cuh"
-#include "runtime/pooling.h"
 
 namespace jax_mps::cuda {
 namespace {
-
-using Span = ffi::Span<const int64_t>;
 
 struct Geo {  // Pool2DDesc as device-friendly ints
   int64_t n, h, w, c, oh, ow, kh, kw, sh, sw, pt, pl;
@@ -104,89 +102,7 @@ __global__ void AvgBwdK(Geo g, bool include_pad, const T* dy, T* dx) {
   }
 }
 
-ffi::Error MaxPoolFwd(Ctx ctx, ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> idx,
-                      Span window, Span stride, Span pad_lo, Span pad_hi, int64_t with_index) {
-  const char* op = "max_pool_fwd";
-  Pool2DDesc d;
-  JAX_MPS_RETURN_IF_ERROR(MakePool2D(op, x.dimensions(), y->dimensions(), window, stride, pad_lo, pad_hi, &d));
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "y", *y, x.element_type()));
-  JAX_MPS_CHECK(with_index == 0 || with_index == 1, op, ": with_index must be 0 or 1, got ", with_index);
-  JAX_MPS_CHECK(idx->element_type() == ffi::S32, op, ": argmax must be int32");
-  if (with_index)
-    JAX_MPS_CHECK(idx->dimensions().size() == 4 && idx->element_count() == y->element_count(), op,
-                  ": argmax must have the output's shape ", DimsStr(y->dimensions()), ", got ",
-                  DimsStr(idx->dimensions()));
-  else
-    JAX_MPS_CHECK(idx->element_count() == 0, op, ": argmax must be empty when with_index is 0, got ",
-                  DimsStr(idx->dimensions()));
-  JAX_MPS_CHECK(d.h * d.w <= INT32_MAX, op, ": H * W must fit in int32");
-  const int64_t n = y->element_count();
-  if (n == 0) return ffi::Error::Success();
-  return DispatchFloat(op, x.element_type(), [&](auto t) {
-    using T = decltype(t);
-    MaxFwdK<T><<<Blocks(n), 256, 0, ctx.stream>>>(ToGeo(d), Ptr<const T>(x), Ptr<T>(*y),
-                                                with_index ? Ptr<int32_t>(*idx) : nullptr);
-    return LaunchStatus(op);
-  });
-}
-
-ffi::Error MaxPoolBwd(Ctx ctx, ffi::AnyBuffer idx, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dx, Span window,
-                      Span stride, Span pad_lo, Span pad_hi) {
-  const char* op = "max_pool_bwd";
-  Pool2DDesc d;
-  JAX_MPS_RETURN_IF_ERROR(MakePool2D(op, dx->dimensions(), dy.dimensions(), window, stride, pad_lo, pad_hi, &d));
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "dx", *dx, dy.element_type()));
-  JAX_MPS_CHECK(idx.element_type() == ffi::S32 && idx.element_count() == dy.element_count(), op,
-                ": argmax must be int32 with dy's shape ", DimsStr(dy.dimensions()), ", got ",
-                DimsStr(idx.dimensions()));
-  const int64_t n = dx->element_count();
-  if (n == 0) return ffi::Error::Success();
-  return DispatchFloat(op, dy.element_type(), [&](auto t) {
-    using T = decltype(t);
-    MaxBwdK<T><<<Blocks(n), 256, 0, ctx.stream>>>(ToGeo(d), Ptr<const int32_t>(idx), Ptr<const T>(dy), Ptr<T>(*dx));
-    return LaunchStatus(op);
-  });
-}
-
-ffi::Error AvgPoolFwd(Ctx ctx, ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y, Span window, Span stride,
-                      Span pad_lo, Span pad_hi, int64_t count_include_pad) {
-  const char* op = "avg_pool_fwd";
-  Pool2DDesc d;
-  JAX_MPS_RETURN_IF_ERROR(MakePool2D(op, x.dimensions(), y->dimensions(), window, stride, pad_lo, pad_hi, &d));
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "y", *y, x.element_type()));
-  const int64_t n = y->element_count();
-  if (n == 0) return ffi::Error::Success();
-  return DispatchFloat(op, x.element_type(), [&](auto t) {
-    using T = decltype(t);
-    AvgFwdK<T><<<Blocks(n), 256, 0, ctx.stream>>>(ToGeo(d), count_include_pad != 0, Ptr<const T>(x), Ptr<T>(*y));
-    return LaunchStatus(op);
-  });
-}
-
-ffi::Error AvgPoolBwd(Ctx ctx, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dx, Span window, Span stride,
-                      Span pad_lo, Span pad_hi, int64_t count_include_pad) {
-  const char* op = "avg_pool_bwd";
-  Pool2DDesc d;
-  JAX_MPS_RETURN_IF_ERROR(MakePool2D(op, dx->dimensions(), dy.dimensions(), window, stride, pad_lo, pad_hi, &d));
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "dx", *dx, dy.element_type()));
-  const int64_t n = dx->element_count();
-  if (n == 0) return ffi::Error::Success();
-  return DispatchFloat(op, dy.element_type(), [&](auto t) {
-    using T = decltype(t);
-    AvgBwdK<T><<<Blocks(n), 256, 0, ctx.stream>>>(ToGeo(d), count_include_pad != 0, Ptr<const T>(dy), Ptr<T>(*dx));
-    return LaunchStatus(op);
-  });
-}
-
 // ---- global average pooling: (N, H, W, C) -> (N, C) ----
-
-ffi::Error CheckGlobal(const char* op, Span in, Span out) {
-  JAX_MPS_CHECK(in.size() == 4, op, ": input must have rank 4 (N, H, W, C), got ", DimsStr(in));
-  JAX_MPS_CHECK(in[1] * in[2] > 0, op, ": H * W must be > 0, got ", DimsStr(in));
-  JAX_MPS_CHECK(out.size() == 2 && out[0] == in[0] && out[1] == in[3], op, ": output must have shape (", in[0], ", ",
-                in[3], "), got ", DimsStr(out));
-  return ffi::Error::Success();
-}
 
 template <typename T>
 __global__ void GlobalAvgFwdK(int64_t n, int64_t hw, int64_t c, const T* x, T* y) {
@@ -203,63 +119,80 @@ __global__ void GlobalAvgBwdK(int64_t n, int64_t hw, int64_t c, const T* dy, T* 
   JAX_MPS_GRID_STRIDE(e, n * hw * c) dx[e] = St<T>(Ld(dy[(e / (hw * c)) * c + e % c]) * (1.f / float(hw)));
 }
 
-ffi::Error GlobalAvgFwd(Ctx ctx, ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
-  const char* op = "global_avg_pool2d_fwd";
-  JAX_MPS_RETURN_IF_ERROR(CheckGlobal(op, x.dimensions(), y->dimensions()));
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "y", *y, x.element_type()));
-  auto dims = x.dimensions();
-  const int64_t n = dims[0], hw = dims[1] * dims[2], c = dims[3];
-  if (n * c == 0) return ffi::Error::Success();
-  return DispatchFloat(op, x.element_type(), [&](auto t) {
-    using T = decltype(t);
-    GlobalAvgFwdK<T><<<Blocks(n * c), 256, 0, ctx.stream>>>(n, hw, c, Ptr<const T>(x), Ptr<T>(*y));
-    return LaunchStatus(op);
-  });
-}
-
-ffi::Error GlobalAvgBwd(Ctx ctx, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dx) {
-  const char* op = "global_avg_pool2d_bwd";
-  JAX_MPS_RETURN_IF_ERROR(CheckGlobal(op, dx->dimensions(), dy.dimensions()));
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "dx", *dx, dy.element_type()));
-  auto dims = dx->dimensions();
-  const int64_t n = dims[0], hw = dims[1] * dims[2], c = dims[3];
-  if (n * c == 0) return ffi::Error::Success();
-  return DispatchFloat(op, dy.element_type(), [&](auto t) {
-    using T = decltype(t);
-    GlobalAvgBwdK<T><<<Blocks(n * hw * c), 256, 0, ctx.stream>>>(n, hw, c, Ptr<const T>(dy), Ptr<T>(*dx));
-    return LaunchStatus(op);
-  });
-}
-
 }  // namespace
-
-// Binding's move constructor is private, so the shared attributes are a macro, not a function.
-#define POOL_ATTRS(b) b.Attr<Span>("window").Attr<Span>("stride").Attr<Span>("pad_lo").Attr<Span>("pad_hi")
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_max_pool_fwd, MaxPoolFwd,
-                              POOL_ATTRS(ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
-                                             .Ret<ffi::AnyBuffer>())
-                                  .Attr<int64_t>("with_index"),
-                              JAX_MPS_ONLY_KERNELS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_max_pool_bwd, MaxPoolBwd,
-                              POOL_ATTRS(ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()
-                                             .Ret<ffi::AnyBuffer>()),
-                              JAX_MPS_ONLY_KERNELS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_avg_pool_fwd, AvgPoolFwd,
-                              POOL_ATTRS(ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>())
-                                  .Attr<int64_t>("count_include_pad"),
-                              JAX_MPS_ONLY_KERNELS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_avg_pool_bwd, AvgPoolBwd,
-                              POOL_ATTRS(ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>())
-                                  .Attr<int64_t>("count_include_pad"),
-                              JAX_MPS_ONLY_KERNELS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_global_avg_pool2d_fwd, GlobalAvgFwd,
-                              ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>(),
-                              JAX_MPS_ONLY_KERNELS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_global_avg_pool2d_bwd, GlobalAvgBwd,
-                              ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>(),
-                              JAX_MPS_ONLY_KERNELS);
-
-#undef POOL_ATTRS
-
 }  // namespace jax_mps::cuda
+
+namespace jax_mps {
+using namespace cuda;  // NOLINT: the kernels above
+
+ffi::Error Cuda::MaxPoolFwd(Cuda::Ctx s, const Pool2DDesc& d, Buf x, Buf y, Buf idx) {
+  const char* op = "max_pool_fwd";
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&y}));
+  const int64_t n = y.element_count();
+  if (n == 0) return ffi::Error::Success();
+  return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    MaxFwdK<T><<<Blocks(n), 256, 0, s>>>(ToGeo(d), Ptr<const T>(x), Ptr<T>(y), d.with_index ? Ptr<int32_t>(idx) : nullptr);
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error Cuda::MaxPoolBwd(Cuda::Ctx s, const Pool2DDesc& d, Buf idx, Buf dy, Buf dx) {
+  const char* op = "max_pool_bwd";
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, dy, {&dx}));
+  const int64_t n = dx.element_count();
+  if (n == 0) return ffi::Error::Success();
+  return cuda::DispatchFloat(op, dy.element_type(), [&](auto t) {
+    using T = decltype(t);
+    MaxBwdK<T><<<Blocks(n), 256, 0, s>>>(ToGeo(d), Ptr<const int32_t>(idx), Ptr<const T>(dy), Ptr<T>(dx));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error Cuda::AvgPoolFwd(Cuda::Ctx s, const Pool2DDesc& d, Buf x, Buf y) {
+  const char* op = "avg_pool_fwd";
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&y}));
+  const int64_t n = y.element_count();
+  if (n == 0) return ffi::Error::Success();
+  return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    AvgFwdK<T><<<Blocks(n), 256, 0, s>>>(ToGeo(d), d.count_include_pad, Ptr<const T>(x), Ptr<T>(y));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error Cuda::AvgPoolBwd(Cuda::Ctx s, const Pool2DDesc& d, Buf dy, Buf dx) {
+  const char* op = "avg_pool_bwd";
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, dy, {&dx}));
+  const int64_t n = dx.element_count();
+  if (n == 0) return ffi::Error::Success();
+  return cuda::DispatchFloat(op, dy.element_type(), [&](auto t) {
+    using T = decltype(t);
+    AvgBwdK<T><<<Blocks(n), 256, 0, s>>>(ToGeo(d), d.count_include_pad, Ptr<const T>(dy), Ptr<T>(dx));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error Cuda::GlobalAvgPoolFwd(Cuda::Ctx s, const GlobalPoolDesc& d, Buf x, Buf y) {
+  const char* op = "global_avg_pool2d_fwd";
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&y}));
+  if (d.n * d.c == 0) return ffi::Error::Success();
+  return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    GlobalAvgFwdK<T><<<Blocks(d.n * d.c), 256, 0, s>>>(d.n, d.hw, d.c, Ptr<const T>(x), Ptr<T>(y));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error Cuda::GlobalAvgPoolBwd(Cuda::Ctx s, const GlobalPoolDesc& d, Buf dy, Buf dx) {
+  const char* op = "global_avg_pool2d_bwd";
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, dy, {&dx}));
+  if (d.n * d.c * d.hw == 0) return ffi::Error::Success();
+  return cuda::DispatchFloat(op, dy.element_type(), [&](auto t) {
+    using T = decltype(t);
+    GlobalAvgBwdK<T><<<Blocks(d.n * d.hw * d.c), 256, 0, s>>>(d.n, d.hw, d.c, Ptr<const T>(dy), Ptr<T>(dx));
+    return LaunchStatus(op);
+  });
+}
+
+}  // namespace jax_mps

@@ -2,8 +2,8 @@
 // (source index dst / scale) and bilinear (torch align_corners=False: src = (dst + 0.5) / scale
 // - 0.5 clamped at 0, neighbour clamped at the last row/column). Backward passes gather (each
 // input element sums the outputs that read it), so dx is written once without atomics.
+#include "cuda/backend.h"
 #include "cuda/common.cuh"
-#include "runtime/pooling.h"
 
 namespace jax_mps::cuda {
 namespace {
@@ -74,45 +74,34 @@ __global__ void UpBwdK(Upsample2DDesc d, const T* dy, T* dx) {
   }
 }
 
-ffi::Error UpsampleFwd(Ctx ctx, ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y, int64_t sh, int64_t sw,
-                       std::string_view method) {
-  const char* op = "upsample2d_fwd";
-  Upsample2DDesc d;
-  JAX_MPS_RETURN_IF_ERROR(MakeUpsample2D(op, x.dimensions(), y->dimensions(), sh, sw, method, &d));
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "y", *y, x.element_type()));
-  const int64_t n = y->element_count();
-  if (n == 0) return ffi::Error::Success();
-  return DispatchFloat(op, x.element_type(), [&](auto t) {
-    using T = decltype(t);
-    UpFwdK<T><<<Blocks(n), 256, 0, ctx.stream>>>(d, Ptr<const T>(x), Ptr<T>(*y));
-    return LaunchStatus(op);
-  });
-}
-
-ffi::Error UpsampleBwd(Ctx ctx, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dx, int64_t sh, int64_t sw,
-                       std::string_view method) {
-  const char* op = "upsample2d_bwd";
-  Upsample2DDesc d;
-  JAX_MPS_RETURN_IF_ERROR(MakeUpsample2D(op, dx->dimensions(), dy.dimensions(), sh, sw, method, &d));
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "dx", *dx, dy.element_type()));
-  const int64_t n = dx->element_count();
-  if (n == 0) return ffi::Error::Success();
-  return DispatchFloat(op, dy.element_type(), [&](auto t) {
-    using T = decltype(t);
-    UpBwdK<T><<<Blocks(n), 256, 0, ctx.stream>>>(d, Ptr<const T>(dy), Ptr<T>(*dx));
-    return LaunchStatus(op);
-  });
-}
-
 }  // namespace
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_upsample2d_fwd, UpsampleFwd,
-                              ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("sh").Attr<int64_t>("sw").Attr<std::string_view>("method"),
-                              JAX_MPS_ONLY_KERNELS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_upsample2d_bwd, UpsampleBwd,
-                              ffi::Ffi::Bind().Ctx<Ctx>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("sh").Attr<int64_t>("sw").Attr<std::string_view>("method"),
-                              JAX_MPS_ONLY_KERNELS);
-
 }  // namespace jax_mps::cuda
+
+namespace jax_mps {
+using namespace cuda;  // NOLINT: the kernels above
+
+ffi::Error Cuda::UpsampleFwd(Cuda::Ctx s, const Upsample2DDesc& d, Buf x, Buf y) {
+  const char* op = "upsample2d_fwd";
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&y}));
+  const int64_t n = y.element_count();
+  if (n == 0) return ffi::Error::Success();
+  return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    UpFwdK<T><<<Blocks(n), 256, 0, s>>>(d, Ptr<const T>(x), Ptr<T>(y));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error Cuda::UpsampleBwd(Cuda::Ctx s, const Upsample2DDesc& d, Buf dy, Buf dx) {
+  const char* op = "upsample2d_bwd";
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, dy, {&dx}));
+  const int64_t n = dx.element_count();
+  if (n == 0) return ffi::Error::Success();
+  return cuda::DispatchFloat(op, dy.element_type(), [&](auto t) {
+    using T = decltype(t);
+    UpBwdK<T><<<Blocks(n), 256, 0, s>>>(d, Ptr<const T>(dy), Ptr<T>(dx));
+    return LaunchStatus(op);
+  });
+}
+
+}  // namespace jax_mps
