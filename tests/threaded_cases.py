@@ -41,7 +41,7 @@ def test_pooling_large():  # > 2^20 window reads
 def test_dropout_large():  # > 2^15 elements: chunks over threads; the mask must not depend on them
     key = jax.random.key(3)
     x = jnp.ones((300_001,), jnp.float32)
-    y = mps.dropout(x, 0.25, key)
+    y = mps.dropout(key, x, 0.25)
     keep = ref.dropout_keep_mask(jax.random.key_data(key), x.size, 0.25)
     assert_close(y, np.where(keep, 1 / 0.75, 0.0), 1e-6, 0)
 
@@ -53,10 +53,14 @@ def test_softmax_cross_entropy_large():  # N * D > 2^15: rows over threads
 
 
 def test_lstm_batch_chains():  # B >= 16: batch slices run as parallel chains
-    params = mps.init_lstm(jax.random.key(0), 8, 16, 1, True)
+    leaves, tree = jax.tree.flatten(mps.init_lstm(jax.random.key(0), 8, 16, 1, True))
     x = _n((32, 10, 8))
-    check_fwd_and_grads(lambda p, a: mps.lstm(a, p)[0], lambda p, a: ref.rnn_reference("lstm", a, p)[0],
-                        (params, x), rtol=2e-4, atol=2e-4)
+
+    def run(f):  # flat arguments (x, *weights), so every weight's gradient is compared
+        return lambda a, *w: f(a, jax.tree.unflatten(tree, w))
+
+    check_fwd_and_grads(run(lambda a, p: mps.lstm(a, p)[0]), run(lambda a, p: ref.rnn_reference("lstm", a, p)[0]),
+                        (x, *leaves), rtol=2e-4, atol=2e-4)
 
 
 def test_adam_large_leaf():  # > one 2^15 chunk per leaf: chunks over threads

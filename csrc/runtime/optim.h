@@ -9,6 +9,8 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
+#include <utility>
 
 #include "runtime/backend.h"
 
@@ -44,6 +46,12 @@ inline int64_t OptimSlots(const OptimDesc& d) {
   return -1;
 }
 
+// Gradient preprocessing and decay amounts must be >= 0 (NaN fails too).
+inline ffi::Error CheckNonNegative(const char* op, std::initializer_list<std::pair<const char*, float>> values) {
+  for (const auto& [name, v] : values) JAX_MPS_CHECK(v >= 0.f, op, ": ", name, " must be >= 0, got ", v);
+  return ffi::Error::Success();
+}
+
 inline ffi::Error ValidateOptim(const OptimDesc& d, size_t nargs, size_t nrets) {
   JAX_MPS_CHECK(d.rule == OptRule::kSgd || d.rule == OptRule::kAdam || d.rule == OptRule::kRmsprop,
                 "optim: unknown rule ", static_cast<int64_t>(d.rule));
@@ -55,9 +63,9 @@ inline ffi::Error ValidateOptim(const OptimDesc& d, size_t nargs, size_t nrets) 
   JAX_MPS_CHECK(nrets == static_cast<size_t>((1 + d.nslots) * d.n), "optim: expected ",
                 (1 + d.nslots) * d.n, " results, got ", nrets);
   JAX_MPS_CHECK(d.eps >= 0.f, "optim: eps must be >= 0, got ", d.eps);
-  JAX_MPS_CHECK(d.rescale >= 0.f && d.clip_value >= 0.f && d.clip_norm >= 0.f && d.l1 >= 0.f &&
-                    d.l2 >= 0.f && d.weight_decay >= 0.f,
-                "optim: rescale, clip_value, clip_norm, l1, l2 and weight_decay must be >= 0");
+  JAX_MPS_RETURN_IF_ERROR(CheckNonNegative("optim", {{"rescale", d.rescale}, {"clip_value", d.clip_value},
+                                                     {"clip_norm", d.clip_norm}, {"l1", d.l1}, {"l2", d.l2},
+                                                     {"weight_decay", d.weight_decay}}));
   JAX_MPS_CHECK(d.norm_mode == NormMode::kNone || d.norm_mode == NormMode::kInternal ||
                     d.norm_mode == NormMode::kExternal,
                 "optim: unknown norm_mode ", static_cast<int64_t>(d.norm_mode));
@@ -148,7 +156,7 @@ ffi::Error OptimSqNorm(typename B::Ctx ctx, ffi::RemainingArgs arg_list, ffi::Re
   JAX_MPS_RETURN_IF_ERROR(DecodeAll(op, arg_list, &grads));
   JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "result", *out, ffi::F32));
   JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "result", *out, 1));
-  JAX_MPS_CHECK(rescale >= 0.f && clip_value >= 0.f, op, ": rescale and clip_value must be >= 0");
+  JAX_MPS_RETURN_IF_ERROR(CheckNonNegative(op, {{"rescale", rescale}, {"clip_value", clip_value}}));
   for (size_t l = 0; l < grads.size(); ++l)
     JAX_MPS_CHECK(IsFloat(grads[l].element_type()) && grads[l].element_type() == grads[0].element_type(), op,
                   ": grads of one call must share one float dtype (leaf ", l, ")");
