@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import importlib.metadata as _md
 import os
+import warnings
 
 # oneDNN's OpenMP threads spin while idle by default; XLA's own threads and input pipelines then
 # starve (measured: LeNet training on 2 cores ran 2.5x slower). Must be set before libgomp loads.
@@ -44,12 +46,24 @@ except ImportError as e:  # pragma: no cover - only without a build
 contract = _core
 
 
+def _cuda_visible() -> bool:
+    try:
+        return bool(jax.devices("cuda"))
+    except RuntimeError:  # no CUDA plugin, or no GPU
+        return False
+
+
 def _load_cuda():
-    # The CUDA backend is its own module, present only in CUDA builds; a CPU-only machine never
-    # loads (or needs) a CUDA library.
+    """The CUDA backend: its own module, loaded only where a CUDA device is visible (a CPU-only
+    machine never loads, or needs, a CUDA library)."""
+    if not _cuda_visible() or importlib.util.find_spec("_jax_mps_cuda") is None:
+        return None
+    # jax's CUDA plugin has loaded cuDNN/cuBLAS from the nvidia-* wheels by now; the module's
+    # RPATH finds the same files for regular installs, and the soname match covers in-tree builds.
     try:
         import _jax_mps_cuda
-    except (ImportError, OSError):
+    except ImportError as e:  # built, but its libraries do not load here: say so, run on the CPU only
+        warnings.warn(f"jax_mps: the CUDA backend (_jax_mps_cuda) failed to load, GPU calls will fail: {e}")
         return None
     return _jax_mps_cuda
 

@@ -5,7 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.cpu_only  # OpenMP threads of the CPU kernels
 def test_kernels_with_two_threads():
     here = Path(__file__).parent
     env = dict(os.environ, OMP_NUM_THREADS="2")
