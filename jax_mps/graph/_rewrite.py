@@ -33,6 +33,9 @@ from ._report import Report
 
 _FLOATS = (jnp.float32, jnp.float16, jnp.bfloat16)
 _WINDOW = 24  # equations scanned after a producer when looking for its activation
+# A lone activation on fewer elements than this (batch-norm statistics, scalars in a loss) stays in
+# XLA's fused element-wise loop: a runtime call would cost more than it computes.
+_MIN_STANDALONE = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +57,10 @@ class Node:
     act_desc: str = ""
     x: Any = None             # act: its input
     extra: Any = None         # per-kind data
+    emit_at: int = -1         # where the node is emitted (default: its last equation)
+
+    def at(self):
+        return self.emit_at if self.emit_at >= 0 else max(self.idxs)
 
 
 def _is_float(v):
@@ -112,6 +119,14 @@ class Rewriter:
                 taken[k] = node
             nodes.append(node)
 
+        if self.opts.convert:
+            for i, e in enumerate(eqns):
+                if e.primitive.name == "rsqrt" and i not in taken:
+                    node = self._batch_norm(i, taken)
+                    if node is not None:
+                        if self.opts.fuse:
+                            self._fuse(node, taken)
+                        claim(node)
         for i, e in enumerate(eqns):
             if i in taken:
                 continue
@@ -137,6 +152,133 @@ class Rewriter:
             if node is not None:
                 claim(node)
         return taken, nodes
+
+    # ---- batch norm written out (flax.linen / nnx BatchNorm in training mode, fast variance)
+
+    def _unit(self, v):
+        """The (C,) variable that `v` reshapes/broadcasts to (1, ..., 1, C), else None."""
+        while _is_var(v) and _is_float(v):
+            if v.aval.ndim == 1:
+                return v
+            if v in self.prod and all(d == 1 for d in v.aval.shape[:-1]):
+                e = self.eqns[self.prod[v]]
+                u = e.invars[0] if e.invars else None
+                if e.primitive.name in ("reshape", "broadcast_in_dim") and u is not None and _is_var(u) \
+                        and u.aval.size == v.aval.shape[-1] and (u.aval.ndim == 1 or u.aval.shape[-1] == u.aval.size):
+                    v = u
+                    continue
+            return None
+        return None
+
+    def _eqn(self, v, *names):
+        if not _is_var(v) or v not in self.prod:
+            return None, -1
+        j = self.prod[v]
+        e = self.eqns[j]
+        return (e, j) if e.primitive.name in names else (None, -1)
+
+    def _mean_of(self, v):
+        """(x, eqn indices) when v = sum of x over all but its last axis / count, else (None, [])."""
+        d, jd = self._eqn(v, "div", "mul")
+        if d is None:
+            return None, []
+        g, n = d.invars
+        r, jr = self._eqn(g, "reduce_sum")
+        c = A.scalar_const(n, self.cs)
+        if r is None or c is None:
+            return None, []
+        x = r.invars[0]
+        count = math.prod(x.aval.shape[:-1])
+        if tuple(r.params["axes"]) != tuple(range(x.aval.ndim - 1)) or \
+                not math.isclose(float(c), count if d.primitive.name == "div" else 1.0 / count, rel_tol=1e-6):
+            return None, []
+        return x, [jd, jr]
+
+    def _square_of(self, v):
+        e, j = self._eqn(v, "square", "integer_pow", "mul")
+        if e is None or (e.primitive.name == "integer_pow" and e.params["y"] != 2) or \
+                (e.primitive.name == "mul" and e.invars[0] is not e.invars[1]):
+            return None, -1
+        return e.invars[0], j
+
+    def _batch_norm(self, i, taken):
+        """Match y = (x - mean) * rsqrt(var + eps) [* scale] [+ bias] with batch mean and (fast) variance."""
+        eqns, uses = self.eqns, self.uses
+        w = eqns[i].invars[0]
+        a, ja = self._eqn(w, "add")
+        if a is None:
+            return None
+        u, eps = (a.invars[0], a.invars[1]) if A.scalar_const(a.invars[1], self.cs) is not None else \
+            (a.invars[1], a.invars[0])
+        eps = A.scalar_const(eps, self.cs)
+        m = self._unit(u)
+        if eps is None or m is None:
+            return None
+        mx, jm = self._eqn(m, "max")
+        if mx is None:
+            return None
+        l = mx.invars[1] if A.scalar_const(mx.invars[0], self.cs) is not None else mx.invars[0]
+        z0 = A.scalar_const(mx.invars[0] if l is mx.invars[1] else mx.invars[1], self.cs)
+        sb, jl = self._eqn(l, "sub")
+        if z0 is None or float(z0) != 0.0 or sb is None:
+            return None
+        sq_x, idx_j = self._mean_of(sb.invars[0])
+        h, jk = self._square_of(sb.invars[1])
+        if sq_x is None or h is None:
+            return None
+        x, jsq = self._square_of(sq_x)
+        x2, idx_h = self._mean_of(h)
+        if x is None or x2 is not x or not _is_float(x) or x.aval.ndim < 2:
+            return None
+        C = x.aval.shape[-1]
+        core = [jm, jl, jk, jsq, ja, i] + idx_j + idx_h
+        # r -> [mul scale] -> mul (x - mean)
+        r = eqns[i].outvars[0]
+        scale = None
+        ur = uses.get(r, [])
+        if len(ur) != 1 or ur[0] < 0 or eqns[ur[0]].primitive.name != "mul":
+            return None
+        e1, j1 = eqns[ur[0]], ur[0]
+        other = e1.invars[1] if e1.invars[0] is r else e1.invars[0]
+        cand = self._unit(other)
+        if cand is not None and cand.aval.shape == (C,):
+            scale, zz = cand, e1.outvars[0]
+            core.append(j1)
+            uz = uses.get(zz, [])
+            if len(uz) != 1 or uz[0] < 0 or eqns[uz[0]].primitive.name != "mul":
+                return None
+            e1, j1 = eqns[uz[0]], uz[0]
+            other = e1.invars[1] if e1.invars[0] is zz else e1.invars[0]
+        xm, jxm = self._eqn(other, "sub")
+        if xm is None or xm.invars[0] is not x or self._unit(xm.invars[1]) is not h \
+                or uses.get(other, []) != [j1] or e1.outvars[0].aval.shape != x.aval.shape:
+            return None
+        core += [jxm, j1]
+        y = e1.outvars[0]
+        bias = None
+        uy = uses.get(y, [])
+        if len(uy) == 1 and uy[0] >= 0 and eqns[uy[0]].primitive.name == "add":
+            e2 = eqns[uy[0]]
+            cand = self._unit(e2.invars[1] if e2.invars[0] is y else e2.invars[0])
+            if cand is not None and cand.aval.shape == (C,) and e2.outvars[0].aval.shape == x.aval.shape:
+                bias, y = cand, e2.outvars[0]
+                core.append(uy[0])
+        if any(k in taken for k in core) or any(v.aval.dtype != x.aval.dtype for v in (m, h, y)):
+            return None
+        core_set = set(core)
+        for k in core:
+            for v in eqns[k].outvars:
+                if v is y or v is h or v is m:
+                    continue
+                if not set(uses.get(v, [])) <= core_set:
+                    return None
+        # Emitted where the statistics are first needed by anything outside the pattern.
+        at = max([jm] + [self.prod.get(v, -1) for v in (x, scale, bias) if v is not None])
+        outside = [k for v in (h, m) for k in uses.get(v, []) if k >= 0 and k not in core_set]
+        if outside and min(outside) <= at:
+            return None
+        return Node("bnx", sorted(core_set), y, i, extra={"x": x, "scale": scale, "bias": bias, "eps": float(eps),
+                                                          "mean": h, "var": m}, emit_at=at)
 
     def _dense_form(self, e):
         (lc, rc), (lb, rb) = e.params["dimension_numbers"]
@@ -314,6 +456,8 @@ class Rewriter:
         if len(set(vs)) != 1 or not _is_float(vs[0]) or e.outvars[0].aval.shape != vs[0].aval.shape:
             return None
         x = vs[0]
+        if x.aval.size < _MIN_STANDALONE:
+            return None
         m = self._find_activation(x, i - 1, taken, fused=False)
         if m is None or m[0][0] != i:
             return None
@@ -340,7 +484,7 @@ class Rewriter:
         for i, e in enumerate(eqns):
             node = taken.get(i)
             if node is not None:
-                if i != max(node.idxs):
+                if i != node.at():
                     continue
                 # plan state is per jaxpr; nested rewrites replace it, so keep ours
                 saved = (self.eqns, self.uses, self.prod, self.cs)
@@ -354,7 +498,9 @@ class Rewriter:
                     if node.kind == "bn":
                         bn = eqns[node.anchor]
                         env[bn.outvars[1]], env[bn.outvars[2]] = outs[1], outs[2]
-                    if node.kind in ("conv", "dense", "bn"):
+                    if node.kind == "bnx":
+                        env[node.extra["mean"]], env[node.extra["var"]] = outs[1], outs[2]
+                    if node.kind in ("conv", "dense", "bn", "bnx"):
                         concat_src[node.out] = node.kind
                 continue
             saved = (self.eqns, self.uses, self.prod, self.cs)
@@ -440,6 +586,17 @@ class Rewriter:
                 self.report.add(where, self._act_label(node), "converted", f"-> mps.{_spec_name(node.act)}"
                                 f" ({node.act_desc})")
                 return [y]
+            if node.kind == "bnx":
+                ex = node.extra
+                x = read(ex["x"])
+                c = x.shape[-1]
+                scale = jnp.ones((c,), x.dtype) if ex["scale"] is None else read(ex["scale"])
+                bias = jnp.zeros((c,), x.dtype) if ex["bias"] is None else read(ex["bias"])
+                outs = _norm.batch_norm(x, scale, bias, epsilon=ex["eps"], activation=node.act)
+                self.report.add(where, "batch norm (written out)", "fused" if node.act else "converted",
+                                "mps.batch_norm" + (f" + {node.act_desc}" if node.act else "")
+                                + f" ({len(node.idxs)} ops)")
+                return list(outs)
             if node.kind == "bn":
                 x, scale, bias = (read(v) for v in e.invars)
                 outs = _norm.batch_norm(x, scale, bias, epsilon=node.extra, activation=node.act)
