@@ -93,8 +93,8 @@ def scalar_const(v, consts):
 
 
 def _replay(eqns, env, consts):
-    """Evaluate `eqns` from `env` (variable -> value); raises _NotElementwise on an equation
-    that is not shape-free."""
+    """Evaluate `eqns` from `env` (variable -> value) on the probe; raises _NotElementwise on an
+    equation that is not shape-free (a broadcast of a scalar is: it becomes the probe's shape)."""
     env = dict(env)
 
     def read(v):
@@ -114,6 +114,8 @@ def _replay(eqns, env, consts):
                 params["sharding"] = None
             outs = e.primitive.bind(*ins, **params)
             outs = outs if e.primitive.multiple_results else [outs]
+        elif name == "broadcast_in_dim" and np.ndim(ins[0]) == 0:
+            outs = [jnp.broadcast_to(ins[0], _P.shape)]
         elif name in _WRAPPERS:
             body = e.params.get("jaxpr") or e.params.get("call_jaxpr")
             body = body.jaxpr if hasattr(body, "jaxpr") else body

@@ -138,7 +138,7 @@ class Rewriter:
                 node = Node("dense", [i], e.outvars[0], i)
             elif self.opts.convert and name == "reduce_window_max":
                 node = Node("max_pool", [i], e.outvars[0], i)
-            elif self.opts.convert and name == "reduce_window_sum":
+            elif self.opts.convert and name == "reduce_window_sum" and e.invars[0] not in self.cs:
                 node = self._avg_pool(i, taken)
             elif name == "custom_vjp_call" and self.opts.fuse:
                 t = mps_target(e)
@@ -304,6 +304,8 @@ class Rewriter:
                     node.extra["div"] = "window"
                 elif self._is_count_pool(den, e):
                     node.idxs.append(us[0])
+                    if self.uses.get(den) == [us[0]]:  # the count pool is part of the node
+                        node.idxs.append(self.prod[den])
                     node.out = d.outvars[0]
                     node.extra["div"] = "count"
         return node
