@@ -2,10 +2,12 @@
 
 Each layer subclasses its `flax.nnx` namesake and keeps its constructor, attributes and parameter
 names, so ``nnx.update(ours, nnx.state(theirs, nnx.Param))`` works and checkpoints load; only
-``__call__`` changes. A configuration our primitives do not take directly (CIRCULAR/REFLECT/CAUSAL
-padding, masks, input dilation, ``axis_name`` statistics, dropout ``broadcast_dims``, several batch
-dims in an RNN, ...) runs Flax's own ``__call__`` through `mps.graph.optimize`, so its convolutions,
-dense layers and activations still reach the runtime and the rest stays exactly Flax's.
+``__call__`` changes. A Conv/ConvTranspose/Linear configuration our primitives do not take directly
+(CIRCULAR/REFLECT/CAUSAL padding, masks, input dilation, custom dot_general...) runs Flax's own
+``__call__`` through `mps.graph.optimize`, so its convolutions and dense layers still reach the
+runtime. Stateful layers outside our primitives (BatchNorm with ``axis_name``/masks/other axes,
+Dropout with ``broadcast_dims``, RNN over other cells) run Flax's own code as it is: they update
+module state (statistics, RNG counters), which a traced rewrite cannot carry out.
 """
 from __future__ import annotations
 
@@ -113,7 +115,7 @@ class BatchNorm(nnx.BatchNorm):
         axes = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
         if (x.ndim < 2 or [a % x.ndim for a in axes] != [x.ndim - 1] or mask is not None
                 or self.axis_name is not None or self.axis_index_groups is not None or not _plain_promote(self)):
-            return _flax_call(BatchNorm, self, x, use_running_average, mask=mask)
+            return super().__call__(x, use_running_average, mask=mask)
         scale = self.scale[...] if self.scale is not None else None
         bias = self.bias[...] if self.bias is not None else None
         x, mean, var, scale, bias = self.promote_dtype((x, self.mean[...], self.var[...], scale, bias),
@@ -147,7 +149,7 @@ class Dropout(nnx.Dropout):
         if self.rate == 0.0 or deterministic:
             return inputs
         if self.broadcast_dims:
-            return _flax_call(Dropout, self, inputs, deterministic=deterministic, rngs=rngs)
+            return super().__call__(inputs, deterministic=deterministic, rngs=rngs)
         rngs = _first(rngs, self.rngs)
         if isinstance(rngs, rnglib.Rngs):
             key = rngs[self.rng_collection]()
