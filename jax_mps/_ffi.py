@@ -6,7 +6,13 @@
   upcast and results cast back (float32 accumulation, as API.md asks);
 - a vmap rule: when every batched argument is flagged in `fold` (its leading axis is the op's
   batch axis) and every result is batch-major, the vmapped axis is folded into that batch axis
-  and the kernel runs once; otherwise the kernel runs once per vmapped element (lax.map).
+  and the kernel runs once; otherwise the kernel runs once per vmapped element (lax.map);
+- a sharding rule (`shard`, see _sharding.Rule): which axis of each operand and result is the
+  batch axis, so that batch-sharded jit runs the kernel on each local shard (results marked
+  SUM / MEAN are combined across shards with psum / pmean).
+
+`composite` is the same for a short composition of kernels whose body needs the batch's mesh
+axes itself (batch norm's statistics, reduced losses); `kernel` is the bare call for such bodies.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _runtime  # noqa: F401  (registers the targets)
+from . import _sharding
 
 _LOW = (jnp.float16, jnp.bfloat16)
 
@@ -37,17 +44,40 @@ def _is_low(dtype) -> bool:
     return any(dtype == d for d in _LOW)
 
 
-def call(target: str, results, *args, fold: Sequence[bool] | None = None, **attrs):
+def kernel(target: str, specs, *args, **attrs):
+    """One runtime call on exactly these shapes (no vmap or sharding rule); returns a list."""
+    attrs = {k: _attr(v) for k, v in attrs.items()}
+    args = [x.astype(jnp.float32) if _is_low(x.dtype) else x for x in args]
+    call_specs = [jax.ShapeDtypeStruct(s.shape, jnp.float32) if _is_low(s.dtype) else s for s in specs]
+    outs = jax.ffi.ffi_call(target, call_specs)(*args, **attrs)
+    return [o.astype(s.dtype) for o, s in zip(outs, specs)]
+
+
+def call(target: str, results, *args, fold: Sequence[bool] | None = None, shard: _sharding.Rule | None = None,
+         **attrs):
     """Run runtime target `target` on `args`; `results` is a ShapeDtypeStruct or a sequence."""
+    def body(axes, specs, *a):
+        return _sharding.combine(kernel(target, specs, *a, **attrs), shard, axes)
+
+    return composite(body, results, *args, fold=fold, shard=shard)
+
+
+def composite(body, results, *args, fold: Sequence[bool] | None = None, shard: _sharding.Rule | None = None,
+              axes=None):
+    """Run `body(axes, result_specs, *args) -> list` with call's vmap and sharding rules.
+
+    `axes`: the mesh axes the batch is split over when the caller knows them (inside shard_map,
+    batch norm's axis_name); otherwise they come from the sharding rule (() when unsharded).
+    """
     single = not isinstance(results, (list, tuple))
     specs = [results] if single else list(results)
-    attrs = {k: _attr(v) for k, v in attrs.items()}
 
     def raw(specs, *a):
-        a = [x.astype(jnp.float32) if _is_low(x.dtype) else x for x in a]
-        call_specs = [jax.ShapeDtypeStruct(s.shape, jnp.float32) if _is_low(s.dtype) else s for s in specs]
-        outs = jax.ffi.ffi_call(target, call_specs)(*a, **attrs)
-        return [o.astype(s.dtype) for o, s in zip(outs, specs)]
+        if axes is not None:
+            return list(body(axes, specs, *a))
+        if shard is None:
+            return list(body((), specs, *a))
+        return _sharding.partitioned(body, shard, a, specs)
 
     @jax.custom_batching.custom_vmap
     def f(*a):

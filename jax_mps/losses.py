@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _ffi
+from ._sharding import Rule
 from ._validate import check_float, check_rank, check_shape
 
 __all__ = [
@@ -22,7 +23,50 @@ __all__ = [
 # Codes match csrc/runtime/losses.h (LossKind, Reduction).
 _SOFTMAX_CE, _SIGMOID_CE, _MSE, _MAE, _HUBER, _HINGE, _KL = range(7)
 _REDUCTIONS = {"none": 0, "sum": 1, "mean": 2, "sum_by_nonzero_weights": 3}
-_NONE = 0
+_NONE, _SUM, _MEAN, _BY_NONZERO = range(4)
+
+# Batch sharding: samples split on axis 0. A reduced value is combined across shards from the
+# per-shard sums (psum, then divided by the global sample / non-zero-weight count), and its
+# backward scales the cotangent by the same global divisor; so values and gradients equal those
+# of the whole batch on one device.
+
+
+def _batch(a):
+    return 0 if a.shape[0] else None  # empty weights / lse (none given, none kept) stay replicated
+
+
+def _divisor(axes, reduction, weights, n_local):
+    """Global divisor of a reduced loss over the batch split on `axes` (0 -> the value is 0)."""
+    if reduction == _MEAN or (reduction == _BY_NONZERO and weights.shape[0] == 0):
+        return jnp.float32(n_local) * jax.lax.psum(1, axes)
+    if reduction == _BY_NONZERO:
+        return jax.lax.psum(jnp.sum(weights != 0, dtype=jnp.float32), axes)
+    return jnp.float32(1.0)
+
+
+def _fwd_body(kind, reduction, param):
+    def body(axes, specs, pred, target, weights):
+        if not axes or reduction == _NONE:
+            return _ffi.kernel("jax_mps_loss_fwd", specs, pred, target, weights, kind=kind, reduction=reduction,
+                               param=param)
+        s, lse = _ffi.kernel("jax_mps_loss_fwd", specs, pred, target, weights, kind=kind, reduction=_SUM,
+                             param=param)
+        div = _divisor(axes, reduction, weights, pred.shape[0])
+        s = jax.lax.psum(s.astype(jnp.float32), axes)
+        return jnp.where(div > 0, s / jnp.maximum(div, 1.0), 0.0).astype(specs[0].dtype), lse
+    return body
+
+
+def _bwd_body(kind, reduction, param):
+    def body(axes, specs, pred, target, weights, lse, g):
+        if not axes or reduction == _NONE:
+            return _ffi.kernel("jax_mps_loss_bwd", specs, pred, target, weights, lse, g, kind=kind,
+                               reduction=reduction, param=param)
+        div = _divisor(axes, reduction, weights, pred.shape[0])
+        g = jnp.where(div > 0, g.astype(jnp.float32) / jnp.maximum(div, 1.0), 0.0).astype(g.dtype)
+        return _ffi.kernel("jax_mps_loss_bwd", specs, pred, target, weights, lse, g, kind=kind, reduction=_SUM,
+                           param=param)
+    return body
 
 
 def _loss_call(pred, target, weights, kind, reduction, param, keep_lse):
@@ -30,9 +74,10 @@ def _loss_call(pred, target, weights, kind, reduction, param, keep_lse):
     n = pred.shape[0]
     none = reduction == _NONE
     specs = (_ffi.spec((n,) if none else (1,), pred.dtype), _ffi.spec((n if keep_lse else 0,), jnp.float32))
-    out, lse = _ffi.call("jax_mps_loss_fwd", specs, pred, target, weights,
-                         fold=[True, True, True] if none else None,  # a reduced value mixes the whole batch
-                         kind=kind, reduction=reduction, param=param)
+    rule = Rule((0, 0, _batch(weights)), (0 if none else None, 0 if keep_lse else None))
+    out, lse = _ffi.composite(_fwd_body(kind, reduction, param), specs, pred, target, weights,
+                              fold=[True, True, True] if none else None,  # a reduced value mixes the whole batch
+                              shard=rule)
     return (out if none else out.reshape(())), lse
 
 
@@ -56,9 +101,10 @@ def _loss_bwd(kind, reduction, param, res, g):
     specs = (_ffi.spec(pred.shape, pred.dtype),
              _ffi.spec((n, d) if wants_dt else (n, 0), pred.dtype),
              _ffi.spec(weights.shape, weights.dtype))
-    dpred, dtarget, dweights = _ffi.call(
-        "jax_mps_loss_bwd", specs, pred, target, weights, lse, g if none else g.reshape(1),
-        fold=[True] * 5 if none else None, kind=kind, reduction=reduction, param=param)
+    rule = Rule((0, 0, _batch(weights), _batch(lse), 0 if none else None), (0, 0, _batch(weights)))
+    dpred, dtarget, dweights = _ffi.composite(
+        _bwd_body(kind, reduction, param), specs, pred, target, weights, lse, g if none else g.reshape(1),
+        fold=[True] * 5 if none else None, shard=rule)
     if int_labels:
         dtarget = np.zeros(target.shape, jax.dtypes.float0)
     elif not wants_dt:
