@@ -16,6 +16,7 @@ axes itself (batch norm's statistics, reduced losses); `kernel` is the bare call
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -44,13 +45,58 @@ def _is_low(dtype) -> bool:
     return any(dtype == d for d in _LOW)
 
 
+def _varying(x) -> frozenset:
+    """The shard_map axes over which x varies (its type's vma; `mat.varying` on jax 0.10)."""
+    t = jax.typeof(x)
+    v = getattr(t, "vma", None)
+    if v is None:
+        v = getattr(getattr(t, "mat", None), "varying", None)
+    return frozenset(v or ())
+
+
+def _as_varying(x, axes):
+    missing = tuple(a for a in axes if a not in _varying(x))
+    return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+
+class custom_vjp:
+    """`jax.custom_vjp` whose differentiable float arguments first vary over the same shard_map axes.
+
+    Inside shard_map a weight is invariant while the activations vary; our backward kernels give
+    the weight's per-block cotangent. Casting the weight to varying before the custom_vjp makes
+    JAX transpose that cast into the psum over blocks, as for its own ops (and the cotangent
+    types match the primal ones). Outside shard_map nothing varies and this is jax.custom_vjp.
+    """
+
+    def __init__(self, fun, nondiff_argnums=()):
+        self._f = jax.custom_vjp(fun, nondiff_argnums=nondiff_argnums)
+        self._nondiff = frozenset(nondiff_argnums)
+        functools.update_wrapper(self, fun)
+
+    def defvjp(self, fwd, bwd):
+        self._f.defvjp(fwd, bwd)
+
+    def __call__(self, *args):
+        diff = [i for i in range(len(args)) if i not in self._nondiff]
+        axes = frozenset().union(*(_varying(x) for i in diff for x in jax.tree.leaves(args[i])))
+        if axes:
+            axes = tuple(sorted(axes, key=str))
+            cast = lambda x: _as_varying(x, axes) if jnp.issubdtype(x.dtype, jnp.inexact) else x
+            args = tuple(jax.tree.map(cast, a) if i in diff else a for i, a in enumerate(args))
+        return self._f(*args)
+
+
 def kernel(target: str, specs, *args, **attrs):
     """One runtime call on exactly these shapes (no vmap or sharding rule); returns a list."""
     attrs = {k: _attr(v) for k, v in attrs.items()}
     args = [x.astype(jnp.float32) if _is_low(x.dtype) else x for x in args]
+    # Inside shard_map (checked types) a call's operands must vary over the same mesh axes, and
+    # its results vary over them too (ffi_call's results would otherwise be typed invariant).
+    axes = tuple(sorted(frozenset().union(*(_varying(x) for x in args)), key=str))
+    args = [_as_varying(x, axes) for x in args]
     call_specs = [jax.ShapeDtypeStruct(s.shape, jnp.float32) if _is_low(s.dtype) else s for s in specs]
     outs = jax.ffi.ffi_call(target, call_specs)(*args, **attrs)
-    return [o.astype(s.dtype) for o, s in zip(outs, specs)]
+    return [_as_varying(o.astype(s.dtype), axes) for o, s in zip(outs, specs)]
 
 
 def call(target: str, results, *args, fold: Sequence[bool] | None = None, shard: _sharding.Rule | None = None,

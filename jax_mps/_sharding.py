@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import string
 from typing import Callable, Sequence
 
 import jax
 import numpy as np
-from jax.experimental.custom_partitioning import custom_partitioning
+from jax.experimental.custom_partitioning import ArrayMapping, CompoundFactor, SdyShardingRule, custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 __all__ = ["Rule", "partitioned", "SUM", "MEAN"]
@@ -95,17 +94,29 @@ def _plan(rule, mesh, arg_shapes, result_shapes):
 
 
 def _sdy_rule(rule, arg_shapes, result_shapes):
-    """Einsum-like Shardy rule: the batch axes share factor `b` (when of the batch's size), every
-    other axis its own factor, so propagation carries the batch sharding through our calls."""
-    names = iter(f"{c}{i}" for i in range(1000) for c in string.ascii_lowercase if c != "b")
+    """Shardy rule: the batch axes share factor `b`; a batch-major flat buffer of size b * w is the
+    compound (b, w), so its per-shard blocks keep their sharding from the forward to the backward
+    call; every other axis is its own factor."""
     batch = next((a.shape[d] for d, a in zip(rule.args, arg_shapes) if d is not None), None)
+    counter = iter(range(1 << 30))
+    sizes = {}
 
     def one(shape, dim):
-        return " ".join("b" if (i == dim and s == batch) else next(names) for i, s in enumerate(shape))
+        dims = []
+        for i, s in enumerate(shape):
+            if i == dim and s == batch:
+                dims.append("b")
+            elif i == dim and batch and s % batch == 0 and s > batch:
+                w = f"w{next(counter)}"
+                sizes[w] = s // batch
+                dims.append(CompoundFactor("b", w))
+            else:
+                dims.append(f"f{next(counter)}")
+        return ArrayMapping(*dims)
 
-    ins = ", ".join(one(a.shape, d) for d, a in zip(rule.args, arg_shapes))
-    outs = ", ".join(one(r.shape, d if isinstance(d, int) else None) for d, r in zip(rule.results, result_shapes))
-    return f"{ins} -> {outs}"
+    ins = tuple(one(a.shape, d) for d, a in zip(rule.args, arg_shapes))
+    outs = tuple(one(r.shape, d if isinstance(d, int) else None) for d, r in zip(rule.results, result_shapes))
+    return SdyShardingRule(ins, outs, **sizes)
 
 
 def partitioned(body: Callable, rule: Rule, args: Sequence, result_specs: Sequence):

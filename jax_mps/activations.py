@@ -20,7 +20,7 @@ _ROW = Rule((0,), (0,))  # element-wise: any leading axis splits; the batch axis
 _ROW2 = Rule((0, 0), (0,))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+@partial(_ffi.custom_vjp, nondiff_argnums=(1, 2))
 def _act(x, code, alpha):
     return _ffi.call("jax_mps_activation_fwd", _ffi.spec(x.shape, x.dtype), x, fold=[True], shard=_ROW,
                      act=code, alpha=alpha)
@@ -60,7 +60,7 @@ def softsign(x): return activation(x, "softsign")
 def gelu(x, approximate=False): return activation(x, "gelu", approximate=approximate)
 
 
-@jax.custom_vjp
+@_ffi.custom_vjp
 def _prelu(x, alpha):
     return _ffi.call("jax_mps_prelu_fwd", _ffi.spec(x.shape, x.dtype), x, alpha, fold=[True, False],
                      shard=Rule((0, None), (0,)))
@@ -90,7 +90,7 @@ def prelu(x, alpha):
     return _prelu(x, alpha.astype(x.dtype))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+@partial(_ffi.custom_vjp, nondiff_argnums=(1, 2))
 def _softmax(x, axis, log):
     fold = [axis != 0]
     return _ffi.call("jax_mps_softmax_fwd", _ffi.spec(x.shape, x.dtype), x, fold=fold if axis else None,

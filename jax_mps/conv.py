@@ -37,7 +37,7 @@ _BWD_WEIGHTS = Rule((0, 0, 0), (SUM, SUM))
 
 # cfg = (family, out_shape, attrs): all static; attrs is a tuple of (name, value) pairs that
 # includes act, alpha and has_bias.
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
+@partial(_ffi.custom_vjp, nondiff_argnums=(3,))
 def _op(x, w, b, cfg):
     family, out_shape, attrs = cfg
     return _ffi.call(f"jax_mps_{family}_fwd", _ffi.spec(out_shape, x.dtype), x, w, b,

@@ -16,7 +16,7 @@ __all__ = ["dropout"]
 
 # vmap runs one call per element (fold=None): a folded batch would draw different masks per slice
 # for one unbatched key, and the packed mask is not batch-major.
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+@partial(_ffi.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _dropout(key_data, x, threshold, scale, key_words):
     return _dropout_fwd(key_data, x, threshold, scale, key_words)[0]
 

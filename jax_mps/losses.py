@@ -81,7 +81,7 @@ def _loss_call(pred, target, weights, kind, reduction, param, keep_lse):
     return (out if none else out.reshape(())), lse
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+@partial(_ffi.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _loss(pred, target, weights, kind, reduction, param):
     return _loss_call(pred, target, weights, kind, reduction, param, False)[0]
 

@@ -60,7 +60,7 @@ def _bn_fwd_body(eps, code, alpha):
     return body
 
 
-def _bn_bwd_body(code, alpha, from_output):
+def _bn_bwd_body(code, alpha, from_output, manual):
     def body(axes, specs, x, scale, bias, mean, rstd, s, gy, gmean, gvar):
         bwd = partial(_ffi.kernel, "jax_mps_batch_norm_bwd", specs, act=code, alpha=alpha, from_output=from_output)
         dx, dscale, dbias = bwd(x, scale, bias, mean, rstd, s, gy, gmean, gvar)
@@ -72,11 +72,13 @@ def _bn_bwd_body(code, alpha, from_output):
         gmean_l = g * (dbias - gbias / k) + gmean / k
         gvar_l = 0.5 * g * rstd * (dscale - gscale / k) + gvar / k
         dx, _, _ = bwd(x, scale, bias, mean, rstd, s, gy, gmean_l, gvar_l)
+        if manual:  # shard_map: JAX sums the per-block parameter cotangents itself (custom_vjp casts)
+            return dx, dscale, dbias
         return dx, gscale, gbias
     return body
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+@partial(_ffi.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def _bn(x, scale, bias, eps, code, alpha, axes):
     return _bn_fwd(x, scale, bias, eps, code, alpha, axes)[0]
 
@@ -94,7 +96,7 @@ def _bn_bwd(eps, code, alpha, axes, res, cts):
     x, scale, bias, mean, rstd, y = res
     gy, gmean, gvar = cts
     c = x.shape[-1]
-    return _ffi.composite(_bn_bwd_body(code, alpha, y is not None), (_ffi.spec(x.shape, x.dtype), _vec(x, c),
+    return _ffi.composite(_bn_bwd_body(code, alpha, y is not None, axes is not None), (_ffi.spec(x.shape, x.dtype), _vec(x, c),
                                                                       _vec(x, c)),
                           x, scale, bias, mean, rstd, x if y is None else y, gy, gmean, gvar, shard=_BN_BWD,
                           axes=axes)
@@ -152,7 +154,7 @@ def batch_norm(x, scale, bias, *, epsilon=1e-5, activation=None, axis_name=None)
 # ---- batch norm, inference mode ----
 # The forward is per row (folds under vmap); the parameter gradients are reduced over the batch.
 
-@partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+@partial(_ffi.custom_vjp, nondiff_argnums=(5, 6, 7))
 def _bni(x, scale, bias, mean, var, eps, code, alpha):
     return _ffi.call("jax_mps_batch_norm_inference_fwd", _ffi.spec(x.shape, x.dtype), x, scale, bias, mean, var,
                      fold=[True, False, False, False, False], shard=Rule((0, None, None, None, None), (0,)),
@@ -191,7 +193,7 @@ def batch_norm_inference(x, scale, bias, mean, var, *, epsilon=1e-5, activation=
 # Statistics are per sample, so the forward folds under vmap; the backward reduces dscale/dbias
 # over the batch, so it runs once per vmapped element.
 
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
+@partial(_ffi.custom_vjp, nondiff_argnums=(3,))
 def _in(x, scale, bias, eps):
     return _in_fwd(x, scale, bias, eps)[0]
 
@@ -228,7 +230,7 @@ def instance_norm(x, scale, bias, *, epsilon=1e-5):
 
 # ---- local response norm ----
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+@partial(_ffi.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def _lrn(x, size, alpha, beta, k):
     return _ffi.call("jax_mps_local_response_norm_fwd", _ffi.spec(x.shape, x.dtype), x, fold=[True],
                      shard=Rule((0,), (0,)),

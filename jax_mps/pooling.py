@@ -71,7 +71,7 @@ def _max_call(x, geo, with_index):
                      shard=Rule((0,), (0, 0 if with_index else None)), with_index=with_index, **_attrs(geo))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
+@partial(_ffi.custom_vjp, nondiff_argnums=(1,))
 def _max_pool(x, geo):
     return _max_call(x, geo, False)[0]
 
@@ -90,7 +90,7 @@ _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 # ---- average pooling --------------------------------------------------------------------------
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+@partial(_ffi.custom_vjp, nondiff_argnums=(1, 2))
 def _avg_pool(x, geo, include_pad):
     return _ffi.call("jax_mps_avg_pool_fwd", _out_spec(x, geo), x, fold=[True], shard=_ROW,
                      count_include_pad=include_pad,
@@ -144,7 +144,7 @@ def avg_pool1d(x, window, stride=None, padding="VALID", count_include_pad=False)
 
 # ---- global average pooling -------------------------------------------------------------------
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
+@partial(_ffi.custom_vjp, nondiff_argnums=(1,))
 def _global_avg(x, hw):
     return _ffi.call("jax_mps_global_avg_pool2d_fwd", _ffi.spec((x.shape[0], x.shape[3]), x.dtype), x, fold=[True],
                      shard=_ROW)
@@ -174,7 +174,7 @@ def global_avg_pool2d(x):
 
 # ---- upsampling -------------------------------------------------------------------------------
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+@partial(_ffi.custom_vjp, nondiff_argnums=(1, 2))
 def _upsample(x, scale, method):
     n, h, w, c = x.shape
     return _ffi.call("jax_mps_upsample2d_fwd", _ffi.spec((n, h * scale[0], w * scale[1], c), x.dtype), x,

@@ -82,7 +82,7 @@ def _activation_code(activation, op):
 
 # ----------------------------------------------------------------------------- the runtime call
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
+@partial(_ffi.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
 def _core(cell, L, D, H, tm, x, h0, c0, lens, weights):
     return _core_fwd(cell, L, D, H, tm, x, h0, c0, lens, weights)[0]
 

@@ -44,7 +44,9 @@ else:
         return jnp.asarray(np.random.default_rng(seed).normal(size=shape), dtype)
 
     def _put(args, batched, mesh=MESH, spec=("data",)):
-        return [jax.device_put(a, NamedSharding(mesh, P(*spec) if b else P())) for a, b in zip(args, batched)]
+        # b: 1 -> sharded as `spec`, 0 -> replicated, or a PartitionSpec of its own
+        return [jax.device_put(a, NamedSharding(mesh, b if isinstance(b, P) else P(*spec) if b else P()))
+                for a, b in zip(args, batched)]
 
     def _grad_fn(f, n, argnums):
         def loss(*a):
@@ -68,7 +70,7 @@ else:
         (lw, gw), (lg, gg) = jax.jit(g)(*args), jax.jit(g)(*sharded)
         assert_close(lg, lw, rtol, atol, "loss")
         for i, (a, b) in enumerate(zip(gg, gw)):
-            assert_close(a, b, rtol, atol, f"grad wrt arg {argnums[i]}")
+            jax.tree.map(lambda u, v: assert_close(u, v, rtol, atol, f"grad wrt arg {argnums[i]}"), a, b)
         if no_gather:
             assert not _hlo_has_gather(g, *sharded), "an all-gather was inserted around a runtime call"
 
@@ -170,7 +172,7 @@ else:
         x = _rand((T, B, I) if time_major else (B, T, I), 0)
         p = mps.init_lstm(jax.random.key(0), I, H, num_layers=2, bidirectional=True)
         lens = jnp.asarray([5, 3, 0, 5, 1, 4, 2, 5], jnp.int32)
-        xb = [1, 0, 1]
+        xb = [1, 0, P("data")]
         check_sharded(lambda x, p, l: mps.lstm(x, p, seq_lengths=l, time_major=time_major), [x, p, lens], xb,
                       argnums=(0, 1), spec=((None, "data") if time_major else ("data",)))
         pg = mps.init_gru(jax.random.key(1), I, H)
@@ -181,7 +183,7 @@ else:
 
     def test_shard_map_local_blocks_and_axis_name():
         x, s, b = _rand((N, 3, 3, 4), 0) + 2, _rand((4,), 1), _rand((4,), 2)
-        w = _rand((3, 3, 4, 4), 3)
+        w = _rand((3, 3, 4, 4), 3) * 0.3
 
         def local(x, s, b, w):
             y = mps.conv2d(x, w, activation="relu")
@@ -199,8 +201,8 @@ else:
         gg = jax.jit(_grad_fn(sm, 4, (0, 1, 2, 3)))(*args)[1]
         gw = jax.jit(_grad_fn(glob, 4, (0, 1, 2, 3)))(*args)[1]
         # weight gradients of shard_map are per block unless summed: psum them by out_specs P()
-        for i, (a, c) in enumerate(zip(gg, gw)):
-            assert_close(a, c, 5e-5, 5e-5, f"shard_map grad {i}")
+        for i, (a, c) in enumerate(zip(gg, gw)):  # sums in another order: float32 rounding differs
+            assert_close(a, c, 2e-4, 2e-4, f"shard_map grad {i}")
 
         # without axis_name the statistics are per block
         blocks = jax.jit(jax.shard_map(lambda x: mps.batch_norm(x, s, b)[1][None], mesh=MESH,
