@@ -135,7 +135,7 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
                            if name in slot_names else None)
         return state_cls(count=jnp.zeros([], jnp.int32), **slots)
 
-    def step(params, grads, state, write_updates):
+    def step(params, grads, state, write_updates, grad_scale=None):
         g_leaves, treedef = _float_leaves(grads, "grads")
         if params is None:
             if needs_params:
@@ -161,6 +161,9 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
         for i, (g, p) in enumerate(zip(g_leaves, p_leaves)):
             if g.shape != p.shape:
                 raise ValueError(f"grads leaf {i}: shape {tuple(g.shape)} does not match param shape {tuple(p.shape)}")
+        if grad_scale is not None:  # loss-scaled gradients (mixed_precision): unscale in float32
+            inv = jnp.asarray(grad_scale, jnp.float32).reshape(())
+            g_leaves = [g.astype(jnp.float32) * inv for g in g_leaves]
         g_leaves = [g if g.dtype == p.dtype else g.astype(p.dtype) for g, p in zip(g_leaves, p_leaves)]
 
         count = jnp.asarray(state.count, jnp.int32)
@@ -210,11 +213,15 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
     def update(updates, state, params=None):
         return step(params, updates, state, True)
 
-    _apply_donated = jax.jit(lambda p, g, s: step(p, g, s, False), donate_argnums=(0, 2))
+    _apply_donated = jax.jit(lambda p, g, s, gs: step(p, g, s, False, gs), donate_argnums=(0, 2))
 
-    def apply(params, grads, state):
-        """Fused step updating `params` and `state` in place (their buffers are donated)."""
-        return _apply_donated(params, grads, state)
+    def apply(params, grads, state, grad_scale=None):
+        """Fused step updating `params` and `state` in place (their buffers are donated).
+
+        grads may be lower precision than params (float16 / bfloat16 gradients of float32 master
+        weights, see mixed_precision); grad_scale (a traced scalar) multiplies them first, e.g.
+        1 / loss scale."""
+        return _apply_donated(params, grads, state, grad_scale)
 
     return Optimizer(init, update, apply)
 
