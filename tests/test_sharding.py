@@ -17,10 +17,12 @@ _CHILD = "JAX_MPS_SHARDED_CHILD"
 
 if os.environ.get(_CHILD) != "1":
     def test_sharded_suite():
-        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", OMP_NUM_THREADS="1")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", OMP_NUM_THREADS="1",
+                   PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
         env[_CHILD] = "1"
         r = subprocess.run([sys.executable, "-m", "pytest", __file__, "-x", "-q", "-p", "no:cacheprovider"],
-                           env=env, capture_output=True, text=True, timeout=1800)
+                           env=env, cwd=root, capture_output=True, text=True, timeout=1800)
         assert r.returncode == 0, r.stdout[-8000:] + r.stderr[-4000:]
 else:
     from functools import partial
