@@ -45,36 +45,43 @@ def _axes(axis_name):
     return (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
 
 
+def _f32(specs):
+    return [jax.ShapeDtypeStruct(sp.shape, jnp.float32) for sp in specs]
+
+
 def _bn_fwd_body(eps, code, alpha):
     def body(axes, specs, x, scale, bias):
-        fwd = partial(_ffi.kernel, "jax_mps_batch_norm_fwd", specs, epsilon=eps, act=code, alpha=alpha)
+        fwd = partial(_ffi.kernel, "jax_mps_batch_norm_fwd", epsilon=eps, act=code, alpha=alpha)
         if not axes:
-            return fwd(x, scale, bias)
-        _, m, v, _ = fwd(x, scale, bias)
+            return fwd(specs, x, scale, bias)
+        # Statistics stay float32 here (as inside the fused kernel) whatever x's dtype: a mean
+        # rounded to bfloat16 would shift every normalized value.
+        _, m, v, _ = fwd([specs[0]] + _f32(specs[1:]), x, scale, bias)
         mean = jax.lax.pmean(m, axes)
         var = jax.lax.pmean(v, axes) + jax.lax.pmean(jnp.square(m - mean), axes)
-        rstd = jax.lax.rsqrt(var + jnp.asarray(eps, var.dtype))
+        rstd = jax.lax.rsqrt(var + np.float32(eps))
         y, = _ffi.kernel("jax_mps_batch_norm_inference_fwd", specs[:1], x, scale, bias, mean, var,
                          epsilon=eps, act=code, alpha=alpha)
-        return y, mean, var, rstd
+        return [y] + [a.astype(sp.dtype) for a, sp in zip((mean, var, rstd), specs[1:])]
     return body
 
 
 def _bn_bwd_body(code, alpha, from_output, manual):
     def body(axes, specs, x, scale, bias, mean, rstd, s, gy, gmean, gvar):
-        bwd = partial(_ffi.kernel, "jax_mps_batch_norm_bwd", specs, act=code, alpha=alpha, from_output=from_output)
-        dx, dscale, dbias = bwd(x, scale, bias, mean, rstd, s, gy, gmean, gvar)
+        bwd = partial(_ffi.kernel, "jax_mps_batch_norm_bwd", act=code, alpha=alpha, from_output=from_output)
         if not axes:
-            return dx, dscale, dbias
+            return bwd(specs, x, scale, bias, mean, rstd, s, gy, gmean, gvar)
+        _, dscale, dbias = bwd([specs[0]] + _f32(specs[1:]), x, scale, bias, mean, rstd, s, gy, gmean, gvar)
         k = jax.lax.psum(1, axes)  # shards of equal size: local count / global count = 1 / k
         gscale, gbias = jax.lax.psum(dscale, axes), jax.lax.psum(dbias, axes)
-        g = scale * rstd
-        gmean_l = g * (dbias - gbias / k) + gmean / k
-        gvar_l = 0.5 * g * rstd * (dscale - gscale / k) + gvar / k
-        dx, _, _ = bwd(x, scale, bias, mean, rstd, s, gy, gmean_l, gvar_l)
-        if manual:  # shard_map: JAX sums the per-block parameter cotangents itself (custom_vjp casts)
-            return dx, dscale, dbias
-        return dx, gscale, gbias
+        f32 = lambda a: a.astype(jnp.float32)
+        g = f32(scale) * f32(rstd)
+        gmean_l = g * (dbias - gbias / k) + f32(gmean) / k
+        gvar_l = 0.5 * g * f32(rstd) * (dscale - gscale / k) + f32(gvar) / k
+        dx, _, _ = bwd([specs[0]] + _f32(specs[1:]), x, scale, bias, mean, rstd, s, gy, gmean_l, gvar_l)
+        if not manual:  # in shard_map JAX sums the per-block parameter cotangents itself (custom_vjp casts)
+            dscale, dbias = gscale, gbias
+        return dx, dscale.astype(specs[1].dtype), dbias.astype(specs[2].dtype)
     return body
 
 

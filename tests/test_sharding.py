@@ -128,6 +128,18 @@ else:
         for a, r in ((y, yr), (m, mr), (v, vr)):
             assert_close(a, r, 1e-4, 1e-4, "batch_norm vs reference")
 
+    @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+    def test_batch_norm_low_precision(dtype):
+        # statistics must stay float32 across shards: a mean rounded to bfloat16 (ulp 0.5 at 100)
+        # would shift every normalized value
+        x = (_rand((N, 3, 3, 4), 0) + 100).astype(dtype)
+        s, b = _rand((4,), 1, dtype), _rand((4,), 2, dtype)
+        f = lambda x: mps.batch_norm(x, s, b)
+        want, got = jax.jit(f)(x), jax.jit(f)(_put([x], [1])[0])
+        for a, c in zip(got, want):
+            assert a.dtype == dtype
+            assert_close(a.astype(jnp.float32), c.astype(jnp.float32), 2e-2, 2e-2, "low-precision batch norm")
+
     def test_batch_norm_two_axis_mesh():
         x, s, b = _rand((N, 2, 4), 0), _rand((4,), 1), _rand((4,), 2)
         check_sharded(lambda x, s, b: mps.batch_norm(x, s, b), [x, s, b], [1, 0, 0], mesh=MESH2,
