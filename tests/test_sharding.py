@@ -193,6 +193,13 @@ else:
         check_sharded(lambda x, p: mps.gru(x, p, time_major=time_major), [x, pg], [1, 0], argnums=(0, 1),
                       spec=((None, "data") if time_major else ("data",)))
 
+    def test_dropout_mask_is_the_global_one():
+        # TODO(runtime): a global element offset would let each shard draw its own part of the
+        # mask; until then the call runs on the gathered input (correct, not yet split)
+        x = _rand((N, 16), 0)
+        key = jax.random.key(3)
+        check_sharded(lambda x: mps.dropout(key, x, 0.5), [x], [1], no_gather=False)
+
     # ---- shard_map -------------------------------------------------------------------------------
 
     def test_shard_map_local_blocks_and_axis_name():
@@ -238,6 +245,16 @@ else:
         h = mps.max_pool2d(h, 2)
         logits = mps.dense(h.reshape(h.shape[0], -1), p["d"], p["db"])
         return mps.softmax_cross_entropy(logits, y)
+
+    def test_gspmd_partitioner_too():
+        # jax 0.10-0.12 default to Shardy; the GSPMD path (infer_sharding_from_operands) also works
+        jax.config.update("jax_use_shardy_partitioner", False)
+        try:
+            x, w, b = _rand((N, 6, 6, 3), 0), _rand((3, 3, 3, 4), 1), _rand((4,), 2)
+            check_sharded(lambda x, w, b: mps.batch_norm(mps.conv2d(x, w), w[0, 0, 0], b)[0], [x, w, b], [1, 0, 0],
+                          rtol=5e-5, atol=5e-5)
+        finally:
+            jax.config.update("jax_use_shardy_partitioner", True)
 
     def test_training_step_equal_params_and_no_gather():
         opt = mps.optim.adam(1e-2)
