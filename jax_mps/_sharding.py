@@ -24,10 +24,9 @@ import numpy as np
 from jax.experimental.custom_partitioning import ArrayMapping, CompoundFactor, SdyShardingRule, custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-__all__ = ["Rule", "partitioned", "SUM", "MEAN"]
+__all__ = ["Rule", "partitioned", "combine", "SUM"]
 
-SUM = "sum"    # a result reduced over the batch by summation: psum of the per-shard values
-MEAN = "mean"  # a per-shard mean over equally sized shards: pmean of the per-shard values
+SUM = "sum"  # a result reduced over the batch by summation: psum of the per-shard values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,8 +34,8 @@ class Rule:
     """Which axis of each operand / result is the batch axis.
 
     args: per operand, the batch axis or None (replicated: weights, keys, per-channel vectors).
-    results: per result, the batch axis, None (replicated, equal on every shard), SUM or MEAN
-      (replicated after the body's collective; the generic call in _ffi applies it).
+    results: per result, the batch axis, None (replicated, equal on every shard) or SUM
+      (replicated after the psum that `combine` applies in _ffi.call).
     A batch-major flat buffer (a workspace or packed mask whose size is linear in the batch) is a
     batch axis too: it is split into per-shard blocks that only the matching backward reads.
     ok: optional predicate on the shard count (e.g. dropout's packed mask needs whole bytes per
@@ -161,19 +160,10 @@ def partitioned(body: Callable, rule: Rule, args: Sequence, result_specs: Sequen
 
 
 def combine(outs, rule: Rule, axes):
-    """Apply the SUM / MEAN collectives of `rule.results` to a body's per-shard results."""
+    """psum a body's per-shard results marked SUM in `rule.results` over the batch axes."""
     if not axes:
         return list(outs)
     out = []
     for o, d in zip(outs, rule.results):
-        if d == SUM:
-            o = jax.lax.psum(o, axes)
-        elif d == MEAN:
-            o = jax.lax.pmean(o, axes)
-        out.append(o)
+        out.append(jax.lax.psum(o, axes) if d == SUM else o)
     return out
-
-
-def shard_index(axes):
-    """This shard's position along the batch axes (0 when unsharded), as a traced int32."""
-    return jax.lax.axis_index(axes) if axes else np.int32(0)

@@ -171,6 +171,12 @@ else:
             check_sharded(lambda p, t: mps.mean_squared_error(p, t, **kw()), [logits, target], [1, 1])
             check_sharded(lambda p, t: mps.kl_divergence(p, jax.nn.softmax(t), **kw()), [logits, target], [1, 1])
 
+    def test_other_losses():
+        p, t = _rand((N, 3, 2), 0), _rand((N, 3, 2), 1)
+        check_sharded(lambda p, t: mps.sigmoid_cross_entropy(p, jax.nn.sigmoid(t)), [p, t], [1, 1])
+        check_sharded(lambda p, t: mps.mean_absolute_error(p, t, reduction="sum"), [p, t], [1, 1])
+        check_sharded(lambda p: mps.hinge_loss(p, jnp.sign(t)), [p], [1])
+
     def test_loss_all_zero_weights_shard():
         # one shard has only zero weights: its count is 0, the global one is not
         logits, labels = _rand((N, 3), 0), jnp.zeros((N,), jnp.int32)
@@ -199,6 +205,10 @@ else:
         x = _rand((N, 16), 0)
         key = jax.random.key(3)
         check_sharded(lambda x: mps.dropout(key, x, 0.5), [x], [1], no_gather=False)
+
+    def test_elman_rnn():
+        x, p = _rand((N, 4, 3), 0), mps.init_rnn(jax.random.key(2), 3, 5, num_layers=2)
+        check_sharded(lambda x, p: mps.rnn(x, p, activation="relu"), [x, p], [1, 0], argnums=(0, 1))
 
     # ---- shard_map -------------------------------------------------------------------------------
 
