@@ -9,7 +9,7 @@
   and the kernel runs once; otherwise the kernel runs once per vmapped element (lax.map);
 - a sharding rule (`shard`, see _sharding.Rule): which axis of each operand and result is the
   batch axis, so that batch-sharded jit runs the kernel on each local shard (results marked
-  SUM / MEAN are combined across shards with psum / pmean).
+  SUM are summed across shards with psum).
 
 `composite` is the same for a short composition of kernels whose body needs the batch's mesh
 axes itself (batch norm's statistics, reduced losses); `kernel` is the bare call for such bodies.
