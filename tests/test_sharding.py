@@ -291,3 +291,26 @@ else:
         hlo = jstep.lower(p2, s2, xs, ys).compile().as_text()
         assert "all-gather" not in hlo
         assert "all-reduce" in hlo  # weight gradients and BN statistics are summed across shards
+
+    def test_fit_on_a_mesh_with_mixed_precision():
+        mp = mps.mixed_precision
+        policy, opt = mp.Policy(jnp.float16), mps.optim.adam(1e-2)
+        x, y = _rand((N, 8, 8, 3), 0), jnp.asarray(np.arange(N) % 10, jnp.int32)
+
+        @jax.jit
+        def step(state, batch):
+            p, s, sc = state
+            loss, g = mp.value_and_grad(_cnn_loss, policy, sc)(p, *batch)
+            return mp.apply(opt, p, g, s, sc), loss
+
+        def run(mesh):
+            p = _cnn_init(jax.random.key(0))
+            state = (p, opt.init(p), mp.DynamicLossScale.create(2.0 ** 10, growth_interval=2))
+            state, hist = mps.train.fit(step, state, [(x, y)] * 3, progress=False, prefetch=0, mesh=mesh)
+            return state, hist
+
+        (p1, _, sc1), _ = run(None)
+        (p2, _, sc2), hist = run(MESH)
+        assert p2["c1"].sharding.is_fully_replicated
+        assert float(sc1.scale) == float(sc2.scale) == 2.0 ** 11
+        jax.tree.map(lambda a, b: assert_close(a, b, 1e-2, 1e-2, "params"), p2, p1)
