@@ -2,8 +2,6 @@
 `jax.extend.core.Primitive` touches only this file).
 
 `call` wraps `jax.ffi.ffi_call` with:
-- float16/bfloat16 compute in float32: the CPU kernels are float32, so low-precision inputs are
-  upcast and results cast back (float32 accumulation, as API.md asks);
 - a vmap rule: when every batched argument is flagged in `fold` (its leading axis is the op's
   batch axis) and every result is batch-major, the vmapped axis is folded into that batch axis
   and the kernel runs once; otherwise the kernel runs once per vmapped element (lax.map);
@@ -13,6 +11,7 @@
 
 `composite` is the same for a short composition of kernels whose body needs the batch's mesh
 axes itself (batch norm's statistics, reduced losses); `kernel` is the bare call for such bodies.
+Buffers travel in their own dtypes: how float16/bfloat16 are computed is each backend's choice.
 """
 from __future__ import annotations
 
@@ -26,9 +25,6 @@ import numpy as np
 from . import _runtime  # noqa: F401  (registers the targets)
 from . import _sharding
 
-_LOW = (jnp.float16, jnp.bfloat16)
-
-
 def _attr(v):
     if isinstance(v, (bool, np.bool_)):
         return np.int64(v)
@@ -39,10 +35,6 @@ def _attr(v):
     if isinstance(v, (tuple, list)):
         return np.asarray(v, dtype=np.int64)
     return v  # str, np.ndarray
-
-
-def _is_low(dtype) -> bool:
-    return any(dtype == d for d in _LOW)
 
 
 def _varying(x) -> frozenset:
@@ -89,14 +81,12 @@ class custom_vjp:
 def kernel(target: str, specs, *args, **attrs):
     """One runtime call on exactly these shapes (no vmap or sharding rule); returns a list."""
     attrs = {k: _attr(v) for k, v in attrs.items()}
-    args = [x.astype(jnp.float32) if _is_low(x.dtype) else x for x in args]
     # Inside shard_map (checked types) a call's operands must vary over the same mesh axes, and
     # its results vary over them too (ffi_call's results would otherwise be typed invariant).
     axes = tuple(sorted(frozenset().union(*(_varying(x) for x in args)), key=str))
     args = [_as_varying(x, axes) for x in args]
-    call_specs = [jax.ShapeDtypeStruct(s.shape, jnp.float32) if _is_low(s.dtype) else s for s in specs]
-    outs = jax.ffi.ffi_call(target, call_specs)(*args, **attrs)
-    return [_as_varying(o.astype(s.dtype), axes) for o, s in zip(outs, specs)]
+    outs = jax.ffi.ffi_call(target, list(specs))(*args, **attrs)
+    return [_as_varying(o, axes) for o in outs]
 
 
 def call(target: str, results, *args, fold: Sequence[bool] | None = None, shard: _sharding.Rule | None = None,

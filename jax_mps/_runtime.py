@@ -38,15 +38,39 @@ except ImportError as e:  # pragma: no cover - only without a build
         "jax_mps: the compiled runtime (_jax_mps_cpu) is not installed; run "
         "`python -m pip install .` (or tools/dev_build.sh and PYTHONPATH=build/dev)") from e
 
-TARGETS: dict[str, set[str]] = {}  # target name -> platforms it is registered for
+# The contract's constants (activation / loss / reduction / optimizer / RNN codes, the
+# gradient-from-output rule, workspace sizes), defined once in csrc/runtime/ and exported by every
+# backend module alike: read them from here, never as literals.
+contract = _core
 
-for _name, _platform, _capsule in _core.registrations():
-    jax.ffi.register_ffi_target(_name, _capsule, platform=_platform, api_version=1)
-    TARGETS.setdefault(_name, set()).add(_platform)
+
+def _load_cuda():
+    # The CUDA backend is its own module, present only in CUDA builds; a CPU-only machine never
+    # loads (or needs) a CUDA library.
+    try:
+        import _jax_mps_cuda
+    except (ImportError, OSError):
+        return None
+    return _jax_mps_cuda
+
+
+_cuda = _load_cuda()
+
+for _module in (_core, _cuda):
+    if _module is not None:
+        for _name, _platform, _capsule in _module.registrations():
+            jax.ffi.register_ffi_target(_name, _capsule, platform=_platform, api_version=1)
+
+
+def _platforms() -> set[str]:
+    return {d.platform for d in jax.devices()}
 
 
 def backends() -> dict[str, str]:
     """Backends compiled into this build and able to run here, with their library versions."""
-    out = dict(_core.backends())
-    platforms = {d.platform for d in jax.devices()} | {"cpu"}
-    return {k: v for k, v in out.items() if k in platforms}
+    key, versions = _core.backend()
+    out = {key: versions}  # the CPU backend always runs
+    if _cuda is not None and _platforms() & {"gpu", "cuda"}:
+        key, versions = _cuda.backend()
+        out[key] = versions
+    return out
