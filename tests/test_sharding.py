@@ -199,12 +199,27 @@ else:
         check_sharded(lambda x, p: mps.gru(x, p, time_major=time_major), [x, pg], [1, 0], argnums=(0, 1),
                       spec=((None, "data") if time_major else ("data",)))
 
-    def test_dropout_mask_is_the_global_one():
-        # TODO(runtime): a global element offset would let each shard draw its own part of the
-        # mask; until then the call runs on the gathered input (correct, not yet split)
-        x = _rand((N, 16), 0)
+    @pytest.mark.parametrize("shape", [(N, 16), (N, 3, 5, 8), (N, 4)])
+    def test_dropout_mask_is_the_global_one(shape):
+        # each shard draws its part of the whole mask at the global element indices; (N, 4) has
+        # 8 elements per shard: one mask byte each
+        x = _rand(shape, 0)
         key = jax.random.key(3)
-        check_sharded(lambda x: mps.dropout(key, x, 0.5), [x], [1], no_gather=False)
+        check_sharded(lambda x: mps.dropout(key, x, 0.5), [x], [1])
+        y = jax.jit(lambda x: mps.dropout(key, x, 0.3))(_put([x], [1])[0])
+        keep = ref.dropout_keep_mask(jax.random.key_data(key), x.size, 0.3).reshape(shape)
+        assert_close(y, jnp.where(keep, x / 0.7, 0.0), 1e-6, 1e-6, "mask vs reference")
+
+    def test_dropout_offset_must_be_whole_bytes():
+        kd = jnp.asarray([1, 2, 4, 0], jnp.uint32)  # key (1, 2), element offset 4
+        specs = [jax.ShapeDtypeStruct((8,), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.uint8)]
+        with pytest.raises(Exception, match="multiple of 8"):
+            jax.block_until_ready(jax.ffi.ffi_call("jax_mps_dropout_offset_fwd", specs)(
+                kd, jnp.ones((8,)), threshold=np.int64(2**31), scale=np.float32(2)))
+
+    def test_dropout_partial_bytes_run_unsharded():
+        x = _rand((N, 3), 0)  # 6 elements per shard: not whole mask bytes
+        check_sharded(lambda x: mps.dropout(jax.random.key(1), x, 0.5), [x], [1], no_gather=False)
 
     def test_elman_rnn():
         x, p = _rand((N, 4, 3), 0), mps.init_rnn(jax.random.key(2), 3, 5, num_layers=2)
