@@ -6,8 +6,8 @@ low precision; `mps.optim` then reads those gradients and updates the float32 ma
 float32 state) in one fused call per step.
 
 float16 needs loss scaling (its range ends at 65504 and small gradients underflow): the loss is
-multiplied by a scale before differentiation and the gradients are divided by it in the
-optimizer call. `DynamicLossScale` grows the scale by `growth_factor` after `growth_interval`
+multiplied by a scale before differentiation and the gradients are divided by it (`grad_scale`
+of the optimizer's apply: one float32 multiply before the step call). `DynamicLossScale` grows the scale by `growth_factor` after `growth_interval`
 finite steps in a row and, on a step whose gradients hold inf/nan, multiplies it by
 `backoff_factor` and skips the update (parameters and optimizer state are left unchanged), as
 `torch.amp.GradScaler` and `jmp.DynamicLossScale`. bfloat16 has float32's range: use
@@ -159,7 +159,7 @@ def value_and_grad(fun: Callable, policy: Policy | None = None, loss_scale=None,
 def apply(optimizer, params, grads, opt_state, loss_scale=None):
     """One optimizer step on scaled low-precision `grads` with float32 master `params`.
 
-    The gradients are unscaled inside the fused optimizer call. With a `DynamicLossScale` a step
+    The gradients are unscaled by `optimizer.apply(..., grad_scale=1 / scale)`. With a `DynamicLossScale` a step
     whose gradients hold inf/nan leaves `params` and `opt_state` unchanged; the loss scale is
     adjusted either way. Returns (params, opt_state, loss_scale).
     """

@@ -72,6 +72,20 @@ def test_grad_scale_unscales_in_the_optimizer():
         jax.tree.map(lambda a, b: assert_close(a, b, 1e-6, 1e-6, "unscaled step"), got, optax.apply_updates(p, u))
 
 
+@pytest.mark.parametrize("gdt", [jnp.bfloat16, jnp.float16])
+def test_optimizer_reads_low_precision_grads_in_one_call(gdt):
+    p = {"a": jnp.linspace(-1, 1, 7), "b": jnp.ones((2, 3))}
+    g = jax.tree.map(lambda x: (x * 0.1 + 0.3).astype(gdt), p)
+    opt, ref = mps.optim.adam(1e-2), optax.adam(1e-2)
+    step = jax.jit(lambda p, g, s: opt.update(g, s, p))
+    hlo = step.lower(p, g, opt.init(p)).compile().as_text()
+    assert hlo.count("custom_call_target=\"jax_mps_optim_step_fwd\"") == 1
+    assert "convert" not in hlo  # the kernel reads the low-precision gradients itself
+    u, _ = step(p, g, opt.init(p))
+    want, _ = ref.update(jax.tree.map(lambda x: x.astype(jnp.float32), g), ref.init(p), p)
+    jax.tree.map(lambda a, b: assert_close(a, b, 1e-6, 1e-6, "low-precision grads"), u, want)
+
+
 def test_dynamic_loss_scale_skips_on_overflow_and_grows():
     policy = MP.Policy(jnp.float16)
     opt = mps.optim.adam(1e-2)
