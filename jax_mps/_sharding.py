@@ -96,7 +96,9 @@ def _sdy_rule(rule, arg_shapes, result_shapes):
     """Shardy rule: the batch axes share factor `b`; a batch-major flat buffer of size b * w is the
     compound (b, w), so its per-shard blocks keep their sharding from the forward to the backward
     call; every other axis is its own factor."""
-    batch = next((a.shape[d] for d, a in zip(rule.args, arg_shapes) if d is not None), None)
+    # The batch size: the smallest batch axis (a flat per-sample buffer's is a multiple of it).
+    sizes_b = [a.shape[d] for d, a in zip(rule.args, arg_shapes) if d is not None]
+    batch = min(sizes_b) if sizes_b else None
     counter = iter(range(1 << 30))
     sizes = {}
 
