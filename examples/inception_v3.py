@@ -3,6 +3,7 @@
     python examples/inception_v3.py --batch-size 32 --steps 20                 # 299x299x3, 1000 classes
     python examples/inception_v3.py --dtype bfloat16 --batch-size 64
     python examples/inception_v3.py --image-size 75 --width-multiplier 0.125 --batch-size 2 --steps 1  # tiny
+    python examples/inception_v3.py --devices 8 --batch-size 256 --dtype bfloat16   # data parallel, 8 GPUs
 
 The architecture is that of Szegedy et al. 2016 as in keras.applications.InceptionV3 (no auxiliary
 head): every convolution is conv (no bias) + batch norm + relu, the 5 Inception-A/B/C/D/E block
@@ -14,6 +15,7 @@ with float32 master weights and a float32 loss.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from functools import partial
@@ -147,9 +149,14 @@ def main(argv=None):
     ap.add_argument("--num-classes", type=int, default=1000)
     ap.add_argument("--lr", type=float, default=0.045)
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--devices", type=int, default=1, help="data parallel over this many devices "
+                    "(on a CPU-only machine they are forced host devices); --batch-size is the global batch")
     args = ap.parse_args(argv)
     if args.image_size < 75:
         ap.error("--image-size must be >= 75 (InceptionV3's smallest input)")
+    if args.devices < 1 or args.batch_size % args.devices:
+        ap.error("--devices must be >= 1 and divide --batch-size")
+    mesh = make_mesh(args.devices)
     dtype = jnp.dtype(args.dtype)
 
     params = init_params(jax.random.PRNGKey(0), args.image_size, args.width_multiplier, args.num_classes)
@@ -169,10 +176,15 @@ def main(argv=None):
         return (params, opt_state), loss
 
     rng = np.random.default_rng(0)
-    x = jax.device_put(rng.standard_normal((args.batch_size, args.image_size, args.image_size, 3), np.float32))
-    y = jax.device_put(rng.integers(0, args.num_classes, args.batch_size).astype(np.int32))
+    x = rng.standard_normal((args.batch_size, args.image_size, args.image_size, 3), np.float32)
+    y = rng.integers(0, args.num_classes, args.batch_size).astype(np.int32)
+    if mesh is None:
+        x, y = jax.device_put(x), jax.device_put(y)
+    else:  # the batch split over the devices, the state replicated
+        put_batch, put_state = mps.train.data_parallel(mesh)
+        (x, y), state = put_batch((x, y)), put_state(state)
     print(f"InceptionV3: {n_params / 1e6:.2f}M parameters, input {args.batch_size}x{args.image_size}x"
-          f"{args.image_size}x3, {args.dtype}, backends {mps.backends()}")
+          f"{args.image_size}x3, {args.dtype}, {args.devices} device(s), backends {mps.backends()}")
 
     t0 = time.perf_counter()
     state, loss = train_step(state, (x, y))
@@ -184,10 +196,26 @@ def main(argv=None):
     rec = history[-1]
     images_per_sec = rec["samples"] / max(rec["seconds"], 1e-9)  # every timed step, already compiled
     print(f"loss {rec['loss']:.3f}; {rec['steps']} steps in {rec['seconds']:.2f} s: "
-          f"{images_per_sec:.1f} images/s")
+          f"{images_per_sec:.1f} images/s ({images_per_sec / args.devices:.1f} per device)")
     if not np.isfinite(rec["loss"]):
         return 1
     return 0
+
+
+def make_mesh(n):
+    """A 1-D ("data",) mesh over n devices, or None for one; on a host without n accelerators the
+    CPU is split into n devices (must happen before JAX starts its backends)."""
+    if n == 1:
+        return None
+    flag = f"--xla_force_host_platform_device_count={n}"
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+    devices = jax.devices()
+    if len(devices) < n:
+        devices = jax.devices("cpu")
+    if len(devices) < n:
+        raise SystemExit(f"--devices {n}: only {len(devices)} devices here")
+    return jax.sharding.Mesh(np.array(devices[:n]), ("data",))
 
 
 if __name__ == "__main__":

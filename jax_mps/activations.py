@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _ffi
+from ._sharding import SUM, Rule
 from ._validate import activation_from_name, check_float, check_shape
 
 __all__ = [
@@ -15,9 +16,14 @@ __all__ = [
 ]
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+_ROW = Rule((0,), (0,))  # element-wise: any leading axis splits; the batch axis is axis 0
+_ROW2 = Rule((0, 0), (0,))
+
+
+@partial(_ffi.custom_vjp, nondiff_argnums=(1, 2))
 def _act(x, code, alpha):
-    return _ffi.call("jax_mps_activation_fwd", _ffi.spec(x.shape, x.dtype), x, fold=[True], act=code, alpha=alpha)
+    return _ffi.call("jax_mps_activation_fwd", _ffi.spec(x.shape, x.dtype), x, fold=[True], shard=_ROW,
+                     act=code, alpha=alpha)
 
 
 def _act_fwd(x, code, alpha):
@@ -26,7 +32,7 @@ def _act_fwd(x, code, alpha):
 
 def _act_bwd(code, alpha, x, g):
     return (_ffi.call("jax_mps_activation_bwd", _ffi.spec(x.shape, x.dtype), x, g, fold=[True, True],
-                      act=code, alpha=alpha),)
+                      shard=_ROW2, act=code, alpha=alpha),)
 
 
 _act.defvjp(_act_fwd, _act_bwd)
@@ -59,9 +65,10 @@ def softsign(x): return activation(x, "softsign")
 def gelu(x, approximate=False): return activation(x, "gelu", approximate=approximate)
 
 
-@jax.custom_vjp
+@_ffi.custom_vjp
 def _prelu(x, alpha):
-    return _ffi.call("jax_mps_prelu_fwd", _ffi.spec(x.shape, x.dtype), x, alpha, fold=[True, False])
+    return _ffi.call("jax_mps_prelu_fwd", _ffi.spec(x.shape, x.dtype), x, alpha, fold=[True, False],
+                     shard=Rule((0, None), (0,)))
 
 
 def _prelu_fwd(x, alpha):
@@ -71,7 +78,7 @@ def _prelu_fwd(x, alpha):
 def _prelu_bwd(res, g):
     x, alpha = res
     return _ffi.call("jax_mps_prelu_bwd", (_ffi.spec(x.shape, x.dtype), _ffi.spec(alpha.shape, alpha.dtype)),
-                     x, alpha, g)
+                     x, alpha, g, shard=Rule((0, None, 0), (0, SUM)))
 
 
 _prelu.defvjp(_prelu_fwd, _prelu_bwd)
@@ -88,11 +95,11 @@ def prelu(x, alpha):
     return _prelu(x, alpha.astype(x.dtype))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+@partial(_ffi.custom_vjp, nondiff_argnums=(1, 2))
 def _softmax(x, axis, log):
     fold = [axis != 0]
     return _ffi.call("jax_mps_softmax_fwd", _ffi.spec(x.shape, x.dtype), x, fold=fold if axis else None,
-                     axis=axis, log=log)
+                     shard=_ROW if axis else None, axis=axis, log=log)
 
 
 def _softmax_fwd(x, axis, log):
@@ -102,7 +109,7 @@ def _softmax_fwd(x, axis, log):
 
 def _softmax_bwd(axis, log, y, g):
     return (_ffi.call("jax_mps_softmax_bwd", _ffi.spec(y.shape, y.dtype), y, g,
-                      fold=[True, True] if axis else None, axis=axis, log=log),)
+                      fold=[True, True] if axis else None, shard=_ROW2 if axis else None, axis=axis, log=log),)
 
 
 _softmax.defvjp(_softmax_fwd, _softmax_bwd)

@@ -18,18 +18,25 @@ import jax
 import jax.numpy as jnp
 
 from . import _ffi
+from ._sharding import SUM, Rule
 from ._validate import ACT_NONE, activation_code, check_float, check_rank, grad_from_output, int_tuple, padding_pairs
 
 __all__ = ["conv2d", "conv1d", "conv_transpose2d", "dense"]
 
 
+# Batch sharding: x, y, dy and dx split on axis 0; w and b are replicated; dw and db are summed.
+_FWD = Rule((0, None, None), (0,))
+_BWD_DATA = Rule((0, 0, None), (0,))
+_BWD_WEIGHTS = Rule((0, 0, 0), (SUM, SUM))
+
+
 # cfg = (family, out_shape, attrs): all static; attrs is a tuple of (name, value) pairs that
 # includes act, alpha and has_bias.
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
+@partial(_ffi.custom_vjp, nondiff_argnums=(3,))
 def _op(x, w, b, cfg):
     family, out_shape, attrs = cfg
     return _ffi.call(f"jax_mps_{family}_fwd", _ffi.spec(out_shape, x.dtype), x, w, b,
-                     fold=[True, False, False], **dict(attrs))
+                     fold=[True, False, False], shard=_FWD, **dict(attrs))
 
 
 def _op_fwd(x, w, b, cfg):
@@ -40,8 +47,8 @@ def _op_fwd(x, w, b, cfg):
         return y, (x, w, b, y)
     # The derivative needs the pre-activation z: keep it, apply the activation as its own pass.
     z = _ffi.call(f"jax_mps_{family}_fwd", _ffi.spec(out_shape, x.dtype), x, w, b,
-                  fold=[True, False, False], **{**a, "act": ACT_NONE, "alpha": 0.0})
-    y = _ffi.call("jax_mps_activation_fwd", _ffi.spec(z.shape, z.dtype), z, fold=[True],
+                  fold=[True, False, False], shard=_FWD, **{**a, "act": ACT_NONE, "alpha": 0.0})
+    y = _ffi.call("jax_mps_activation_fwd", _ffi.spec(z.shape, z.dtype), z, fold=[True], shard=Rule((0,), (0,)),
                   act=a["act"], alpha=a["alpha"])
     return y, (x, w, b, z)
 
@@ -54,10 +61,10 @@ def _op_bwd(cfg, res, g):
     if a["act"] == ACT_NONE:
         s = g  # unused by the kernels; avoids keeping an extra buffer alive
     dx = _ffi.call(f"jax_mps_{family}_bwd_data", _ffi.spec(x.shape, x.dtype), s, g, w,
-                   fold=[True, True, False], **{k: v for k, v in a.items() if k != "has_bias"})
+                   fold=[True, True, False], shard=_BWD_DATA, **{k: v for k, v in a.items() if k != "has_bias"})
     # dw and db are reduced over the batch: no vmap folding.
     dw, db = _ffi.call(f"jax_mps_{family}_bwd_weights", (_ffi.spec(w.shape, w.dtype), _ffi.spec(b.shape, b.dtype)),
-                       x, s, g, fold=None, **a)
+                       x, s, g, fold=None, shard=_BWD_WEIGHTS, **a)
     return dx, dw, db
 
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _ffi
+from ._sharding import Rule
 from ._validate import check_float
 
 __all__ = ["dropout"]
@@ -16,21 +17,48 @@ __all__ = ["dropout"]
 
 # vmap runs one call per element (fold=None): a folded batch would draw different masks per slice
 # for one unbatched key, and the packed mask is not batch-major.
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+@partial(_ffi.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _dropout(key_data, x, threshold, scale, key_words):
     return _dropout_fwd(key_data, x, threshold, scale, key_words)[0]
 
 
+# Batch sharding: x and y split on axis 0, so a shard holds one contiguous run of the elements and
+# its packed mask is one run of the whole mask's bytes when the run has whole bytes (else the call
+# runs unsharded). The shard draws its keep bits at their global element indices
+# (dropout_offset_fwd), so the mask equals the single-device one.
+def _rules(x):
+    if x.ndim == 0:
+        return None, None
+    whole_bytes = lambda k: (x.size // k) % 8 == 0
+    return Rule((None, 0), (0, 0), ok=whole_bytes), Rule((0, 0), (0,), ok=whole_bytes)
+
+
+def _fwd_body(n, threshold, scale):
+    def body(axes, specs, key_data, x):
+        if not axes:
+            return _ffi.kernel("jax_mps_dropout_fwd", specs, key_data, x, threshold=threshold, scale=scale)
+        # Shard i holds elements [i * m, (i + 1) * m): its offset as (lo32, hi32), from a table
+        # (64-bit products without x64).
+        m = x.size
+        table = np.array([[(i * m) & 0xFFFFFFFF, (i * m) >> 32] for i in range(n // m)], np.uint32)
+        offset = jnp.asarray(table)[jax.lax.axis_index(axes)]
+        return _ffi.kernel("jax_mps_dropout_offset_fwd", specs, jnp.concatenate([key_data, offset]), x,
+                           threshold=threshold, scale=scale)
+    return body
+
+
 def _dropout_fwd(key_data, x, threshold, scale, key_words):
     nbytes = (x.size + 7) // 8
-    y, mask = _ffi.call("jax_mps_dropout_fwd", (_ffi.spec(x.shape, x.dtype), _ffi.spec((nbytes,), jnp.uint8)),
-                        key_data, x, threshold=threshold, scale=scale)
+    y, mask = _ffi.composite(_fwd_body(x.size, threshold, scale),
+                             (_ffi.spec(x.shape, x.dtype), _ffi.spec((nbytes,), jnp.uint8)), key_data, x,
+                             shard=_rules(x)[0])
     return y, mask
 
 
 def _dropout_bwd(threshold, scale, key_words, mask, g):
     key_ct = np.zeros((key_words,), jax.dtypes.float0)  # the key is not differentiable
-    return key_ct, _ffi.call("jax_mps_dropout_bwd", _ffi.spec(g.shape, g.dtype), mask, g, scale=scale)
+    return key_ct, _ffi.call("jax_mps_dropout_bwd", _ffi.spec(g.shape, g.dtype), mask, g, shard=_rules(g)[1],
+                             scale=scale)
 
 
 _dropout.defvjp(_dropout_fwd, _dropout_bwd)

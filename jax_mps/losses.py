@@ -13,6 +13,7 @@ import numpy as np
 
 from . import _ffi
 from ._runtime import contract
+from ._sharding import Rule
 from ._validate import check_float, check_rank, check_shape
 
 __all__ = [
@@ -26,7 +27,50 @@ _SOFTMAX_CE, _SIGMOID_CE, _MSE, _MAE, _HUBER, _HINGE, _KL = (
     _K["softmax_cross_entropy"], _K["sigmoid_cross_entropy"], _K["mse"], _K["mae"], _K["huber"], _K["hinge"],
     _K["kl_divergence"])
 _REDUCTIONS = dict(contract.REDUCTIONS)
-_NONE = _REDUCTIONS["none"]
+_NONE, _SUM, _MEAN, _BY_NONZERO = (_REDUCTIONS[k] for k in ("none", "sum", "mean", "sum_by_nonzero_weights"))
+
+# Batch sharding: samples split on axis 0. A reduced value is combined across shards from the
+# per-shard sums (psum, then divided by the global sample / non-zero-weight count), and its
+# backward scales the cotangent by the same global divisor; so values and gradients equal those
+# of the whole batch on one device.
+
+
+def _batch(a):
+    return 0 if a.shape[0] else None  # empty weights / lse (none given, none kept) stay replicated
+
+
+def _divisor(axes, reduction, weights, n_local):
+    """Global divisor of a reduced loss over the batch split on `axes` (0 -> the value is 0)."""
+    if reduction == _MEAN or (reduction == _BY_NONZERO and weights.shape[0] == 0):
+        return jnp.float32(n_local) * jax.lax.psum(1, axes)
+    if reduction == _BY_NONZERO:
+        return jax.lax.psum(jnp.sum(weights != 0, dtype=jnp.float32), axes)
+    return jnp.float32(1.0)
+
+
+def _fwd_body(kind, reduction, param):
+    def body(axes, specs, pred, target, weights):
+        if not axes or reduction == _NONE:
+            return _ffi.kernel("jax_mps_loss_fwd", specs, pred, target, weights, kind=kind, reduction=reduction,
+                               param=param)
+        s, lse = _ffi.kernel("jax_mps_loss_fwd", specs, pred, target, weights, kind=kind, reduction=_SUM,
+                             param=param)
+        div = _divisor(axes, reduction, weights, pred.shape[0])
+        s = jax.lax.psum(s.astype(jnp.float32), axes)
+        return jnp.where(div > 0, s / jnp.maximum(div, 1.0), 0.0).astype(specs[0].dtype), lse
+    return body
+
+
+def _bwd_body(kind, reduction, param):
+    def body(axes, specs, pred, target, weights, lse, g):
+        if not axes or reduction == _NONE:
+            return _ffi.kernel("jax_mps_loss_bwd", specs, pred, target, weights, lse, g, kind=kind,
+                               reduction=reduction, param=param)
+        div = _divisor(axes, reduction, weights, pred.shape[0])
+        g = jnp.where(div > 0, g.astype(jnp.float32) / jnp.maximum(div, 1.0), 0.0).astype(g.dtype)
+        return _ffi.kernel("jax_mps_loss_bwd", specs, pred, target, weights, lse, g, kind=kind, reduction=_SUM,
+                           param=param)
+    return body
 
 
 def _loss_call(pred, target, weights, kind, reduction, param, keep_lse):
@@ -34,13 +78,14 @@ def _loss_call(pred, target, weights, kind, reduction, param, keep_lse):
     n = pred.shape[0]
     none = reduction == _NONE
     specs = (_ffi.spec((n,) if none else (1,), pred.dtype), _ffi.spec((n if keep_lse else 0,), jnp.float32))
-    out, lse = _ffi.call("jax_mps_loss_fwd", specs, pred, target, weights,
-                         fold=[True, True, True] if none else None,  # a reduced value mixes the whole batch
-                         kind=kind, reduction=reduction, param=param)
+    rule = Rule((0, 0, _batch(weights)), (0 if none else None, 0 if keep_lse else None))
+    out, lse = _ffi.composite(_fwd_body(kind, reduction, param), specs, pred, target, weights,
+                              fold=[True, True, True] if none else None,  # a reduced value mixes the whole batch
+                              shard=rule)
     return (out if none else out.reshape(())), lse
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+@partial(_ffi.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _loss(pred, target, weights, kind, reduction, param):
     return _loss_call(pred, target, weights, kind, reduction, param, False)[0]
 
@@ -60,9 +105,10 @@ def _loss_bwd(kind, reduction, param, res, g):
     specs = (_ffi.spec(pred.shape, pred.dtype),
              _ffi.spec((n, d) if wants_dt else (n, 0), pred.dtype),
              _ffi.spec(weights.shape, weights.dtype))
-    dpred, dtarget, dweights = _ffi.call(
-        "jax_mps_loss_bwd", specs, pred, target, weights, lse, g if none else g.reshape(1),
-        fold=[True] * 5 if none else None, kind=kind, reduction=reduction, param=param)
+    rule = Rule((0, 0, _batch(weights), _batch(lse), 0 if none else None), (0, 0, _batch(weights)))
+    dpred, dtarget, dweights = _ffi.composite(
+        _bwd_body(kind, reduction, param), specs, pred, target, weights, lse, g if none else g.reshape(1),
+        fold=[True] * 5 if none else None, shard=rule)
     if int_labels:
         dtarget = np.zeros(target.shape, jax.dtypes.float0)
     elif not wants_dt:

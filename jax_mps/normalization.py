@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _ffi
+from ._sharding import SUM, Rule
 from ._validate import ACT_NONE, activation_code, check_float, check_shape, grad_from_output
 
 __all__ = ["batch_norm", "batch_norm_inference", "instance_norm", "local_response_norm"]
@@ -25,28 +26,88 @@ def _from_output(code, alpha):
 
 # ---- batch norm, training mode ----
 # Statistics are reduced over the batch, so vmap never folds (fold=None: one call per element).
+#
+# With the batch split over mesh axes (batch-sharded jit, or axis_name inside shard_map) the
+# statistics are those of the global batch, from the kernels' per-shard ones and collectives:
+# - forward: the per-shard mean and biased variance (batch_norm_fwd on the shard) combine exactly
+#   as equal-sized groups do (mean of means; mean of variances plus the variance of the means,
+#   which avoids E[x^2] - mean^2 cancellation); the inference kernel then normalizes the shard
+#   with the global statistics.
+# - backward: batch_norm_bwd on the shard with the global mean / rstd gives the per-shard sums
+#   dbias = sum dz and dscale = rstd * sum dz (x - mean), which psum to the global ones. dx is
+#   a*dz + b*(x - mean) + d with per-channel b and d built from those sums and the mean / var
+#   cotangents divided by the element count; a second batch_norm_bwd call on the shard with
+#   cotangents rewritten so that its local b and d equal the global ones gives dx exactly.
+_BN_FWD = Rule((0, None, None), (0, None, None, None))
+_BN_BWD = Rule((0, None, None, None, None, 0, 0, None, None), (0, None, None))
 
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _bn(x, scale, bias, eps, code, alpha):
-    return _bn_fwd(x, scale, bias, eps, code, alpha)[0]
+
+def _axes(axis_name):
+    return (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
 
 
-def _bn_fwd(x, scale, bias, eps, code, alpha):
+def _f32(specs):
+    return [jax.ShapeDtypeStruct(sp.shape, jnp.float32) for sp in specs]
+
+
+def _bn_fwd_body(eps, code, alpha):
+    def body(axes, specs, x, scale, bias):
+        fwd = partial(_ffi.kernel, "jax_mps_batch_norm_fwd", epsilon=eps, act=code, alpha=alpha)
+        if not axes:
+            return fwd(specs, x, scale, bias)
+        # Statistics stay float32 here (as inside the fused kernel) whatever x's dtype: a mean
+        # rounded to bfloat16 would shift every normalized value.
+        _, m, v, _ = fwd([specs[0]] + _f32(specs[1:]), x, scale, bias)
+        mean = jax.lax.pmean(m, axes)
+        var = jax.lax.pmean(v, axes) + jax.lax.pmean(jnp.square(m - mean), axes)
+        rstd = jax.lax.rsqrt(var + np.float32(eps))
+        y, = _ffi.kernel("jax_mps_batch_norm_inference_fwd", specs[:1], x, scale, bias, mean, var,
+                         epsilon=eps, act=code, alpha=alpha)
+        return [y] + [a.astype(sp.dtype) for a, sp in zip((mean, var, rstd), specs[1:])]
+    return body
+
+
+def _bn_bwd_body(code, alpha, from_output, manual):
+    def body(axes, specs, x, scale, bias, mean, rstd, s, gy, gmean, gvar):
+        bwd = partial(_ffi.kernel, "jax_mps_batch_norm_bwd", act=code, alpha=alpha, from_output=from_output)
+        if not axes:
+            return bwd(specs, x, scale, bias, mean, rstd, s, gy, gmean, gvar)
+        _, dscale, dbias = bwd([specs[0]] + _f32(specs[1:]), x, scale, bias, mean, rstd, s, gy, gmean, gvar)
+        k = jax.lax.psum(1, axes)  # shards of equal size: local count / global count = 1 / k
+        gscale, gbias = jax.lax.psum(dscale, axes), jax.lax.psum(dbias, axes)
+        f32 = lambda a: a.astype(jnp.float32)
+        g = f32(scale) * f32(rstd)
+        gmean_l = g * (dbias - gbias / k) + f32(gmean) / k
+        gvar_l = 0.5 * g * f32(rstd) * (dscale - gscale / k) + f32(gvar) / k
+        dx, _, _ = bwd([specs[0]] + _f32(specs[1:]), x, scale, bias, mean, rstd, s, gy, gmean_l, gvar_l)
+        if not manual:  # in shard_map JAX sums the per-block parameter cotangents itself (custom_vjp casts)
+            dscale, dbias = gscale, gbias
+        return dx, dscale.astype(specs[1].dtype), dbias.astype(specs[2].dtype)
+    return body
+
+
+@partial(_ffi.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _bn(x, scale, bias, eps, code, alpha, axes):
+    return _bn_fwd(x, scale, bias, eps, code, alpha, axes)[0]
+
+
+def _bn_fwd(x, scale, bias, eps, code, alpha, axes):
     c = x.shape[-1]
-    y, mean, var, rstd = _ffi.call("jax_mps_batch_norm_fwd", (_ffi.spec(x.shape, x.dtype), _vec(x, c), _vec(x, c),
-                                                              _vec(x, c)),
-                                   x, scale, bias, epsilon=eps, act=code, alpha=alpha)
+    y, mean, var, rstd = _ffi.composite(_bn_fwd_body(eps, code, alpha),
+                                        (_ffi.spec(x.shape, x.dtype), _vec(x, c), _vec(x, c), _vec(x, c)),
+                                        x, scale, bias, shard=_BN_FWD, axes=axes)
     # y is kept only when the activation's derivative is a function of it; otherwise z is recomputed.
     return (y, mean, var), (x, scale, bias, mean, rstd, y if _from_output(code, alpha) else None)
 
 
-def _bn_bwd(eps, code, alpha, res, cts):
+def _bn_bwd(eps, code, alpha, axes, res, cts):
     x, scale, bias, mean, rstd, y = res
     gy, gmean, gvar = cts
-    return _ffi.call("jax_mps_batch_norm_bwd", (_ffi.spec(x.shape, x.dtype), _vec(x, x.shape[-1]),
-                                                _vec(x, x.shape[-1])),
-                     x, scale, bias, mean, rstd, x if y is None else y, gy, gmean, gvar,
-                     act=code, alpha=alpha, from_output=y is not None)
+    c = x.shape[-1]
+    return _ffi.composite(_bn_bwd_body(code, alpha, y is not None, axes is not None), (_ffi.spec(x.shape, x.dtype), _vec(x, c),
+                                                                      _vec(x, c)),
+                          x, scale, bias, mean, rstd, x if y is None else y, gy, gmean, gvar, shard=_BN_BWD,
+                          axes=axes)
 
 
 _bn.defvjp(_bn_fwd, _bn_bwd)
@@ -77,10 +138,13 @@ def _params(x, op, **vs):
     return out
 
 
-def batch_norm(x, scale, bias, *, epsilon=1e-5, activation=None):
+def batch_norm(x, scale, bias, *, epsilon=1e-5, activation=None, axis_name=None):
     """Training-mode batch norm over all axes but the last: returns (y, batch mean, biased batch var).
 
     y = act((x - mean) / sqrt(var + epsilon) * scale + bias); all three outputs are differentiable.
+    axis_name: inside shard_map, a mesh axis name (or a tuple of them) over which the statistics
+    are synchronised, so they are those of the whole batch (as Flax's BatchNorm). Under jit with
+    a batch-sharded x the statistics are always those of the global batch.
     """
     op = "batch_norm"
     x = _check_x(x, op, 2, "(..., C)")
@@ -89,16 +153,20 @@ def batch_norm(x, scale, bias, *, epsilon=1e-5, activation=None):
     code, alpha = activation_code(activation, op)
     if x.size == 0:
         raise ValueError(f"{op}: `x` needs at least one element per channel, got shape {x.shape}")
-    return _bn(x, scale, bias, eps, code, alpha)
+    if axis_name is not None and not (isinstance(axis_name, str) or (
+            isinstance(axis_name, (tuple, list)) and axis_name and all(isinstance(a, str) for a in axis_name))):
+        raise TypeError(f"{op}: `axis_name` must be None, a mesh axis name or a tuple of them, got {axis_name!r}")
+    return _bn(x, scale, bias, eps, code, alpha, None if axis_name is None else _axes(axis_name))
 
 
 # ---- batch norm, inference mode ----
 # The forward is per row (folds under vmap); the parameter gradients are reduced over the batch.
 
-@partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+@partial(_ffi.custom_vjp, nondiff_argnums=(5, 6, 7))
 def _bni(x, scale, bias, mean, var, eps, code, alpha):
     return _ffi.call("jax_mps_batch_norm_inference_fwd", _ffi.spec(x.shape, x.dtype), x, scale, bias, mean, var,
-                     fold=[True, False, False, False, False], epsilon=eps, act=code, alpha=alpha)
+                     fold=[True, False, False, False, False], shard=Rule((0, None, None, None, None), (0,)),
+                     epsilon=eps, act=code, alpha=alpha)
 
 
 def _bni_fwd(x, scale, bias, mean, var, eps, code, alpha):
@@ -111,7 +179,7 @@ def _bni_bwd(eps, code, alpha, res, g):
     c = _vec(x, x.shape[-1])
     return _ffi.call("jax_mps_batch_norm_inference_bwd", (_ffi.spec(x.shape, x.dtype), c, c, c, c),
                      x, scale, bias, mean, var, x if y is None else y, g,
-                     epsilon=eps, act=code, alpha=alpha, from_output=y is not None)
+                     shard=Rule((0, None, None, None, None, 0, 0), (0, SUM, SUM, SUM, SUM)), epsilon=eps, act=code, alpha=alpha, from_output=y is not None)
 
 
 _bni.defvjp(_bni_fwd, _bni_bwd)
@@ -133,7 +201,7 @@ def batch_norm_inference(x, scale, bias, mean, var, *, epsilon=1e-5, activation=
 # Statistics are per sample, so the forward folds under vmap; the backward reduces dscale/dbias
 # over the batch, so it runs once per vmapped element.
 
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
+@partial(_ffi.custom_vjp, nondiff_argnums=(3,))
 def _in(x, scale, bias, eps):
     return _in_fwd(x, scale, bias, eps)[0]
 
@@ -141,14 +209,15 @@ def _in(x, scale, bias, eps):
 def _in_fwd(x, scale, bias, eps):
     st = _ffi.spec((x.shape[0], x.shape[-1]), x.dtype)
     y, mean, rstd = _ffi.call("jax_mps_instance_norm_fwd", (_ffi.spec(x.shape, x.dtype), st, st), x, scale, bias,
-                              fold=[True, False, False], epsilon=eps)
+                              fold=[True, False, False], shard=Rule((0, None, None), (0, 0, 0)), epsilon=eps)
     return y, (x, scale, mean, rstd)
 
 
 def _in_bwd(eps, res, g):
     x, scale, mean, rstd = res
     c = _vec(x, x.shape[-1])
-    return _ffi.call("jax_mps_instance_norm_bwd", (_ffi.spec(x.shape, x.dtype), c, c), x, scale, mean, rstd, g)
+    return _ffi.call("jax_mps_instance_norm_bwd", (_ffi.spec(x.shape, x.dtype), c, c), x, scale, mean, rstd, g,
+                     shard=Rule((0, None, 0, 0, 0), (0, SUM, SUM)))
 
 
 _in.defvjp(_in_fwd, _in_bwd)
@@ -169,9 +238,10 @@ def instance_norm(x, scale, bias, *, epsilon=1e-5):
 
 # ---- local response norm ----
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+@partial(_ffi.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def _lrn(x, size, alpha, beta, k):
     return _ffi.call("jax_mps_local_response_norm_fwd", _ffi.spec(x.shape, x.dtype), x, fold=[True],
+                     shard=Rule((0,), (0,)),
                      size=size, alpha=alpha, beta=beta, k=k)
 
 
@@ -181,6 +251,7 @@ def _lrn_fwd(x, size, alpha, beta, k):
 
 def _lrn_bwd(size, alpha, beta, k, x, g):
     return (_ffi.call("jax_mps_local_response_norm_bwd", _ffi.spec(x.shape, x.dtype), x, g, fold=[True, True],
+                      shard=Rule((0, 0), (0,)),
                       size=size, alpha=alpha, beta=beta, k=k),)
 
 

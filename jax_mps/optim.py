@@ -4,8 +4,9 @@
 Each factory returns an `optax.GradientTransformation` (so `optax.chain` / `optax.apply_updates`
 work) with an extra `apply(params, grads, state) -> (params, state)` that updates parameters and
 state in place (buffers donated, aliased to the custom call's results). One custom call runs per
-parameter dtype group and step; clipping by global norm is computed by the runtime as well.
-Optimizer state is float32 whatever the parameter dtype.
+(parameter dtype, gradient dtype) group and step; clipping by global norm is computed by the
+runtime as well. Optimizer state is float32 whatever the parameter dtype; float32 parameters
+take float16 / bfloat16 gradients as they are (mixed precision's master weights).
 """
 from __future__ import annotations
 
@@ -136,7 +137,7 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
                            if name in slot_names else None)
         return state_cls(count=jnp.zeros([], jnp.int32), **slots)
 
-    def step(params, grads, state, write_updates):
+    def step(params, grads, state, write_updates, grad_scale=None):
         g_leaves, treedef = _float_leaves(grads, "grads")
         if params is None:
             if needs_params:
@@ -162,7 +163,13 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
         for i, (g, p) in enumerate(zip(g_leaves, p_leaves)):
             if g.shape != p.shape:
                 raise ValueError(f"grads leaf {i}: shape {tuple(g.shape)} does not match param shape {tuple(p.shape)}")
-        g_leaves = [g if g.dtype == p.dtype else g.astype(p.dtype) for g, p in zip(g_leaves, p_leaves)]
+        if grad_scale is not None:  # loss-scaled gradients (mixed_precision): unscale in float32
+            inv = jnp.asarray(grad_scale, jnp.float32).reshape(())
+            g_leaves = [g.astype(jnp.float32) * inv for g in g_leaves]
+        # float32 params read float16 / bfloat16 grads in the kernel itself (mixed precision's
+        # masters); any other mismatch is cast to the param dtype.
+        g_leaves = [g if g.dtype == p.dtype or (p.dtype == jnp.float32 and g.dtype in _FLOATS) else g.astype(p.dtype)
+                    for g, p in zip(g_leaves, p_leaves)]
 
         count = jnp.asarray(state.count, jnp.int32)
         rate = lr(count) if callable(lr) else lr
@@ -171,7 +178,7 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
 
         groups: dict = {}
         for i, p in enumerate(p_leaves):
-            groups.setdefault(jnp.dtype(p.dtype), []).append(i)
+            groups.setdefault((jnp.dtype(p.dtype), jnp.dtype(g_leaves[i].dtype)), []).append(i)
         norm_mode = _NORM["none"]
         sqnorm = jnp.zeros([], jnp.float32)
         if common["clip_norm"] > 0:
@@ -185,7 +192,7 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
 
         out = [None] * len(p_leaves)
         new_slots = [[None] * len(p_leaves) for _ in range(nslots)]
-        for dtype, idx in groups.items():
+        for (dtype, _), idx in groups.items():
             n = len(idx)
             operands = ([p_leaves[i] for i in idx] + [g_leaves[i] for i in idx]
                         + [s_leaves[s][i] for s in range(nslots) for i in idx])
@@ -211,11 +218,15 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
     def update(updates, state, params=None):
         return step(params, updates, state, True)
 
-    _apply_donated = jax.jit(lambda p, g, s: step(p, g, s, False), donate_argnums=(0, 2))
+    _apply_donated = jax.jit(lambda p, g, s, gs: step(p, g, s, False, gs), donate_argnums=(0, 2))
 
-    def apply(params, grads, state):
-        """Fused step updating `params` and `state` in place (their buffers are donated)."""
-        return _apply_donated(params, grads, state)
+    def apply(params, grads, state, grad_scale=None):
+        """Fused step updating `params` and `state` in place (their buffers are donated).
+
+        grads may be lower precision than params (float16 / bfloat16 gradients of float32 master
+        weights, see mixed_precision); grad_scale (a traced scalar) multiplies them first, e.g.
+        1 / loss scale."""
+        return _apply_donated(params, grads, state, grad_scale)
 
     return Optimizer(init, update, apply)
 

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _ffi
+from ._sharding import Rule
 from ._validate import check_float, check_rank, int_tuple, padding_pairs
 
 __all__ = ["max_pool2d", "avg_pool2d", "max_pool1d", "avg_pool1d", "global_avg_pool2d", "upsample2d"]
@@ -44,6 +45,10 @@ def _geometry(x, window, stride, padding, nsp, op):
     return x, (spatial, out, window, stride, tuple(p[0] for p in pads), tuple(p[1] for p in pads))
 
 
+_ROW = Rule((0,), (0,))  # batch sharding: every pooling / resampling pass is per sample
+_ROW2 = Rule((0, 0), (0,))
+
+
 def _attrs(geo):
     _, _, window, stride, lo, hi = geo
     return dict(window=window, stride=stride, pad_lo=lo, pad_hi=hi)
@@ -62,11 +67,11 @@ def _in_spec(g, geo):
 def _max_call(x, geo, with_index):
     # Without the index (nothing differentiated) the kernel skips the argmax; idx is then empty.
     idx = _out_spec(x, geo, jnp.int32) if with_index else _ffi.spec((0,), jnp.int32)
-    return _ffi.call("jax_mps_max_pool_fwd", (_out_spec(x, geo), idx), x, fold=[True], with_index=with_index,
-                     **_attrs(geo))
+    return _ffi.call("jax_mps_max_pool_fwd", (_out_spec(x, geo), idx), x, fold=[True],
+                     shard=Rule((0,), (0, 0 if with_index else None)), with_index=with_index, **_attrs(geo))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
+@partial(_ffi.custom_vjp, nondiff_argnums=(1,))
 def _max_pool(x, geo):
     return _max_call(x, geo, False)[0]
 
@@ -76,7 +81,8 @@ def _max_pool_fwd(x, geo):
 
 
 def _max_pool_bwd(geo, idx, g):
-    return (_ffi.call("jax_mps_max_pool_bwd", _in_spec(g, geo), idx, g, fold=[True, True], **_attrs(geo)),)
+    return (_ffi.call("jax_mps_max_pool_bwd", _in_spec(g, geo), idx, g, fold=[True, True], shard=_ROW2,
+                      **_attrs(geo)),)
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
@@ -84,9 +90,10 @@ _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 # ---- average pooling --------------------------------------------------------------------------
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+@partial(_ffi.custom_vjp, nondiff_argnums=(1, 2))
 def _avg_pool(x, geo, include_pad):
-    return _ffi.call("jax_mps_avg_pool_fwd", _out_spec(x, geo), x, fold=[True], count_include_pad=include_pad,
+    return _ffi.call("jax_mps_avg_pool_fwd", _out_spec(x, geo), x, fold=[True], shard=_ROW,
+                     count_include_pad=include_pad,
                      **_attrs(geo))
 
 
@@ -95,7 +102,8 @@ def _avg_pool_fwd(x, geo, include_pad):
 
 
 def _avg_pool_bwd(geo, include_pad, _, g):
-    return (_ffi.call("jax_mps_avg_pool_bwd", _in_spec(g, geo), g, fold=[True], count_include_pad=include_pad,
+    return (_ffi.call("jax_mps_avg_pool_bwd", _in_spec(g, geo), g, fold=[True], shard=_ROW,
+                      count_include_pad=include_pad,
                       **_attrs(geo)),)
 
 
@@ -136,9 +144,10 @@ def avg_pool1d(x, window, stride=None, padding="VALID", count_include_pad=False)
 
 # ---- global average pooling -------------------------------------------------------------------
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
+@partial(_ffi.custom_vjp, nondiff_argnums=(1,))
 def _global_avg(x, hw):
-    return _ffi.call("jax_mps_global_avg_pool2d_fwd", _ffi.spec((x.shape[0], x.shape[3]), x.dtype), x, fold=[True])
+    return _ffi.call("jax_mps_global_avg_pool2d_fwd", _ffi.spec((x.shape[0], x.shape[3]), x.dtype), x, fold=[True],
+                     shard=_ROW)
 
 
 def _global_avg_fwd(x, hw):
@@ -147,7 +156,7 @@ def _global_avg_fwd(x, hw):
 
 def _global_avg_bwd(hw, _, g):
     return (_ffi.call("jax_mps_global_avg_pool2d_bwd", _ffi.spec((g.shape[0],) + hw + (g.shape[1],), g.dtype), g,
-                      fold=[True]),)
+                      fold=[True], shard=_ROW),)
 
 
 _global_avg.defvjp(_global_avg_fwd, _global_avg_bwd)
@@ -165,11 +174,11 @@ def global_avg_pool2d(x):
 
 # ---- upsampling -------------------------------------------------------------------------------
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+@partial(_ffi.custom_vjp, nondiff_argnums=(1, 2))
 def _upsample(x, scale, method):
     n, h, w, c = x.shape
     return _ffi.call("jax_mps_upsample2d_fwd", _ffi.spec((n, h * scale[0], w * scale[1], c), x.dtype), x,
-                     fold=[True], sh=scale[0], sw=scale[1], method=method)
+                     fold=[True], shard=_ROW, sh=scale[0], sw=scale[1], method=method)
 
 
 def _upsample_fwd(x, scale, method):
@@ -179,7 +188,7 @@ def _upsample_fwd(x, scale, method):
 def _upsample_bwd(scale, method, _, g):
     n, oh, ow, c = g.shape
     return (_ffi.call("jax_mps_upsample2d_bwd", _ffi.spec((n, oh // scale[0], ow // scale[1], c), g.dtype), g,
-                      fold=[True], sh=scale[0], sw=scale[1], method=method),)
+                      fold=[True], shard=_ROW, sh=scale[0], sw=scale[1], method=method),)
 
 
 _upsample.defvjp(_upsample_fwd, _upsample_bwd)

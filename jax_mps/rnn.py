@@ -16,6 +16,7 @@ import numpy as np
 
 from . import _ffi
 from ._runtime import contract
+from ._sharding import SUM, Rule
 from ._validate import check_float
 
 __all__ = ["lstm", "gru", "rnn", "init_lstm", "init_gru", "init_rnn"]
@@ -79,7 +80,7 @@ def _activation_code(activation, op):
 
 # ----------------------------------------------------------------------------- the runtime call
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
+@partial(_ffi.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
 def _core(cell, L, D, H, tm, x, h0, c0, lens, weights):
     return _core_fwd(cell, L, D, H, tm, x, h0, c0, lens, weights)[0]
 
@@ -89,8 +90,12 @@ def _core_fwd(cell, L, D, H, tm, x, h0, c0, lens, weights):
     specs = (_ffi.spec(x.shape[:2] + (D * H,), x.dtype), _ffi.spec(h0.shape, h0.dtype),
              _ffi.spec(c0.shape, c0.dtype), _ffi.spec((_workspace_size(cell, L, D, H, T, B),), jnp.float32))
     # fold=None: h0/c0 are batched on axis 1 and weights may be batched, so vmap runs per element.
-    y, hn, cn, ws = _ffi.call("jax_mps_rnn_fwd", specs, x, h0, c0, lens, *weights, cell=cell, num_layers=L,
-                              num_dirs=D, hidden=H, time_major=tm)
+    # Batch sharding: x / y on their batch axis, states on axis 1; the workspace (its size is
+    # linear in B) splits into per-shard blocks that the backward of the same shard reads.
+    xb, cb = int(tm), (1 if c0.ndim == 3 else None)
+    rule = Rule((xb, 1, cb, 0) + (None,) * len(weights), (xb, 1, cb, 0))
+    y, hn, cn, ws = _ffi.call("jax_mps_rnn_fwd", specs, x, h0, c0, lens, *weights, shard=rule, cell=cell,
+                              num_layers=L, num_dirs=D, hidden=H, time_major=tm)
     return (y, hn, cn), (x, h0, c0, lens, weights, ws)
 
 
@@ -98,7 +103,9 @@ def _core_bwd(cell, L, D, H, tm, res, g):
     x, h0, c0, lens, weights, ws = res
     dy, dhn, dcn = g
     specs = [_ffi.spec(a.shape, a.dtype) for a in (x, h0, c0) + tuple(weights)]
-    out = _ffi.call("jax_mps_rnn_bwd", specs, x, h0, c0, lens, ws, dy, dhn, dcn, *weights, cell=cell,
+    xb, cb = int(tm), (1 if c0.ndim == 3 else None)
+    rule = Rule((xb, 1, cb, 0, 0, xb, 1, cb) + (None,) * len(weights), (xb, 1, cb) + (SUM,) * len(weights))
+    out = _ffi.call("jax_mps_rnn_bwd", specs, x, h0, c0, lens, ws, dy, dhn, dcn, *weights, shard=rule, cell=cell,
                     num_layers=L, num_dirs=D, hidden=H, time_major=tm)
     return out[0], out[1], out[2], None, tuple(out[3:])
 

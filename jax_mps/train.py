@@ -27,6 +27,12 @@ Typical use::
         lambda epoch: batches(x_train, y_train, 128, seed=epoch),
         epochs=10, eval_fn=eval_fn, target_accuracy=0.99, checkpoint_dir="/tmp/ckpt")
     print(history.reached_target, history[-1]["accuracy"])
+
+Data parallel, on every device of a host or of several hosts, is the same code with a mesh:
+``fit(..., mesh=jax.make_mesh((jax.device_count(),), ("data",)))`` puts the state replicated on
+the mesh and each batch split along its leading axis over all the mesh's axes (from the batches
+each process reads: with several processes every process passes its own part of the global
+batch); the jitted step then runs every jax_mps call on the local shard (see _sharding.py).
 """
 from __future__ import annotations
 
@@ -42,8 +48,10 @@ from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
-__all__ = ["fit", "evaluate", "History", "save_checkpoint", "restore_checkpoint", "latest_checkpoint"]
+__all__ = ["fit", "evaluate", "History", "save_checkpoint", "restore_checkpoint", "latest_checkpoint",
+           "data_parallel"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,6 +227,37 @@ def _as_float(x):
 
 
 # ----------------------------------------------------------------------------------------------
+# Data parallelism
+# ----------------------------------------------------------------------------------------------
+def data_parallel(mesh=None, *, data_sharding=None, state_sharding=None):
+    """(put_batch, put_state) for data-parallel training on `mesh`.
+
+    put_batch makes a global array from each process's part of a batch (its leading axis split
+    over `data_sharding`, default every axis of the mesh); put_state places the state with
+    `state_sharding` (default replicated). Either sharding may be given without a mesh.
+    """
+    if mesh is None and data_sharding is None:
+        raise ValueError("data_parallel: pass a mesh or a data_sharding")
+    if data_sharding is None:
+        data_sharding = NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))
+    if state_sharding is None:
+        state_sharding = NamedSharding(data_sharding.mesh, PartitionSpec())
+
+    def put_leaf(x):
+        if jax.process_count() == 1:
+            return jax.device_put(x, data_sharding)
+        return jax.make_array_from_process_local_data(data_sharding, np.asarray(x))
+
+    def put_batch(batch):
+        return jax.tree_util.tree_map(put_leaf, batch)
+
+    def put_state(state):
+        return jax.device_put(state, state_sharding)
+
+    return put_batch, put_state
+
+
+# ----------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------
 def fit(step_fn: Callable, state, train_data, *, epochs: int = 1, eval_fn: Callable | None = None,
@@ -226,7 +265,7 @@ def fit(step_fn: Callable, state, train_data, *, epochs: int = 1, eval_fn: Calla
         checkpoint_dir=None, resume: bool = True, max_to_keep: int | None = 2,
         max_in_flight: int = 2, prefetch: int = 1, device_put: Callable | None = None,
         steps_per_epoch: int | None = None, progress: bool = True, file=None, desc: str = "epoch",
-        on_step: Callable | None = None):
+        on_step: Callable | None = None, mesh=None, data_sharding=None, state_sharding=None):
     """Train ``state`` with ``step_fn`` for up to ``epochs`` epochs; returns ``(state, History)``.
 
     Args:
@@ -247,6 +286,11 @@ def fit(step_fn: Callable, state, train_data, *, epochs: int = 1, eval_fn: Calla
       max_in_flight: the most steps dispatched and not yet waited for (>= 1; 1 = synchronous).
       prefetch: batches prepared ahead on a background thread (0 = prepare inline).
       device_put: how a batch is moved to the device (default ``jax.device_put``).
+      mesh, data_sharding, state_sharding: train data parallel (see `data_parallel`): the state
+        is placed with ``state_sharding`` (default replicated on ``mesh``) and every batch split
+        on its leading axis with ``data_sharding`` (default over all of ``mesh``'s axes); with
+        several processes each one passes its own part of every batch. Samples/s count the
+        global batch.
       steps_per_epoch: the progress bar's total (default ``len(data)`` when defined).
       progress: show a tqdm bar with the running loss and samples/s (to ``file``, default stderr).
       on_step: optional hook ``on_step(step, loss)``, called with the global step index and the
@@ -262,6 +306,11 @@ def fit(step_fn: Callable, state, train_data, *, epochs: int = 1, eval_fn: Calla
         raise ValueError(f"fit: epochs must be >= 0, got {epochs}")
     if target_accuracy is not None and eval_fn is None:
         raise ValueError("fit: target_accuracy needs an eval_fn")
+    if mesh is not None or data_sharding is not None:
+        if device_put is not None:
+            raise ValueError("fit: pass either device_put or a mesh / data_sharding, not both")
+        device_put, put_state = data_parallel(mesh, data_sharding=data_sharding, state_sharding=state_sharding)
+        state = put_state(state)
     device_put = jax.device_put if device_put is None else device_put
     file = sys.stderr if file is None else file
     history = History()
@@ -352,12 +401,15 @@ def fit(step_fn: Callable, state, train_data, *, epochs: int = 1, eval_fn: Calla
 
 
 def evaluate(eval_step: Callable, state, data: Iterable, *, max_in_flight: int = 2,
-             device_put: Callable | None = None) -> dict:
+             device_put: Callable | None = None, mesh=None, data_sharding=None) -> dict:
     """Sum ``eval_step(state, batch) -> dict`` over ``data`` with bounded async dispatch.
 
     If the dict has a ``"count"`` entry, every other entry is divided by the total count, so
     ``{"accuracy": (pred == y).sum(), "count": len(y)}`` yields the accuracy over the whole set.
+    With a mesh / data_sharding the batches are split as in `fit`.
     """
+    if mesh is not None or data_sharding is not None:
+        device_put = data_parallel(mesh, data_sharding=data_sharding)[0]
     device_put = jax.device_put if device_put is None else device_put
     totals: dict = {}
     in_flight: collections.deque = collections.deque()

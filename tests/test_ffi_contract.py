@@ -84,6 +84,8 @@ BAD_RESULT = {
     "loss_fwd": ([z((3, 4)), z((3, 4)), z((0,))], [sds((3,)), sds((0,))], LOSS),
     "loss_bwd": ([z((3, 4)), z((3, 4)), z((0,)), z((0,)), z((1,))], [sds((3, 4)), sds((3, 4)), sds((2,))], LOSS),
     "dropout_fwd": ([z((2,), U32), z((10,))], [sds((10,)), sds((1,), U8)], dict(threshold=i64(2**31), scale=f32(2))),
+    "dropout_offset_fwd": ([z((4,), U32), z((10,))], [sds((10,)), sds((1,), U8)],
+                           dict(threshold=i64(2**31), scale=f32(2))),
     "dropout_bwd": ([z((2,), U8), z((10,))], [sds((9,))], dict(scale=f32(2))),
     "rnn_fwd": ([z((2, 3, 4)), z((1, 2, 2)), z((1, 2, 2)), z((2,), S32), *RNN_W],
                 [sds((2, 3, 2)), sds((1, 2, 2)), sds((1, 2, 2)), sds((83,))], RNN),

@@ -335,7 +335,10 @@ def test_runtime_validation():
         ([x, x, x], [jax.ShapeDtypeStruct(x.shape, x.dtype)] * 3, {}),                   # operand count
         ([x, x, x, x], [jax.ShapeDtypeStruct(x.shape, x.dtype)] * 3, {"nslots": np.int64(3)}),
         ([x, x, x, x], [jax.ShapeDtypeStruct(x.shape, x.dtype)] * 3, {"rule": np.int64(7)}),
-        ([x, x.astype(jnp.bfloat16), x, x], [jax.ShapeDtypeStruct(x.shape, x.dtype)] * 3, {}),
+        # float32 params take float16 / bfloat16 grads (mixed precision); other pairings are errors
+        ([x.astype(jnp.bfloat16), x.astype(jnp.float16), x, x],
+         [jax.ShapeDtypeStruct(x.shape, jnp.bfloat16)] + [jax.ShapeDtypeStruct(x.shape, x.dtype)] * 2, {}),
+        ([x, x.astype(jnp.bfloat16), x, x], [jax.ShapeDtypeStruct(x.shape, jnp.bfloat16)] * 3, {}),  # result
         ([x, x, x, x], [jax.ShapeDtypeStruct(x.shape, x.dtype)] * 3, {"eps": np.float32(-1)}),
         ([x, x, x, x], [jax.ShapeDtypeStruct(x.shape, x.dtype)] * 3, {"norm_mode": np.int64(1)}),
     ]

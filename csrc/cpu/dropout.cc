@@ -15,12 +15,13 @@ constexpr int64_t kChunk = 512;  // elements per work item (a multiple of 8: who
 
 // Elements [ch * kChunk, ...) of the dropout forward. Compiled per ISA: Philox's 32x32->64-bit
 // multiplies are most of the work and widen with the vectors.
-JAX_MPS_CLONES void DropoutChunk(int64_t ch, int64_t n, uint32_t k0, uint32_t k1, uint32_t k2, uint32_t k3,
-                                 bool keep_all, uint32_t thr32, float sc, const float* xp, float* yp, uint8_t* mp) {
+JAX_MPS_CLONES void DropoutChunk(int64_t ch, int64_t n, uint64_t block0, uint32_t k0, uint32_t k1, uint32_t k2,
+                                 uint32_t k3, bool keep_all, uint32_t thr32, float sc, const float* xp, float* yp,
+                                 uint8_t* mp) {
   // Philox4x32-10 on kChunk / 4 blocks at once, rounds outside so the block loop vectorises.
   constexpr int kBlocks = kChunk / 4;
   uint32_t c0[kBlocks], c1[kBlocks], c2[kBlocks], c3[kBlocks], u[kChunk];
-  const uint64_t base = uint64_t(ch) * kBlocks;
+  const uint64_t base = block0 + uint64_t(ch) * kBlocks;  // block0: Philox block of element 0
   for (int q = 0; q < kBlocks; ++q) {
     c0[q] = uint32_t(base + q);
     c1[q] = uint32_t((base + q) >> 32);
@@ -77,6 +78,8 @@ ffi::Error Cpu::DropoutFwd(Ctx, const DropoutDesc& d, Buf key, Buf x, Buf y, Buf
   const uint32_t* k = static_cast<const uint32_t*>(key.untyped_data());
   const uint32_t k0 = k[0], k1 = k[1];
   const uint32_t k2 = d.key_words == 4 ? k[2] : 0u, k3 = d.key_words == 4 ? k[3] : 0u;
+  const uint64_t offset = d.with_offset ? k[d.key_words] | (uint64_t(k[d.key_words + 1]) << 32) : 0;
+  JAX_MPS_CHECK(offset % 8 == 0, "dropout_offset: the element offset must be a multiple of 8, got ", offset);
   // u < threshold in 32-bit arithmetic (vectorises); threshold 2^32 keeps everything.
   const bool keep_all = d.threshold >> 32;
   const uint32_t thr32 = uint32_t(d.threshold);
@@ -88,7 +91,7 @@ ffi::Error Cpu::DropoutFwd(Ctx, const DropoutDesc& d, Buf key, Buf x, Buf y, Buf
   uint8_t* mp = static_cast<uint8_t*>(mask.untyped_data());
   const int64_t nchunks = (n + kChunk - 1) / kChunk;
   ParallelFor(nchunks, n, [&](int64_t ch) {
-    DropoutChunk(ch, n, k0, k1, k2, k3, keep_all, thr32, sc, xp, yp, mp);
+    DropoutChunk(ch, n, offset / 4, k0, k1, k2, k3, keep_all, thr32, sc, xp, yp, mp);
   });
   return ffi::Error::Success();
 }

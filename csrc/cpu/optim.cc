@@ -85,11 +85,12 @@ struct Hyper {
 };
 
 // Hyperparameters are copied into locals: read through a reference they could alias the
-// stores, which keeps GCC from hoisting them.
-template <typename P, OptRule R, bool kMom, bool kNesterov, bool kAms, bool kCentered>
+// stores, which keeps GCC from hoisting them. G: the gradients' type (P, or float16 / bfloat16
+// gradients of float32 master weights).
+template <typename P, typename G, OptRule R, bool kMom, bool kNesterov, bool kAms, bool kCentered>
 JAX_MPS_CLONES void StepChunk(const Leaf& L, int64_t b, int64_t e, const Pre& c, const Hyper& h) {
   const P* __restrict p = static_cast<const P*>(L.p);
-  const P* __restrict g = static_cast<const P*>(L.g);
+  const G* __restrict g = static_cast<const G*>(L.g);
   P* __restrict out = static_cast<P*>(L.out);
   const float* __restrict a0 = L.s_in[0];
   const float* __restrict a1 = L.s_in[1];
@@ -106,7 +107,7 @@ JAX_MPS_CLONES void StepChunk(const Leaf& L, int64_t b, int64_t e, const Pre& c,
 #pragma omp simd
   for (int64_t i = b; i < e; ++i) {
     const float pv = Ld<P>(p[i]);
-    const float gv = Prep(Ld<P>(g[i]), pv, pre);
+    const float gv = Prep(Ld<G>(g[i]), pv, pre);
     float d;
     if constexpr (R == OptRule::kSgd) {  // optax.trace then scale_by_learning_rate
       float u = gv;
@@ -150,36 +151,36 @@ JAX_MPS_CLONES void StepChunk(const Leaf& L, int64_t b, int64_t e, const Pre& c,
   }
 }
 
-template <typename P, OptRule R, bool kMom, bool kNesterov, bool kAms, bool kCentered>
+template <typename P, typename G, OptRule R, bool kMom, bool kNesterov, bool kAms, bool kCentered>
 void RunSteps(const std::vector<Leaf>& leaves, const std::vector<Chunk>& chunks, const Pre& c,
               const Hyper& h) {
   const int64_t nc = int64_t(chunks.size());
 #pragma omp parallel for schedule(static) if (nc > 1)
   for (int64_t k = 0; k < nc; ++k) {
     const Chunk& ch = chunks[k];
-    StepChunk<P, R, kMom, kNesterov, kAms, kCentered>(leaves[ch.leaf], ch.begin, ch.end, c, h);
+    StepChunk<P, G, R, kMom, kNesterov, kAms, kCentered>(leaves[ch.leaf], ch.begin, ch.end, c, h);
   }
 }
 
-template <typename P>
+template <typename P, typename G>
 void Dispatch(const OptimDesc& d, const std::vector<Leaf>& leaves, const std::vector<Chunk>& chunks,
               const Pre& c, const Hyper& h) {
   const bool mom = d.momentum != 0.f;
   switch (d.rule) {
     case OptRule::kSgd:
-      if (!mom) return RunSteps<P, OptRule::kSgd, false, false, false, false>(leaves, chunks, c, h);
-      if (d.nesterov) return RunSteps<P, OptRule::kSgd, true, true, false, false>(leaves, chunks, c, h);
-      return RunSteps<P, OptRule::kSgd, true, false, false, false>(leaves, chunks, c, h);
+      if (!mom) return RunSteps<P, G, OptRule::kSgd, false, false, false, false>(leaves, chunks, c, h);
+      if (d.nesterov) return RunSteps<P, G, OptRule::kSgd, true, true, false, false>(leaves, chunks, c, h);
+      return RunSteps<P, G, OptRule::kSgd, true, false, false, false>(leaves, chunks, c, h);
     case OptRule::kAdam:
-      if (d.amsgrad) return RunSteps<P, OptRule::kAdam, false, false, true, false>(leaves, chunks, c, h);
-      return RunSteps<P, OptRule::kAdam, false, false, false, false>(leaves, chunks, c, h);
+      if (d.amsgrad) return RunSteps<P, G, OptRule::kAdam, false, false, true, false>(leaves, chunks, c, h);
+      return RunSteps<P, G, OptRule::kAdam, false, false, false, false>(leaves, chunks, c, h);
     case OptRule::kRmsprop:
       if (d.centered) {
-        if (mom) return RunSteps<P, OptRule::kRmsprop, true, false, false, true>(leaves, chunks, c, h);
-        return RunSteps<P, OptRule::kRmsprop, false, false, false, true>(leaves, chunks, c, h);
+        if (mom) return RunSteps<P, G, OptRule::kRmsprop, true, false, false, true>(leaves, chunks, c, h);
+        return RunSteps<P, G, OptRule::kRmsprop, false, false, false, true>(leaves, chunks, c, h);
       }
-      if (mom) return RunSteps<P, OptRule::kRmsprop, true, false, false, false>(leaves, chunks, c, h);
-      return RunSteps<P, OptRule::kRmsprop, false, false, false, false>(leaves, chunks, c, h);
+      if (mom) return RunSteps<P, G, OptRule::kRmsprop, true, false, false, false>(leaves, chunks, c, h);
+      return RunSteps<P, G, OptRule::kRmsprop, false, false, false, false>(leaves, chunks, c, h);
   }
 }
 
@@ -208,6 +209,7 @@ ffi::Error Cpu::OptimStep(Ctx, const OptimDesc& d, Buf lr, Buf count, Buf sqnorm
   const int64_t n = d.n;
   std::vector<Leaf> leaves(n);
   const ffi::DataType dtype = n ? args[0].element_type() : ffi::F32;
+  const ffi::DataType gdtype = n ? args[n].element_type() : dtype;
   for (int64_t l = 0; l < n; ++l) {
     Leaf& L = leaves[l];
     L.size = int64_t(args[l].element_count());
@@ -227,7 +229,7 @@ ffi::Error Cpu::OptimStep(Ctx, const OptimDesc& d, Buf lr, Buf count, Buf sqnorm
   if (d.norm_mode != NormMode::kNone) {
     double sq = double(static_cast<const float*>(sqnorm.untyped_data())[0]);
     if (d.norm_mode == NormMode::kInternal)
-      JAX_MPS_RETURN_IF_ERROR(DispatchFloat("optim", dtype, [&](auto tag) {
+      JAX_MPS_RETURN_IF_ERROR(DispatchFloat("optim", gdtype, [&](auto tag) {
         sq = SqNorm<ElemT<decltype(tag)>>(leaves, chunks, c);
         return ffi::Error::Success();
       }));
@@ -242,8 +244,13 @@ ffi::Error Cpu::OptimStep(Ctx, const OptimDesc& d, Buf lr, Buf count, Buf sqnorm
   h.bc1 = 1.f - std::pow(d.b1, float(t));
   h.bc2 = 1.f - std::pow(d.b2, float(t));
   h.eps = d.eps; h.mom = d.momentum; h.wd = d.weight_decay;
+  if (gdtype != dtype)  // float32 masters, low-precision gradients (checked in runtime/optim.h)
+    return DispatchFloat("optim", gdtype, [&](auto tag) {
+      Dispatch<float, ElemT<decltype(tag)>>(d, leaves, chunks, c, h);
+      return ffi::Error::Success();
+    });
   return DispatchFloat("optim", dtype, [&](auto tag) {
-    Dispatch<ElemT<decltype(tag)>>(d, leaves, chunks, c, h);
+    Dispatch<ElemT<decltype(tag)>, ElemT<decltype(tag)>>(d, leaves, chunks, c, h);
     return ffi::Error::Success();
   });
 }

@@ -16,6 +16,10 @@ struct DropoutDesc {
   float scale = 1.f;       // 1 / (1 - rate)
   int64_t n = 0;           // elements
   int64_t key_words = 2;   // uint32 words of the key: 2, or 4 (k2, k3 = 0 for 2)
+  // dropout_offset_fwd: the key buffer ends with two more words, (lo32, hi32) of the global index
+  // of element 0 (a multiple of 8), so that a shard of a batch-split tensor draws its part of the
+  // whole tensor's mask. Backends read them beside the key; 0 otherwise.
+  bool with_offset = false;
 };
 
 inline ffi::Error CheckDropoutScale(const char* op, float scale) {
@@ -63,6 +67,29 @@ auto DropoutFwdBinding() {
   return ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
       .template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>().template Attr<int64_t>("threshold")
       .template Attr<float>("scale");
+}
+
+// As DropoutFwd, with key data (k..., offset_lo, offset_hi): see DropoutDesc::with_offset.
+template <class B>
+ffi::Error DropoutOffsetFwd(typename B::Ctx ctx, ffi::AnyBuffer key, ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y,
+                            ffi::Result<ffi::AnyBuffer> mask, int64_t threshold, float scale) {
+  const char* op = "dropout_offset";
+  DropoutDesc d;
+  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "key data", key, ffi::U32));
+  JAX_MPS_CHECK(key.dimensions().size() == 1 && key.element_count() >= 2, op,
+                ": key data must be uint32 (2 + 2,) or (4 + 2,) (key words, then the element offset), got ",
+                DimsStr(key.dimensions()));
+  JAX_MPS_RETURN_IF_ERROR(MakeDropoutDesc(threshold, scale, static_cast<int64_t>(key.element_count()) - 2, &d));
+  d.with_offset = true;
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "x", x));
+  d.n = static_cast<int64_t>(x.element_count());
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "y", *y, x));
+  JAX_MPS_RETURN_IF_ERROR(CheckMask(op, *mask, d.n));
+  return Guard(op, [&] { return B::DropoutFwd(ctx, d, key, x, *y, *mask); });
+}
+template <class B>
+auto DropoutOffsetFwdBinding() {
+  return DropoutFwdBinding<B>();
 }
 
 template <class B>

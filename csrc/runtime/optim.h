@@ -74,17 +74,24 @@ inline ffi::Error ValidateOptim(const OptimDesc& d, size_t nargs, size_t nrets) 
   return ffi::Error::Success();
 }
 
-// Leaf l: params[l], grads[l] (one float dtype for the whole call), slots (float32); results
-// out[l] (params' dtype), new slots. Every size equals the param's.
+// Leaf l: params[l] (one float dtype for the whole call), grads[l] (one float dtype: the params'
+// or, for float32 params, float16 / bfloat16: mixed precision's master weights), slots (float32);
+// results out[l] (params' dtype), new slots. Every size equals the param's.
 inline ffi::Error CheckOptimLeaves(const OptimDesc& d, const Buffers& args, const Buffers& rets) {
   const char* op = "optim";
   const ffi::DataType dtype = d.n ? args[0].element_type() : ffi::F32;
+  const ffi::DataType gdtype = d.n ? args[d.n].element_type() : dtype;
+  JAX_MPS_CHECK(IsFloat(gdtype) && (gdtype == dtype || dtype == ffi::F32), op, ": grads must be ",
+                DtypeName(dtype), dtype == ffi::F32 ? ", float16 or bfloat16" : "", ", got ", DtypeName(gdtype));
   for (int64_t l = 0; l < d.n; ++l) {
     const ffi::AnyBuffer& p = args[l];
     JAX_MPS_CHECK(IsFloat(p.element_type()) && p.element_type() == dtype, op,
                   ": params of one call must share one float dtype (leaf ", l, ")");
+    JAX_MPS_CHECK(args[d.n + l].element_type() == gdtype, op, ": grads of one call must share one dtype (leaf ", l,
+                  ")");
     for (const ffi::AnyBuffer* b : {&args[d.n + l], &rets[l]}) {
-      JAX_MPS_CHECK(b->element_type() == dtype, op, ": grad/result dtype differs from its param (leaf ", l, ")");
+      JAX_MPS_CHECK(b == &args[d.n + l] || b->element_type() == dtype, op, ": result dtype differs from its param (leaf ",
+                    l, ")");
       JAX_MPS_CHECK(b->element_count() == p.element_count(), op, ": grad/result size differs from its param (leaf ",
                     l, ": ", DimsStr(p.dimensions()), ")");
     }
