@@ -26,13 +26,19 @@ __device__ __forceinline__ uint4 Philox(uint64_t block, uint32_t k0, uint32_t k1
 }
 
 template <typename T>
-__global__ void DropoutFwdK(int64_t n, const uint32_t* key, int key_words, uint64_t threshold, float scale,
-                            const T* x, T* y, uint8_t* mask) {
+__global__ void DropoutFwdK(int64_t n, const uint32_t* key, int key_words, bool with_offset, uint64_t threshold,
+                            float scale, const T* x, T* y, uint8_t* mask) {
   const uint32_t k0 = key[0], k1 = key[1];
   const uint32_t k2 = key_words == 4 ? key[2] : 0u, k3 = key_words == 4 ? key[3] : 0u;
+  // dropout_offset_fwd: the key ends with the global index of element 0 (a multiple of 8, as the
+  // sharding rule guarantees), so a shard draws its slice of the single-device mask. 4 elements
+  // per Philox block, as on the CPU.
+  const uint64_t block0 =
+      with_offset ? (uint64_t(key[key_words]) | (uint64_t(key[key_words + 1]) << 32)) / 4 : 0;
   const int64_t nbytes = (n + 7) / 8;
   JAX_MPS_GRID_STRIDE(b, nbytes) {
-    const uint4 u0 = Philox(uint64_t(2 * b), k0, k1, k2, k3), u1 = Philox(uint64_t(2 * b + 1), k0, k1, k2, k3);
+    const uint64_t q = block0 + uint64_t(2 * b);
+    const uint4 u0 = Philox(q, k0, k1, k2, k3), u1 = Philox(q + 1, k0, k1, k2, k3);
     const uint32_t u[8] = {u0.x, u0.y, u0.z, u0.w, u1.x, u1.y, u1.z, u1.w};
     uint8_t bits = 0;
 #pragma unroll
@@ -64,8 +70,8 @@ ffi::Error Cuda::DropoutFwd(Cuda::Ctx s, const DropoutDesc& d, Buf key, Buf x, B
   if (d.n == 0) return ffi::Error::Success();
   return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
     using T = decltype(t);
-    DropoutFwdK<T><<<Blocks(nbytes), 256, 0, s>>>(d.n, Ptr<const uint32_t>(key), int(d.key_words), d.threshold,
-                                                 d.scale, Ptr<const T>(x), Ptr<T>(y), Ptr<uint8_t>(mask));
+    DropoutFwdK<T><<<Blocks(nbytes), 256, 0, s>>>(d.n, Ptr<const uint32_t>(key), int(d.key_words), d.with_offset,
+                                                 d.threshold, d.scale, Ptr<const T>(x), Ptr<T>(y), Ptr<uint8_t>(mask));
     return LaunchStatus(op);
   });
 }

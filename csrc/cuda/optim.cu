@@ -55,7 +55,8 @@ __global__ void SqNormK(LeafTable t, Pre c, double* acc) {
   if (threadIdx.x == 0) atomicAdd(acc, part);
 }
 
-template <typename P>
+// P: the params' dtype; G: the grads' (float32 params may take float16/bfloat16 grads: mixed precision).
+template <typename P, typename G>
 __global__ void StepK(LeafTable t, StepArgs a, const float* lr, const int32_t* count, const float* ext_sq,
                       const double* int_sq) {
   const float nlr = -lr[0];
@@ -69,7 +70,7 @@ __global__ void StepK(LeafTable t, StepArgs a, const float* lr, const int32_t* c
   }
   for (int l = 0; l < t.count; ++l) {
     const P* p = static_cast<const P*>(t.p[l]);
-    const P* g = static_cast<const P*>(t.g[l]);
+    const G* g = static_cast<const G*>(t.g[l]);
     P* out = static_cast<P*>(t.out[l]);
     const float *a0 = t.s_in[0][l], *a1 = t.s_in[1][l], *a2 = t.s_in[2][l];
     float *o0 = t.s_out[0][l], *o1 = t.s_out[1][l], *o2 = t.s_out[2][l];
@@ -161,10 +162,11 @@ ffi::Error Cuda::OptimStep(Cuda::Ctx s, const OptimDesc& d, Buf lr, Buf count, B
   const char* op = "optim";
   const int64_t n = d.n;
   if (n == 0) return ffi::Error::Success();
-  const ffi::DataType dtype = args[0].element_type();
+  const ffi::DataType dtype = args[0].element_type(), gdtype = args[n].element_type();
   std::vector<LeafTable> tables;
   for (int64_t l = 0; l < n; ++l) {
-    JAX_MPS_RETURN_IF_ERROR(SameDtype(op, args[0], {&args[l], &args[n + l], &rets[l]}));
+    JAX_MPS_RETURN_IF_ERROR(SameDtype(op, args[0], {&args[l], &rets[l]}));
+    JAX_MPS_RETURN_IF_ERROR(SameDtype(op, args[n], {&args[n + l]}));
     AddLeaf(tables, l);
     LeafTable& t = tables.back();
     const int k = t.count++;
@@ -193,15 +195,20 @@ ffi::Error Cuda::OptimStep(Cuda::Ctx s, const OptimDesc& d, Buf lr, Buf count, B
     int_sq = static_cast<double*>(Workspace(ctx, sizeof(double), op, &err));
     if (!int_sq) return err;
     JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(int_sq, 0, sizeof(double), s));
-    JAX_MPS_RETURN_IF_ERROR(LaunchSqNorm(ctx, op, dtype, tables, MakePre(d.rescale, d.clip_value, 0.f, 0.f), int_sq));
+    JAX_MPS_RETURN_IF_ERROR(LaunchSqNorm(ctx, op, gdtype, tables, MakePre(d.rescale, d.clip_value, 0.f, 0.f), int_sq));
   }
-  return cuda::DispatchFloat(op, dtype, [&](auto tag) {
-    using P = decltype(tag);
+  auto launch = [&](auto ptag, auto gtag) {
+    using P = decltype(ptag);
+    using G = decltype(gtag);
     for (auto& t : tables)
-      StepK<P><<<GridFor(t), 256, 0, s>>>(t, a, Ptr<const float>(lr), Ptr<const int32_t>(count),
-                                          Ptr<const float>(sqnorm), int_sq);
+      StepK<P, G><<<GridFor(t), 256, 0, s>>>(t, a, Ptr<const float>(lr), Ptr<const int32_t>(count),
+                                             Ptr<const float>(sqnorm), int_sq);
     return LaunchStatus(op);
-  });
+  };
+  if (gdtype == dtype)
+    return cuda::DispatchFloat(op, dtype, [&](auto tag) { return launch(tag, tag); });
+  // The runtime allows a different grad dtype only for float32 params.
+  return cuda::DispatchFloat(op, gdtype, [&](auto gtag) { return launch(float{}, gtag); });
 }
 
 ffi::Error Cuda::OptimSqNorm(Cuda::Ctx s, const SqNormDesc& d, const Buffers& grads, Buf out) {
