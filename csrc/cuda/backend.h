@@ -70,7 +70,7 @@ struct Cuda {
   // dropout.cu
   static ffi::Error DropoutFwd(Ctx, const DropoutDesc&, Buf key, Buf x, Buf y, Buf mask);
   static ffi::Error DropoutBwd(Ctx, const DropoutDesc&, Buf mask, Buf g, Buf dx);
-  // rnn: not on CUDA yet (Unimplemented; targets.cc)
+  // rnn.cu (cuBLAS GEMMs + fused cell kernels; the CPU's workspace layout)
   static ffi::Error RnnFwd(Ctx, const RnnDesc&, Buf x, Buf h0, Buf c0, Buf lens, const Buffers& w, Buf y, Buf hn,
                            Buf cn, Buf ws);
   static ffi::Error RnnBwd(Ctx, const RnnDesc&, Buf x, Buf h0, Buf c0, Buf lens, Buf ws, Buf dy, Buf dhn, Buf dcn,

@@ -17,14 +17,6 @@ bool Cuda::KernelsOnly(const char* target) {
   return false;
 }
 
-ffi::Error Cuda::RnnFwd(Ctx, const RnnDesc&, Buf, Buf, Buf, Buf, const Buffers&, Buf, Buf, Buf, Buf) {
-  return Unimplemented("CUDA", "rnn_fwd");
-}
-ffi::Error Cuda::RnnBwd(Ctx, const RnnDesc&, Buf, Buf, Buf, Buf, Buf, Buf, Buf, Buf, const Buffers&, Buf, Buf, Buf,
-                        const Buffers&) {
-  return Unimplemented("CUDA", "rnn_bwd");
-}
-
 #define JAX_MPS_TARGET(name, H)                                                                      \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(kCuda_##name, H<Cuda>, H##Binding<Cuda>(),                             \
                                 {static_cast<ffi::Traits>(Cuda::KernelsOnly(#name)                    \
