@@ -18,7 +18,11 @@ def _has(pkg):
 
 
 def _run_example(name, *args, timeout=600, xla_flags=""):
-    env = dict(os.environ)  # PYTHONPATH passes through: the same jax_mps as this process
+    # The same jax_mps as this process: pytest from the root imports the source tree's jax_mps/
+    # (and the extension from wherever PYTHONPATH or the install put it), so the child gets the
+    # root on its path too -- a script's own folder, not the cwd, is what Python adds.
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
     if xla_flags:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
     proc = subprocess.run([sys.executable, os.path.join(EXAMPLES, name), *args], env=env, cwd=ROOT,
