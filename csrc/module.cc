@@ -3,6 +3,8 @@
 #include <nanobind/stl/string.h>
 #include <dnnl.hpp>
 
+#include "cpu/kernel_util.h"
+#include "runtime/common.h"
 #include "runtime/registry.h"
 
 namespace nb = nanobind;
@@ -21,4 +23,11 @@ NB_MODULE(_jax_mps_cpu, m) {
                std::to_string(v->patch);
     return d;
   }, "Backends compiled into this build and their libraries.");
+  m.def("set_plan_cache_size", [](int64_t n) { jax_mps::g_plan_cache_limit = n; },
+        "Most plans each op family's plan cache keeps (least recently used dropped first).");
+  m.def("plan_cache_size", [] { return jax_mps::g_plan_cache_limit.load(); });
+  m.def("plan_cache_entries", [] { return jax_mps::g_plan_cache_entries.load(); },
+        "Plans held by all plan caches together.");
+  m.def("scratch_bytes", [] { return jax_mps::cpu::g_scratch_bytes.load(); },
+        "Bytes of per-thread scratch held by all threads.");
 }

@@ -3,9 +3,6 @@
 #include <cmath>
 #include <cstring>
 #include <vector>
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
 
 #include "runtime/losses.h"
 #include "cpu/kernel_util.h"
@@ -44,58 +41,34 @@ ffi::Error Decode(ffi::Buffer<ffi::F32>& pred, ffi::AnyBuffer& target, ffi::Buff
   return ffi::Error::Success();
 }
 
-// exp for softmax (std::exp does not vectorise at the baseline ISA without -ffast-math): Cephes
-// polynomial after exp(x) = 2^n exp(r), ~1e-7 relative error; arguments below -87 give ~1e-38.
-// Exp4 is the SSE2 form, FastExp (kernel_util.h) the scalar one for row tails.
-
-#if defined(__SSE2__)
-inline __m128 Exp4(__m128 x) {
-  x = _mm_max_ps(x, _mm_set1_ps(-87.f));
-  __m128i ni = _mm_cvtps_epi32(_mm_mul_ps(x, _mm_set1_ps(1.44269504f)));
-  __m128 n = _mm_cvtepi32_ps(ni);
-  __m128 r = _mm_add_ps(_mm_sub_ps(x, _mm_mul_ps(n, _mm_set1_ps(0.693359375f))),
-                        _mm_mul_ps(n, _mm_set1_ps(2.12194440e-4f)));
-  __m128 p = _mm_set1_ps(1.9875691500e-4f);
-  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(1.3981999507e-3f));
-  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(8.3334519073e-3f));
-  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(4.1665795894e-2f));
-  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(1.6666665459e-1f));
-  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(5.0000001201e-1f));
-  p = _mm_add_ps(_mm_mul_ps(_mm_mul_ps(p, r), r), _mm_add_ps(r, _mm_set1_ps(1.f)));
-  __m128i e = _mm_slli_epi32(_mm_add_epi32(ni, _mm_set1_epi32(127)), 23);
-  return _mm_mul_ps(p, _mm_castsi128_ps(e));
-}
-#endif
-
-// out[j] = exp(x[j] - shift); returns the sum of out (out may be null: sum only).
-inline float ExpShift(const float* x, int64_t c, float shift, float* out) {
-  int64_t j = 0;
+// out[j] = exp(x[j] - shift) (FastExp: vectorises, NaN stays NaN); returns the sum of out (out
+// may be null: sum only).
+JAX_MPS_CLONES float ExpShift(const float* x, int64_t c, float shift, float* out) {
   float s = 0.f;
-#if defined(__SSE2__)
-  __m128 acc = _mm_setzero_ps(), sh = _mm_set1_ps(shift);
-  for (; j + 4 <= c; j += 4) {
-    __m128 e = Exp4(_mm_sub_ps(_mm_loadu_ps(x + j), sh));
-    if (out) _mm_storeu_ps(out + j, e);
-    acc = _mm_add_ps(acc, e);
-  }
-  float lanes[4];
-  _mm_storeu_ps(lanes, acc);
-  s = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-#endif
-  for (; j < c; ++j) {
-    float e = FastExp(x[j] - shift);
-    if (out) out[j] = e;
-    s += e;
+  if (out) {
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < c; ++j) {
+      const float e = FastExp(x[j] - shift);
+      out[j] = e;
+      s += e;
+    }
+  } else {
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < c; ++j) s += FastExp(x[j] - shift);
   }
   return s;
 }
 
-// log-sum-exp of one row.
-inline float Lse(const float* x, int64_t c) {
-  float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < c; ++j) m = x[j] > m ? x[j] : m;
-  if (std::isinf(m)) return m;
+// log-sum-exp of one row; NaN when the row holds NaN or its max is +-inf, as optax (whose
+// logits - max is then NaN), so the loss and every gradient of the row are NaN.
+JAX_MPS_CLONES float Lse(const float* x, int64_t c) {
+  float m = -INFINITY, bad = 0.f;
+#pragma omp simd reduction(max : m) reduction(+ : bad)
+  for (int64_t j = 0; j < c; ++j) {
+    m = x[j] > m ? x[j] : m;
+    bad += x[j] != x[j] ? 1.f : 0.f;
+  }
+  if (bad > 0.f || std::fabs(m) == INFINITY) return NAN;
   return m + std::log(ExpShift(x, c, m, nullptr));
 }
 
@@ -202,12 +175,8 @@ ffi::Error LossFwd(ffi::Buffer<ffi::F32> pred, ffi::AnyBuffer target, ffi::Buffe
   JAX_MPS_CHECK(nl == 0 || (nl == d.n && d.kind == LossKind::kSoftmaxCE), "loss: lse must have 0 or ", d.n,
                 " elements (softmax cross entropy), got ", nl);
   float* lse_p = nl ? lse_out->typed_data() : nullptr;
-  thread_local std::vector<float> scratch;
-  float* l = out->typed_data();
-  if (!none) {
-    scratch.resize(d.n);
-    l = scratch.data();
-  }
+  thread_local ScratchBuffer<float> scratch;
+  float* l = none ? out->typed_data() : scratch.get(d.n);
   ParallelFor(d.n, d.n * d.d, [&](int64_t i) {
     float lse = 0.f;
     float v = RowLoss(a, i, &lse, false);
