@@ -7,6 +7,7 @@
 - a vmap rule: when every batched argument is flagged in `fold` (its leading axis is the op's
   batch axis) and every result is batch-major, the vmapped axis is folded into that batch axis
   and the kernel runs once; otherwise the kernel runs once per vmapped element (lax.map).
+  The folded call is itself a `call`, so vmap of vmap (and deeper) folds every level in turn.
 """
 from __future__ import annotations
 
@@ -64,7 +65,8 @@ def call(target: str, results, *args, fold: Sequence[bool] | None = None, **attr
                     x = x.reshape((axis_size * x.shape[1],) + x.shape[2:])
                 new.append(x)
             big = [jax.ShapeDtypeStruct((axis_size * s.shape[0],) + tuple(s.shape[1:]), s.dtype) for s in specs]
-            outs = raw(big, *new)
+            # Through `call` again (not the raw ffi_call): an outer vmap level then folds in turn.
+            outs = call(target, big, *new, fold=fold, **attrs)
             outs = [o.reshape((axis_size, s.shape[0]) + tuple(s.shape[1:])) for o, s in zip(outs, specs)]
             return outs, [True] * len(outs)
         # Not foldable (e.g. batched weights, or a result reduced over the batch): one call per element.
