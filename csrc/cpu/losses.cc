@@ -59,16 +59,20 @@ JAX_MPS_CLONES float ExpShift(const float* x, int64_t c, float shift, float* out
   return s;
 }
 
-// log-sum-exp of one row; NaN when the row holds NaN or its max is +-inf, as optax (whose
-// logits - max is then NaN), so the loss and every gradient of the row are NaN.
-JAX_MPS_CLONES float Lse(const float* x, int64_t c) {
+// log-sum-exp of one row, NaN when it holds NaN. A +-inf max follows optax: for integer labels
+// without smoothing (optax.softmax_cross_entropy_with_integer_labels) jax.nn.logsumexp's (+inf,
+// or -inf for an all -inf row: the loss is then inf or NaN, and the gradient exp(x - lse) NaN only
+// at the +inf entries); otherwise (optax.softmax_cross_entropy of the smoothed targets)
+// log_softmax's: NaN, so the whole row is NaN.
+JAX_MPS_CLONES float Lse(const float* x, int64_t c, bool logsumexp_inf) {
   float m = -INFINITY, bad = 0.f;
 #pragma omp simd reduction(max : m) reduction(+ : bad)
   for (int64_t j = 0; j < c; ++j) {
     m = x[j] > m ? x[j] : m;
     bad += x[j] != x[j] ? 1.f : 0.f;
   }
-  if (bad > 0.f || std::fabs(m) == INFINITY) return NAN;
+  if (bad > 0.f) return NAN;
+  if (std::fabs(m) == INFINITY) return logsumexp_inf ? m : NAN;
   return m + std::log(ExpShift(x, c, m, nullptr));
 }
 
@@ -123,7 +127,7 @@ inline float RowLoss(const LossArgs& a, int64_t i, float* lse, bool have_lse) {
   const float* x = a.pred + i * d.d;
   if (d.kind == LossKind::kSoftmaxCE) {
     const float ls = d.param, u = ls / float(d.d);
-    if (!have_lse) *lse = Lse(x, d.d);
+    if (!have_lse) *lse = Lse(x, d.d, a.labels != nullptr && d.param == 0.f);
     const float l = *lse;
     float acc = 0.f;
     if (a.labels) {
@@ -132,7 +136,8 @@ inline float RowLoss(const LossArgs& a, int64_t i, float* lse, bool have_lse) {
 #pragma omp simd reduction(+ : sx)
         for (int64_t j = 0; j < d.d; ++j) sx += x[j];
       }
-      acc = (1.f - ls) * (l - x[a.labels[i]]) + u * (float(d.d) * l - sx);
+      acc = (1.f - ls) * (l - x[a.labels[i]]);
+      if (ls != 0.f) acc += u * (float(d.d) * l - sx);  // (never 0 * inf: an inf lse stays the loss)
     } else {
       const float* t = a.target + i * d.d;
 #pragma omp simd reduction(+ : acc)
@@ -230,7 +235,7 @@ ffi::Error LossBwd(ffi::Buffer<ffi::F32> pred, ffi::AnyBuffer target, ffi::Buffe
     float* dti = dt ? dt + i * d.d : nullptr;
     float lse = saved ? saved[i] : 0.f;
     if (dw) dw[i] = gi * RowLoss(a, i, &lse, saved != nullptr);
-    else if (d.kind == LossKind::kSoftmaxCE && !saved) lse = Lse(x, d.d);
+    else if (d.kind == LossKind::kSoftmaxCE && !saved) lse = Lse(x, d.d, a.labels != nullptr && d.param == 0.f);
     if (d.kind == LossKind::kSoftmaxCE) {
       const float ls = d.param, u = ls / float(d.d);
       if (a.labels) {

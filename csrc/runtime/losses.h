@@ -100,8 +100,11 @@ inline float ElemLoss(LossKind k, float p, float t, float delta) {
 inline ElemGrad ElemLossGrad(LossKind k, float p, float t, float delta) {
   switch (k) {
     case LossKind::kSigmoidCE: {
-      const float e = std::exp(-std::fabs(p)), r = 1.f / (1.f + e);
-      return {(p >= 0.f ? r : e * r) - t, -p};
+      // (1 - t) sigmoid(p) - t sigmoid(-p) (= sigmoid(p) - t), as optax's gradient, so that an
+      // infinite target gives NaN as there.
+      const float e = std::exp(-std::fabs(p)), r = 1.f / (1.f + e), sp = p >= 0.f ? r : e * r;
+      const float sn = p >= 0.f ? e * r : r;
+      return {(1.f - t) * sp - t * sn, -p};
     }
     case LossKind::kMSE: return {2.f * (p - t), -2.f * (p - t)};
     case LossKind::kMAE: {
