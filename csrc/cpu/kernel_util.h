@@ -2,6 +2,7 @@
 #pragma once
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <new>
@@ -147,8 +148,9 @@ inline std::atomic<int64_t> g_scratch_bytes{0};
 
 // Per-thread scratch (XLA:CPU runs custom calls on several threads; OpenMP workers each keep
 // their own). Grows to the largest request and gives memory back once calls need far less: after
-// kDecay consecutive requests below a quarter of its size it shrinks to the largest of them. So
-// the alternating big and small calls of a training step never re-allocate, while a big call
+// kDecay consecutive requests below a quarter of its size, spanning more than a second since it
+// last needed more, it shrinks to the largest of them. So a training step's mix of big and many
+// small requests (a conv's scratchpad, then per-chunk GEMMs) never re-allocates, while a big call
 // followed by small work does not pin its high-water mark. Blocks of 1 MiB and more are mmap'd so
 // that releasing them returns the pages to the OS (glibc would keep them in its heap). Contents
 // are uninitialised; a pointer from get() is valid until the next get() on the same buffer.
@@ -166,12 +168,15 @@ class ScratchBuffer {
   T* get(size_t n) {
     if (n > cap_) {
       Reset(n);
+      last_big_ = std::chrono::steady_clock::now();
     } else if (cap_ * sizeof(T) >= kMapBytes && n < cap_ / 4) {
       recent_ = std::max(recent_, n);
-      if (++small_ >= kDecay) Reset(recent_);
+      if (++small_ >= kDecay && std::chrono::steady_clock::now() - last_big_ > std::chrono::seconds(1))
+        Reset(recent_);
     } else {
       small_ = 0;
       recent_ = 0;
+      last_big_ = std::chrono::steady_clock::now();
     }
     return p_;
   }
@@ -208,6 +213,7 @@ class ScratchBuffer {
   T* p_ = nullptr;
   size_t cap_ = 0, recent_ = 0;
   int small_ = 0;
+  std::chrono::steady_clock::time_point last_big_{};
 };
 
 }  // namespace jax_mps::cpu
