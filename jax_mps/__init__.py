@@ -10,5 +10,6 @@ from .rnn import *  # noqa: F401,F403
 from . import optim  # noqa: F401
 from . import train  # noqa: F401
 from . import data  # noqa: F401
+from . import graph  # noqa: F401
 
 __version__ = "0.1.0"

@@ -1,13 +1,12 @@
 """The one place that turns a runtime target into a JAX call (so a move to
 `jax.extend.core.Primitive` touches only this file).
 
-`call` wraps `jax.ffi.ffi_call` with:
-- float16/bfloat16 compute in float32: the CPU kernels are float32, so low-precision inputs are
-  upcast and results cast back (float32 accumulation, as API.md asks);
-- a vmap rule: when every batched argument is flagged in `fold` (its leading axis is the op's
-  batch axis) and every result is batch-major, the vmapped axis is folded into that batch axis
-  and the kernel runs once; otherwise the kernel runs once per vmapped element (lax.map).
-  The folded call is itself a `call`, so vmap of vmap (and deeper) folds every level in turn.
+`call` wraps `jax.ffi.ffi_call` with a vmap rule: when every batched argument is flagged in `fold`
+(its leading axis is the op's batch axis) and every result is batch-major, the vmapped axis is
+folded into that batch axis and the kernel runs once; otherwise the kernel runs once per vmapped
+element (lax.map). The folded call is itself a `call`, so vmap of vmap (and deeper) folds every
+level in turn. Buffers travel in their own dtypes: how float16/bfloat16 are computed is each
+backend's choice.
 """
 from __future__ import annotations
 
@@ -18,9 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _runtime  # noqa: F401  (registers the targets)
-
-_LOW = (jnp.float16, jnp.bfloat16)
-
 
 def _attr(v):
     if isinstance(v, (bool, np.bool_)):
@@ -34,10 +30,6 @@ def _attr(v):
     return v  # str, np.ndarray
 
 
-def _is_low(dtype) -> bool:
-    return any(dtype == d for d in _LOW)
-
-
 def call(target: str, results, *args, fold: Sequence[bool] | None = None, **attrs):
     """Run runtime target `target` on `args`; `results` is a ShapeDtypeStruct or a sequence."""
     single = not isinstance(results, (list, tuple))
@@ -45,10 +37,7 @@ def call(target: str, results, *args, fold: Sequence[bool] | None = None, **attr
     attrs = {k: _attr(v) for k, v in attrs.items()}
 
     def raw(specs, *a):
-        a = [x.astype(jnp.float32) if _is_low(x.dtype) else x for x in a]
-        call_specs = [jax.ShapeDtypeStruct(s.shape, jnp.float32) if _is_low(s.dtype) else s for s in specs]
-        outs = jax.ffi.ffi_call(target, call_specs)(*a, **attrs)
-        return [o.astype(s.dtype) for o, s in zip(outs, specs)]
+        return list(jax.ffi.ffi_call(target, list(specs))(*a, **attrs))
 
     @jax.custom_batching.custom_vmap
     def f(*a):

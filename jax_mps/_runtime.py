@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import importlib.metadata as _md
 import os
+import warnings
 
 # oneDNN's OpenMP threads spin while idle by default; XLA's own threads and input pipelines then
 # starve (measured: LeNet training on 2 cores ran 2.5x slower). Must be set before libgomp loads.
@@ -38,18 +40,54 @@ except ImportError as e:  # pragma: no cover - only without a build
         "jax_mps: the compiled runtime (_jax_mps_cpu) is not installed; run "
         "`python -m pip install .` (or tools/dev_build.sh and PYTHONPATH=build/dev)") from e
 
-TARGETS: dict[str, set[str]] = {}  # target name -> platforms it is registered for
+# The contract's constants (activation / loss / reduction / optimizer / RNN codes, the
+# gradient-from-output rule, workspace sizes), defined once in csrc/runtime/ and exported by every
+# backend module alike: read them from here, never as literals.
+contract = _core
 
-for _name, _platform, _capsule in _core.registrations():
-    jax.ffi.register_ffi_target(_name, _capsule, platform=_platform, api_version=1)
-    TARGETS.setdefault(_name, set()).add(_platform)
+
+def _cuda_visible() -> bool:
+    try:
+        return bool(jax.devices("cuda"))
+    except RuntimeError:  # no CUDA plugin, or no GPU
+        return False
+
+
+def _load_cuda():
+    """The CUDA backend: its own module, loaded only where a CUDA device is visible (a CPU-only
+    machine never loads, or needs, a CUDA library)."""
+    if not _cuda_visible() or importlib.util.find_spec("_jax_mps_cuda") is None:
+        return None
+    # jax's CUDA plugin has loaded cuDNN/cuBLAS from the nvidia-* wheels by now; the module's
+    # RPATH finds the same files for regular installs, and the soname match covers in-tree builds.
+    try:
+        import _jax_mps_cuda
+    except ImportError as e:  # built, but its libraries do not load here: say so, run on the CPU only
+        warnings.warn(f"jax_mps: the CUDA backend (_jax_mps_cuda) failed to load, GPU calls will fail: {e}")
+        return None
+    return _jax_mps_cuda
+
+
+_cuda = _load_cuda()
+
+for _module in (_core, _cuda):
+    if _module is not None:
+        for _name, _platform, _capsule in _module.registrations():
+            jax.ffi.register_ffi_target(_name, _capsule, platform=_platform, api_version=1)
+
+
+def _platforms() -> set[str]:
+    return {d.platform for d in jax.devices()}
 
 
 def backends() -> dict[str, str]:
     """Backends compiled into this build and able to run here, with their library versions."""
-    out = dict(_core.backends())
-    platforms = {d.platform for d in jax.devices()} | {"cpu"}
-    return {k: v for k, v in out.items() if k in platforms}
+    key, versions = _core.backend()
+    out = {key: versions}  # the CPU backend always runs
+    if _cuda is not None and _platforms() & {"gpu", "cuda"}:
+        key, versions = _cuda.backend()
+        out[key] = versions
+    return out
 
 
 def set_plan_cache_size(n: int) -> None:

@@ -5,24 +5,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._runtime import contract
+
 FLOAT_DTYPES = (jnp.float32, jnp.float16, jnp.bfloat16)
 
-# name -> (code, default alpha). Codes match csrc/runtime/activation.h.
-ACTIVATION_CODES = {
-    "relu": (1, 0.0),
-    "relu6": (2, 0.0),
-    "leaky_relu": (3, 0.01),
-    "elu": (4, 1.0),
-    "sigmoid": (5, 0.0),
-    "hard_sigmoid": (6, 0.0),
-    "tanh": (7, 0.0),
-    "softplus": (8, 0.0),
-    "softsign": (9, 0.0),
-    "gelu": (10, 0.0),  # exact erf form; approximate=True -> 11
+# The public activation names (API.md) and their default alpha; codes come from the runtime.
+# "gelu" with approximate=True is the runtime's "gelu_tanh"; "prelu" (a learned per-channel
+# slope) is its own op, reached through activations.activation.
+ACTIVATION_ALPHA = {
+    "relu": 0.0, "relu6": 0.0, "leaky_relu": 0.01, "elu": 1.0, "sigmoid": 0.0, "hard_sigmoid": 0.0,
+    "tanh": 0.0, "softplus": 0.0, "softsign": 0.0, "gelu": 0.0,
 }
-GELU_TANH = 11
-# Activations whose derivative depends on the output alone (csrc ActGradFromOutput).
-GRAD_FROM_OUTPUT = {0, 1, 2, 5, 7}
+
+
+ACT_NONE = contract.ACTIVATIONS["none"]
+
+
+def grad_from_output(code: int, alpha: float) -> bool:
+    """The runtime's one rule: is activation `code` differentiated from its output alone?"""
+    return contract.act_grad_from_output(int(code), float(alpha))
 
 
 def check_float(name: str, x, op: str) -> None:
@@ -107,7 +108,7 @@ def int32_ids(name: str, v, op: str):
 def activation_code(activation, op: str) -> tuple[int, float]:
     """None | name | (name, {params}) -> (code, alpha)."""
     if activation is None:
-        return 0, 0.0
+        return ACT_NONE, 0.0
     params = {}
     if isinstance(activation, (tuple, list)) and len(activation) == 2 and isinstance(activation[1], dict):
         activation, params = activation
@@ -115,13 +116,16 @@ def activation_code(activation, op: str) -> tuple[int, float]:
 
 
 def activation_from_name(name, params: dict, op: str) -> tuple[int, float]:
-    if not isinstance(name, str) or name not in ACTIVATION_CODES:
-        raise ValueError(f"{op}: unknown activation {name!r}; expected one of {sorted(ACTIVATION_CODES)}")
-    code, alpha = ACTIVATION_CODES[name]
+    if name == "prelu":
+        raise ValueError(f"{op}: 'prelu' has a learned per-channel alpha and cannot be fused; "
+                         "apply mps.prelu (or mps.activation(x, 'prelu', alpha=...)) to the result")
+    if not isinstance(name, str) or name not in ACTIVATION_ALPHA:
+        raise ValueError(f"{op}: unknown activation {name!r}; expected one of {sorted(ACTIVATION_ALPHA)}")
+    code, alpha = contract.ACTIVATIONS[name], ACTIVATION_ALPHA[name]
     params = dict(params)
     if name == "gelu":
         if params.pop("approximate", False):
-            code = GELU_TANH
+            code = contract.ACTIVATIONS["gelu_tanh"]
     elif name in ("leaky_relu", "elu"):
         alpha = float(params.pop("alpha", alpha))
     if params:

@@ -33,7 +33,12 @@ _act.defvjp(_act_fwd, _act_bwd)
 
 
 def activation(x, name, **params):
-    """Apply the activation `name` (see API.md) with its parameters, e.g. ("leaky_relu", alpha=0.2)."""
+    """Apply the activation `name` (see API.md) with its parameters, e.g. ("leaky_relu", alpha=0.2);
+    "prelu" takes its per-channel slope: activation(x, "prelu", alpha=a)."""
+    if name == "prelu":
+        if set(params) != {"alpha"}:
+            raise ValueError(f"activation 'prelu' takes exactly one parameter, alpha; got {sorted(params)}")
+        return prelu(x, params["alpha"])
     code, alpha = activation_from_name(name, params, "activation")
     x = jnp.asarray(x)
     check_float("x", x, name)

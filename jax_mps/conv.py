@@ -18,14 +18,9 @@ import jax
 import jax.numpy as jnp
 
 from . import _ffi
-from ._validate import GRAD_FROM_OUTPUT, activation_code, check_float, check_rank, int_tuple, padding_pairs
+from ._validate import ACT_NONE, activation_code, check_float, check_rank, grad_from_output, int_tuple, padding_pairs
 
 __all__ = ["conv2d", "conv1d", "conv_transpose2d", "dense"]
-
-
-def _from_output(code: int, alpha: float) -> bool:
-    # leaky_relu / elu with alpha >= 0 are monotone: the sign of y gives the branch.
-    return code in GRAD_FROM_OUTPUT or (code in (3, 4) and alpha >= 0)
 
 
 # cfg = (family, out_shape, attrs): all static; attrs is a tuple of (name, value) pairs that
@@ -40,12 +35,12 @@ def _op(x, w, b, cfg):
 def _op_fwd(x, w, b, cfg):
     family, out_shape, attrs = cfg
     a = dict(attrs)
-    if _from_output(a["act"], a["alpha"]):
+    if grad_from_output(a["act"], a["alpha"]):
         y = _op(x, w, b, cfg)
         return y, (x, w, b, y)
     # The derivative needs the pre-activation z: keep it, apply the activation as its own pass.
     z = _ffi.call(f"jax_mps_{family}_fwd", _ffi.spec(out_shape, x.dtype), x, w, b,
-                  fold=[True, False, False], **{**a, "act": 0, "alpha": 0.0})
+                  fold=[True, False, False], **{**a, "act": ACT_NONE, "alpha": 0.0})
     y = _ffi.call("jax_mps_activation_fwd", _ffi.spec(z.shape, z.dtype), z, fold=[True],
                   act=a["act"], alpha=a["alpha"])
     return y, (x, w, b, z)
@@ -55,11 +50,11 @@ def _op_bwd(cfg, res, g):
     family, _, attrs = cfg
     x, w, b, s = res
     a = dict(attrs)
-    a["from_output"] = int(_from_output(a["act"], a["alpha"]))
-    if a["act"] == 0:
+    a["from_output"] = int(grad_from_output(a["act"], a["alpha"]))
+    if a["act"] == ACT_NONE:
         s = g  # unused by the kernels; avoids keeping an extra buffer alive
     dx = _ffi.call(f"jax_mps_{family}_bwd_data", _ffi.spec(x.shape, x.dtype), s, g, w,
-                   fold=[True, True, False], **a)
+                   fold=[True, True, False], **{k: v for k, v in a.items() if k != "has_bias"})
     # dw and db are reduced over the batch: no vmap folding.
     dw, db = _ffi.call(f"jax_mps_{family}_bwd_weights", (_ffi.spec(w.shape, w.dtype), _ffi.spec(b.shape, b.dtype)),
                        x, s, g, fold=None, **a)
@@ -84,7 +79,7 @@ def _common(op, x, w, b, activation, accumulate, cout):
         check_float("b", b, op)
         if b.shape != (cout,):
             raise ValueError(f"{op}: `b` must have shape ({cout},), got {b.shape}")
-    return x, w.astype(x.dtype), b.astype(x.dtype), code, alpha, has_bias
+    return x, w.astype(x.dtype), b.astype(x.dtype), code, alpha, has_bias, int(accumulate == "float16")
 
 
 def _conv_nd(op, x, w, b, stride, padding, dilation, groups, activation, accumulate, nsp):
@@ -107,7 +102,7 @@ def _conv_nd(op, x, w, b, stride, padding, dilation, groups, activation, accumul
     dilation = int_tuple("dilation", dilation, nsp, op)
     spatial, window = x.shape[1:-1], w.shape[:-2]
     pads = padding_pairs(padding, spatial, window, stride, dilation, op)
-    x, w, b, code, alpha, has_bias = _common(op, x, w, b, activation, accumulate, cout)
+    x, w, b, code, alpha, has_bias, acc = _common(op, x, w, b, activation, accumulate, cout)
     if nsp == 1:  # 1-D as 2-D with H = 1
         x, w = x[:, None], w[None]
         stride, dilation, pads, spatial, window = (1,) + stride, (1,) + dilation, ((0, 0),) + pads, \
@@ -127,7 +122,7 @@ def _conv_nd(op, x, w, b, stride, padding, dilation, groups, activation, accumul
                          f"kernel {tuple(window[2 - nsp:])}, padding {pads[2 - nsp:]}); it must be >= 1")
     attrs = (("stride", stride), ("pad_lo", tuple(p[0] for p in pads)), ("pad_hi", tuple(p[1] for p in pads)),
              ("dilation", dilation), ("groups", groups), ("transpose", 0), ("act", code), ("alpha", alpha),
-             ("has_bias", has_bias))
+             ("has_bias", has_bias), ("accumulate", acc))
     y = _op(x, w, b, ("conv", (x.shape[0],) + tuple(out) + (cout,), attrs))
     return y[:, 0] if nsp == 1 else y
 
@@ -200,7 +195,7 @@ def conv_transpose2d(x, w, b=None, *, stride=1, padding="SAME", dilation=1, acti
     dilation = int_tuple("dilation", dilation, 2, op)
     window = w.shape[:2]
     pads = _transpose_pads(padding, window, stride, dilation, op)
-    x, w, b, code, alpha, has_bias = _common(op, x, w, b, activation, accumulate, cout)
+    x, w, b, code, alpha, has_bias, acc = _common(op, x, w, b, activation, accumulate, cout)
     spatial = x.shape[1:3]
     full = [(i - 1) * s + 1 + lo + hi - ((k - 1) * d + 1) + 1
             for i, k, s, d, (lo, hi) in zip(spatial, window, stride, dilation, pads)]
@@ -214,7 +209,7 @@ def conv_transpose2d(x, w, b=None, *, stride=1, padding="SAME", dilation=1, acti
     out = [(i - 1) * s + 1 + lo + hi - e + 1 for i, s, (lo, hi), e in zip(spatial, stride, core, ek)]
     attrs = (("stride", stride), ("pad_lo", tuple(p[0] for p in core)), ("pad_hi", tuple(p[1] for p in core)),
              ("dilation", dilation), ("groups", 1), ("transpose", 1), ("act", code), ("alpha", alpha),
-             ("has_bias", has_bias))
+             ("has_bias", has_bias), ("accumulate", acc))
     y = _op(x, w, b, ("conv", (x.shape[0],) + tuple(out) + (cout,), attrs))
     if all(e == (0, 0) for e in extra):
         return y
@@ -225,7 +220,7 @@ def conv_transpose2d(x, w, b=None, *, stride=1, padding="SAME", dilation=1, acti
     if any(g for pair in grow for g in pair):
         from .activations import activation as _activation
         fill = b if has_bias else jnp.zeros((cout,), x.dtype)
-        if code:
+        if code != ACT_NONE:
             name = activation[0] if isinstance(activation, (tuple, list)) else activation
             params = activation[1] if isinstance(activation, (tuple, list)) else {}
             fill = _activation(fill, name, **params)
@@ -249,9 +244,9 @@ def dense(x, w, b=None, *, activation=None, accumulate=None):
     if x.shape[-1] < 1:
         raise ValueError(f"{op}: In must be >= 1, got x {tuple(x.shape)}")
     cout = w.shape[1]
-    x, w, b, code, alpha, has_bias = _common(op, x, w, b, activation, accumulate, cout)
+    x, w, b, code, alpha, has_bias, acc = _common(op, x, w, b, activation, accumulate, cout)
     lead = x.shape[:-1]
     x2 = x.reshape((-1, x.shape[-1]))
-    attrs = (("act", code), ("alpha", alpha), ("has_bias", has_bias))
+    attrs = (("act", code), ("alpha", alpha), ("has_bias", has_bias), ("accumulate", acc))
     y = _op(x2, w, b, ("dense", (x2.shape[0], cout), attrs))
     return y.reshape(lead + (cout,))

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _ffi
+from ._runtime import contract
 from ._validate import check_float, check_rank, check_shape, int32_ids
 
 __all__ = [
@@ -19,10 +20,13 @@ __all__ = [
     "huber_loss", "hinge_loss", "kl_divergence",
 ]
 
-# Codes match csrc/runtime/losses.h (LossKind, Reduction).
-_SOFTMAX_CE, _SIGMOID_CE, _MSE, _MAE, _HUBER, _HINGE, _KL = range(7)
-_REDUCTIONS = {"none": 0, "sum": 1, "mean": 2, "sum_by_nonzero_weights": 3}
-_NONE = 0
+# Loss and reduction codes come from the runtime (csrc/runtime/losses.h).
+_K = contract.LOSSES
+_SOFTMAX_CE, _SIGMOID_CE, _MSE, _MAE, _HUBER, _HINGE, _KL = (
+    _K["softmax_cross_entropy"], _K["sigmoid_cross_entropy"], _K["mse"], _K["mae"], _K["huber"], _K["hinge"],
+    _K["kl_divergence"])
+_REDUCTIONS = dict(contract.REDUCTIONS)
+_NONE = _REDUCTIONS["none"]
 
 
 def _loss_call(pred, target, weights, kind, reduction, param, keep_lse):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _ffi
-from ._validate import GRAD_FROM_OUTPUT, activation_code, check_float, check_shape
+from ._validate import ACT_NONE, activation_code, check_float, check_shape, grad_from_output
 
 __all__ = ["batch_norm", "batch_norm_inference", "instance_norm", "local_response_norm"]
 
@@ -18,8 +18,9 @@ def _vec(x, c):
     return _ffi.spec((c,), x.dtype)
 
 
-def _from_output(code):
-    return code != 0 and code in GRAD_FROM_OUTPUT
+def _from_output(code, alpha):
+    # Without an activation the backward needs neither y nor z: keep nothing extra.
+    return code != ACT_NONE and grad_from_output(code, alpha)
 
 
 # ---- batch norm, training mode ----
@@ -36,7 +37,7 @@ def _bn_fwd(x, scale, bias, eps, code, alpha):
                                                               _vec(x, c)),
                                    x, scale, bias, epsilon=eps, act=code, alpha=alpha)
     # y is kept only when the activation's derivative is a function of it; otherwise z is recomputed.
-    return (y, mean, var), (x, scale, bias, mean, rstd, y if _from_output(code) else None)
+    return (y, mean, var), (x, scale, bias, mean, rstd, y if _from_output(code, alpha) else None)
 
 
 def _bn_bwd(eps, code, alpha, res, cts):
@@ -102,7 +103,7 @@ def _bni(x, scale, bias, mean, var, eps, code, alpha):
 
 def _bni_fwd(x, scale, bias, mean, var, eps, code, alpha):
     y = _bni(x, scale, bias, mean, var, eps, code, alpha)
-    return y, (x, scale, bias, mean, var, y if _from_output(code) else None)
+    return y, (x, scale, bias, mean, var, y if _from_output(code, alpha) else None)
 
 
 def _bni_bwd(eps, code, alpha, res, g):

@@ -16,14 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _runtime  # noqa: F401  (registers the targets)
+from ._runtime import contract  # (importing _runtime registers the targets)
 
 __all__ = ["sgd", "adam", "adamw", "rmsprop", "SgdState", "AdamState", "RmspropState"]
 
 _STEP = "jax_mps_optim_step_fwd"
 _SQNORM = "jax_mps_optim_sqnorm_fwd"
 _FLOATS = (jnp.dtype(jnp.float32), jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
-_RULES = {"sgd": 0, "adam": 1, "rmsprop": 2}
+_RULES = contract.OPTIM_RULES  # codes from the runtime (csrc/runtime/optim.h)
+_NORM = contract.OPTIM_NORM_MODES
 _INT32_MAX = np.iinfo(np.int32).max
 
 
@@ -171,12 +172,12 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
         groups: dict = {}
         for i, p in enumerate(p_leaves):
             groups.setdefault(jnp.dtype(p.dtype), []).append(i)
-        norm_mode = 0
+        norm_mode = _NORM["none"]
         sqnorm = jnp.zeros([], jnp.float32)
         if common["clip_norm"] > 0:
-            norm_mode = 1
+            norm_mode = _NORM["internal"]
             if len(groups) > 1:  # the norm spans every group: sum each group's squared norm first
-                norm_mode = 2
+                norm_mode = _NORM["external"]
                 parts = [jax.ffi.ffi_call(_SQNORM, jax.ShapeDtypeStruct((), jnp.float32))(
                     *[g_leaves[i] for i in idx], rescale=attrs["rescale"], clip_value=attrs["clip_value"])
                     for idx in groups.values()]

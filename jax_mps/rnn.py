@@ -15,19 +15,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _ffi
+from ._runtime import contract
 from ._validate import check_float, int32_ids
 
 __all__ = ["lstm", "gru", "rnn", "init_lstm", "init_gru", "init_rnn"]
 
-# Cell codes and gate counts; must match csrc/runtime/rnn.h.
-_LSTM, _GRU, _TANH, _RELU = 0, 1, 2, 3
-_GATES = {_LSTM: 4, _GRU: 3, _TANH: 1, _RELU: 1}
+# Cell codes, gate counts and the workspace size come from the runtime (csrc/runtime/rnn.h).
+_CELLS = contract.RNN_CELLS
+_LSTM, _GRU, _TANH, _RELU = _CELLS["lstm"], _CELLS["gru"], _CELLS["rnn_tanh"], _CELLS["rnn_relu"]
+_GATES = contract.RNN_GATES
 _KEYS = ("w_ih", "w_hh", "b_ih", "b_hh")
-
-
-def _workspace_size(cell, L, D, H, T, B):
-    width = {_LSTM: 7, _GRU: 5}.get(cell, 2) * H
-    return L * D * T * B * width + (L - 1) * T * B * D * H
+_workspace_size = contract.rnn_workspace_size
 
 
 # ----------------------------------------------------------------------------- initialisation

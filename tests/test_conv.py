@@ -195,7 +195,8 @@ def test_bad_input():
 def _attrs(**over):
     a = dict(stride=np.array([1, 1], np.int64), pad_lo=np.array([1, 1], np.int64),
              pad_hi=np.array([1, 1], np.int64), dilation=np.array([1, 1], np.int64), groups=np.int64(1),
-             transpose=np.int64(0), act=np.int64(0), alpha=np.float32(0), has_bias=np.int64(1))
+             transpose=np.int64(0), act=np.int64(0), alpha=np.float32(0), has_bias=np.int64(1),
+             accumulate=np.int64(0))
     a.update(over)
     return a
 
@@ -217,11 +218,11 @@ def test_cpp_validates():
         call((2, 5, 5, 6), x, w, b, act=np.int64(42))
     with pytest.raises(Exception, match="2 entries"):
         call((2, 5, 5, 6), x, w, b, stride=np.array([1], np.int64))
-    with pytest.raises(Exception, match="cannot take its gradient from the output"):
+    with pytest.raises(Exception, match="cannot be differentiated from its output"):
         jax.ffi.ffi_call("jax_mps_dense_bwd_data", jax.ShapeDtypeStruct((3, 4), jnp.float32))(
             jnp.ones((3, 2)), jnp.ones((3, 2)), jnp.ones((4, 2)), act=np.int64(10), alpha=np.float32(0),
-            has_bias=np.int64(0), from_output=np.int64(1))
+            from_output=np.int64(1), accumulate=np.int64(0))
     with pytest.raises(Exception, match="w must have shape"):
         jax.ffi.ffi_call("jax_mps_dense_fwd", jax.ShapeDtypeStruct((3, 2), jnp.float32))(
             jnp.ones((3, 4)), jnp.ones((5, 2)), jnp.ones((2,)), act=np.int64(0), alpha=np.float32(0),
-            has_bias=np.int64(1))
+            has_bias=np.int64(1), accumulate=np.int64(0))

@@ -163,6 +163,9 @@ def _slow_step(state, batch):
     return m, jnp.sum(m) + jnp.sum(batch)
 
 
+# The "slow" step is sized for a CPU: an H200 finishes it before the next dispatch, so the
+# run-ahead half of the check cannot be observed there.
+@pytest.mark.cpu_only
 def test_device_never_more_than_two_steps_ahead():
     # Observe real completion with Array.is_ready(): before step i is dispatched, step i-2 is done;
     # and the loop does run ahead (step i-1 is usually still running when step i goes out).

@@ -5,10 +5,10 @@
 #include <cmath>
 #include <cstring>
 
-#include "cpu/dnnl_common.h"
+#include "cpu/backend.h"
 #include "cpu/eltwise.h"
+#include "cpu/f32.h"
 #include "cpu/kernel_util.h"
-#include "runtime/registry.h"
 
 namespace jax_mps::cpu {
 
@@ -221,78 +221,6 @@ void ActBackward(Act act, float alpha, int64_t n, const float* s, const float* d
 
 namespace {
 
-ffi::Error CheckAct(int64_t act) {
-  JAX_MPS_CHECK(ValidAct(act), "activation: unknown activation code ", act);
-  return ffi::Error::Success();
-}
-
-ffi::Error ActFwd(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, int64_t act, float alpha) {
-  JAX_MPS_RETURN_IF_ERROR(CheckAct(act));
-  return Guard("activation_fwd", [&] {
-    ActForward(static_cast<Act>(act), alpha, x.element_count(), x.typed_data(), y->typed_data());
-    return ffi::Error::Success();
-  });
-}
-
-ffi::Error ActBwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx,
-                  int64_t act, float alpha) {
-  JAX_MPS_RETURN_IF_ERROR(CheckAct(act));
-  JAX_MPS_CHECK(x.element_count() == dy.element_count(), "activation_bwd: x has ",
-                x.element_count(), " elements but dy has ", dy.element_count());
-  return Guard("activation_bwd", [&] {
-    ActBackward(static_cast<Act>(act), alpha, x.element_count(), x.typed_data(), dy.typed_data(),
-                dx->typed_data(), false);
-    return ffi::Error::Success();
-  });
-}
-
-// PReLU with a per-channel slope over the last axis: y = x > 0 ? x : alpha[c] * x.
-ffi::Error CheckPrelu(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& alpha, int64_t* c) {
-  auto xd = x.dimensions();
-  JAX_MPS_CHECK(xd.size() >= 1, "prelu: x must have rank >= 1");
-  *c = xd.back();
-  JAX_MPS_CHECK(static_cast<int64_t>(alpha.element_count()) == *c, "prelu: alpha must have shape (", *c, ",), got ",
-                DimsStr(alpha.dimensions()));
-  return ffi::Error::Success();
-}
-
-ffi::Error PreluFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> alpha, ffi::ResultBuffer<ffi::F32> y) {
-  int64_t c = 0;
-  JAX_MPS_RETURN_IF_ERROR(CheckPrelu(x, alpha, &c));
-  const int64_t rows = c ? x.element_count() / c : 0;
-  const float* xp = x.typed_data();
-  const float* ap = alpha.typed_data();
-  float* yp = y->typed_data();
-#pragma omp parallel for if (rows * c > 65536)
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < c; ++j) {
-      float v = xp[r * c + j];
-      yp[r * c + j] = v > 0.f ? v : ap[j] * v;
-    }
-  return ffi::Error::Success();
-}
-
-ffi::Error PreluBwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> alpha, ffi::Buffer<ffi::F32> dy,
-                    ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dalpha) {
-  int64_t c = 0;
-  JAX_MPS_RETURN_IF_ERROR(CheckPrelu(x, alpha, &c));
-  JAX_MPS_CHECK(dy.element_count() == x.element_count(), "prelu_bwd: dy/x size mismatch");
-  const int64_t rows = c ? x.element_count() / c : 0;
-  const float* xp = x.typed_data();
-  const float* ap = alpha.typed_data();
-  const float* g = dy.typed_data();
-  float* dxp = dx->typed_data();
-  float* dap = dalpha->typed_data();
-  for (int64_t j = 0; j < c; ++j) dap[j] = 0.f;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < c; ++j) {
-      float v = xp[r * c + j], gv = g[r * c + j];
-      dxp[r * c + j] = v > 0.f ? gv : ap[j] * gv;
-      if (!(v > 0.f)) dap[j] += gv * v;  // NaN x reaches alpha, as jnp.where
-    }
-  return ffi::Error::Success();
-}
-
 // Softmax / log-softmax over axis 1 of x viewed as (outer, axis, inner), as jax.nn: shifted by
 // the axis max, and a slice holding NaN or +inf (or all -inf: -inf - -inf) is all NaN (oneDNN's
 // max drops NaN, and it gave [0, NaN, 0] for a +inf row). Vectorised over the axis when inner
@@ -433,66 +361,76 @@ void SoftmaxBackward(int64_t o, int64_t a, int64_t in, const float* y, const flo
   });
 }
 
-ffi::Error SoftmaxView(ffi::Span<const int64_t> d, int64_t axis, int64_t* o, int64_t* a, int64_t* in) {
-  JAX_MPS_CHECK(axis >= 0 && axis < static_cast<int64_t>(d.size()), "softmax: axis ", axis,
-                " out of range for shape ", DimsStr(d));
-  *o = 1;
-  *in = 1;
-  for (int64_t i = 0; i < axis; ++i) *o *= d[i];
-  *a = d[axis];
-  for (size_t i = axis + 1; i < d.size(); ++i) *in *= d[i];
+}  // namespace
+}  // namespace jax_mps::cpu
+
+namespace jax_mps {
+
+using namespace cpu;
+
+ffi::Error Cpu::ActivationFwd(Ctx, Buf x, Buf y, Act act, float alpha) {
+  F32In xf(x);
+  F32Out yf(y);
+  ActForward(act, alpha, x.element_count(), xf.get(), yf.get());
   return ffi::Error::Success();
 }
 
-ffi::Error SoftmaxFwd(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, int64_t axis, int64_t log) {
-  int64_t o = 0, a = 0, in = 0;
-  JAX_MPS_RETURN_IF_ERROR(SoftmaxView(x.dimensions(), axis, &o, &a, &in));
+ffi::Error Cpu::ActivationBwd(Ctx, Buf x, Buf dy, Buf dx, Act act, float alpha) {
+  F32In xf(x), dyf(dy);
+  F32Out dxf(dx);
+  ActBackward(act, alpha, x.element_count(), xf.get(), dyf.get(), dxf.get(), false);
+  return ffi::Error::Success();
+}
+
+ffi::Error Cpu::PreluFwd(Ctx, const PreluDesc& d, Buf x, Buf alpha, Buf y) {
+  F32In xf(x), af(alpha);
+  F32Out yf(y);
+  const int64_t rows = d.rows, c = d.c;
+  const float* xp = xf.get();
+  const float* ap = af.get();
+  float* yp = yf.get();
+#pragma omp parallel for if (rows * c > 65536)
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < c; ++j) {
+      float v = xp[r * c + j];
+      yp[r * c + j] = v > 0.f ? v : ap[j] * v;
+    }
+  return ffi::Error::Success();
+}
+
+ffi::Error Cpu::PreluBwd(Ctx, const PreluDesc& d, Buf x, Buf alpha, Buf dy, Buf dx, Buf dalpha) {
+  F32In xf(x), af(alpha), gf(dy);
+  F32Out dxf(dx), daf(dalpha);
+  const int64_t rows = d.rows, c = d.c;
+  const float* xp = xf.get();
+  const float* ap = af.get();
+  const float* g = gf.get();
+  float* dxp = dxf.get();
+  float* dap = daf.get();
+  for (int64_t j = 0; j < c; ++j) dap[j] = 0.f;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < c; ++j) {
+      float v = xp[r * c + j], gv = g[r * c + j];
+      dxp[r * c + j] = v > 0.f ? gv : ap[j] * gv;
+      if (!(v > 0.f)) dap[j] += gv * v;  // NaN x reaches alpha, as jnp.where
+    }
+  return ffi::Error::Success();
+}
+
+ffi::Error Cpu::SoftmaxFwd(Ctx, const SoftmaxDesc& d, Buf x, Buf y) {
   if (x.element_count() == 0) return ffi::Error::Success();
-  return Guard("softmax_fwd", [&] {
-    SoftmaxForward(o, a, in, x.typed_data(), y->typed_data(), log != 0);
-    return ffi::Error::Success();
-  });
+  F32In xf(x);
+  F32Out yf(y);
+  SoftmaxForward(d.outer, d.axis, d.inner, xf.get(), yf.get(), d.log);
+  return ffi::Error::Success();
 }
 
-ffi::Error SoftmaxBwd(ffi::Buffer<ffi::F32> y, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx,
-                      int64_t axis, int64_t log) {
-  int64_t o = 0, a = 0, in = 0;
-  JAX_MPS_RETURN_IF_ERROR(SoftmaxView(y.dimensions(), axis, &o, &a, &in));
-  JAX_MPS_CHECK(dy.element_count() == y.element_count(), "softmax_bwd: dy/y size mismatch");
+ffi::Error Cpu::SoftmaxBwd(Ctx, const SoftmaxDesc& d, Buf y, Buf dy, Buf dx) {
   if (y.element_count() == 0) return ffi::Error::Success();
-  return Guard("softmax_bwd", [&] {
-    SoftmaxBackward(o, a, in, y.typed_data(), dy.typed_data(), dx->typed_data(), log != 0);
-    return ffi::Error::Success();
-  });
+  F32In yf(y), dyf(dy);
+  F32Out dxf(dx);
+  SoftmaxBackward(d.outer, d.axis, d.inner, yf.get(), dyf.get(), dxf.get(), d.log);
+  return ffi::Error::Success();
 }
 
-}  // namespace
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kActFwd, ActFwd,
-                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("act").Attr<float>("alpha"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kActBwd, ActBwd,
-                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>().Attr<int64_t>("act").Attr<float>("alpha"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kPreluFwd, PreluFwd,
-                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kPreluBwd, PreluBwd,
-                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kSoftmaxFwd, SoftmaxFwd,
-                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("axis").Attr<int64_t>("log"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kSoftmaxBwd, SoftmaxBwd,
-                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>().Attr<int64_t>("axis").Attr<int64_t>("log"));
-
-JAX_MPS_REGISTER("jax_mps_activation_fwd", "cpu", kActFwd);
-JAX_MPS_REGISTER("jax_mps_activation_bwd", "cpu", kActBwd);
-JAX_MPS_REGISTER("jax_mps_prelu_fwd", "cpu", kPreluFwd);
-JAX_MPS_REGISTER("jax_mps_prelu_bwd", "cpu", kPreluBwd);
-JAX_MPS_REGISTER("jax_mps_softmax_fwd", "cpu", kSoftmaxFwd);
-JAX_MPS_REGISTER("jax_mps_softmax_bwd", "cpu", kSoftmaxBwd);
-
-}  // namespace jax_mps::cpu
+}  // namespace jax_mps

@@ -1,19 +1,17 @@
-// Convolution (1-D as 2-D with H = 1), transposed convolution and dense on the CPU (oneDNN).
-// Three targets per op: fwd (bias + activation fused as oneDNN post-ops), bwd_data (dx) and
-// bwd_weights (dw, db). Each backward first turns dy into dz = dy * act'(.) from the saved
-// output y (ActGradFromOutput) or pre-activation z. Split so XLA drops the dx call when the
-// input needs no gradient (a network's first layer).
+// Convolution (1-D as 2-D with H = 1), transposed convolution and dense on the CPU (oneDNN), the
+// targets of runtime/conv.h. Bias and activation are fused as oneDNN post-ops; each backward first
+// turns dy into dz = dy * act'(.) from the saved output y (ActGradFromOutput) or pre-activation z.
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include <omp.h>
 
+#include "cpu/backend.h"
 #include "cpu/dnnl_common.h"
 #include "cpu/eltwise.h"
+#include "cpu/f32.h"
 #include "cpu/kernel_util.h"
-#include "runtime/conv.h"
-#include "runtime/registry.h"
 
 namespace jax_mps::cpu {
 namespace {
@@ -29,13 +27,6 @@ dnnl::primitive_attr ActAttr(Act act, float /*alpha*/, bool* after) {
   return UserAttr();
 }
 
-ffi::Error CheckAct(const char* op, int64_t act, float alpha, int64_t from_output) {
-  JAX_MPS_CHECK(ValidAct(act), op, ": unknown activation code ", act);
-  JAX_MPS_CHECK(!from_output || ActGradFromOutput(static_cast<Act>(act), alpha), op,
-                ": activation ", act, " cannot take its gradient from the output");
-  return ffi::Error::Success();
-}
-
 // Per-thread scratch (XLA:CPU may run custom calls on several threads at once).
 float* Scratch(int slot, size_t n) {
   thread_local ScratchBuffer<float> buf[2];
@@ -43,14 +34,14 @@ float* Scratch(int slot, size_t n) {
 }
 
 // dz = dy * act'(s); returns dy itself when there is no activation.
-const float* ActGrad(int64_t act, float alpha, int64_t from_output, int64_t n, const float* s, const float* dy) {
-  if (static_cast<Act>(act) == Act::kNone) return dy;
+const float* ActGrad(const FusedDesc& f, int64_t n, const float* s, const float* dy) {
+  if (f.act == Act::kNone) return dy;
   float* dz = Scratch(0, n);
-  if (static_cast<Act>(act) == Act::kRelu && from_output) {
+  if (f.act == Act::kRelu && f.from_output) {
     ReluGradFromOutput(n, s, dy, dz);  // the common case inline: no OpenMP region for a memory-bound loop
     return dz;
   }
-  ActBackward(static_cast<Act>(act), alpha, n, s, dy, dz, from_output != 0);
+  ActBackward(f.act, f.alpha, n, s, dy, dz, f.from_output);
   return dz;
 }
 
@@ -372,259 +363,169 @@ dnnl::primitive BwdWeightsPrim(const ConvMds& m, bool has_bias) {
                : Pd(Engine(), P::kAlg, m.src, m.wei, m.dst, m.strides, m.dilates, m.pl, m.pr, hint, UserAttr()));
 }
 
-PlanKey ConvKey(int64_t kind, const ConvDesc& c, int64_t has_bias, int64_t act = 0, float alpha = 0.f) {
+PlanKey ConvKey(int64_t kind, const ConvDesc& c, bool has_bias, Act act = Act::kNone, float alpha = 0.f) {
   PlanKey key;
   key.add(kind);
   c.AddTo(key);
-  key.add(has_bias).add(act).add(static_cast<double>(alpha));
+  key.add(int64_t(has_bias)).add(static_cast<int64_t>(act)).add(static_cast<double>(alpha));
   return key;
 }
 
-#define CONV_ATTRS                                                                                   \
-  ffi::Span<const int64_t> stride, ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi, \
-      ffi::Span<const int64_t> dilation, int64_t groups, int64_t transpose, int64_t act, float alpha, \
-      int64_t has_bias
+// The saved activation operand (ignored, and possibly any size, when there is no activation).
+const float* SavedOrNull(const F32In& s, const FusedDesc& f) { return f.act == Act::kNone ? nullptr : s.get(); }
 
-ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
-                   ffi::ResultBuffer<ffi::F32> y, CONV_ATTRS) {
-  const char* op = transpose ? "conv_transpose_fwd" : "conv_fwd";
-  ConvDesc c;
-  JAX_MPS_RETURN_IF_ERROR(MakeConvDesc(op, x.dimensions(), w.dimensions(), y->dimensions(), stride, pad_lo,
-                                       pad_hi, dilation, groups, transpose != 0, &c));
-  JAX_MPS_RETURN_IF_ERROR(CheckAct(op, act, alpha, 0));
-  JAX_MPS_CHECK(static_cast<int64_t>(b.element_count()) == (has_bias ? c.oc : 0), op, ": b must have shape (",
-                has_bias ? c.oc : 0, ",), got ", DimsStr(b.dimensions()));
-  if (y->element_count() == 0) return ffi::Error::Success();
-  return Guard(op, [&] {
-    static PlanCache<ConvPlan> cache;
-    auto plan = cache.Get(ConvKey(0, c, has_bias, act, alpha), [&] {
-      ConvPlan p;
-      p.m = MakeMds(c, has_bias != 0);
-      auto attr = ActAttr(static_cast<Act>(act), alpha, &p.act_after);
-      if (c.transpose)
-        p.prim = dnnl::deconvolution_forward(FwdPd<DeconvPrims>(p.m, has_bias != 0, attr));
-      else
-        p.prim = dnnl::convolution_forward(FwdPd<ConvPrims>(p.m, has_bias != 0, attr));
-      return p;
-    });
-    const float* wp = w.typed_data();
-    if (c.transpose) {
-      float* f = Scratch(1, w.element_count());
-      Flip(c, wp, f);
-      wp = f;
-    }
-    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, Mem(plan->m.src, x.typed_data())},
-                                         {DNNL_ARG_WEIGHTS, Mem(plan->m.wei, wp)},
-                                         {DNNL_ARG_DST, Mem(plan->m.dst, y->typed_data())}};
-    if (has_bias) args.emplace(DNNL_ARG_BIAS, Mem(plan->m.bias, b.typed_data()));
-    Exec(plan->prim, std::move(args));
-    if (plan->act_after)
-      ActForward(static_cast<Act>(act), alpha, y->element_count(), y->typed_data(), y->typed_data());
-    return ffi::Error::Success();
+}  // namespace
+}  // namespace jax_mps::cpu
+
+namespace jax_mps {
+
+using namespace cpu;
+
+ffi::Error Cpu::ConvFwd(Ctx, const ConvDesc& c, Buf x, Buf w, Buf b, Buf y) {
+  if (y.element_count() == 0) return ffi::Error::Success();
+  F32In xf(x), wf(w), bf(b);
+  F32Out yf(y);
+  static PlanCache<ConvPlan> cache;
+  auto plan = cache.Get(ConvKey(0, c, c.has_bias, c.act, c.alpha), [&] {
+    ConvPlan p;
+    p.m = MakeMds(c, c.has_bias);
+    auto attr = ActAttr(c.act, c.alpha, &p.act_after);
+    if (c.transpose)
+      p.prim = dnnl::deconvolution_forward(FwdPd<DeconvPrims>(p.m, c.has_bias, attr));
+    else
+      p.prim = dnnl::convolution_forward(FwdPd<ConvPrims>(p.m, c.has_bias, attr));
+    return p;
   });
+  const float* wp = wf.get();
+  if (c.transpose) {
+    float* f = Scratch(1, w.element_count());
+    Flip(c, wp, f);
+    wp = f;
+  }
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, Mem(plan->m.src, xf.get())},
+                                       {DNNL_ARG_WEIGHTS, Mem(plan->m.wei, wp)},
+                                       {DNNL_ARG_DST, Mem(plan->m.dst, yf.get())}};
+  if (c.has_bias) args.emplace(DNNL_ARG_BIAS, Mem(plan->m.bias, bf.get()));
+  Exec(plan->prim, std::move(args));
+  if (plan->act_after) ActForward(c.act, c.alpha, y.element_count(), yf.get(), yf.get());
+  return ffi::Error::Success();
 }
 
-// dx from the saved activation operand s (y or z), dy and w.
-ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> s, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
-                       ffi::ResultBuffer<ffi::F32> dx, CONV_ATTRS, int64_t from_output) {
-  const char* op = transpose ? "conv_transpose_bwd_data" : "conv_bwd_data";
-  ConvDesc c;
-  JAX_MPS_RETURN_IF_ERROR(MakeConvDesc(op, dx->dimensions(), w.dimensions(), dy.dimensions(), stride, pad_lo,
-                                       pad_hi, dilation, groups, transpose != 0, &c));
-  JAX_MPS_RETURN_IF_ERROR(CheckAct(op, act, alpha, from_output));
-  JAX_MPS_CHECK(act == 0 || s.element_count() == dy.element_count(), op, ": s must match dy ",
-                DimsStr(dy.dimensions()), ", got ", DimsStr(s.dimensions()));
-  if (dx->element_count() == 0) return ffi::Error::Success();
+ffi::Error Cpu::ConvBwdData(Ctx, const ConvDesc& c, Buf s, Buf dy, Buf w, Buf dx) {
+  if (dx.element_count() == 0) return ffi::Error::Success();
+  F32Out dxf(dx);
   if (dy.element_count() == 0) {
-    std::memset(dx->typed_data(), 0, dx->size_bytes());
+    std::memset(dxf.get(), 0, dx.element_count() * sizeof(float));
     return ffi::Error::Success();
   }
-  return Guard(op, [&] {
-    if (UseIm2Col(c)) {
-      Im2ColBwdData(c, s.typed_data(), dy.typed_data(), w.typed_data(), static_cast<Act>(act), alpha,
-                    from_output != 0, dx->typed_data());
-      return ffi::Error::Success();
-    }
-    static PlanCache<ConvPlan> cache;
-    auto plan = cache.Get(ConvKey(1, c, 0), [&] {
-      ConvPlan p;
-      p.m = MakeMds(c, false);
-      p.prim = c.transpose ? BwdDataPrim<DeconvPrims>(p.m) : BwdDataPrim<ConvPrims>(p.m);
-      return p;
-    });
-    const float* dz = ActGrad(act, alpha, from_output, dy.element_count(), s.typed_data(), dy.typed_data());
-    const float* wp = w.typed_data();
-    if (c.transpose) {
-      float* f = Scratch(1, w.element_count());
-      Flip(c, wp, f);
-      wp = f;
-    }
-    Exec(plan->prim, {{DNNL_ARG_DIFF_DST, Mem(plan->m.dst, dz)},
-                                  {DNNL_ARG_WEIGHTS, Mem(plan->m.wei, wp)},
-                                  {DNNL_ARG_DIFF_SRC, Mem(plan->m.src, dx->typed_data())}});
+  F32In sf(s), dyf(dy), wf(w);
+  const float* sp = SavedOrNull(sf, c);
+  if (UseIm2Col(c)) {
+    Im2ColBwdData(c, sp, dyf.get(), wf.get(), c.act, c.alpha, c.from_output, dxf.get());
     return ffi::Error::Success();
+  }
+  static PlanCache<ConvPlan> cache;
+  auto plan = cache.Get(ConvKey(1, c, false), [&] {
+    ConvPlan p;
+    p.m = MakeMds(c, false);
+    p.prim = c.transpose ? BwdDataPrim<DeconvPrims>(p.m) : BwdDataPrim<ConvPrims>(p.m);
+    return p;
   });
+  const float* dz = ActGrad(c, dy.element_count(), sp, dyf.get());
+  const float* wp = wf.get();
+  if (c.transpose) {
+    float* f = Scratch(1, w.element_count());
+    Flip(c, wp, f);
+    wp = f;
+  }
+  Exec(plan->prim, {{DNNL_ARG_DIFF_DST, Mem(plan->m.dst, dz)},
+                    {DNNL_ARG_WEIGHTS, Mem(plan->m.wei, wp)},
+                    {DNNL_ARG_DIFF_SRC, Mem(plan->m.src, dxf.get())}});
+  return ffi::Error::Success();
 }
 
-// dw, db from x, the saved activation operand s and dy.
-ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> s, ffi::Buffer<ffi::F32> dy,
-                          ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db, CONV_ATTRS,
-                          int64_t from_output) {
-  const char* op = transpose ? "conv_transpose_bwd_weights" : "conv_bwd_weights";
-  ConvDesc c;
-  JAX_MPS_RETURN_IF_ERROR(MakeConvDesc(op, x.dimensions(), dw->dimensions(), dy.dimensions(), stride, pad_lo,
-                                       pad_hi, dilation, groups, transpose != 0, &c));
-  JAX_MPS_RETURN_IF_ERROR(CheckAct(op, act, alpha, from_output));
-  JAX_MPS_CHECK(act == 0 || s.element_count() == dy.element_count(), op, ": s must match dy ",
-                DimsStr(dy.dimensions()), ", got ", DimsStr(s.dimensions()));
-  JAX_MPS_CHECK(static_cast<int64_t>(db->element_count()) == (has_bias ? c.oc : 0), op,
-                ": db must have shape (", has_bias ? c.oc : 0, ",)");
+ffi::Error Cpu::ConvBwdWeights(Ctx, const ConvDesc& c, Buf x, Buf s, Buf dy, Buf dw, Buf db) {
+  F32Out dwf(dw), dbf(db);
   if (dy.element_count() == 0 || x.element_count() == 0) {
-    std::memset(dw->typed_data(), 0, dw->size_bytes());
-    if (has_bias) std::memset(db->typed_data(), 0, db->size_bytes());
+    std::memset(dwf.get(), 0, dw.element_count() * sizeof(float));
+    if (c.has_bias) std::memset(dbf.get(), 0, db.element_count() * sizeof(float));
     return ffi::Error::Success();
   }
-  return Guard(op, [&] {
-    if (UseIm2Col(c)) {
-      Im2ColBwdWeights(c, x.typed_data(), s.typed_data(), dy.typed_data(), static_cast<Act>(act), alpha,
-                       from_output != 0, dw->typed_data(), has_bias ? db->typed_data() : nullptr);
-      return ffi::Error::Success();
-    }
-    static PlanCache<ConvPlan> cache;
-    auto plan = cache.Get(ConvKey(2, c, has_bias), [&] {
-      ConvPlan p;
-      p.m = MakeMds(c, has_bias != 0);
-      const bool bias = has_bias != 0;
-      p.prim = c.transpose ? BwdWeightsPrim<DeconvPrims>(p.m, bias) : BwdWeightsPrim<ConvPrims>(p.m, bias);
-      return p;
-    });
-    const float* dz = ActGrad(act, alpha, from_output, dy.element_count(), s.typed_data(), dy.typed_data());
-    float* dwp = c.transpose ? Scratch(1, dw->element_count()) : dw->typed_data();
-    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, Mem(plan->m.src, x.typed_data())},
-                                         {DNNL_ARG_DIFF_DST, Mem(plan->m.dst, dz)},
-                                         {DNNL_ARG_DIFF_WEIGHTS, Mem(plan->m.wei, dwp)}};
-    if (has_bias) args.emplace(DNNL_ARG_DIFF_BIAS, Mem(plan->m.bias, db->typed_data()));
-    Exec(plan->prim, std::move(args));
-    if (c.transpose) Flip(c, dwp, dw->typed_data());
+  F32In xf(x), sf(s), dyf(dy);
+  const float* sp = SavedOrNull(sf, c);
+  if (UseIm2Col(c)) {
+    Im2ColBwdWeights(c, xf.get(), sp, dyf.get(), c.act, c.alpha, c.from_output, dwf.get(),
+                     c.has_bias ? dbf.get() : nullptr);
     return ffi::Error::Success();
+  }
+  static PlanCache<ConvPlan> cache;
+  auto plan = cache.Get(ConvKey(2, c, c.has_bias), [&] {
+    ConvPlan p;
+    p.m = MakeMds(c, c.has_bias);
+    p.prim = c.transpose ? BwdWeightsPrim<DeconvPrims>(p.m, c.has_bias) : BwdWeightsPrim<ConvPrims>(p.m, c.has_bias);
+    return p;
   });
+  const float* dz = ActGrad(c, dy.element_count(), sp, dyf.get());
+  float* dwp = c.transpose ? Scratch(1, dw.element_count()) : dwf.get();
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, Mem(plan->m.src, xf.get())},
+                                       {DNNL_ARG_DIFF_DST, Mem(plan->m.dst, dz)},
+                                       {DNNL_ARG_DIFF_WEIGHTS, Mem(plan->m.wei, dwp)}};
+  if (c.has_bias) args.emplace(DNNL_ARG_DIFF_BIAS, Mem(plan->m.bias, dbf.get()));
+  Exec(plan->prim, std::move(args));
+  if (c.transpose) Flip(c, dwp, dwf.get());
+  return ffi::Error::Success();
 }
 
-ffi::Error DenseFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
-                    ffi::ResultBuffer<ffi::F32> y, int64_t act, float alpha, int64_t has_bias) {
-  DenseDesc d;
-  JAX_MPS_RETURN_IF_ERROR(MakeDenseDesc("dense_fwd", x.dimensions(), w.dimensions(), &d));
-  JAX_MPS_RETURN_IF_ERROR(CheckAct("dense_fwd", act, alpha, 0));
-  JAX_MPS_CHECK(static_cast<int64_t>(b.element_count()) == (has_bias ? d.n : 0), "dense_fwd: b must have shape (",
-                has_bias ? d.n : 0, ",)");
-  JAX_MPS_CHECK(static_cast<int64_t>(y->element_count()) == d.m * d.n, "dense_fwd: y must have ", d.m * d.n,
-                " elements");
-  JAX_MPS_CHECK(d.k >= 1, "dense_fwd: In must be >= 1");
+ffi::Error Cpu::DenseFwd(Ctx, const DenseDesc& d, Buf x, Buf w, Buf b, Buf y) {
   if (d.m == 0 || d.n == 0) return ffi::Error::Success();
-  return Guard("dense_fwd", [&] {
-    ThreadLimit one(d.m * d.n * d.k < kSmallGemm);
-    auto p = GetMatmul(d.m, d.k, d.n, false, false, has_bias != 0, static_cast<Act>(act), alpha);
-    RunMatmul(p, x.typed_data(), w.typed_data(), has_bias ? b.typed_data() : nullptr, y->typed_data());
-    if (p->act_after)
-      ActForward(static_cast<Act>(act), alpha, y->element_count(), y->typed_data(), y->typed_data());
-    return ffi::Error::Success();
-  });
+  F32In xf(x), wf(w), bf(b);
+  F32Out yf(y);
+  ThreadLimit one(d.m * d.n * d.k < kSmallGemm);
+  auto p = GetMatmul(d.m, d.k, d.n, false, false, d.has_bias, d.act, d.alpha);
+  RunMatmul(p, xf.get(), wf.get(), d.has_bias ? bf.get() : nullptr, yf.get());
+  if (p->act_after) ActForward(d.act, d.alpha, y.element_count(), yf.get(), yf.get());
+  return ffi::Error::Success();
 }
 
-ffi::Error DenseBwdData(ffi::Buffer<ffi::F32> s, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
-                        ffi::ResultBuffer<ffi::F32> dx, int64_t act, float alpha, int64_t /*has_bias*/,
-                        int64_t from_output) {
-  DenseDesc d;
-  JAX_MPS_RETURN_IF_ERROR(MakeDenseDesc("dense_bwd_data", dx->dimensions(), w.dimensions(), &d));
-  JAX_MPS_RETURN_IF_ERROR(CheckAct("dense_bwd_data", act, alpha, from_output));
-  JAX_MPS_CHECK(static_cast<int64_t>(dy.element_count()) == d.m * d.n &&
-                    (act == 0 || s.element_count() == dy.element_count()),
-                "dense_bwd_data: dy (and s) must have ", d.m * d.n, " elements");
+ffi::Error Cpu::DenseBwdData(Ctx, const DenseDesc& d, Buf s, Buf dy, Buf w, Buf dx) {
   if (d.m == 0 || d.k == 0) return ffi::Error::Success();
+  F32Out dxf(dx);
   if (d.n == 0) {
-    std::memset(dx->typed_data(), 0, dx->size_bytes());
+    std::memset(dxf.get(), 0, dx.element_count() * sizeof(float));
     return ffi::Error::Success();
   }
-  return Guard("dense_bwd_data", [&] {
-    ThreadLimit one(d.m * d.n * d.k < kSmallGemm);
-    const float* dz = ActGrad(act, alpha, from_output, dy.element_count(), s.typed_data(), dy.typed_data());
-    auto p = GetMatmul(d.m, d.n, d.k, false, true, false, Act::kNone, 0.f);  // dz @ w^T
-    RunMatmul(p, dz, w.typed_data(), nullptr, dx->typed_data());
-    return ffi::Error::Success();
-  });
+  F32In sf(s), dyf(dy), wf(w);
+  ThreadLimit one(d.m * d.n * d.k < kSmallGemm);
+  const float* dz = ActGrad(d, dy.element_count(), SavedOrNull(sf, d), dyf.get());
+  auto p = GetMatmul(d.m, d.n, d.k, false, true, false, Act::kNone, 0.f);  // dz @ w^T
+  RunMatmul(p, dz, wf.get(), nullptr, dxf.get());
+  return ffi::Error::Success();
 }
 
-ffi::Error DenseBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> s, ffi::Buffer<ffi::F32> dy,
-                           ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db, int64_t act, float alpha,
-                           int64_t has_bias, int64_t from_output) {
-  DenseDesc d;
-  JAX_MPS_RETURN_IF_ERROR(MakeDenseDesc("dense_bwd_weights", x.dimensions(), dw->dimensions(), &d));
-  JAX_MPS_RETURN_IF_ERROR(CheckAct("dense_bwd_weights", act, alpha, from_output));
-  JAX_MPS_CHECK(static_cast<int64_t>(dy.element_count()) == d.m * d.n &&
-                    (act == 0 || s.element_count() == dy.element_count()),
-                "dense_bwd_weights: dy (and s) must have ", d.m * d.n, " elements");
-  JAX_MPS_CHECK(static_cast<int64_t>(db->element_count()) == (has_bias ? d.n : 0),
-                "dense_bwd_weights: db must have shape (", has_bias ? d.n : 0, ",)");
+ffi::Error Cpu::DenseBwdWeights(Ctx, const DenseDesc& d, Buf x, Buf s, Buf dy, Buf dw, Buf db) {
+  F32Out dwf(dw), dbf(db);
   if (d.m == 0) {
-    std::memset(dw->typed_data(), 0, dw->size_bytes());
-    if (has_bias) std::memset(db->typed_data(), 0, db->size_bytes());
+    std::memset(dwf.get(), 0, dw.element_count() * sizeof(float));
+    if (d.has_bias) std::memset(dbf.get(), 0, db.element_count() * sizeof(float));
     return ffi::Error::Success();
   }
   if (d.k == 0 || d.n == 0) return ffi::Error::Success();
-  return Guard("dense_bwd_weights", [&] {
-    ThreadLimit one(d.m * d.n * d.k < kSmallGemm);
-    const float* dz = ActGrad(act, alpha, from_output, dy.element_count(), s.typed_data(), dy.typed_data());
-    auto p = GetMatmul(d.k, d.m, d.n, true, false, false, Act::kNone, 0.f);  // x^T @ dz
-    RunMatmul(p, x.typed_data(), dz, nullptr, dw->typed_data());
-    if (has_bias) {
-      float* dbp = db->typed_data();
-      const int64_t n = d.n;
-      std::fill(dbp, dbp + n, 0.f);
-      for (int64_t r = 0; r < d.m; ++r) {
-        const float* row = dz + r * n;
+  F32In xf(x), sf(s), dyf(dy);
+  ThreadLimit one(d.m * d.n * d.k < kSmallGemm);
+  const float* dz = ActGrad(d, dy.element_count(), SavedOrNull(sf, d), dyf.get());
+  auto p = GetMatmul(d.k, d.m, d.n, true, false, false, Act::kNone, 0.f);  // x^T @ dz
+  RunMatmul(p, xf.get(), dz, nullptr, dwf.get());
+  if (d.has_bias) {
+    float* dbp = dbf.get();
+    const int64_t n = d.n;
+    std::fill(dbp, dbp + n, 0.f);
+    for (int64_t r = 0; r < d.m; ++r) {
+      const float* row = dz + r * n;
 #pragma omp simd
-        for (int64_t j = 0; j < n; ++j) dbp[j] += row[j];
-      }
+      for (int64_t j = 0; j < n; ++j) dbp[j] += row[j];
     }
-    return ffi::Error::Success();
-  });
+  }
+  return ffi::Error::Success();
 }
 
-#define BIND_CONV_ATTRS(b)                                                                             \
-  b.Attr<ffi::Span<const int64_t>>("stride").Attr<ffi::Span<const int64_t>>("pad_lo")                  \
-      .Attr<ffi::Span<const int64_t>>("pad_hi").Attr<ffi::Span<const int64_t>>("dilation")             \
-      .Attr<int64_t>("groups").Attr<int64_t>("transpose").Attr<int64_t>("act").Attr<float>("alpha")    \
-      .Attr<int64_t>("has_bias")
-
-using F32 = ffi::Buffer<ffi::F32>;
-using R32 = ffi::ResultBuffer<ffi::F32>;
-
-}  // namespace
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kConvFwd, ConvFwd,
-                              BIND_CONV_ATTRS(ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Ret<F32>()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kConvBwdData, ConvBwdData,
-                              BIND_CONV_ATTRS(ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Ret<F32>())
-                                  .Attr<int64_t>("from_output"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kConvBwdWeights, ConvBwdWeights,
-                              BIND_CONV_ATTRS(ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Ret<F32>().Ret<F32>())
-                                  .Attr<int64_t>("from_output"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kDenseFwd, DenseFwd,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Ret<F32>().Attr<int64_t>("act")
-                                  .Attr<float>("alpha").Attr<int64_t>("has_bias"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kDenseBwdData, DenseBwdData,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Ret<F32>().Attr<int64_t>("act")
-                                  .Attr<float>("alpha").Attr<int64_t>("has_bias").Attr<int64_t>("from_output"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kDenseBwdWeights, DenseBwdWeights,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Ret<F32>().Ret<F32>()
-                                  .Attr<int64_t>("act").Attr<float>("alpha").Attr<int64_t>("has_bias")
-                                  .Attr<int64_t>("from_output"));
-
-JAX_MPS_REGISTER("jax_mps_conv_fwd", "cpu", kConvFwd);
-JAX_MPS_REGISTER("jax_mps_conv_bwd_data", "cpu", kConvBwdData);
-JAX_MPS_REGISTER("jax_mps_conv_bwd_weights", "cpu", kConvBwdWeights);
-JAX_MPS_REGISTER("jax_mps_dense_fwd", "cpu", kDenseFwd);
-JAX_MPS_REGISTER("jax_mps_dense_bwd_data", "cpu", kDenseBwdData);
-JAX_MPS_REGISTER("jax_mps_dense_bwd_weights", "cpu", kDenseBwdWeights);
-
-}  // namespace jax_mps::cpu
+}  // namespace jax_mps

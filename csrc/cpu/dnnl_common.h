@@ -25,8 +25,6 @@ inline dnnl::stream& Stream() {
 using tag = dnnl::memory::format_tag;
 using dt = dnnl::memory::data_type;
 
-inline dnnl::memory::dims MDims(ffi::Span<const int64_t> d) { return dnnl::memory::dims(d.begin(), d.end()); }
-
 inline dnnl::memory Mem(const dnnl::memory::desc& md, const void* p) {
   return dnnl::memory(md, Engine(), const_cast<void*>(p));
 }

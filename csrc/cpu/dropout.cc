@@ -1,12 +1,12 @@
 // Inverted dropout on the CPU: the keep mask comes from a counter-based generator (Philox4x32-10,
-// see runtime/losses.h), so it depends on (key, element index) only; it is returned bit-packed
+// see runtime/dropout.h), so it depends on (key, element index) only; it is returned bit-packed
 // (bit j of byte b <-> element 8b + j) for the backward pass.
 #include <algorithm>
 #include <cmath>
 
-#include "runtime/losses.h"
+#include "cpu/backend.h"
+#include "cpu/f32.h"
 #include "cpu/kernel_util.h"
-#include "runtime/registry.h"
 
 namespace jax_mps::cpu {
 namespace {
@@ -65,25 +65,27 @@ JAX_MPS_CLONES void DropoutChunk(int64_t ch, int64_t n, uint32_t k0, uint32_t k1
   }
 }
 
-ffi::Error DropoutFwd(ffi::Buffer<ffi::U32> key, ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y,
-                      ffi::ResultBuffer<ffi::U8> mask, int64_t threshold, float scale) {
-  DropoutDesc desc;
-  JAX_MPS_RETURN_IF_ERROR(MakeDropoutDesc(threshold, scale, static_cast<int64_t>(key.element_count()), &desc));
-  const int64_t n = x.element_count();
-  const int64_t nbytes = (n + 7) / 8;
-  JAX_MPS_CHECK(static_cast<int64_t>(mask->element_count()) == nbytes, "dropout: mask must have ", nbytes,
-                " bytes for ", n, " elements, got ", mask->element_count());
-  JAX_MPS_CHECK(static_cast<int64_t>(y->element_count()) == n, "dropout: y size mismatch");
-  const uint32_t* k = key.typed_data();
+}  // namespace
+}  // namespace jax_mps::cpu
+
+namespace jax_mps {
+
+using namespace cpu;
+
+ffi::Error Cpu::DropoutFwd(Ctx, const DropoutDesc& d, Buf key, Buf x, Buf y, Buf mask) {
+  const int64_t n = d.n;
+  const uint32_t* k = static_cast<const uint32_t*>(key.untyped_data());
   const uint32_t k0 = k[0], k1 = k[1];
-  const uint32_t k2 = key.element_count() == 4 ? k[2] : 0u, k3 = key.element_count() == 4 ? k[3] : 0u;
+  const uint32_t k2 = d.key_words == 4 ? k[2] : 0u, k3 = d.key_words == 4 ? k[3] : 0u;
   // u < threshold in 32-bit arithmetic (vectorises); threshold 2^32 keeps everything.
-  const bool keep_all = desc.threshold >> 32;
-  const uint32_t thr32 = uint32_t(desc.threshold);
-  const float sc = desc.scale;
-  const float* xp = x.typed_data();
-  float* yp = y->typed_data();
-  uint8_t* mp = mask->typed_data();
+  const bool keep_all = d.threshold >> 32;
+  const uint32_t thr32 = uint32_t(d.threshold);
+  const float sc = d.scale;
+  F32In xf(x);
+  F32Out yf(y);
+  const float* xp = xf.get();
+  float* yp = yf.get();
+  uint8_t* mp = static_cast<uint8_t*>(mask.untyped_data());
   const int64_t nchunks = (n + kChunk - 1) / kChunk;
   ParallelFor(nchunks, n, [&](int64_t ch) {
     DropoutChunk(ch, n, k0, k1, k2, k3, keep_all, thr32, sc, xp, yp, mp);
@@ -91,17 +93,14 @@ ffi::Error DropoutFwd(ffi::Buffer<ffi::U32> key, ffi::Buffer<ffi::F32> x, ffi::R
   return ffi::Error::Success();
 }
 
-ffi::Error DropoutBwd(ffi::Buffer<ffi::U8> mask, ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> dx,
-                      float scale) {
-  JAX_MPS_CHECK(std::isfinite(scale) && scale >= 1.f, "dropout_bwd: scale must be finite and >= 1, got ", scale);
-  const int64_t n = g.element_count();
-  const int64_t nbytes = (n + 7) / 8;
-  JAX_MPS_CHECK(static_cast<int64_t>(mask.element_count()) == nbytes, "dropout_bwd: mask must have ", nbytes,
-                " bytes for ", n, " elements, got ", mask.element_count());
-  JAX_MPS_CHECK(static_cast<int64_t>(dx->element_count()) == n, "dropout_bwd: dx size mismatch");
-  const uint8_t* mp = mask.typed_data();
-  const float* gp = g.typed_data();
-  float* dp = dx->typed_data();
+ffi::Error Cpu::DropoutBwd(Ctx, const DropoutDesc& d, Buf mask, Buf g, Buf dx) {
+  const int64_t n = d.n;
+  const float scale = d.scale;
+  const uint8_t* mp = static_cast<const uint8_t*>(mask.untyped_data());
+  F32In gf(g);
+  F32Out df(dx);
+  const float* gp = gf.get();
+  float* dp = df.get();
   const int64_t nchunks = (n + kChunk - 1) / kChunk;
   ParallelFor(nchunks, n, [&](int64_t ch) {
     const int64_t i0 = ch * kChunk, cnt = std::min<int64_t>(kChunk, n - i0);
@@ -115,24 +114,4 @@ ffi::Error DropoutBwd(ffi::Buffer<ffi::U8> mask, ffi::Buffer<ffi::F32> g, ffi::R
   return ffi::Error::Success();
 }
 
-}  // namespace
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kDropoutFwd, DropoutFwd,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::U32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::U8>>()
-                                  .Attr<int64_t>("threshold")
-                                  .Attr<float>("scale"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kDropoutBwd, DropoutBwd,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::U8>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("scale"));
-
-JAX_MPS_REGISTER("jax_mps_dropout_fwd", "cpu", kDropoutFwd);
-JAX_MPS_REGISTER("jax_mps_dropout_bwd", "cpu", kDropoutBwd);
-
-}  // namespace jax_mps::cpu
+}  // namespace jax_mps

@@ -4,14 +4,12 @@
 #include <cstring>
 #include <vector>
 
-#include "runtime/losses.h"
+#include "cpu/backend.h"
+#include "cpu/f32.h"
 #include "cpu/kernel_util.h"
-#include "runtime/registry.h"
 
 namespace jax_mps::cpu {
 namespace {
-
-
 
 struct LossArgs {
   LossDesc desc;
@@ -21,23 +19,28 @@ struct LossArgs {
   const float* weights = nullptr;   // nullptr: all ones
 };
 
-ffi::Error Decode(ffi::Buffer<ffi::F32>& pred, ffi::AnyBuffer& target, ffi::Buffer<ffi::F32>& weights,
-                  int64_t kind, int64_t reduction, float param, LossArgs* a) {
-  auto tt = target.element_type();
-  JAX_MPS_CHECK(tt == ffi::DataType::F32 || tt == ffi::DataType::S32, "loss: target must be float32 or int32");
-  const bool int_target = tt == ffi::DataType::S32;
-  JAX_MPS_RETURN_IF_ERROR(MakeLossDesc(kind, reduction, param, pred.dimensions(), target.dimensions(), int_target,
-                                       static_cast<int64_t>(weights.element_count()), &a->desc));
-  a->pred = pred.typed_data();
-  if (int_target) {
-    a->labels = static_cast<const int32_t*>(target.untyped_data());
-    for (int64_t i = 0; i < a->desc.n; ++i)
-      JAX_MPS_CHECK(a->labels[i] >= 0 && a->labels[i] < a->desc.d, "softmax_cross_entropy: label ", a->labels[i],
-                    " at sample ", i, " is out of range [0, ", a->desc.d, ")");
-  } else {
-    a->target = static_cast<const float*>(target.untyped_data());
+// Float views of the operands (converted when float16 / bfloat16) and the label range check:
+// the runtime checks shapes only, label values are checked here where they are read.
+struct LossViews {
+  F32In pred, weights, target;  // target: none for integer labels
+  LossViews(const ffi::AnyBuffer& p, const ffi::AnyBuffer& t, const ffi::AnyBuffer& w, bool int_labels)
+      : pred(p), weights(w) {
+    if (!int_labels) target.Load(t);
   }
-  if (a->desc.weighted) a->weights = weights.typed_data();
+};
+
+ffi::Error Bind(const LossDesc& desc, const LossViews& v, const ffi::AnyBuffer& target, LossArgs* a) {
+  a->desc = desc;
+  a->pred = v.pred.get();
+  if (desc.int_labels) {
+    a->labels = static_cast<const int32_t*>(target.untyped_data());
+    for (int64_t i = 0; i < desc.n; ++i)
+      JAX_MPS_CHECK(a->labels[i] >= 0 && a->labels[i] < desc.d, "softmax_cross_entropy: label ", a->labels[i],
+                    " at sample ", i, " is out of range [0, ", desc.d, ")");
+  } else {
+    a->target = v.target.get();
+  }
+  if (desc.weighted) a->weights = v.weights.get();
   return ffi::Error::Success();
 }
 
@@ -165,23 +168,23 @@ double Denominator(const LossArgs& a) {
   }
 }
 
-// out: (N,) for reduction none, (1,) otherwise. lse: (N,) to keep the softmax CE row log-sum-exps
-// for the backward pass (under differentiation), else (0,).
-ffi::Error LossFwd(ffi::Buffer<ffi::F32> pred, ffi::AnyBuffer target, ffi::Buffer<ffi::F32> weights,
-                   ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse_out, int64_t kind,
-                   int64_t reduction, float param) {
+}  // namespace
+}  // namespace jax_mps::cpu
+
+namespace jax_mps {
+
+using namespace cpu;
+
+ffi::Error Cpu::LossFwd(Ctx, const LossDesc& desc, Buf pred, Buf target, Buf weights, Buf out, Buf lse_out) {
+  LossViews views(pred, target, weights, desc.int_labels);
   LossArgs a;
-  JAX_MPS_RETURN_IF_ERROR(Decode(pred, target, weights, kind, reduction, param, &a));
+  JAX_MPS_RETURN_IF_ERROR(Bind(desc, views, target, &a));
   const LossDesc& d = a.desc;
   const bool none = d.reduction == Reduction::kNone;
-  JAX_MPS_CHECK(static_cast<int64_t>(out->element_count()) == (none ? d.n : 1), "loss: output must have ",
-                none ? d.n : 1, " elements, got ", out->element_count());
-  const int64_t nl = lse_out->element_count();
-  JAX_MPS_CHECK(nl == 0 || (nl == d.n && d.kind == LossKind::kSoftmaxCE), "loss: lse must have 0 or ", d.n,
-                " elements (softmax cross entropy), got ", nl);
-  float* lse_p = nl ? lse_out->typed_data() : nullptr;
+  F32Out outf(out);
+  float* lse_p = lse_out.element_count() ? static_cast<float*>(lse_out.untyped_data()) : nullptr;
   thread_local ScratchBuffer<float> scratch;
-  float* l = none ? out->typed_data() : scratch.get(d.n);
+  float* l = none ? outf.get() : scratch.get(d.n);
   ParallelFor(d.n, d.n * d.d, [&](int64_t i) {
     float lse = 0.f;
     float v = RowLoss(a, i, &lse, false);
@@ -192,36 +195,24 @@ ffi::Error LossFwd(ffi::Buffer<ffi::F32> pred, ffi::AnyBuffer target, ffi::Buffe
   double s = 0.0;
   for (int64_t i = 0; i < d.n; ++i) s += l[i];
   double den = Denominator(a);
-  out->typed_data()[0] = den == 0.0 ? 0.f : static_cast<float>(s / den);
+  outf.get()[0] = den == 0.0 ? 0.f : static_cast<float>(s / den);
   return ffi::Error::Success();
 }
 
-// lse: the forward's row log-sum-exps (N,) or (0,) to recompute them; g: (N,) for reduction none,
-// (1,) otherwise. dtarget: (N, D) for a float target, else (N, 0);
-// dweights: (N,) when weighted, else (0,).
-ffi::Error LossBwd(ffi::Buffer<ffi::F32> pred, ffi::AnyBuffer target, ffi::Buffer<ffi::F32> weights,
-                   ffi::Buffer<ffi::F32> lse_in, ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> dpred, ffi::ResultBuffer<ffi::F32> dtarget,
-                   ffi::ResultBuffer<ffi::F32> dweights, int64_t kind, int64_t reduction, float param) {
+ffi::Error Cpu::LossBwd(Ctx, const LossDesc& desc, Buf pred, Buf target, Buf weights, Buf lse_in, Buf g, Buf dpred,
+                        Buf dtarget, Buf dweights) {
+  LossViews views(pred, target, weights, desc.int_labels);
   LossArgs a;
-  JAX_MPS_RETURN_IF_ERROR(Decode(pred, target, weights, kind, reduction, param, &a));
+  JAX_MPS_RETURN_IF_ERROR(Bind(desc, views, target, &a));
   const LossDesc& d = a.desc;
   const bool none = d.reduction == Reduction::kNone;
-  JAX_MPS_CHECK(static_cast<int64_t>(g.element_count()) == (none ? d.n : 1), "loss_bwd: cotangent must have ",
-                none ? d.n : 1, " elements, got ", g.element_count());
-  JAX_MPS_CHECK(static_cast<int64_t>(dpred->element_count()) == d.n * d.d, "loss_bwd: dpred size mismatch");
-  const int64_t ndt = dtarget->element_count(), ndw = dweights->element_count();
-  JAX_MPS_CHECK(ndt == 0 || (ndt == d.n * d.d && a.target), "loss_bwd: dtarget must have 0 or ", d.n * d.d,
-                " elements (float target), got ", ndt);
-  JAX_MPS_CHECK(ndw == 0 || (ndw == d.n && a.weights), "loss_bwd: dweights must have 0 or ", d.n,
-                " elements (weighted), got ", ndw);
-  const int64_t nl = lse_in.element_count();
-  JAX_MPS_CHECK(nl == 0 || (nl == d.n && d.kind == LossKind::kSoftmaxCE), "loss_bwd: lse must have 0 or ", d.n,
-                " elements (softmax cross entropy), got ", nl);
-  const float* saved = nl ? lse_in.typed_data() : nullptr;
-  const float* gp = g.typed_data();
-  float* dx = dpred->typed_data();
-  float* dt = ndt ? dtarget->typed_data() : nullptr;
-  float* dw = ndw ? dweights->typed_data() : nullptr;
+  F32In gf(g);
+  F32Out dxf(dpred), dtf(dtarget), dwf(dweights);
+  const float* saved = lse_in.element_count() ? static_cast<const float*>(lse_in.untyped_data()) : nullptr;
+  const float* gp = gf.get();
+  float* dx = dxf.get();
+  float* dt = dtarget.element_count() ? dtf.get() : nullptr;
+  float* dw = dweights.element_count() ? dwf.get() : nullptr;
   const double den = none ? 1.0 : Denominator(a);
   // d(out)/d(l_i) for a unit weight; 0 when the reduced value was defined as 0.
   const float gs = none ? 0.f : (den == 0.0 ? 0.f : static_cast<float>(gp[0] / den));
@@ -263,33 +254,4 @@ ffi::Error LossBwd(ffi::Buffer<ffi::F32> pred, ffi::AnyBuffer target, ffi::Buffe
   return ffi::Error::Success();
 }
 
-}  // namespace
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kLossFwd, LossFwd,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("kind")
-                                  .Attr<int64_t>("reduction")
-                                  .Attr<float>("param"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kLossBwd, LossBwd,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("kind")
-                                  .Attr<int64_t>("reduction")
-                                  .Attr<float>("param"));
-
-JAX_MPS_REGISTER("jax_mps_loss_fwd", "cpu", kLossFwd);
-JAX_MPS_REGISTER("jax_mps_loss_bwd", "cpu", kLossBwd);
-
-}  // namespace jax_mps::cpu
+}  // namespace jax_mps

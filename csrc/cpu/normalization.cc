@@ -10,9 +10,9 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu/backend.h"
 #include "cpu/eltwise.h"
-#include "runtime/normalization.h"
-#include "runtime/registry.h"
+#include "cpu/f32.h"
 
 namespace jax_mps::cpu {
 namespace {
@@ -276,206 +276,10 @@ PreGrad PreActGrad(const float* x, const float* s, const float* dy, const NormVi
   return {dx, nullptr};
 }
 
-using F32 = ffi::Buffer<ffi::F32>;
-using R32 = ffi::ResultBuffer<ffi::F32>;
-
-// ---- batch norm, training mode ----
-
-ffi::Error BnFwd(F32 x, F32 scale, F32 bias, R32 y, R32 mean, R32 var, R32 rstd, float eps, int64_t act,
-                 float alpha) {
-  const char* op = "batch_norm";
-  NormView v;
-  JAX_MPS_RETURN_IF_ERROR(BatchNormView(op, x.dimensions(), &v));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "scale", scale.dimensions(), v.C));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "bias", bias.dimensions(), v.C));
-  JAX_MPS_RETURN_IF_ERROR(CheckEpsilon(op, eps));
-  JAX_MPS_RETURN_IF_ERROR(CheckFusedAct(op, act, alpha, 0));
-  JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "y", y->element_count(), x.element_count()));
-  for (auto* r : {&mean, &var, &rstd}) JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "stats", (*r)->element_count(), v.C));
-  return Guard(op, [&] {
-    std::vector<double> mu, var_d;
-    MeanVar(x.typed_data(), v, mu, var_d);
-    std::vector<double> rs(v.C);
-    for (int64_t c = 0; c < v.C; ++c) {
-      rs[c] = 1.0 / std::sqrt(var_d[c] + static_cast<double>(eps));
-      mean->typed_data()[c] = static_cast<float>(mu[c]);
-      var->typed_data()[c] = static_cast<float>(var_d[c]);
-      rstd->typed_data()[c] = static_cast<float>(rs[c]);
-    }
-    NormForward(x.typed_data(), v, mu, scale.typed_data(), bias.typed_data(), rs, static_cast<Act>(act),
-                alpha, y->typed_data());
-    return ffi::Error::Success();
-  });
-}
-
-ffi::Error BnBwd(F32 x, F32 scale, F32 bias, F32 mean, F32 rstd, F32 s, F32 dy, F32 dmean, F32 dvar, R32 dx,
-                 R32 dscale, R32 dbias, int64_t act, float alpha, int64_t from_output) {
-  const char* op = "batch_norm_bwd";
-  NormView v;
-  JAX_MPS_RETURN_IF_ERROR(BatchNormView(op, x.dimensions(), &v));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "scale", scale.dimensions(), v.C));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "bias", bias.dimensions(), v.C));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "mean", mean.dimensions(), v.C));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "rstd", rstd.dimensions(), v.C));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "dmean", dmean.dimensions(), v.C));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "dvar", dvar.dimensions(), v.C));
-  JAX_MPS_RETURN_IF_ERROR(CheckSame(op, "y", s.dimensions(), x.dimensions()));
-  JAX_MPS_RETURN_IF_ERROR(CheckSame(op, "dy", dy.dimensions(), x.dimensions()));
-  JAX_MPS_RETURN_IF_ERROR(CheckFusedAct(op, act, alpha, from_output));
-  JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "dx", dx->element_count(), x.element_count()));
-  for (auto* r : {&dscale, &dbias}) JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "dscale/dbias", (*r)->element_count(), v.C));
-  return Guard(op, [&] {
-    const int64_t C = v.C;
-    const float* sc = scale.typed_data();
-    std::vector<float> m(mean.typed_data(), mean.typed_data() + C);
-    std::vector<double> rs(rstd.typed_data(), rstd.typed_data() + C);
-    const PreGrad dz = PreActGrad(x.typed_data(), s.typed_data(), dy.typed_data(), v, m, sc, bias.typed_data(), rs,
-                                 static_cast<Act>(act), alpha, from_output != 0, dx->typed_data());
-    std::vector<double> sdz, sdzx;
-    GradSums(x.typed_data(), dz, m.data(), v, sdz, sdzx);
-    std::vector<float> a(C), b(C), d(C);
-    const double M = static_cast<double>(v.S);
-    for (int64_t c = 0; c < C; ++c) {
-      const double r = rs[c], g = sc[c];
-      dbias->typed_data()[c] = static_cast<float>(sdz[c]);
-      dscale->typed_data()[c] = static_cast<float>(r * sdzx[c]);
-      // d/dx of the normalization, plus the exact paths through the mean and var outputs.
-      a[c] = static_cast<float>(g * r);
-      b[c] = static_cast<float>((-g * r * r * r * sdzx[c] + 2.0 * dvar.typed_data()[c]) / M);
-      d[c] = static_cast<float>((-g * r * sdz[c] + dmean.typed_data()[c]) / M);
-    }
-    GradInput(x.typed_data(), dz, v, a.data(), b.data(), m.data(), d.data(), dx->typed_data());
-    return ffi::Error::Success();
-  });
-}
-
-// ---- batch norm, inference mode (given statistics) ----
-
-ffi::Error CheckBni(const char* op, F32& x, F32& scale, F32& bias, F32& mean, F32& var, float eps, NormView* v) {
-  JAX_MPS_RETURN_IF_ERROR(BatchNormView(op, x.dimensions(), v));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "scale", scale.dimensions(), v->C));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "bias", bias.dimensions(), v->C));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "mean", mean.dimensions(), v->C));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "var", var.dimensions(), v->C));
-  return CheckEpsilon(op, eps);
-}
-
 std::vector<double> Rstd(const float* var, int64_t C, float eps) {
   std::vector<double> r(C);
   for (int64_t c = 0; c < C; ++c) r[c] = 1.0 / std::sqrt(static_cast<double>(var[c]) + eps);
   return r;
-}
-
-ffi::Error BniFwd(F32 x, F32 scale, F32 bias, F32 mean, F32 var, R32 y, float eps, int64_t act, float alpha) {
-  const char* op = "batch_norm_inference";
-  NormView v;
-  JAX_MPS_RETURN_IF_ERROR(CheckBni(op, x, scale, bias, mean, var, eps, &v));
-  JAX_MPS_RETURN_IF_ERROR(CheckFusedAct(op, act, alpha, 0));
-  JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "y", y->element_count(), x.element_count()));
-  return Guard(op, [&] {
-    std::vector<double> m(mean.typed_data(), mean.typed_data() + v.C);
-    NormForward(x.typed_data(), v, m, scale.typed_data(), bias.typed_data(), Rstd(var.typed_data(), v.C, eps),
-                static_cast<Act>(act), alpha, y->typed_data());
-    return ffi::Error::Success();
-  });
-}
-
-ffi::Error BniBwd(F32 x, F32 scale, F32 bias, F32 mean, F32 var, F32 s, F32 dy, R32 dx, R32 dscale, R32 dbias,
-                  R32 dmean, R32 dvar, float eps, int64_t act, float alpha, int64_t from_output) {
-  const char* op = "batch_norm_inference_bwd";
-  NormView v;
-  JAX_MPS_RETURN_IF_ERROR(CheckBni(op, x, scale, bias, mean, var, eps, &v));
-  JAX_MPS_RETURN_IF_ERROR(CheckSame(op, "y", s.dimensions(), x.dimensions()));
-  JAX_MPS_RETURN_IF_ERROR(CheckSame(op, "dy", dy.dimensions(), x.dimensions()));
-  JAX_MPS_RETURN_IF_ERROR(CheckFusedAct(op, act, alpha, from_output));
-  JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "dx", dx->element_count(), x.element_count()));
-  for (auto* r : {&dscale, &dbias, &dmean, &dvar})
-    JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "parameter gradient", (*r)->element_count(), v.C));
-  return Guard(op, [&] {
-    const int64_t C = v.C;
-    const float* sc = scale.typed_data();
-    std::vector<float> m(mean.typed_data(), mean.typed_data() + C);
-    std::vector<double> rs = Rstd(var.typed_data(), C, eps);
-    const PreGrad dz = PreActGrad(x.typed_data(), s.typed_data(), dy.typed_data(), v, m, sc, bias.typed_data(), rs,
-                                 static_cast<Act>(act), alpha, from_output != 0, dx->typed_data());
-    std::vector<double> sdz, sdzx;
-    GradSums(x.typed_data(), dz, m.data(), v, sdz, sdzx);
-    std::vector<float> a(C);
-    for (int64_t c = 0; c < C; ++c) {
-      const double r = rs[c], g = sc[c];
-      a[c] = static_cast<float>(g * r);
-      dbias->typed_data()[c] = static_cast<float>(sdz[c]);
-      dscale->typed_data()[c] = static_cast<float>(r * sdzx[c]);
-      dmean->typed_data()[c] = static_cast<float>(-g * r * sdz[c]);
-      dvar->typed_data()[c] = static_cast<float>(-0.5 * g * r * r * r * sdzx[c]);
-    }
-    GradInput(x.typed_data(), dz, v, a.data(), nullptr, m.data(), nullptr, dx->typed_data());
-    return ffi::Error::Success();
-  });
-}
-
-// ---- instance norm ----
-
-ffi::Error InFwd(F32 x, F32 scale, F32 bias, R32 y, R32 mean, R32 rstd, float eps) {
-  const char* op = "instance_norm";
-  NormView v;
-  JAX_MPS_RETURN_IF_ERROR(InstanceNormView(x.dimensions(), &v));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "scale", scale.dimensions(), v.C));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "bias", bias.dimensions(), v.C));
-  JAX_MPS_RETURN_IF_ERROR(CheckEpsilon(op, eps));
-  JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "y", y->element_count(), x.element_count()));
-  for (auto* r : {&mean, &rstd}) JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "stats", (*r)->element_count(), v.stats()));
-  return Guard(op, [&] {
-    std::vector<double> mu, var;
-    MeanVar(x.typed_data(), v, mu, var);
-    for (auto& e : var) e = 1.0 / std::sqrt(e + static_cast<double>(eps));
-    for (int64_t i = 0; i < v.stats(); ++i) {
-      mean->typed_data()[i] = static_cast<float>(mu[i]);
-      rstd->typed_data()[i] = static_cast<float>(var[i]);
-    }
-    NormForward(x.typed_data(), v, mu, scale.typed_data(), bias.typed_data(), var, Act::kNone, 0.f,
-                y->typed_data());
-    return ffi::Error::Success();
-  });
-}
-
-ffi::Error InBwd(F32 x, F32 scale, F32 mean, F32 rstd, F32 dy, R32 dx, R32 dscale, R32 dbias) {
-  const char* op = "instance_norm_bwd";
-  NormView v;
-  JAX_MPS_RETURN_IF_ERROR(InstanceNormView(x.dimensions(), &v));
-  JAX_MPS_RETURN_IF_ERROR(CheckVec(op, "scale", scale.dimensions(), v.C));
-  const Dims sd{v.G, v.C};
-  JAX_MPS_RETURN_IF_ERROR(CheckSame(op, "mean", mean.dimensions(), ffi::Span<const int64_t>(sd.data(), 2)));
-  JAX_MPS_RETURN_IF_ERROR(CheckSame(op, "rstd", rstd.dimensions(), ffi::Span<const int64_t>(sd.data(), 2)));
-  JAX_MPS_RETURN_IF_ERROR(CheckSame(op, "dy", dy.dimensions(), x.dimensions()));
-  JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "dx", dx->element_count(), x.element_count()));
-  for (auto* r : {&dscale, &dbias}) JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "dscale/dbias", (*r)->element_count(), v.C));
-  return Guard(op, [&] {
-    const int64_t C = v.C;
-    const float* sc = scale.typed_data();
-    const float* rs = rstd.typed_data();
-    std::vector<double> sdz, sdzx;
-    GradSums(x.typed_data(), {dy.typed_data(), nullptr}, mean.typed_data(), v, sdz, sdzx);
-    std::vector<float> a(v.stats()), b(v.stats()), d(v.stats());
-    std::vector<double> ds(C, 0.0), db(C, 0.0);
-    const double S = static_cast<double>(v.S);
-    for (int64_t i = 0; i < v.stats(); ++i) {
-      const int64_t c = i % C;
-      const double r = rs[i], g = sc[c];
-      ds[c] += r * sdzx[i];
-      db[c] += sdz[i];
-      a[i] = static_cast<float>(g * r);
-      b[i] = static_cast<float>(-g * r * r * r * sdzx[i] / S);
-      d[i] = static_cast<float>(-g * r * sdz[i] / S);
-    }
-    for (int64_t c = 0; c < C; ++c) {
-      dscale->typed_data()[c] = static_cast<float>(ds[c]);
-      dbias->typed_data()[c] = static_cast<float>(db[c]);
-    }
-    GradInput(x.typed_data(), {dy.typed_data(), nullptr}, v, a.data(), b.data(), mean.typed_data(), d.data(),
-              dx->typed_data());
-    return ffi::Error::Success();
-  });
 }
 
 // ---- local response norm across the last axis ----
@@ -483,14 +287,11 @@ ffi::Error InBwd(F32 x, F32 scale, F32 mean, F32 rstd, F32 dy, R32 dx, R32 dscal
 // dx_j = dy_j s_j^-beta - 2 alpha beta / size * x_j * sum_{|c-j| <= size/2} dy_c x_c s_c^(-beta-1).
 // Window sums come from prefix sums in double (exact enough, O(C) per row).
 
-ffi::Error LrnRun(F32& x, const float* dy, float* out, int64_t size, float alpha, float beta, float k) {
-  LrnDesc p{size, alpha, beta, k};
-  JAX_MPS_RETURN_IF_ERROR(CheckLrn(x.dimensions(), p));
-  const int64_t C = x.dimensions().back(), n = x.element_count();
-  if (n == 0) return ffi::Error::Success();
-  const int64_t rows = n / C, h = size / 2;
-  const float* xp = x.typed_data();
-  const double coef = static_cast<double>(alpha) / static_cast<double>(size);
+void LrnRun(const LrnDesc& p, const float* xp, const float* dy, float* out) {
+  const int64_t C = p.C, rows = p.rows, n = rows * C, h = p.size / 2;
+  if (n == 0) return;
+  const float beta = p.beta, k = p.k;
+  const double coef = static_cast<double>(p.alpha) / static_cast<double>(p.size);
   auto window = [&](const std::vector<double>& pre, int64_t c) {
     return pre[std::min(C, c + h + 1)] - pre[std::max<int64_t>(0, c - h)];
   };
@@ -521,63 +322,155 @@ ffi::Error LrnRun(F32& x, const float* dy, float* out, int64_t size, float alpha
         o[c] = static_cast<float>(gr[c] * pb[c] - f * xr[c] * window(pre2, c));
     }
   }
-  return ffi::Error::Success();
-}
-
-ffi::Error LrnFwd(F32 x, R32 y, int64_t size, float alpha, float beta, float k) {
-  JAX_MPS_RETURN_IF_ERROR(CheckCount("local_response_norm", "y", y->element_count(), x.element_count()));
-  return Guard("local_response_norm", [&] { return LrnRun(x, nullptr, y->typed_data(), size, alpha, beta, k); });
-}
-
-ffi::Error LrnBwd(F32 x, F32 dy, R32 dx, int64_t size, float alpha, float beta, float k) {
-  JAX_MPS_CHECK(ToDims(dy.dimensions()) == ToDims(x.dimensions()), "local_response_norm_bwd: dy must have shape ",
-                DimsStr(x.dimensions()), ", got ", DimsStr(dy.dimensions()));
-  JAX_MPS_RETURN_IF_ERROR(CheckCount("local_response_norm_bwd", "dx", dx->element_count(), x.element_count()));
-  return Guard("local_response_norm_bwd",
-               [&] { return LrnRun(x, dy.typed_data(), dx->typed_data(), size, alpha, beta, k); });
 }
 
 }  // namespace
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kBnFwd, BnFwd,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>()
-                                  .Attr<float>("epsilon").Attr<int64_t>("act").Attr<float>("alpha"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kBnBwd, BnBwd,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Ret<F32>().Ret<F32>().Ret<F32>()
-                                  .Attr<int64_t>("act").Attr<float>("alpha").Attr<int64_t>("from_output"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kBniFwd, BniFwd,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Ret<F32>()
-                                  .Attr<float>("epsilon").Attr<int64_t>("act").Attr<float>("alpha"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kBniBwd, BniBwd,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Arg<F32>().Arg<F32>()
-                                  .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>()
-                                  .Attr<float>("epsilon").Attr<int64_t>("act").Attr<float>("alpha")
-                                  .Attr<int64_t>("from_output"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kInFwd, InFwd,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Ret<F32>().Ret<F32>().Ret<F32>().Attr<float>("epsilon"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kInBwd, InBwd,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Ret<F32>().Ret<F32>().Ret<F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kLrnFwd, LrnFwd,
-                              ffi::Ffi::Bind().Arg<F32>().Ret<F32>()
-                                  .Attr<int64_t>("size").Attr<float>("alpha").Attr<float>("beta").Attr<float>("k"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kLrnBwd, LrnBwd,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>()
-                                  .Attr<int64_t>("size").Attr<float>("alpha").Attr<float>("beta").Attr<float>("k"));
-
-JAX_MPS_REGISTER("jax_mps_batch_norm_fwd", "cpu", kBnFwd);
-JAX_MPS_REGISTER("jax_mps_batch_norm_bwd", "cpu", kBnBwd);
-JAX_MPS_REGISTER("jax_mps_batch_norm_inference_fwd", "cpu", kBniFwd);
-JAX_MPS_REGISTER("jax_mps_batch_norm_inference_bwd", "cpu", kBniBwd);
-JAX_MPS_REGISTER("jax_mps_instance_norm_fwd", "cpu", kInFwd);
-JAX_MPS_REGISTER("jax_mps_instance_norm_bwd", "cpu", kInBwd);
-JAX_MPS_REGISTER("jax_mps_local_response_norm_fwd", "cpu", kLrnFwd);
-JAX_MPS_REGISTER("jax_mps_local_response_norm_bwd", "cpu", kLrnBwd);
-
 }  // namespace jax_mps::cpu
+
+namespace jax_mps {
+
+using namespace cpu;
+
+// ---- batch norm, training mode ----
+
+ffi::Error Cpu::BatchNormFwd(Ctx, const NormView& v, Buf x, Buf scale, Buf bias, Buf y, Buf mean, Buf var,
+                             Buf rstd) {
+  F32In xf(x), sf(scale), bf(bias);
+  F32Out yf(y), mf(mean), vf(var), rf(rstd);
+  std::vector<double> mu, var_d;
+  MeanVar(xf.get(), v, mu, var_d);
+  std::vector<double> rs(v.C);
+  for (int64_t c = 0; c < v.C; ++c) {
+    rs[c] = 1.0 / std::sqrt(var_d[c] + static_cast<double>(v.eps));
+    mf.get()[c] = static_cast<float>(mu[c]);
+    vf.get()[c] = static_cast<float>(var_d[c]);
+    rf.get()[c] = static_cast<float>(rs[c]);
+  }
+  NormForward(xf.get(), v, mu, sf.get(), bf.get(), rs, v.act, v.alpha, yf.get());
+  return ffi::Error::Success();
+}
+
+ffi::Error Cpu::BatchNormBwd(Ctx, const NormView& v, Buf x, Buf scale, Buf bias, Buf mean, Buf rstd, Buf s, Buf dy,
+                             Buf dmean, Buf dvar, Buf dx, Buf dscale, Buf dbias) {
+  F32In xf(x), scf(scale), bf(bias), mf(mean), rf(rstd), sf(s), dyf(dy), dmf(dmean), dvf(dvar);
+  F32Out dxf(dx), dsf(dscale), dbf(dbias);
+  const int64_t C = v.C;
+  const float* sc = scf.get();
+  std::vector<float> m(mf.get(), mf.get() + C);
+  std::vector<double> rs(rf.get(), rf.get() + C);
+  const PreGrad dz = PreActGrad(xf.get(), sf.get(), dyf.get(), v, m, sc, bf.get(), rs, v.act, v.alpha,
+                                v.from_output, dxf.get());
+  std::vector<double> sdz, sdzx;
+  GradSums(xf.get(), dz, m.data(), v, sdz, sdzx);
+  std::vector<float> a(C), b(C), d(C);
+  const double M = static_cast<double>(v.S);
+  for (int64_t c = 0; c < C; ++c) {
+    const double r = rs[c], g = sc[c];
+    dbf.get()[c] = static_cast<float>(sdz[c]);
+    dsf.get()[c] = static_cast<float>(r * sdzx[c]);
+    // d/dx of the normalization, plus the exact paths through the mean and var outputs.
+    a[c] = static_cast<float>(g * r);
+    b[c] = static_cast<float>((-g * r * r * r * sdzx[c] + 2.0 * dvf.get()[c]) / M);
+    d[c] = static_cast<float>((-g * r * sdz[c] + dmf.get()[c]) / M);
+  }
+  GradInput(xf.get(), dz, v, a.data(), b.data(), m.data(), d.data(), dxf.get());
+  return ffi::Error::Success();
+}
+
+// ---- batch norm, inference mode (given statistics) ----
+
+ffi::Error Cpu::BatchNormInferenceFwd(Ctx, const NormView& v, Buf x, Buf scale, Buf bias, Buf mean, Buf var, Buf y) {
+  F32In xf(x), sf(scale), bf(bias), mf(mean), vf(var);
+  F32Out yf(y);
+  std::vector<double> m(mf.get(), mf.get() + v.C);
+  NormForward(xf.get(), v, m, sf.get(), bf.get(), Rstd(vf.get(), v.C, v.eps), v.act, v.alpha, yf.get());
+  return ffi::Error::Success();
+}
+
+ffi::Error Cpu::BatchNormInferenceBwd(Ctx, const NormView& v, Buf x, Buf scale, Buf bias, Buf mean, Buf var, Buf s,
+                                      Buf dy, Buf dx, Buf dscale, Buf dbias, Buf dmean, Buf dvar) {
+  F32In xf(x), scf(scale), bf(bias), mf(mean), vf(var), sf(s), dyf(dy);
+  F32Out dxf(dx), dsf(dscale), dbf(dbias), dmf(dmean), dvf(dvar);
+  const int64_t C = v.C;
+  const float* sc = scf.get();
+  std::vector<float> m(mf.get(), mf.get() + C);
+  std::vector<double> rs = Rstd(vf.get(), C, v.eps);
+  const PreGrad dz = PreActGrad(xf.get(), sf.get(), dyf.get(), v, m, sc, bf.get(), rs, v.act, v.alpha,
+                                v.from_output, dxf.get());
+  std::vector<double> sdz, sdzx;
+  GradSums(xf.get(), dz, m.data(), v, sdz, sdzx);
+  std::vector<float> a(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const double r = rs[c], g = sc[c];
+    a[c] = static_cast<float>(g * r);
+    dbf.get()[c] = static_cast<float>(sdz[c]);
+    dsf.get()[c] = static_cast<float>(r * sdzx[c]);
+    dmf.get()[c] = static_cast<float>(-g * r * sdz[c]);
+    dvf.get()[c] = static_cast<float>(-0.5 * g * r * r * r * sdzx[c]);
+  }
+  GradInput(xf.get(), dz, v, a.data(), nullptr, m.data(), nullptr, dxf.get());
+  return ffi::Error::Success();
+}
+
+// ---- instance norm ----
+
+ffi::Error Cpu::InstanceNormFwd(Ctx, const NormView& v, Buf x, Buf scale, Buf bias, Buf y, Buf mean, Buf rstd) {
+  F32In xf(x), sf(scale), bf(bias);
+  F32Out yf(y), mf(mean), rf(rstd);
+  std::vector<double> mu, var;
+  MeanVar(xf.get(), v, mu, var);
+  for (auto& e : var) e = 1.0 / std::sqrt(e + static_cast<double>(v.eps));
+  for (int64_t i = 0; i < v.stats(); ++i) {
+    mf.get()[i] = static_cast<float>(mu[i]);
+    rf.get()[i] = static_cast<float>(var[i]);
+  }
+  NormForward(xf.get(), v, mu, sf.get(), bf.get(), var, Act::kNone, 0.f, yf.get());
+  return ffi::Error::Success();
+}
+
+ffi::Error Cpu::InstanceNormBwd(Ctx, const NormView& v, Buf x, Buf scale, Buf mean, Buf rstd, Buf dy, Buf dx,
+                                Buf dscale, Buf dbias) {
+  F32In xf(x), scf(scale), mf(mean), rf(rstd), dyf(dy);
+  F32Out dxf(dx), dsf(dscale), dbf(dbias);
+  const int64_t C = v.C;
+  const float* sc = scf.get();
+  const float* rs = rf.get();
+  std::vector<double> sdz, sdzx;
+  GradSums(xf.get(), {dyf.get(), nullptr}, mf.get(), v, sdz, sdzx);
+  std::vector<float> a(v.stats()), b(v.stats()), d(v.stats());
+  std::vector<double> ds(C, 0.0), db(C, 0.0);
+  const double S = static_cast<double>(v.S);
+  for (int64_t i = 0; i < v.stats(); ++i) {
+    const int64_t c = i % C;
+    const double r = rs[i], g = sc[c];
+    ds[c] += r * sdzx[i];
+    db[c] += sdz[i];
+    a[i] = static_cast<float>(g * r);
+    b[i] = static_cast<float>(-g * r * r * r * sdzx[i] / S);
+    d[i] = static_cast<float>(-g * r * sdz[i] / S);
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    dsf.get()[c] = static_cast<float>(ds[c]);
+    dbf.get()[c] = static_cast<float>(db[c]);
+  }
+  GradInput(xf.get(), {dyf.get(), nullptr}, v, a.data(), b.data(), mf.get(), d.data(), dxf.get());
+  return ffi::Error::Success();
+}
+
+// ---- local response norm ----
+
+ffi::Error Cpu::LrnFwd(Ctx, const LrnDesc& p, Buf x, Buf y) {
+  F32In xf(x);
+  F32Out yf(y);
+  LrnRun(p, xf.get(), nullptr, yf.get());
+  return ffi::Error::Success();
+}
+
+ffi::Error Cpu::LrnBwd(Ctx, const LrnDesc& p, Buf x, Buf dy, Buf dx) {
+  F32In xf(x), dyf(dy);
+  F32Out dxf(dx);
+  LrnRun(p, xf.get(), dyf.get(), dxf.get());
+  return ffi::Error::Success();
+}
+
+}  // namespace jax_mps

@@ -4,11 +4,12 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
+#include "cpu/backend.h"
+#include "cpu/f32.h"
 #include "cpu/kernel_util.h"
-#include "runtime/optim.h"
-#include "runtime/registry.h"
 
 namespace jax_mps::cpu {
 namespace {
@@ -18,19 +19,8 @@ template <typename P> inline float Ld(P x) { return static_cast<float>(x); }
 template <typename P> inline P St(float x) { return static_cast<P>(x); }
 
 struct BF16 { uint16_t v; };
-template <> inline float Ld<BF16>(BF16 x) {
-  uint32_t u = uint32_t(x.v) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-template <> inline BF16 St<BF16>(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if (std::isnan(f)) return BF16{uint16_t((u >> 16) | 0x40)};
-  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
-  return BF16{uint16_t(u >> 16)};
-}
+template <> inline float Ld<BF16>(BF16 x) { return Bf16ToF32(x.v); }
+template <> inline BF16 St<BF16>(float f) { return BF16{F32ToBf16(f)}; }
 
 constexpr int64_t kChunk = 1 << 15;
 
@@ -193,163 +183,85 @@ void Dispatch(const OptimDesc& d, const std::vector<Leaf>& leaves, const std::ve
   }
 }
 
-bool Floating(ffi::DataType t) { return t == ffi::F32 || t == ffi::F16 || t == ffi::BF16; }
-
 Pre MakePre(float rescale, float clip_value, float l1, float l2) {
   const float inf = std::numeric_limits<float>::infinity();
   return Pre{rescale, clip_value > 0.f ? -clip_value : -inf, clip_value > 0.f ? clip_value : inf,
              1.f, l1, l2};
 }
 
-template <typename F>
-auto ByDtype(ffi::DataType t, F&& f) {
-  switch (t) {
-    case ffi::F16: return f(_Float16{});
-    case ffi::BF16: return f(BF16{});
-    default: return f(float{});
-  }
-}
-
-ffi::Error OptimStep(ffi::Buffer<ffi::F32> lr, ffi::Buffer<ffi::S32> count, ffi::Buffer<ffi::F32> sqnorm,
-                     ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t rule, int64_t n,
-                     int64_t nslots, int64_t write_updates, float b1, float b2, float ob1, float ob2, float eps, float momentum,
-                     float weight_decay, int64_t nesterov, int64_t amsgrad, int64_t centered, float rescale,
-                     float clip_value, float clip_norm, int64_t norm_mode, float l1, float l2) {
-  OptimDesc d;
-  d.rule = static_cast<OptRule>(rule);
-  d.n = n;
-  d.nslots = nslots;
-  d.write_updates = write_updates != 0;
-  d.b1 = b1; d.b2 = b2; d.eps = eps; d.momentum = momentum; d.weight_decay = weight_decay;
-  d.nesterov = nesterov != 0; d.amsgrad = amsgrad != 0; d.centered = centered != 0;
-  d.rescale = rescale; d.clip_value = clip_value; d.clip_norm = clip_norm; d.l1 = l1; d.l2 = l2;
-  d.norm_mode = static_cast<NormMode>(norm_mode);
-  JAX_MPS_RETURN_IF_ERROR(ValidateOptim(d, args.size(), rets.size()));
-  JAX_MPS_CHECK(lr.element_count() == 1 && count.element_count() == 1 && sqnorm.element_count() == 1,
-                "optim: lr, count and sqnorm must be scalars");
-
-  std::vector<Leaf> leaves(n);
-  ffi::DataType dtype = ffi::F32;
-  for (int64_t l = 0; l < n; ++l) {
-    auto p = args.get<ffi::AnyBuffer>(l);
-    auto g = args.get<ffi::AnyBuffer>(n + l);
-    auto o = rets.get<ffi::AnyBuffer>(l);
-    if (!p.has_value()) return p.error();
-    if (!g.has_value()) return g.error();
-    if (!o.has_value()) return o.error();
-    const int64_t size = int64_t(p->element_count());
-    if (l == 0) dtype = p->element_type();
-    JAX_MPS_CHECK(Floating(p->element_type()) && p->element_type() == dtype,
-                  "optim: params of one call must share one float dtype (leaf ", l, ")");
-    JAX_MPS_CHECK(g->element_type() == dtype && (*o)->element_type() == dtype,
-                  "optim: grad/result dtype differs from its param (leaf ", l, ")");
-    JAX_MPS_CHECK(int64_t(g->element_count()) == size && int64_t((*o)->element_count()) == size,
-                  "optim: grad/result size differs from its param (leaf ", l, ": ",
-                  DimsStr(p->dimensions()), ")");
-    Leaf& L = leaves[l];
-    L.size = size;
-    L.p = p->untyped_data();
-    L.g = g->untyped_data();
-    L.out = (*o)->untyped_data();
-    for (int64_t s = 0; s < 3; ++s) L.s_in[s] = L.s_out[s] = nullptr;
-    for (int64_t s = 0; s < nslots; ++s) {
-      auto si = args.get<ffi::AnyBuffer>((2 + s) * n + l);
-      auto so = rets.get<ffi::AnyBuffer>((1 + s) * n + l);
-      if (!si.has_value()) return si.error();
-      if (!so.has_value()) return so.error();
-      JAX_MPS_CHECK(si->element_type() == ffi::F32 && (*so)->element_type() == ffi::F32,
-                    "optim: state slot ", s, " of leaf ", l, " must be float32");
-      JAX_MPS_CHECK(int64_t(si->element_count()) == size && int64_t((*so)->element_count()) == size,
-                    "optim: state slot ", s, " of leaf ", l, " has ", si->element_count(),
-                    " elements, param has ", size);
-      L.s_in[s] = static_cast<float*>(si->untyped_data());
-      L.s_out[s] = static_cast<float*>((*so)->untyped_data());
-    }
-  }
-  const auto chunks = MakeChunks(leaves);
-  Pre c = MakePre(rescale, clip_value, l1, l2);
-  if (d.norm_mode != NormMode::kNone) {
-    double sq = d.norm_mode == NormMode::kExternal
-                    ? double(sqnorm.typed_data()[0])
-                    : ByDtype(dtype, [&](auto t) { return SqNorm<decltype(t)>(leaves, chunks, c); });
-    c.nscale = NormScale(sq, clip_norm);
-  }
-  const int32_t t = count.typed_data()[0];
-  Hyper h;
-  h.nlr = -lr.typed_data()[0];
-  h.keep = d.write_updates ? 0.f : 1.f;
-  h.b1 = b1; h.ob1 = ob1;
-  h.b2 = b2; h.ob2 = ob2;
-  // As optax: 1 - b**count in float32.
-  h.bc1 = 1.f - std::pow(b1, float(t));
-  h.bc2 = 1.f - std::pow(b2, float(t));
-  h.eps = eps; h.mom = momentum; h.wd = weight_decay;
-  if (d.rule == OptRule::kAdam)
-    JAX_MPS_CHECK(t > 0, "optim: adam needs a step count >= 1, got ", t);
-  ByDtype(dtype, [&](auto tag) { Dispatch<decltype(tag)>(d, leaves, chunks, c, h); return 0; });
-  return ffi::Error::Success();
-}
-
-// Squared global norm of a group's rescaled, value-clipped gradients (for trees of several
-// dtype groups, whose norms are summed before the step calls).
-ffi::Error OptimSqNorm(ffi::RemainingArgs args, ffi::Result<ffi::Buffer<ffi::F32>> out, float rescale,
-                       float clip_value) {
-  JAX_MPS_CHECK(out->element_count() == 1, "optim_sqnorm: result must be a scalar");
-  JAX_MPS_CHECK(rescale >= 0.f && clip_value >= 0.f, "optim_sqnorm: rescale and clip_value must be >= 0");
-  std::vector<Leaf> leaves(args.size());
-  ffi::DataType dtype = ffi::F32;
-  for (size_t l = 0; l < args.size(); ++l) {
-    auto g = args.get<ffi::AnyBuffer>(l);
-    if (!g.has_value()) return g.error();
-    if (l == 0) dtype = g->element_type();
-    JAX_MPS_CHECK(Floating(g->element_type()) && g->element_type() == dtype,
-                  "optim_sqnorm: grads of one call must share one float dtype (leaf ", l, ")");
-    leaves[l] = Leaf{int64_t(g->element_count()), nullptr, g->untyped_data(), nullptr, {}, {}};
-  }
-  const auto chunks = MakeChunks(leaves);
-  const Pre c = MakePre(rescale, clip_value, 0.f, 0.f);
-  double sq = ByDtype(dtype, [&](auto t) { return SqNorm<decltype(t)>(leaves, chunks, c); });
-  out->typed_data()[0] = float(sq);
-  return ffi::Error::Success();
-}
+// The element type of each float dtype tag (runtime/backend.h DispatchFloat).
+template <typename Tag> struct Elem;
+template <> struct Elem<F32Tag> { using T = float; };
+template <> struct Elem<F16Tag> { using T = _Float16; };
+template <> struct Elem<BF16Tag> { using T = BF16; };
+template <typename Tag> using ElemT = typename Elem<std::decay_t<Tag>>::T;
 
 }  // namespace
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kOptimStep, OptimStep,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .RemainingArgs()
-                                  .RemainingRets()
-                                  .Attr<int64_t>("rule")
-                                  .Attr<int64_t>("n")
-                                  .Attr<int64_t>("nslots")
-                                  .Attr<int64_t>("write_updates")
-                                  .Attr<float>("b1")
-                                  .Attr<float>("b2")
-                                  .Attr<float>("ob1")
-                                  .Attr<float>("ob2")
-                                  .Attr<float>("eps")
-                                  .Attr<float>("momentum")
-                                  .Attr<float>("weight_decay")
-                                  .Attr<int64_t>("nesterov")
-                                  .Attr<int64_t>("amsgrad")
-                                  .Attr<int64_t>("centered")
-                                  .Attr<float>("rescale")
-                                  .Attr<float>("clip_value")
-                                  .Attr<float>("clip_norm")
-                                  .Attr<int64_t>("norm_mode")
-                                  .Attr<float>("l1")
-                                  .Attr<float>("l2"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kOptimSqNorm, OptimSqNorm,
-                              ffi::Ffi::Bind()
-                                  .RemainingArgs()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("rescale")
-                                  .Attr<float>("clip_value"));
-
-JAX_MPS_REGISTER("jax_mps_optim_step_fwd", "cpu", kOptimStep);
-JAX_MPS_REGISTER("jax_mps_optim_sqnorm_fwd", "cpu", kOptimSqNorm);
-
 }  // namespace jax_mps::cpu
+
+namespace jax_mps {
+
+using namespace cpu;
+
+ffi::Error Cpu::OptimStep(Ctx, const OptimDesc& d, Buf lr, Buf count, Buf sqnorm, const Buffers& args,
+                          const Buffers& rets) {
+  const int64_t n = d.n;
+  std::vector<Leaf> leaves(n);
+  const ffi::DataType dtype = n ? args[0].element_type() : ffi::F32;
+  for (int64_t l = 0; l < n; ++l) {
+    Leaf& L = leaves[l];
+    L.size = int64_t(args[l].element_count());
+    L.p = args[l].untyped_data();
+    L.g = args[n + l].untyped_data();
+    L.out = rets[l].untyped_data();
+    for (int64_t s = 0; s < 3; ++s) L.s_in[s] = L.s_out[s] = nullptr;
+    for (int64_t s = 0; s < d.nslots; ++s) {
+      L.s_in[s] = static_cast<float*>(args[(2 + s) * n + l].untyped_data());
+      L.s_out[s] = static_cast<float*>(rets[(1 + s) * n + l].untyped_data());
+    }
+  }
+  const int32_t t = static_cast<const int32_t*>(count.untyped_data())[0];
+  if (d.rule == OptRule::kAdam) JAX_MPS_CHECK(t > 0, "optim: adam needs a step count >= 1, got ", t);
+  const auto chunks = MakeChunks(leaves);
+  Pre c = MakePre(d.rescale, d.clip_value, d.l1, d.l2);
+  if (d.norm_mode != NormMode::kNone) {
+    double sq = double(static_cast<const float*>(sqnorm.untyped_data())[0]);
+    if (d.norm_mode == NormMode::kInternal)
+      JAX_MPS_RETURN_IF_ERROR(DispatchFloat("optim", dtype, [&](auto tag) {
+        sq = SqNorm<ElemT<decltype(tag)>>(leaves, chunks, c);
+        return ffi::Error::Success();
+      }));
+    c.nscale = NormScale(sq, d.clip_norm);
+  }
+  Hyper h;
+  h.nlr = -static_cast<const float*>(lr.untyped_data())[0];
+  h.keep = d.write_updates ? 0.f : 1.f;
+  h.b1 = d.b1; h.ob1 = d.ob1;
+  h.b2 = d.b2; h.ob2 = d.ob2;
+  // As optax: 1 - b**count in float32.
+  h.bc1 = 1.f - std::pow(d.b1, float(t));
+  h.bc2 = 1.f - std::pow(d.b2, float(t));
+  h.eps = d.eps; h.mom = d.momentum; h.wd = d.weight_decay;
+  return DispatchFloat("optim", dtype, [&](auto tag) {
+    Dispatch<ElemT<decltype(tag)>>(d, leaves, chunks, c, h);
+    return ffi::Error::Success();
+  });
+}
+
+ffi::Error Cpu::OptimSqNorm(Ctx, const SqNormDesc& d, const Buffers& grads, Buf out) {
+  std::vector<Leaf> leaves(grads.size());
+  for (size_t l = 0; l < grads.size(); ++l)
+    leaves[l] = Leaf{int64_t(grads[l].element_count()), nullptr, grads[l].untyped_data(), nullptr, {}, {}};
+  const auto chunks = MakeChunks(leaves);
+  const Pre c = MakePre(d.rescale, d.clip_value, 0.f, 0.f);
+  double sq = 0.0;
+  if (!grads.empty())
+    JAX_MPS_RETURN_IF_ERROR(DispatchFloat("optim_sqnorm", grads[0].element_type(), [&](auto tag) {
+      sq = SqNorm<ElemT<decltype(tag)>>(leaves, chunks, c);
+      return ffi::Error::Success();
+    }));
+  static_cast<float*>(out.untyped_data())[0] = float(sq);
+  return ffi::Error::Success();
+}
+
+}  // namespace jax_mps

@@ -12,14 +12,12 @@
 #include <emmintrin.h>
 #endif
 
+#include "cpu/backend.h"
 #include "cpu/dnnl_common.h"
-#include "runtime/pooling.h"
-#include "runtime/registry.h"
+#include "cpu/f32.h"
 
 namespace jax_mps::cpu {
 namespace {
-
-using Span = ffi::Span<const int64_t>;
 
 // Below this many window reads one thread is as fast as two (these kernels are memory-bound) and
 // cannot stall on an OpenMP team member descheduled by XLA's own threads.
@@ -343,73 +341,53 @@ void AvgBwd(const Pool2DDesc& d, bool include_pad, const float* dy, float* dx) {
     }
 }
 
+}  // namespace
+}  // namespace jax_mps::cpu
+
+namespace jax_mps {
+
+using namespace cpu;
+
 // with_index 0 (the primal alone, nothing to differentiate) skips the argmax: idx is then empty.
-ffi::Error MaxPoolFwd(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::S32> idx,
-                      Span window, Span stride, Span pad_lo, Span pad_hi, int64_t with_index) {
-  Pool2DDesc d;
-  JAX_MPS_RETURN_IF_ERROR(MakePool2D("max_pool_fwd", x.dimensions(), y->dimensions(), window, stride, pad_lo, pad_hi, &d));
-  JAX_MPS_CHECK(with_index == 0 || with_index == 1, "max_pool_fwd: with_index must be 0 or 1, got ", with_index);
-  if (with_index) {
-    JAX_MPS_CHECK(idx->dimensions().size() == 4 && idx->element_count() == y->element_count(),
-                  "max_pool_fwd: argmax must have the output's shape ", DimsStr(y->dimensions()), ", got ",
-                  DimsStr(idx->dimensions()));
-  } else {
-    JAX_MPS_CHECK(idx->element_count() == 0, "max_pool_fwd: argmax must be empty when with_index is 0, got ",
-                  DimsStr(idx->dimensions()));
-  }
-  JAX_MPS_CHECK(d.h * d.w <= std::numeric_limits<int32_t>::max(), "max_pool_fwd: H * W must fit in int32");
+ffi::Error Cpu::MaxPoolFwd(Ctx, const Pool2DDesc& d, Buf x, Buf y, Buf idx) {
+  F32In xf(x);
+  F32Out yf(y);
+  int32_t* ip = static_cast<int32_t*>(idx.untyped_data());
   DispatchC(d.c, [&](auto ct) {
-    if (with_index) MaxFwd<decltype(ct)::value, true>(d, x.typed_data(), y->typed_data(), idx->typed_data());
-    else MaxFwd<decltype(ct)::value, false>(d, x.typed_data(), y->typed_data(), nullptr);
+    if (d.with_index) MaxFwd<decltype(ct)::value, true>(d, xf.get(), yf.get(), ip);
+    else MaxFwd<decltype(ct)::value, false>(d, xf.get(), yf.get(), nullptr);
   });
   return ffi::Error::Success();
 }
 
-ffi::Error MaxPoolBwd(ffi::Buffer<ffi::S32> idx, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx,
-                      Span window, Span stride, Span pad_lo, Span pad_hi) {
-  Pool2DDesc d;
-  JAX_MPS_RETURN_IF_ERROR(MakePool2D("max_pool_bwd", dx->dimensions(), dy.dimensions(), window, stride, pad_lo, pad_hi, &d));
-  JAX_MPS_CHECK(idx.element_count() == dy.element_count(), "max_pool_bwd: argmax must have dy's shape ",
-                DimsStr(dy.dimensions()), ", got ", DimsStr(idx.dimensions()));
-  DispatchC(d.c, [&](auto ct) { MaxBwd<decltype(ct)::value>(d, idx.typed_data(), dy.typed_data(), dx->typed_data()); });
+ffi::Error Cpu::MaxPoolBwd(Ctx, const Pool2DDesc& d, Buf idx, Buf dy, Buf dx) {
+  F32In dyf(dy);
+  F32Out dxf(dx);
+  const int32_t* ip = static_cast<const int32_t*>(idx.untyped_data());
+  DispatchC(d.c, [&](auto ct) { MaxBwd<decltype(ct)::value>(d, ip, dyf.get(), dxf.get()); });
   return ffi::Error::Success();
 }
 
-ffi::Error AvgPoolFwd(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, Span window, Span stride, Span pad_lo,
-                      Span pad_hi, int64_t count_include_pad) {
-  Pool2DDesc d;
-  JAX_MPS_RETURN_IF_ERROR(MakePool2D("avg_pool_fwd", x.dimensions(), y->dimensions(), window, stride, pad_lo, pad_hi, &d));
-  DispatchC(d.c, [&](auto ct) {
-    AvgFwd<decltype(ct)::value>(d, count_include_pad != 0, x.typed_data(), y->typed_data());
-  });
+ffi::Error Cpu::AvgPoolFwd(Ctx, const Pool2DDesc& d, Buf x, Buf y) {
+  F32In xf(x);
+  F32Out yf(y);
+  DispatchC(d.c, [&](auto ct) { AvgFwd<decltype(ct)::value>(d, d.count_include_pad, xf.get(), yf.get()); });
   return ffi::Error::Success();
 }
 
-ffi::Error AvgPoolBwd(ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx, Span window, Span stride, Span pad_lo,
-                      Span pad_hi, int64_t count_include_pad) {
-  Pool2DDesc d;
-  JAX_MPS_RETURN_IF_ERROR(MakePool2D("avg_pool_bwd", dx->dimensions(), dy.dimensions(), window, stride, pad_lo, pad_hi, &d));
-  DispatchC(d.c, [&](auto ct) {
-    AvgBwd<decltype(ct)::value>(d, count_include_pad != 0, dy.typed_data(), dx->typed_data());
-  });
+ffi::Error Cpu::AvgPoolBwd(Ctx, const Pool2DDesc& d, Buf dy, Buf dx) {
+  F32In dyf(dy);
+  F32Out dxf(dx);
+  DispatchC(d.c, [&](auto ct) { AvgBwd<decltype(ct)::value>(d, d.count_include_pad, dyf.get(), dxf.get()); });
   return ffi::Error::Success();
 }
 
-// Global average pooling: (N, H, W, C) -> (N, C).
-ffi::Error CheckGlobal(const char* op, Span in, Span out) {
-  JAX_MPS_CHECK(in.size() == 4, op, ": input must have rank 4 (N, H, W, C), got ", DimsStr(in));
-  JAX_MPS_CHECK(in[1] * in[2] > 0, op, ": H * W must be > 0, got ", DimsStr(in));
-  JAX_MPS_CHECK(out.size() == 2 && out[0] == in[0] && out[1] == in[3], op, ": output must have shape (", in[0], ", ",
-                in[3], "), got ", DimsStr(out));
-  return ffi::Error::Success();
-}
-
-ffi::Error GlobalAvgFwd(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y) {
-  JAX_MPS_RETURN_IF_ERROR(CheckGlobal("global_avg_pool2d_fwd", x.dimensions(), y->dimensions()));
-  auto dims = x.dimensions();
-  const int64_t n = dims[0], hw = dims[1] * dims[2], c = dims[3];
-  const float* xp = x.typed_data();
-  float* yp = y->typed_data();
+ffi::Error Cpu::GlobalAvgPoolFwd(Ctx, const GlobalPoolDesc& d, Buf x, Buf y) {
+  const int64_t n = d.n, hw = d.hw, c = d.c;
+  F32In xf(x);
+  F32Out yf(y);
+  const float* xp = xf.get();
+  float* yp = yf.get();
   const float inv = 1.f / static_cast<float>(hw);
 #pragma omp parallel for if (n * hw * c > kParallelWork)
   for (int64_t b = 0; b < n; ++b) {
@@ -424,12 +402,12 @@ ffi::Error GlobalAvgFwd(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y) 
   return ffi::Error::Success();
 }
 
-ffi::Error GlobalAvgBwd(ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx) {
-  JAX_MPS_RETURN_IF_ERROR(CheckGlobal("global_avg_pool2d_bwd", dx->dimensions(), dy.dimensions()));
-  auto dims = dx->dimensions();
-  const int64_t n = dims[0], hw = dims[1] * dims[2], c = dims[3];
-  const float* g = dy.typed_data();
-  float* dxp = dx->typed_data();
+ffi::Error Cpu::GlobalAvgPoolBwd(Ctx, const GlobalPoolDesc& d, Buf dy, Buf dx) {
+  const int64_t n = d.n, hw = d.hw, c = d.c;
+  F32In gf(dy);
+  F32Out dxf(dx);
+  const float* g = gf.get();
+  float* dxp = dxf.get();
   const float inv = 1.f / static_cast<float>(hw);
 #pragma omp parallel for if (n * hw * c > kParallelWork)
   for (int64_t b = 0; b < n; ++b)
@@ -440,37 +418,4 @@ ffi::Error GlobalAvgBwd(ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx
   return ffi::Error::Success();
 }
 
-}  // namespace
-
-// Binding's move constructor is private, so the shared attributes are a macro, not a function.
-#define POOL_ATTRS(b) \
-  b.Attr<Span>("window").Attr<Span>("stride").Attr<Span>("pad_lo").Attr<Span>("pad_hi")
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kMaxPoolFwd, MaxPoolFwd,
-                              POOL_ATTRS(ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
-                                            .Ret<ffi::Buffer<ffi::S32>>())
-                                  .Attr<int64_t>("with_index"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kMaxPoolBwd, MaxPoolBwd,
-                              POOL_ATTRS(ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::S32>>().Arg<ffi::Buffer<ffi::F32>>()
-                                            .Ret<ffi::Buffer<ffi::F32>>()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kAvgPoolFwd, AvgPoolFwd,
-                              POOL_ATTRS(ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>())
-                                  .Attr<int64_t>("count_include_pad"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kAvgPoolBwd, AvgPoolBwd,
-                              POOL_ATTRS(ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>())
-                                  .Attr<int64_t>("count_include_pad"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kGlobalAvgFwd, GlobalAvgFwd,
-                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kGlobalAvgBwd, GlobalAvgBwd,
-                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
-
-#undef POOL_ATTRS
-
-JAX_MPS_REGISTER("jax_mps_max_pool_fwd", "cpu", kMaxPoolFwd);
-JAX_MPS_REGISTER("jax_mps_max_pool_bwd", "cpu", kMaxPoolBwd);
-JAX_MPS_REGISTER("jax_mps_avg_pool_fwd", "cpu", kAvgPoolFwd);
-JAX_MPS_REGISTER("jax_mps_avg_pool_bwd", "cpu", kAvgPoolBwd);
-JAX_MPS_REGISTER("jax_mps_global_avg_pool2d_fwd", "cpu", kGlobalAvgFwd);
-JAX_MPS_REGISTER("jax_mps_global_avg_pool2d_bwd", "cpu", kGlobalAvgBwd);
-
-}  // namespace jax_mps::cpu
+}  // namespace jax_mps

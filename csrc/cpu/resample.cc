@@ -6,8 +6,8 @@
 #include <string_view>
 #include <vector>
 
-#include "runtime/pooling.h"
-#include "runtime/registry.h"
+#include "cpu/backend.h"
+#include "cpu/f32.h"
 
 namespace jax_mps::cpu {
 namespace {
@@ -112,34 +112,27 @@ void BilinearBwd(const Upsample2DDesc& d, const float* dy, float* dx) {
   }
 }
 
-ffi::Error UpsampleFwd(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw,
-                       std::string_view method) {
-  Upsample2DDesc d;
-  JAX_MPS_RETURN_IF_ERROR(MakeUpsample2D("upsample2d_fwd", x.dimensions(), y->dimensions(), sh, sw, method, &d));
-  if (x.element_count() == 0) return ffi::Error::Success();
-  (d.bilinear ? BilinearFwd : NearestFwd)(d, x.typed_data(), y->typed_data());
-  return ffi::Error::Success();
-}
-
-ffi::Error UpsampleBwd(ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx, int64_t sh, int64_t sw,
-                       std::string_view method) {
-  Upsample2DDesc d;
-  JAX_MPS_RETURN_IF_ERROR(MakeUpsample2D("upsample2d_bwd", dx->dimensions(), dy.dimensions(), sh, sw, method, &d));
-  if (dx->element_count() == 0) return ffi::Error::Success();
-  (d.bilinear ? BilinearBwd : NearestBwd)(d, dy.typed_data(), dx->typed_data());
-  return ffi::Error::Success();
-}
-
 }  // namespace
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kUpsampleFwd, UpsampleFwd,
-                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("sh").Attr<int64_t>("sw").Attr<std::string_view>("method"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kUpsampleBwd, UpsampleBwd,
-                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("sh").Attr<int64_t>("sw").Attr<std::string_view>("method"));
-
-JAX_MPS_REGISTER("jax_mps_upsample2d_fwd", "cpu", kUpsampleFwd);
-JAX_MPS_REGISTER("jax_mps_upsample2d_bwd", "cpu", kUpsampleBwd);
-
 }  // namespace jax_mps::cpu
+
+namespace jax_mps {
+
+using namespace cpu;
+
+ffi::Error Cpu::UpsampleFwd(Ctx, const Upsample2DDesc& d, Buf x, Buf y) {
+  if (x.element_count() == 0) return ffi::Error::Success();
+  F32In xf(x);
+  F32Out yf(y);
+  (d.bilinear ? BilinearFwd : NearestFwd)(d, xf.get(), yf.get());
+  return ffi::Error::Success();
+}
+
+ffi::Error Cpu::UpsampleBwd(Ctx, const Upsample2DDesc& d, Buf dy, Buf dx) {
+  if (dx.element_count() == 0) return ffi::Error::Success();
+  F32In dyf(dy);
+  F32Out dxf(dx);
+  (d.bilinear ? BilinearBwd : NearestBwd)(d, dyf.get(), dxf.get());
+  return ffi::Error::Success();
+}
+
+}  // namespace jax_mps

@@ -13,14 +13,15 @@
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
 #include <exception>
 #include <string>
 #include <vector>
 
+#include "cpu/backend.h"
 #include "cpu/dnnl_common.h"
+#include "cpu/f32.h"
 #include "cpu/kernel_util.h"
-#include "runtime/registry.h"
-#include "runtime/rnn.h"
 
 namespace jax_mps::cpu {
 namespace {
@@ -379,44 +380,22 @@ struct Weights {
   const float *w_ih, *w_hh, *b_ih, *b_hh;
 };
 
-// Shapes of every buffer against the descriptor; lengths in [0, T].
-ffi::Error CheckCommon(const RnnDesc& d, ffi::Buffer<ffi::F32>& h0, ffi::Buffer<ffi::F32>& c0,
-                       ffi::Buffer<ffi::S32>& lens, const ffi::RemainingArgs& w, size_t w_off,
-                       std::vector<Weights>* ws) {
-  const int64_t LD = d.L * d.D, B = d.B, H = d.H, GH = d.G() * d.H;
-  JAX_MPS_CHECK(Dims(h0.dimensions().begin(), h0.dimensions().end()) == Dims({LD, B, H}),
-                "rnn: h0 must have shape (", LD, ", ", B, ", ", H, "), got ", DimsStr(h0.dimensions()));
-  if (d.cell == Cell::kLstm)
-    JAX_MPS_CHECK(Dims(c0.dimensions().begin(), c0.dimensions().end()) == Dims({LD, B, H}),
-                  "rnn: c0 must have shape (", LD, ", ", B, ", ", H, "), got ", DimsStr(c0.dimensions()));
-  JAX_MPS_CHECK(lens.dimensions().size() == 1 && lens.dimensions()[0] == B, "rnn: seq_lengths must have shape (",
-                B, ",), got ", DimsStr(lens.dimensions()));
-  const int32_t* lp = lens.typed_data();
-  for (int64_t b = 0; b < B; ++b)
+// Lengths in [0, T]: values, so checked here where they are read (the runtime checks shapes).
+ffi::Error CheckLengths(const RnnDesc& d, const int32_t* lp) {
+  for (int64_t b = 0; b < d.B; ++b)
     JAX_MPS_CHECK(lp[b] >= 0 && lp[b] <= d.T, "rnn: seq_lengths[", b, "] = ", lp[b], " is outside [0, ", d.T, "]");
-  JAX_MPS_CHECK(w.size() >= w_off + 4 * LD, "rnn: expected ", 4 * LD, " weight arrays, got ",
-                int64_t(w.size()) - int64_t(w_off));
-  ws->clear();
-  for (int64_t l = 0; l < d.L; ++l)
-    for (int64_t k = 0; k < d.D; ++k) {
-      const Dims want[4] = {{d.InputSize(l), GH}, {H, GH}, {GH}, {GH}};
-      const float* p[4];
-      for (int q = 0; q < 4; ++q) {
-        auto buf = w.get<ffi::Buffer<ffi::F32>>(w_off + 4 * (l * d.D + k) + q);
-        if (buf.has_error()) return buf.error();
-        auto dims = buf->dimensions();
-        JAX_MPS_CHECK(Dims(dims.begin(), dims.end()) == want[q], "rnn: weight ", q, " of layer ", l, " direction ",
-                      k, " must have shape ", DimsStr(want[q]), ", got ", DimsStr(dims));
-        p[q] = buf->typed_data();
-      }
-      ws->push_back({p[0], p[1], p[2], p[3]});
-    }
   return ffi::Error::Success();
 }
 
-ffi::Error CheckSize(const char* what, int64_t got, int64_t want) {
-  JAX_MPS_CHECK(got == want, "rnn: ", what, " has ", got, " elements, expected ", want);
-  return ffi::Error::Success();
+// Float32 views of the weight arrays (w_ih, w_hh, b_ih, b_hh per layer-direction).
+std::vector<Weights> WeightViews(const Buffers& w, std::deque<F32In>& keep) {
+  std::vector<Weights> ws;
+  for (size_t i = 0; i + 3 < w.size(); i += 4) {
+    const float* p[4];
+    for (int q = 0; q < 4; ++q) p[q] = keep.emplace_back(w[i + q]).get();
+    ws.push_back({p[0], p[1], p[2], p[3]});
+  }
+  return ws;
 }
 
 // Layer-direction passes run batch slices in parallel (ChainThreads): each thread projects its
@@ -567,108 +546,48 @@ void Backward(const RnnDesc& d, const float* x, const int32_t* len, const std::v
   }
 }
 
-ffi::Error RnnFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
-                  ffi::Buffer<ffi::S32> lens, ffi::RemainingArgs w, ffi::ResultBuffer<ffi::F32> y,
-                  ffi::ResultBuffer<ffi::F32> hn, ffi::ResultBuffer<ffi::F32> cn, ffi::ResultBuffer<ffi::F32> ws,
-                  int64_t cell, int64_t num_layers, int64_t num_dirs, int64_t hidden, int64_t time_major) {
-  RnnDesc d;
-  JAX_MPS_RETURN_IF_ERROR(MakeRnnDesc(cell, num_layers, num_dirs, hidden, time_major, x.dimensions(), &d));
-  std::vector<Weights> wp;
-  JAX_MPS_RETURN_IF_ERROR(CheckCommon(d, h0, c0, lens, w, 0, &wp));
-  const int64_t LDBH = d.L * d.D * d.B * d.H;
-  JAX_MPS_RETURN_IF_ERROR(CheckSize("y", y->element_count(), d.Rows() * d.D * d.H));
-  JAX_MPS_RETURN_IF_ERROR(CheckSize("h_n", hn->element_count(), LDBH));
-  JAX_MPS_RETURN_IF_ERROR(CheckSize("c_n", cn->element_count(), d.cell == Cell::kLstm ? LDBH : 0));
-  JAX_MPS_RETURN_IF_ERROR(CheckSize("workspace", ws->element_count(), d.WorkspaceSize()));
-  return Guard("rnn_fwd", [&] {
-    AdviseHugePages(ws->typed_data(), ws->size_bytes());
-    AdviseHugePages(y->typed_data(), y->size_bytes());
-    Forward(d, x.typed_data(), h0.typed_data(), c0.typed_data(), lens.typed_data(), wp, y->typed_data(),
-            hn->typed_data(), cn->typed_data(), ws->typed_data());
-    return ffi::Error::Success();
-  });
+}  // namespace
+}  // namespace jax_mps::cpu
+
+namespace jax_mps {
+
+using namespace cpu;
+
+ffi::Error Cpu::RnnFwd(Ctx, const RnnDesc& d, Buf x, Buf h0, Buf c0, Buf lens, const Buffers& w, Buf y, Buf hn,
+                       Buf cn, Buf ws) {
+  const int32_t* lp = static_cast<const int32_t*>(lens.untyped_data());
+  JAX_MPS_RETURN_IF_ERROR(CheckLengths(d, lp));
+  std::deque<F32In> keep;
+  const std::vector<Weights> wp = WeightViews(w, keep);
+  F32In xf(x), h0f(h0), c0f(c0);
+  F32Out yf(y), hnf(hn), cnf(cn);
+  float* wsp = static_cast<float*>(ws.untyped_data());
+  AdviseHugePages(wsp, ws.size_bytes());
+  AdviseHugePages(yf.get(), y.element_count() * sizeof(float));
+  Forward(d, xf.get(), h0f.get(), c0f.get(), lp, wp, yf.get(), hnf.get(), cnf.get(), wsp);
+  return ffi::Error::Success();
 }
 
-ffi::Error RnnBwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
-                  ffi::Buffer<ffi::S32> lens, ffi::Buffer<ffi::F32> ws, ffi::Buffer<ffi::F32> dy,
-                  ffi::Buffer<ffi::F32> dhn, ffi::Buffer<ffi::F32> dcn, ffi::RemainingArgs w,
-                  ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0,
-                  ffi::RemainingRets dw, int64_t cell, int64_t num_layers, int64_t num_dirs, int64_t hidden,
-                  int64_t time_major) {
-  RnnDesc d;
-  JAX_MPS_RETURN_IF_ERROR(MakeRnnDesc(cell, num_layers, num_dirs, hidden, time_major, x.dimensions(), &d));
-  std::vector<Weights> wp;
-  JAX_MPS_RETURN_IF_ERROR(CheckCommon(d, h0, c0, lens, w, 0, &wp));
-  const int64_t LDBH = d.L * d.D * d.B * d.H, cnum = d.cell == Cell::kLstm ? LDBH : 0;
-  JAX_MPS_RETURN_IF_ERROR(CheckSize("workspace", ws.element_count(), d.WorkspaceSize()));
-  JAX_MPS_RETURN_IF_ERROR(CheckSize("dy", dy.element_count(), d.Rows() * d.D * d.H));
-  JAX_MPS_RETURN_IF_ERROR(CheckSize("dh_n", dhn.element_count(), LDBH));
-  JAX_MPS_RETURN_IF_ERROR(CheckSize("dc_n", dcn.element_count(), cnum));
-  JAX_MPS_RETURN_IF_ERROR(CheckSize("dx", dx->element_count(), x.element_count()));
-  JAX_MPS_RETURN_IF_ERROR(CheckSize("dh0", dh0->element_count(), LDBH));
-  JAX_MPS_RETURN_IF_ERROR(CheckSize("dc0", dc0->element_count(), cnum));
-  JAX_MPS_CHECK(dw.size() == wp.size() * 4, "rnn_bwd: expected ", wp.size() * 4, " weight gradients, got ",
-                dw.size());
+// h0 / c0 are not read: the workspace holds every h_{t-1} / c_{t-1} the backward needs.
+ffi::Error Cpu::RnnBwd(Ctx, const RnnDesc& d, Buf x, Buf /*h0*/, Buf /*c0*/, Buf lens, Buf ws, Buf dy, Buf dhn,
+                       Buf dcn, const Buffers& w, Buf dx, Buf dh0, Buf dc0, const Buffers& dw) {
+  const int32_t* lp = static_cast<const int32_t*>(lens.untyped_data());
+  JAX_MPS_RETURN_IF_ERROR(CheckLengths(d, lp));
+  std::deque<F32In> keep;
+  const std::vector<Weights> wp = WeightViews(w, keep);
+  std::deque<F32Out> grads;
   std::vector<Grads> gp;
-  for (size_t i = 0; i < wp.size(); ++i) {
+  for (size_t i = 0; i + 3 < dw.size(); i += 4) {
     float* p[4];
-    for (int q = 0; q < 4; ++q) {
-      auto r = dw.get<ffi::Buffer<ffi::F32>>(4 * i + q);
-      if (r.has_error()) return r.error();
-      auto wb = w.get<ffi::Buffer<ffi::F32>>(4 * i + q);
-      JAX_MPS_RETURN_IF_ERROR(CheckSize("weight gradient", (*r)->element_count(), wb->element_count()));
-      p[q] = (*r)->typed_data();
-    }
+    for (int q = 0; q < 4; ++q) p[q] = grads.emplace_back(dw[i + q]).get();
     gp.push_back({p[0], p[1], p[2], p[3]});
   }
-  return Guard("rnn_bwd", [&] {
-    AdviseHugePages(dx->typed_data(), dx->size_bytes());
-    Backward(d, x.typed_data(), lens.typed_data(), wp, ws.typed_data(), dy.typed_data(), dhn.typed_data(),
-             dcn.typed_data(), dx->typed_data(), dh0->typed_data(), dc0->typed_data(), gp);
-    return ffi::Error::Success();
-  });
+  F32In xf(x), dyf(dy), dhnf(dhn), dcnf(dcn);
+  F32Out dxf(dx), dh0f(dh0), dc0f(dc0);
+  AdviseHugePages(dxf.get(), dx.element_count() * sizeof(float));
+  Backward(d, xf.get(), lp, wp, static_cast<const float*>(ws.untyped_data()), dyf.get(), dhnf.get(), dcnf.get(),
+           dxf.get(), dh0f.get(), dc0f.get(), gp);
+  return ffi::Error::Success();
 }
 
-}  // namespace
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kRnnFwd, RnnFwd,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0 (LSTM; else empty)
-                                  .Arg<ffi::Buffer<ffi::S32>>()  // seq_lengths
-                                  .RemainingArgs()               // (w_ih, w_hh, b_ih, b_hh) per layer-direction
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // y
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // h_n
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // c_n
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // workspace
-                                  .Attr<int64_t>("cell")
-                                  .Attr<int64_t>("num_layers")
-                                  .Attr<int64_t>("num_dirs")
-                                  .Attr<int64_t>("hidden")
-                                  .Attr<int64_t>("time_major"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(kRnnBwd, RnnBwd,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0
-                                  .Arg<ffi::Buffer<ffi::S32>>()  // seq_lengths
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // workspace
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // dy
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // dh_n
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // dc_n
-                                  .RemainingArgs()               // weights
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dx
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dh0
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dc0
-                                  .RemainingRets()               // weight gradients
-                                  .Attr<int64_t>("cell")
-                                  .Attr<int64_t>("num_layers")
-                                  .Attr<int64_t>("num_dirs")
-                                  .Attr<int64_t>("hidden")
-                                  .Attr<int64_t>("time_major"));
-
-JAX_MPS_REGISTER("jax_mps_rnn_fwd", "cpu", kRnnFwd);
-JAX_MPS_REGISTER("jax_mps_rnn_bwd", "cpu", kRnnBwd);
-
-}  // namespace jax_mps::cpu
+}  // namespace jax_mps

@@ -75,8 +75,6 @@ struct PlanKey {
   std::vector<int64_t> v;
   PlanKey& add(int64_t x) { v.push_back(x); return *this; }
   PlanKey& add(double x) { int64_t b; static_assert(sizeof b == sizeof x); std::memcpy(&b, &x, sizeof b); v.push_back(b); return *this; }
-  PlanKey& add(ffi::Span<const int64_t> s) { v.push_back(-1 - int64_t(s.size())); v.insert(v.end(), s.begin(), s.end()); return *this; }
-  PlanKey& add(const Dims& s) { return add(ffi::Span<const int64_t>(s.data(), s.size())); }
   bool operator==(const PlanKey& o) const { return v == o.v; }
 };
 struct PlanKeyHash {

@@ -1,14 +1,41 @@
-// Backend-neutral convolution / dense descriptors and their validation.
+// Convolution, transposed convolution and dense: descriptors, validation and targets.
 // Layouts: x (N, H, W, C) (1-D convs use H = 1), w (KH, KW, Cin/groups, Cout), y (N, OH, OW, Cout).
 // Padding is the lax.conv_general_dilated / lax.conv_transpose (lo, hi) pair per spatial dim.
+// Three targets per op: fwd (bias + activation fused), bwd_data (dx) and bwd_weights (dw, db), split
+// so XLA drops the dx call when the input needs no gradient. The backward targets take `s`, the
+// saved output y (from_output) or pre-activation z (ignored when act is none).
 #pragma once
 #include <cstdint>
 
-#include "runtime/common.h"
+#include "runtime/activation.h"
 
 namespace jax_mps {
 
-struct ConvDesc {
+// What conv and dense share: the fused epilogue and the precision request.
+struct FusedDesc {
+  Act act = Act::kNone;
+  float alpha = 0.f;
+  bool has_bias = false;
+  bool from_output = false;  // backward: s is the output y (else the pre-activation z)
+  // accumulate="float16" (1) or float32 (0). A backend may honour it (CUDA) or always
+  // accumulate in float32 (the CPU, as API.md allows).
+  bool f16_accumulate = false;
+};
+
+inline ffi::Error MakeFused(const char* op, int64_t act, float alpha, int64_t has_bias, int64_t from_output,
+                            int64_t accumulate, FusedDesc* f) {
+  JAX_MPS_RETURN_IF_ERROR(CheckFusedAct(op, act, alpha, from_output));
+  JAX_MPS_RETURN_IF_ERROR(CheckFlag(op, "has_bias", has_bias));
+  JAX_MPS_RETURN_IF_ERROR(CheckFlag(op, "accumulate", accumulate));
+  f->act = static_cast<Act>(act);
+  f->alpha = alpha;
+  f->has_bias = has_bias != 0;
+  f->from_output = from_output != 0;
+  f->f16_accumulate = accumulate != 0;
+  return ffi::Error::Success();
+}
+
+struct ConvDesc : FusedDesc {
   int64_t n = 0, ih = 0, iw = 0, ic = 0;  // input
   int64_t oh = 0, ow = 0, oc = 0;         // output
   int64_t kh = 0, kw = 0, groups = 1;
@@ -16,7 +43,6 @@ struct ConvDesc {
   int64_t plh = 0, plw = 0, phh = 0, phw = 0;  // lax (lo, hi) padding
   bool transpose = false;
 
-  int64_t EffK(int64_t k, int64_t d) const { return (k - 1) * d + 1; }
   void AddTo(PlanKey& key) const {
     for (int64_t v : {n, ih, iw, ic, oh, ow, oc, kh, kw, groups, sh, sw, dh, dw, plh, plw, phh, phw})
       key.add(v);
@@ -76,7 +102,7 @@ inline ffi::Error MakeConvDesc(const char* op, ffi::Span<const int64_t> x, ffi::
 }
 
 // Dense: x (M, K) @ w (K, N) (+ b (N,)) -> y (M, N); leading dims of x are folded into M.
-struct DenseDesc {
+struct DenseDesc : FusedDesc {
   int64_t m = 0, k = 0, n = 0;
 };
 
@@ -89,7 +115,172 @@ inline ffi::Error MakeDenseDesc(const char* op, ffi::Span<const int64_t> x, ffi:
   d->n = w[1];
   d->m = 1;
   for (size_t i = 0; i + 1 < x.size(); ++i) d->m *= x[i];
+  JAX_MPS_CHECK(d->k >= 1, op, ": In must be >= 1");
   return ffi::Error::Success();
+}
+
+// The bias b ((Cout,), or (0,) without bias) and the saved activation operand s (dy's shape
+// unless act is none, when the kernels ignore it).
+inline ffi::Error CheckBias(const char* op, const char* name, const ffi::AnyBuffer& b, const FusedDesc& f,
+                            int64_t cout) {
+  return CheckFloatShape(op, name, b, {f.has_bias ? cout : 0});
+}
+inline ffi::Error CheckSaved(const char* op, const ffi::AnyBuffer& s, const ffi::AnyBuffer& dy, const FusedDesc& f) {
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "s", s));
+  return f.act == Act::kNone ? ffi::Error::Success() : CheckLike(op, "s", s, dy);
+}
+
+#define JAX_MPS_CONV_ARGS                                                                            \
+  ffi::Span<const int64_t> stride, ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi, \
+      ffi::Span<const int64_t> dilation, int64_t groups, int64_t transpose, int64_t act, float alpha
+
+// Attributes every conv target binds, in this order: the spatial geometry, then the epilogue.
+template <typename Bd>
+auto ConvAttrs(Bd&& b) {
+  return std::move(b).template Attr<ffi::Span<const int64_t>>("stride").template Attr<ffi::Span<const int64_t>>("pad_lo")
+      .template Attr<ffi::Span<const int64_t>>("pad_hi").template Attr<ffi::Span<const int64_t>>("dilation")
+      .template Attr<int64_t>("groups").template Attr<int64_t>("transpose").template Attr<int64_t>("act")
+      .template Attr<float>("alpha");
+}
+
+inline const char* ConvOp(int64_t transpose, const char* conv, const char* deconv) { return transpose ? deconv : conv; }
+
+// ---- conv_fwd: y = act(conv(x, w) + b) ----
+template <class B>
+ffi::Error ConvFwd(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
+                   ffi::Result<ffi::AnyBuffer> y, JAX_MPS_CONV_ARGS, int64_t has_bias, int64_t accumulate) {
+  const char* op = ConvOp(transpose, "conv_fwd", "conv_transpose_fwd");
+  ConvDesc c;
+  JAX_MPS_RETURN_IF_ERROR(MakeFused(op, act, alpha, has_bias, 0, accumulate, &c));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "x", x));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "w", w));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "y", *y));
+  JAX_MPS_RETURN_IF_ERROR(MakeConvDesc(op, x.dimensions(), w.dimensions(), y->dimensions(), stride, pad_lo, pad_hi,
+                                       dilation, groups, transpose != 0, &c));
+  JAX_MPS_RETURN_IF_ERROR(CheckBias(op, "b", b, c, c.oc));
+  return Guard(op, [&] { return B::ConvFwd(ctx, c, x, w, b, *y); });
+}
+template <class B>
+auto ConvFwdBinding() {
+  return ConvAttrs(ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>()
+                       .template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>())
+      .template Attr<int64_t>("has_bias").template Attr<int64_t>("accumulate");
+}
+
+// ---- conv_bwd_data: dx from s, dy and w ----
+template <class B>
+ffi::Error ConvBwdData(typename B::Ctx ctx, ffi::AnyBuffer s, ffi::AnyBuffer dy, ffi::AnyBuffer w,
+                       ffi::Result<ffi::AnyBuffer> dx, JAX_MPS_CONV_ARGS, int64_t from_output, int64_t accumulate) {
+  const char* op = ConvOp(transpose, "conv_bwd_data", "conv_transpose_bwd_data");
+  ConvDesc c;
+  JAX_MPS_RETURN_IF_ERROR(MakeFused(op, act, alpha, 0, from_output, accumulate, &c));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "dy", dy));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "w", w));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "dx", *dx));
+  JAX_MPS_RETURN_IF_ERROR(MakeConvDesc(op, dx->dimensions(), w.dimensions(), dy.dimensions(), stride, pad_lo,
+                                       pad_hi, dilation, groups, transpose != 0, &c));
+  JAX_MPS_RETURN_IF_ERROR(CheckSaved(op, s, dy, c));
+  return Guard(op, [&] { return B::ConvBwdData(ctx, c, s, dy, w, *dx); });
+}
+template <class B>
+auto ConvBwdDataBinding() {
+  return ConvAttrs(ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>()
+                       .template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>())
+      .template Attr<int64_t>("from_output").template Attr<int64_t>("accumulate");
+}
+
+// ---- conv_bwd_weights: dw, db from x, s and dy ----
+template <class B>
+ffi::Error ConvBwdWeights(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer s, ffi::AnyBuffer dy,
+                          ffi::Result<ffi::AnyBuffer> dw, ffi::Result<ffi::AnyBuffer> db, JAX_MPS_CONV_ARGS,
+                          int64_t has_bias, int64_t from_output, int64_t accumulate) {
+  const char* op = ConvOp(transpose, "conv_bwd_weights", "conv_transpose_bwd_weights");
+  ConvDesc c;
+  JAX_MPS_RETURN_IF_ERROR(MakeFused(op, act, alpha, has_bias, from_output, accumulate, &c));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "x", x));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "dy", dy));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "dw", *dw));
+  JAX_MPS_RETURN_IF_ERROR(MakeConvDesc(op, x.dimensions(), dw->dimensions(), dy.dimensions(), stride, pad_lo,
+                                       pad_hi, dilation, groups, transpose != 0, &c));
+  JAX_MPS_RETURN_IF_ERROR(CheckSaved(op, s, dy, c));
+  JAX_MPS_RETURN_IF_ERROR(CheckBias(op, "db", *db, c, c.oc));
+  return Guard(op, [&] { return B::ConvBwdWeights(ctx, c, x, s, dy, *dw, *db); });
+}
+template <class B>
+auto ConvBwdWeightsBinding() {
+  return ConvAttrs(ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>()
+                       .template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>()
+                       .template Ret<ffi::AnyBuffer>())
+      .template Attr<int64_t>("has_bias").template Attr<int64_t>("from_output").template Attr<int64_t>("accumulate");
+}
+
+#undef JAX_MPS_CONV_ARGS
+
+// ---- dense_fwd: y = act(x @ w + b) ----
+template <class B>
+ffi::Error DenseFwd(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
+                    ffi::Result<ffi::AnyBuffer> y, int64_t act, float alpha, int64_t has_bias, int64_t accumulate) {
+  const char* op = "dense_fwd";
+  DenseDesc d;
+  JAX_MPS_RETURN_IF_ERROR(MakeFused(op, act, alpha, has_bias, 0, accumulate, &d));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "x", x));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "w", w));
+  JAX_MPS_RETURN_IF_ERROR(MakeDenseDesc(op, x.dimensions(), w.dimensions(), &d));
+  JAX_MPS_RETURN_IF_ERROR(CheckBias(op, "b", b, d, d.n));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatCount(op, "y", *y, d.m * d.n));
+  return Guard(op, [&] { return B::DenseFwd(ctx, d, x, w, b, *y); });
+}
+template <class B>
+auto DenseFwdBinding() {
+  return ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>().template Attr<int64_t>("act")
+      .template Attr<float>("alpha").template Attr<int64_t>("has_bias").template Attr<int64_t>("accumulate");
+}
+
+// ---- dense_bwd_data: dx = dz @ w^T ----
+template <class B>
+ffi::Error DenseBwdData(typename B::Ctx ctx, ffi::AnyBuffer s, ffi::AnyBuffer dy, ffi::AnyBuffer w,
+                        ffi::Result<ffi::AnyBuffer> dx, int64_t act, float alpha, int64_t from_output,
+                        int64_t accumulate) {
+  const char* op = "dense_bwd_data";
+  DenseDesc d;
+  JAX_MPS_RETURN_IF_ERROR(MakeFused(op, act, alpha, 0, from_output, accumulate, &d));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "dx", *dx));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "w", w));
+  JAX_MPS_RETURN_IF_ERROR(MakeDenseDesc(op, dx->dimensions(), w.dimensions(), &d));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatCount(op, "dy", dy, d.m * d.n));
+  JAX_MPS_RETURN_IF_ERROR(CheckSaved(op, s, dy, d));
+  return Guard(op, [&] { return B::DenseBwdData(ctx, d, s, dy, w, *dx); });
+}
+template <class B>
+auto DenseBwdDataBinding() {
+  return ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>().template Attr<int64_t>("act")
+      .template Attr<float>("alpha").template Attr<int64_t>("from_output").template Attr<int64_t>("accumulate");
+}
+
+// ---- dense_bwd_weights: dw = x^T @ dz, db = sum_rows dz ----
+template <class B>
+ffi::Error DenseBwdWeights(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer s, ffi::AnyBuffer dy,
+                           ffi::Result<ffi::AnyBuffer> dw, ffi::Result<ffi::AnyBuffer> db, int64_t act, float alpha,
+                           int64_t has_bias, int64_t from_output, int64_t accumulate) {
+  const char* op = "dense_bwd_weights";
+  DenseDesc d;
+  JAX_MPS_RETURN_IF_ERROR(MakeFused(op, act, alpha, has_bias, from_output, accumulate, &d));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "x", x));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "dw", *dw));
+  JAX_MPS_RETURN_IF_ERROR(MakeDenseDesc(op, x.dimensions(), dw->dimensions(), &d));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatCount(op, "dy", dy, d.m * d.n));
+  JAX_MPS_RETURN_IF_ERROR(CheckSaved(op, s, dy, d));
+  JAX_MPS_RETURN_IF_ERROR(CheckBias(op, "db", *db, d, d.n));
+  return Guard(op, [&] { return B::DenseBwdWeights(ctx, d, x, s, dy, *dw, *db); });
+}
+template <class B>
+auto DenseBwdWeightsBinding() {
+  return ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>()
+      .template Attr<int64_t>("act").template Attr<float>("alpha").template Attr<int64_t>("has_bias")
+      .template Attr<int64_t>("from_output").template Attr<int64_t>("accumulate");
 }
 
 }  // namespace jax_mps

@@ -1,10 +1,11 @@
-// Loss and dropout descriptors shared by every backend: codes (must match jax_mps/losses.py),
-// the per-element math, and shape/attribute validation.
+// Losses: codes (exported to Python by runtime/export.h), the per-element math, descriptor,
+// validation and targets. One fused kernel computes the per-sample losses and the reduction, one
+// every gradient.
 #pragma once
 #include <cmath>
 #include <cstdint>
 
-#include "runtime/common.h"
+#include "runtime/backend.h"
 
 namespace jax_mps {
 
@@ -32,9 +33,16 @@ struct LossDesc {
   bool elementwise() const { return kind != LossKind::kSoftmaxCE && kind != LossKind::kKL; }
 };
 
-inline ffi::Error MakeLossDesc(int64_t kind, int64_t reduction, float param, ffi::Span<const int64_t> pred,
-                               ffi::Span<const int64_t> target, bool int_target, int64_t n_weights,
-                               LossDesc* desc) {
+// Integer class ids are checked against [0, D) by the kernels (values are never read here).
+inline ffi::Error MakeLossDesc(int64_t kind, int64_t reduction, float param, const ffi::AnyBuffer& pred_buf,
+                               const ffi::AnyBuffer& target_buf, const ffi::AnyBuffer& weights, LossDesc* desc) {
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat("loss", "predictions", pred_buf));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat("loss", "weights", weights));
+  const auto tt = target_buf.element_type();
+  JAX_MPS_CHECK(IsFloat(tt) || tt == ffi::S32, "loss: target must be a float or int32 array, got ", DtypeName(tt));
+  const bool int_target = tt == ffi::S32;
+  auto pred = pred_buf.dimensions(), target = target_buf.dimensions();
+  const int64_t n_weights = static_cast<int64_t>(weights.element_count());
   JAX_MPS_CHECK(kind >= 0 && kind < int64_t(LossKind::kCount), "loss: unknown loss kind ", kind);
   JAX_MPS_CHECK(reduction >= 0 && reduction < int64_t(Reduction::kCount), "loss: unknown reduction code ",
                 reduction);
@@ -125,23 +133,63 @@ inline ElemGrad ElemLossGrad(LossKind k, float p, float t, float delta) {
   }
 }
 
-// Dropout: with b = i / 4 (a 64-bit block index), keep element i iff
-// Philox4x32-10(counter = (lo32(b), hi32(b), k2, k3), key = (k0, k1))[i % 4] < threshold; k2 = k3 = 0 for
-// 2-word keys. Counter-based, so the mask depends on (key, i) only, never on threading.
-struct DropoutDesc {
-  uint64_t threshold = 0;  // keep probability * 2^32, in (0, 2^32]
-  float scale = 1.f;       // 1 / (1 - rate)
-};
-
-inline ffi::Error MakeDropoutDesc(int64_t threshold, float scale, int64_t key_words, DropoutDesc* desc) {
-  JAX_MPS_CHECK(threshold > 0 && threshold <= (int64_t(1) << 32), "dropout: keep threshold must be in (0, 2^32], got ",
-                threshold);
-  JAX_MPS_CHECK(std::isfinite(scale) && scale >= 1.f, "dropout: scale must be finite and >= 1, got ", scale);
-  JAX_MPS_CHECK(key_words == 2 || key_words == 4, "dropout: key data must be uint32 (2,) or (4,), got (", key_words,
-                ",)");
-  desc->threshold = static_cast<uint64_t>(threshold);
-  desc->scale = scale;
+// ---- loss_fwd: out (N,) for reduction none, (1,) otherwise; lse (N,) keeps the softmax CE row
+// log-sum-exps for the backward pass (under differentiation), else (0,) ----
+inline ffi::Error CheckLse(const char* op, const LossDesc& d, const ffi::AnyBuffer& lse) {
+  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "lse", lse, ffi::F32));
+  const int64_t nl = static_cast<int64_t>(lse.element_count());
+  JAX_MPS_CHECK(lse.dimensions().size() == 1 && (nl == 0 || (nl == d.n && d.kind == LossKind::kSoftmaxCE)), op,
+                ": lse must have 0 or ", d.n, " elements (softmax cross entropy), got ", DimsStr(lse.dimensions()));
   return ffi::Error::Success();
+}
+
+template <class B>
+ffi::Error LossFwd(typename B::Ctx ctx, ffi::AnyBuffer pred, ffi::AnyBuffer target, ffi::AnyBuffer weights,
+                   ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> lse, int64_t kind, int64_t reduction,
+                   float param) {
+  const char* op = "loss";
+  LossDesc d;
+  JAX_MPS_RETURN_IF_ERROR(MakeLossDesc(kind, reduction, param, pred, target, weights, &d));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatCount(op, "output", *out, d.reduction == Reduction::kNone ? d.n : 1));
+  JAX_MPS_RETURN_IF_ERROR(CheckLse(op, d, *lse));
+  return Guard(op, [&] { return B::LossFwd(ctx, d, pred, target, weights, *out, *lse); });
+}
+template <class B>
+auto LossFwdBinding() {
+  return ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>()
+      .template Attr<int64_t>("kind").template Attr<int64_t>("reduction").template Attr<float>("param");
+}
+
+// ---- loss_bwd: lse as saved by the forward ((N,) or (0,) to recompute); g (N,) for reduction
+// none, (1,) otherwise. dtarget (N, D) for a float target, else (N, 0); dweights (N,) when
+// weighted, else (0,) ----
+template <class B>
+ffi::Error LossBwd(typename B::Ctx ctx, ffi::AnyBuffer pred, ffi::AnyBuffer target, ffi::AnyBuffer weights,
+                   ffi::AnyBuffer lse, ffi::AnyBuffer g, ffi::Result<ffi::AnyBuffer> dpred,
+                   ffi::Result<ffi::AnyBuffer> dtarget, ffi::Result<ffi::AnyBuffer> dweights, int64_t kind,
+                   int64_t reduction, float param) {
+  const char* op = "loss_bwd";
+  LossDesc d;
+  JAX_MPS_RETURN_IF_ERROR(MakeLossDesc(kind, reduction, param, pred, target, weights, &d));
+  JAX_MPS_RETURN_IF_ERROR(CheckLse(op, d, lse));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatCount(op, "cotangent", g, d.reduction == Reduction::kNone ? d.n : 1));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "dpred", *dpred, pred));
+  const int64_t ndt = static_cast<int64_t>(dtarget->element_count()), ndw = static_cast<int64_t>(dweights->element_count());
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "dtarget", *dtarget));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "dweights", *dweights));
+  JAX_MPS_CHECK(ndt == 0 || (ndt == d.n * d.d && !d.int_labels), op, ": dtarget must have 0 or ", d.n * d.d,
+                " elements (float target), got ", ndt);
+  JAX_MPS_CHECK(ndw == 0 || (ndw == d.n && d.weighted), op, ": dweights must have 0 or ", d.n,
+                " elements (weighted), got ", ndw);
+  return Guard(op, [&] { return B::LossBwd(ctx, d, pred, target, weights, lse, g, *dpred, *dtarget, *dweights); });
+}
+template <class B>
+auto LossBwdBinding() {
+  return ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>()
+      .template Attr<int64_t>("kind").template Attr<int64_t>("reduction").template Attr<float>("param");
 }
 
 }  // namespace jax_mps

@@ -1,9 +1,8 @@
-// Backend-neutral descriptors and validation for batch / instance / local-response normalization.
+// Batch / instance / local-response normalization: descriptors, validation and targets.
 #pragma once
 #include <cmath>
 
 #include "runtime/activation.h"
-#include "runtime/common.h"
 
 namespace jax_mps {
 
@@ -11,6 +10,10 @@ namespace jax_mps {
 // S = everything but the channel axis. Instance norm: G = batch, S = spatial.
 struct NormView {
   int64_t G = 1, S = 0, C = 0;
+  float eps = 0.f;
+  Act act = Act::kNone;  // fused activation (batch norm)
+  float alpha = 0.f;
+  bool from_output = false;  // backward: s is the output y (else x; z is recomputed)
   int64_t rows() const { return G * S; }
   int64_t stats() const { return G * C; }
 };
@@ -36,44 +39,27 @@ inline ffi::Error InstanceNormView(ffi::Span<const int64_t> d, NormView* v) {
   return ffi::Error::Success();
 }
 
-inline ffi::Error CheckVec(const char* op, const char* name, ffi::Span<const int64_t> d, int64_t n) {
-  JAX_MPS_CHECK(d.size() == 1 && d[0] == n, op, ": ", name, " must have shape (", n, ",), got ", DimsStr(d));
-  return ffi::Error::Success();
-}
-
-inline ffi::Error CheckSame(const char* op, const char* name, ffi::Span<const int64_t> d,
-                            ffi::Span<const int64_t> want) {
-  JAX_MPS_CHECK(ToDims(d) == ToDims(want), op, ": ", name, " must have shape ", DimsStr(want), ", got ",
-                DimsStr(d));
-  return ffi::Error::Success();
-}
-
-// Results are sized by the caller: check them too, so a bad ffi_call cannot write out of bounds.
-inline ffi::Error CheckCount(const char* op, const char* name, int64_t got, int64_t want) {
-  JAX_MPS_CHECK(got == want, op, ": result ", name, " must have ", want, " elements, got ", got);
-  return ffi::Error::Success();
-}
-
 inline ffi::Error CheckEpsilon(const char* op, float eps) {
   JAX_MPS_CHECK(std::isfinite(eps) && eps >= 0.f, op, ": epsilon must be finite and >= 0, got ", eps);
   return ffi::Error::Success();
 }
 
-inline ffi::Error CheckFusedAct(const char* op, int64_t act, float alpha, int64_t from_output) {
-  JAX_MPS_CHECK(ValidAct(act), op, ": unknown activation code ", act);
-  JAX_MPS_CHECK(!from_output || ActGradFromOutput(static_cast<Act>(act), alpha), op,
-                ": activation ", act, " cannot be differentiated from its output");
-  return ffi::Error::Success();
-}
-
 // Local response normalization across the last axis (Caffe/torch definition).
 struct LrnDesc {
+  int64_t rows = 0, C = 0;  // x viewed as (rows, C)
   int64_t size = 5;
   float alpha = 1e-4f, beta = 0.75f, k = 1.f;
 };
 
-inline ffi::Error CheckLrn(ffi::Span<const int64_t> d, const LrnDesc& p) {
+inline ffi::Error MakeLrn(ffi::Span<const int64_t> d, int64_t size, float alpha, float beta, float k, LrnDesc* out) {
   JAX_MPS_CHECK(d.size() >= 1, "local_response_norm: x must have rank >= 1 (..., C)");
+  LrnDesc& p = *out;
+  p.C = d.back();
+  p.rows = p.C ? Numel(d) / p.C : 0;
+  p.size = size;
+  p.alpha = alpha;
+  p.beta = beta;
+  p.k = k;
   JAX_MPS_CHECK(p.size >= 1 && p.size % 2 == 1, "local_response_norm: size must be a positive odd int, got ",
                 p.size);
   JAX_MPS_CHECK(std::isfinite(p.alpha) && p.alpha >= 0.f, "local_response_norm: alpha must be finite and >= 0, got ",
@@ -81,6 +67,216 @@ inline ffi::Error CheckLrn(ffi::Span<const int64_t> d, const LrnDesc& p) {
   JAX_MPS_CHECK(std::isfinite(p.beta), "local_response_norm: beta must be finite, got ", p.beta);
   JAX_MPS_CHECK(std::isfinite(p.k) && p.k > 0.f, "local_response_norm: k must be finite and > 0, got ", p.k);
   return ffi::Error::Success();
+}
+
+// Fills the epsilon / activation part of the view.
+inline ffi::Error SetNormAttrs(const char* op, float eps, int64_t act, float alpha, int64_t from_output,
+                               NormView* v) {
+  JAX_MPS_RETURN_IF_ERROR(CheckEpsilon(op, eps));
+  JAX_MPS_RETURN_IF_ERROR(CheckFusedAct(op, act, alpha, from_output));
+  v->eps = eps;
+  v->act = static_cast<Act>(act);
+  v->alpha = alpha;
+  v->from_output = from_output != 0;
+  return ffi::Error::Success();
+}
+
+inline ffi::Error CheckChannels(const char* op, const NormView& v, std::initializer_list<const char*> names,
+                                std::initializer_list<const ffi::AnyBuffer*> bufs) {
+  auto n = names.begin();
+  for (const ffi::AnyBuffer* b : bufs) JAX_MPS_RETURN_IF_ERROR(CheckFloatShape(op, *n++, *b, {v.C}));
+  return ffi::Error::Success();
+}
+
+// ---- batch_norm_fwd (training): y = act((x - mean) * rstd * scale + bias); mean, biased var, rstd (C,) ----
+template <class B>
+ffi::Error BatchNormFwd(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer bias,
+                        ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> mean,
+                        ffi::Result<ffi::AnyBuffer> var, ffi::Result<ffi::AnyBuffer> rstd, float eps, int64_t act,
+                        float alpha) {
+  const char* op = "batch_norm";
+  NormView v;
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "x", x));
+  JAX_MPS_RETURN_IF_ERROR(BatchNormView(op, x.dimensions(), &v));
+  JAX_MPS_RETURN_IF_ERROR(SetNormAttrs(op, eps, act, alpha, 0, &v));
+  JAX_MPS_RETURN_IF_ERROR(CheckChannels(op, v, {"scale", "bias", "result mean", "result var", "result rstd"},
+                                        {&scale, &bias, &*mean, &*var, &*rstd}));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "y", *y, x));
+  return Guard(op, [&] { return B::BatchNormFwd(ctx, v, x, scale, bias, *y, *mean, *var, *rstd); });
+}
+template <class B>
+auto BatchNormFwdBinding() {
+  return ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>().template Attr<float>("epsilon")
+      .template Attr<int64_t>("act").template Attr<float>("alpha");
+}
+
+// ---- batch_norm_bwd: dx, dscale, dbias from the saved stats, s (y or x), dy and the mean/var cotangents ----
+template <class B>
+ffi::Error BatchNormBwd(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer bias,
+                        ffi::AnyBuffer mean, ffi::AnyBuffer rstd, ffi::AnyBuffer s, ffi::AnyBuffer dy,
+                        ffi::AnyBuffer dmean, ffi::AnyBuffer dvar, ffi::Result<ffi::AnyBuffer> dx,
+                        ffi::Result<ffi::AnyBuffer> dscale, ffi::Result<ffi::AnyBuffer> dbias, int64_t act,
+                        float alpha, int64_t from_output) {
+  const char* op = "batch_norm_bwd";
+  NormView v;
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "x", x));
+  JAX_MPS_RETURN_IF_ERROR(BatchNormView(op, x.dimensions(), &v));
+  JAX_MPS_RETURN_IF_ERROR(SetNormAttrs(op, 0.f, act, alpha, from_output, &v));
+  JAX_MPS_RETURN_IF_ERROR(CheckChannels(op, v, {"scale", "bias", "mean", "rstd", "dmean", "dvar", "result dscale", "result dbias"},
+                                        {&scale, &bias, &mean, &rstd, &dmean, &dvar, &*dscale, &*dbias}));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "y", s, x));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "dy", dy, x));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "dx", *dx, x));
+  return Guard(op, [&] {
+    return B::BatchNormBwd(ctx, v, x, scale, bias, mean, rstd, s, dy, dmean, dvar, *dx, *dscale, *dbias);
+  });
+}
+template <class B>
+auto BatchNormBwdBinding() {
+  return ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>().template Attr<int64_t>("act").template Attr<float>("alpha")
+      .template Attr<int64_t>("from_output");
+}
+
+// ---- batch_norm_inference_fwd: y = act((x - mean) / sqrt(var + eps) * scale + bias) ----
+template <class B>
+ffi::Error BatchNormInferenceFwd(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer bias,
+                                 ffi::AnyBuffer mean, ffi::AnyBuffer var, ffi::Result<ffi::AnyBuffer> y, float eps,
+                                 int64_t act, float alpha) {
+  const char* op = "batch_norm_inference";
+  NormView v;
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "x", x));
+  JAX_MPS_RETURN_IF_ERROR(BatchNormView(op, x.dimensions(), &v));
+  JAX_MPS_RETURN_IF_ERROR(SetNormAttrs(op, eps, act, alpha, 0, &v));
+  JAX_MPS_RETURN_IF_ERROR(CheckChannels(op, v, {"scale", "bias", "mean", "var"}, {&scale, &bias, &mean, &var}));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "y", *y, x));
+  return Guard(op, [&] { return B::BatchNormInferenceFwd(ctx, v, x, scale, bias, mean, var, *y); });
+}
+template <class B>
+auto BatchNormInferenceFwdBinding() {
+  return ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>().template Attr<float>("epsilon").template Attr<int64_t>("act")
+      .template Attr<float>("alpha");
+}
+
+// ---- batch_norm_inference_bwd: dx and the gradients of scale, bias, mean, var ----
+template <class B>
+ffi::Error BatchNormInferenceBwd(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer bias,
+                                 ffi::AnyBuffer mean, ffi::AnyBuffer var, ffi::AnyBuffer s, ffi::AnyBuffer dy,
+                                 ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::AnyBuffer> dscale,
+                                 ffi::Result<ffi::AnyBuffer> dbias, ffi::Result<ffi::AnyBuffer> dmean,
+                                 ffi::Result<ffi::AnyBuffer> dvar, float eps, int64_t act, float alpha,
+                                 int64_t from_output) {
+  const char* op = "batch_norm_inference_bwd";
+  NormView v;
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "x", x));
+  JAX_MPS_RETURN_IF_ERROR(BatchNormView(op, x.dimensions(), &v));
+  JAX_MPS_RETURN_IF_ERROR(SetNormAttrs(op, eps, act, alpha, from_output, &v));
+  JAX_MPS_RETURN_IF_ERROR(CheckChannels(op, v, {"scale", "bias", "mean", "var", "result dscale", "result dbias", "result dmean", "result dvar"},
+                                        {&scale, &bias, &mean, &var, &*dscale, &*dbias, &*dmean, &*dvar}));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "y", s, x));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "dy", dy, x));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "dx", *dx, x));
+  return Guard(op, [&] {
+    return B::BatchNormInferenceBwd(ctx, v, x, scale, bias, mean, var, s, dy, *dx, *dscale, *dbias, *dmean, *dvar);
+  });
+}
+template <class B>
+auto BatchNormInferenceBwdBinding() {
+  return ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>().template Attr<float>("epsilon").template Attr<int64_t>("act")
+      .template Attr<float>("alpha").template Attr<int64_t>("from_output");
+}
+
+// ---- instance_norm_fwd: y, mean and rstd (N, C) ----
+template <class B>
+ffi::Error InstanceNormFwd(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer bias,
+                           ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> mean,
+                           ffi::Result<ffi::AnyBuffer> rstd, float eps) {
+  const char* op = "instance_norm";
+  NormView v;
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "x", x));
+  JAX_MPS_RETURN_IF_ERROR(InstanceNormView(x.dimensions(), &v));
+  JAX_MPS_RETURN_IF_ERROR(SetNormAttrs(op, eps, 0, 0.f, 0, &v));
+  JAX_MPS_RETURN_IF_ERROR(CheckChannels(op, v, {"scale", "bias"}, {&scale, &bias}));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "y", *y, x));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatShape(op, "result mean", *mean, {v.G, v.C}));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatShape(op, "result rstd", *rstd, {v.G, v.C}));
+  return Guard(op, [&] { return B::InstanceNormFwd(ctx, v, x, scale, bias, *y, *mean, *rstd); });
+}
+template <class B>
+auto InstanceNormFwdBinding() {
+  return ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>().template Attr<float>("epsilon");
+}
+
+// ---- instance_norm_bwd: dx, dscale, dbias ----
+template <class B>
+ffi::Error InstanceNormBwd(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer mean,
+                           ffi::AnyBuffer rstd, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dx,
+                           ffi::Result<ffi::AnyBuffer> dscale, ffi::Result<ffi::AnyBuffer> dbias) {
+  const char* op = "instance_norm_bwd";
+  NormView v;
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "x", x));
+  JAX_MPS_RETURN_IF_ERROR(InstanceNormView(x.dimensions(), &v));
+  JAX_MPS_RETURN_IF_ERROR(CheckChannels(op, v, {"scale", "result dscale", "result dbias"}, {&scale, &*dscale, &*dbias}));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatShape(op, "mean", mean, {v.G, v.C}));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatShape(op, "rstd", rstd, {v.G, v.C}));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "dy", dy, x));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "dx", *dx, x));
+  return Guard(op, [&] { return B::InstanceNormBwd(ctx, v, x, scale, mean, rstd, dy, *dx, *dscale, *dbias); });
+}
+template <class B>
+auto InstanceNormBwdBinding() {
+  return ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>();
+}
+
+// ---- local_response_norm_fwd / _bwd ----
+template <class B>
+ffi::Error LrnFwd(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y, int64_t size, float alpha,
+                  float beta, float k) {
+  const char* op = "local_response_norm";
+  LrnDesc p;
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "x", x));
+  JAX_MPS_RETURN_IF_ERROR(MakeLrn(x.dimensions(), size, alpha, beta, k, &p));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "y", *y, x));
+  return Guard(op, [&] { return B::LrnFwd(ctx, p, x, *y); });
+}
+template <class B>
+auto LrnFwdBinding() {
+  return ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>()
+      .template Attr<int64_t>("size").template Attr<float>("alpha").template Attr<float>("beta")
+      .template Attr<float>("k");
+}
+
+template <class B>
+ffi::Error LrnBwd(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dx,
+                  int64_t size, float alpha, float beta, float k) {
+  const char* op = "local_response_norm_bwd";
+  LrnDesc p;
+  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "x", x));
+  JAX_MPS_RETURN_IF_ERROR(MakeLrn(x.dimensions(), size, alpha, beta, k, &p));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "dy", dy, x));
+  JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "dx", *dx, x));
+  return Guard(op, [&] { return B::LrnBwd(ctx, p, x, dy, *dx); });
+}
+template <class B>
+auto LrnBwdBinding() {
+  return ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>().template Attr<int64_t>("size").template Attr<float>("alpha")
+      .template Attr<float>("beta").template Attr<float>("k");
 }
 
 }  // namespace jax_mps

@@ -1,0 +1,629 @@
+// Convolution (1-D as 2-D with H = 1), transposed convolution and dense on CUDA.
+//
+// Convolutions: cuDNN's legacy API in NHWC. Every target is phrased as one "forward conv"
+// F: X (N, XH, XW, XC) -> Y (N, YH, YW, YC) with filter W' (YC, KH, KW, XC / groups) (KRSC):
+//   conv:            X = x, Y = y, W' = w transposed to KRSC;
+//   conv_transpose:  X = y, Y = x, W' = w spatially flipped, in/out channels swapped (lax.conv_transpose
+//                    without kernel transpose is the data gradient of F), padding ek - 1 - lax padding.
+// cuDNN pads symmetrically only, so asymmetric padding pads X physically (a copy in the workspace).
+// Fused bias + activation run as one element-wise pass after the convolution; the backward passes
+// first form dz = act'(.) * dy. float32 uses full-precision FMA math (no TF32: matches the
+// "highest" precision references; TF32 per jax.default_matmul_precision is not wired yet);
+// float16/bfloat16 use tensor cores with float32 accumulation. Algorithms come from cuDNN's
+// heuristics; the first that runs for a shape is cached with its descriptors.
+//
+// Dense: cuBLASLt, row-major problems phrased column-major (y^T = w^T x^T), bias (+ ReLU / tanh-GELU)
+// fused in the epilogue, other activations in one element-wise pass.
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "cuda/act.cuh"
+#include "cuda/backend.h"
+#include "cuda/libs.cuh"
+#include "cuda/reduce.cuh"
+
+namespace jax_mps::cuda {
+namespace {
+
+constexpr size_t kMaxAlgoWorkspace = size_t(256) << 20;
+
+// ---- element-wise helpers ----
+
+template <typename T>
+__global__ void BiasActK(int64_t n, int64_t c, T* y, const T* b, Act act, float alpha) {
+  JAX_MPS_GRID_STRIDE(i, n) {
+    const float v = Ld(y[i]) + (b ? Ld(b[i % c]) : 0.f);
+    y[i] = St<T>(ActF(act, alpha, v));
+  }
+}
+
+template <typename T>
+__global__ void DzK(int64_t n, Act act, float alpha, bool from_output, const T* s, const T* dy, T* dz) {
+  JAX_MPS_GRID_STRIDE(i, n) {
+    const float g = Ld(dy[i]);
+    dz[i] = St<T>(from_output ? ActGFromOutput(act, alpha, Ld(s[i]), g) : ActG(act, alpha, Ld(s[i]), g));
+  }
+}
+
+template <typename T>
+__global__ void ColSumK(int64_t rows, int64_t c, const T* v, double* acc) {
+  const int64_t j = int64_t(blockIdx.x) * kColX + threadIdx.x;
+  double s = 0.0;
+  if (j < c)
+    for (int64_t r = int64_t(blockIdx.y) * kColY + threadIdx.y; r < rows; r += int64_t(gridDim.y) * kColY)
+      s += Ld(v[r * c + j]);
+  ColFlush(s, acc, j, c);
+}
+
+template <typename T>
+__global__ void CastK(int64_t n, const double* s, T* out) {
+  JAX_MPS_GRID_STRIDE(i, n) out[i] = St<T>(float(s[i]));
+}
+
+template <typename T>
+__global__ void ZeroK(int64_t n, T* out) {
+  JAX_MPS_GRID_STRIDE(i, n) out[i] = St<T>(0.f);
+}
+
+// dst (N, H + lo_h + hi_h, W + lo_w + hi_w, C) = src zero-padded; crop is the inverse.
+template <typename T>
+__global__ void PadK(int64_t n, int64_t h, int64_t w, int64_t c, int64_t hp, int64_t wp, int64_t lo_h, int64_t lo_w,
+                     const T* src, T* dst) {
+  JAX_MPS_GRID_STRIDE(e, n * hp * wp * c) {
+    const int64_t k = e % c, x = (e / c) % wp, y = (e / (c * wp)) % hp, b = e / (c * wp * hp);
+    const int64_t sy = y - lo_h, sx = x - lo_w;
+    dst[e] = (sy >= 0 && sy < h && sx >= 0 && sx < w) ? src[((b * h + sy) * w + sx) * c + k] : St<T>(0.f);
+  }
+}
+template <typename T>
+__global__ void CropK(int64_t n, int64_t h, int64_t w, int64_t c, int64_t hp, int64_t wp, int64_t lo_h, int64_t lo_w,
+                      const T* src, T* dst) {
+  JAX_MPS_GRID_STRIDE(e, n * h * w * c) {
+    const int64_t k = e % c, x = (e / c) % w, y = (e / (c * w)) % h, b = e / (c * w * h);
+    dst[e] = src[((b * hp + y + lo_h) * wp + x + lo_w) * c + k];
+  }
+}
+
+// w (KH, KW, I, O) <-> W' (KRSC). Plain conv: W'[o][h][x][i] = w[h][x][i][o]. Transposed conv:
+// W'[i][h][x][o] = w[KH-1-h][KW-1-x][i][o]. `to_krsc` picks the direction.
+template <typename T>
+__global__ void FilterK(int64_t kh, int64_t kw, int64_t ci, int64_t co, bool transpose, bool to_krsc, const T* src,
+                        T* dst) {
+  JAX_MPS_GRID_STRIDE(e, kh * kw * ci * co) {
+    const int64_t o = e % co, i = (e / co) % ci, x = (e / (co * ci)) % kw, h = e / (co * ci * kw);  // e: HWIO index
+    const int64_t k = transpose ? ((i * kh + (kh - 1 - h)) * kw + (kw - 1 - x)) * co + o
+                                : ((o * kh + h) * kw + x) * ci + i;
+    if (to_krsc) dst[k] = src[e];
+    else dst[e] = src[k];
+  }
+}
+
+// ---- cuDNN plans ----
+
+cudnnDataType_t CudnnType(ffi::DataType t) {
+  return t == ffi::F16 ? CUDNN_DATA_HALF : (t == ffi::BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT);
+}
+
+// The forward conv F of a target (see the top of this file).
+struct Geo {
+  int64_t n, xh, xw, xc, yh, yw, yc, kh, kw, groups, sh, sw, dh, dw;
+  int64_t lo_h, lo_w, hi_h, hi_w;  // padding of X
+  bool phys;                       // asymmetric: X is padded in the workspace, cuDNN pads 0
+  int64_t XHp() const { return phys ? xh + lo_h + hi_h : xh; }
+  int64_t XWp() const { return phys ? xw + lo_w + hi_w : xw; }
+};
+
+ffi::Error MakeGeo(const char* op, const ConvDesc& c, Geo* g) {
+  *g = Geo{};
+  g->n = c.n; g->kh = c.kh; g->kw = c.kw; g->groups = c.groups;
+  g->sh = c.sh; g->sw = c.sw; g->dh = c.dh; g->dw = c.dw;
+  if (!c.transpose) {
+    g->xh = c.ih; g->xw = c.iw; g->xc = c.ic; g->yh = c.oh; g->yw = c.ow; g->yc = c.oc;
+    g->lo_h = c.plh; g->hi_h = c.phh; g->lo_w = c.plw; g->hi_w = c.phw;
+  } else {
+    g->xh = c.oh; g->xw = c.ow; g->xc = c.oc; g->yh = c.ih; g->yw = c.iw; g->yc = c.ic;
+    const int64_t ekh = (c.kh - 1) * c.dh + 1, ekw = (c.kw - 1) * c.dw + 1;  // dilated kernel extents
+    g->lo_h = ekh - 1 - c.plh; g->hi_h = ekh - 1 - c.phh; g->lo_w = ekw - 1 - c.plw; g->hi_w = ekw - 1 - c.phw;
+    JAX_MPS_CHECK(g->lo_h >= 0 && g->hi_h >= 0 && g->lo_w >= 0 && g->hi_w >= 0, op,
+                  ": padding larger than the dilated kernel minus one is not supported on CUDA");
+  }
+  g->phys = g->lo_h != g->hi_h || g->lo_w != g->hi_w;
+  return ffi::Error::Success();
+}
+
+struct ConvPlan {
+  cudnnTensorDescriptor_t x, y;
+  cudnnFilterDescriptor_t w;
+  cudnnConvolutionDescriptor_t conv;
+  std::vector<cudnnConvolutionFwdAlgo_t> fwd;
+  std::vector<cudnnConvolutionBwdDataAlgo_t> bwd_data;
+  std::vector<cudnnConvolutionBwdFilterAlgo_t> bwd_filter;
+  int fwd_ok = -1, data_ok = -1, filter_ok = -1;  // index of the algorithm that ran, once known
+  std::mutex mu;
+};
+
+ffi::Error BuildPlan(const char* op, cudnnHandle_t h, const Geo& g, ffi::DataType dt, ConvPlan* p) {
+  const cudnnDataType_t t = CudnnType(dt);
+  JAX_MPS_CUDNN(op, cudnnCreateTensorDescriptor(&p->x));
+  JAX_MPS_CUDNN(op, cudnnCreateTensorDescriptor(&p->y));
+  JAX_MPS_CUDNN(op, cudnnCreateFilterDescriptor(&p->w));
+  JAX_MPS_CUDNN(op, cudnnCreateConvolutionDescriptor(&p->conv));
+  JAX_MPS_CUDNN(op, cudnnSetTensor4dDescriptor(p->x, CUDNN_TENSOR_NHWC, t, int(g.n), int(g.xc), int(g.XHp()),
+                                               int(g.XWp())));
+  JAX_MPS_CUDNN(op, cudnnSetTensor4dDescriptor(p->y, CUDNN_TENSOR_NHWC, t, int(g.n), int(g.yc), int(g.yh), int(g.yw)));
+  JAX_MPS_CUDNN(op, cudnnSetFilter4dDescriptor(p->w, t, CUDNN_TENSOR_NHWC, int(g.yc), int(g.xc / g.groups), int(g.kh),
+                                               int(g.kw)));
+  JAX_MPS_CUDNN(op, cudnnSetConvolution2dDescriptor(p->conv, g.phys ? 0 : int(g.lo_h), g.phys ? 0 : int(g.lo_w),
+                                                    int(g.sh), int(g.sw), int(g.dh), int(g.dw),
+                                                    CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+  JAX_MPS_CUDNN(op, cudnnSetConvolutionGroupCount(p->conv, int(g.groups)));
+  JAX_MPS_CUDNN(op, cudnnSetConvolutionMathType(p->conv, dt == ffi::F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
+  int no[4] = {0, 0, 0, 0};
+  JAX_MPS_CUDNN(op, cudnnGetConvolution2dForwardOutputDim(p->conv, p->x, p->w, &no[0], &no[1], &no[2], &no[3]));
+  JAX_MPS_CHECK(no[0] == g.n && no[1] == g.yc && no[2] == g.yh && no[3] == g.yw, op,
+                ": internal: cuDNN output dims (", no[2], ", ", no[3], ") != (", g.yh, ", ", g.yw, ")");
+  constexpr int kN = 8;
+  int got = 0;
+  cudnnConvolutionFwdAlgoPerf_t fp[kN];
+  JAX_MPS_CUDNN(op, cudnnGetConvolutionForwardAlgorithm_v7(h, p->x, p->w, p->conv, p->y, kN, &got, fp));
+  for (int i = 0; i < got; ++i) if (fp[i].status == CUDNN_STATUS_SUCCESS) p->fwd.push_back(fp[i].algo);
+  cudnnConvolutionBwdDataAlgoPerf_t dp[kN];
+  JAX_MPS_CUDNN(op, cudnnGetConvolutionBackwardDataAlgorithm_v7(h, p->w, p->y, p->conv, p->x, kN, &got, dp));
+  for (int i = 0; i < got; ++i) if (dp[i].status == CUDNN_STATUS_SUCCESS) p->bwd_data.push_back(dp[i].algo);
+  cudnnConvolutionBwdFilterAlgoPerf_t wp[kN];
+  JAX_MPS_CUDNN(op, cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p->x, p->y, p->conv, p->w, kN, &got, wp));
+  for (int i = 0; i < got; ++i) if (wp[i].status == CUDNN_STATUS_SUCCESS) p->bwd_filter.push_back(wp[i].algo);
+  return ffi::Error::Success();
+}
+
+ffi::Error GetPlan(const char* op, cudnnHandle_t h, int dev, const Geo& g, ffi::DataType dt, ConvPlan** out) {
+  static std::mutex mu;
+  static std::unordered_map<PlanKey, std::unique_ptr<ConvPlan>, PlanKeyHash> cache;
+  PlanKey key;
+  for (int64_t v : {g.n, g.xh, g.xw, g.xc, g.yh, g.yw, g.yc, g.kh, g.kw, g.groups, g.sh, g.sw, g.dh, g.dw, g.lo_h,
+                    g.lo_w, g.hi_h, g.hi_w, int64_t(dt), int64_t(dev)})
+    key.add(v);
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(key);
+  if (it != cache.end()) {
+    *out = it->second.get();
+    return ffi::Error::Success();
+  }
+  auto p = std::make_unique<ConvPlan>();
+  JAX_MPS_RETURN_IF_ERROR(BuildPlan(op, h, g, dt, p.get()));
+  *out = p.get();
+  cache.emplace(key, std::move(p));
+  return ffi::Error::Success();
+}
+
+// Runs F (kind 0: forward, 1: data gradient, 2: filter gradient), trying the heuristic's
+// algorithms in order until one runs; remembers it. ws/ws_size: the workspace left for cuDNN.
+ffi::Error RunConv(const char* op, cudnnHandle_t h, ConvPlan* p, int kind, const void* a, const void* b, void* out,
+                   void* ws, size_t ws_size) {
+  const float one = 1.f, zero = 0.f;
+  std::lock_guard<std::mutex> lock(p->mu);
+  int* ok = kind == 0 ? &p->fwd_ok : (kind == 1 ? &p->data_ok : &p->filter_ok);
+  const size_t count = kind == 0 ? p->fwd.size() : (kind == 1 ? p->bwd_data.size() : p->bwd_filter.size());
+  cudnnStatus_t last = CUDNN_STATUS_NOT_SUPPORTED;
+  for (size_t i = *ok >= 0 ? size_t(*ok) : 0; i < count; ++i) {
+    size_t need = 0;
+    if (kind == 0) {
+      last = cudnnGetConvolutionForwardWorkspaceSize(h, p->x, p->w, p->conv, p->y, p->fwd[i], &need);
+      if (last == CUDNN_STATUS_SUCCESS && need <= ws_size)
+        last = cudnnConvolutionForward(h, &one, p->x, a, p->w, b, p->conv, p->fwd[i], ws, ws_size, &zero, p->y, out);
+    } else if (kind == 1) {
+      last = cudnnGetConvolutionBackwardDataWorkspaceSize(h, p->w, p->y, p->conv, p->x, p->bwd_data[i], &need);
+      if (last == CUDNN_STATUS_SUCCESS && need <= ws_size)
+        last = cudnnConvolutionBackwardData(h, &one, p->w, a, p->y, b, p->conv, p->bwd_data[i], ws, ws_size, &zero,
+                                            p->x, out);
+    } else {
+      last = cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p->x, p->y, p->conv, p->w, p->bwd_filter[i], &need);
+      if (last == CUDNN_STATUS_SUCCESS && need <= ws_size)
+        last = cudnnConvolutionBackwardFilter(h, &one, p->x, a, p->y, b, p->conv, p->bwd_filter[i], ws, ws_size, &zero,
+                                              p->w, out);
+    }
+    if (last == CUDNN_STATUS_SUCCESS && need <= ws_size) {
+      *ok = int(i);
+      return ffi::Error::Success();
+    }
+    if (*ok >= 0) break;  // the remembered algorithm failed: report it
+  }
+  return CudnnError(op, last);
+}
+
+// Largest cuDNN workspace any algorithm of the plan may take for `kind` (bounded).
+size_t AlgoWorkspace(cudnnHandle_t h, ConvPlan* p, int kind) {
+  size_t most = 0;
+  const size_t count = kind == 0 ? p->fwd.size() : (kind == 1 ? p->bwd_data.size() : p->bwd_filter.size());
+  for (size_t i = 0; i < count; ++i) {
+    size_t need = 0;
+    cudnnStatus_t s =
+        kind == 0   ? cudnnGetConvolutionForwardWorkspaceSize(h, p->x, p->w, p->conv, p->y, p->fwd[i], &need)
+        : kind == 1 ? cudnnGetConvolutionBackwardDataWorkspaceSize(h, p->w, p->y, p->conv, p->x, p->bwd_data[i], &need)
+                    : cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p->x, p->y, p->conv, p->w,
+                                                                     p->bwd_filter[i], &need);
+    if (s == CUDNN_STATUS_SUCCESS && need <= kMaxAlgoWorkspace && need > most) most = need;
+  }
+  return most;
+}
+
+// Descriptors, geometry, handle and plan of one conv call.
+struct ConvCall {
+  Geo g;
+  cudnnHandle_t h;
+  ConvPlan* plan;
+};
+
+ffi::Error SetUp(const char* op, Ctx& ctx, const ConvDesc& c, ffi::DataType dt, ConvCall* cc) {
+  JAX_MPS_RETURN_IF_ERROR(MakeGeo(op, c, &cc->g));
+  JAX_MPS_RETURN_IF_ERROR(Cudnn(op, ctx.stream, &cc->h));
+  return GetPlan(op, cc->h, StreamDevice(ctx.stream), cc->g, dt, &cc->plan);
+}
+
+ffi::Error ConvFwdImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
+                       ffi::AnyBuffer y) {
+  const char* op = c.transpose ? "conv_transpose_fwd" : "conv_fwd";
+  const ffi::DataType dt = x.element_type();
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&w, &y}));
+  if (c.has_bias) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&b}));
+  if (y.element_count() == 0) return ffi::Error::Success();
+  return DispatchFloat(op, dt, [&](auto tag) -> ffi::Error {
+    using T = decltype(tag);
+    ConvCall cc;
+    JAX_MPS_RETURN_IF_ERROR(SetUp(op, ctx, c, dt, &cc));
+    const Geo& g = cc.g;
+    const bool tr = c.transpose;
+    const int64_t nw = w.element_count(), nxp = g.n * g.XHp() * g.XWp() * g.xc;
+    const size_t algo_ws = AlgoWorkspace(cc.h, cc.plan, tr ? 1 : 0);
+    Carve cv;
+    const size_t o_w = cv.Add(nw * sizeof(T)), o_x = cv.Add(g.phys ? nxp * sizeof(T) : 0), o_ws = cv.Add(algo_ws);
+    ffi::Error err;
+    char* ws = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
+    if (!ws) return err;
+    T* wk = reinterpret_cast<T*>(ws + o_w);
+    T* xp = reinterpret_cast<T*>(ws + o_x);
+    FilterK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(c.kh, c.kw, w.dimensions()[2], c.oc, tr, true, Ptr<const T>(w), wk);
+    if (!tr) {  // Y = F(X = x)
+      const T* xin = Ptr<const T>(x);
+      if (g.phys) {
+        PadK<T><<<Blocks(nxp), 256, 0, ctx.stream>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h, g.lo_w, xin, xp);
+        xin = xp;
+      }
+      JAX_MPS_RETURN_IF_ERROR(RunConv(op, cc.h, cc.plan, 0, xin, wk, y.untyped_data(), ws + o_ws, algo_ws));
+    } else {  // y = X = data gradient of F at Y = x
+      void* dst = g.phys ? static_cast<void*>(xp) : y.untyped_data();
+      JAX_MPS_RETURN_IF_ERROR(RunConv(op, cc.h, cc.plan, 1, wk, x.untyped_data(), dst, ws + o_ws, algo_ws));
+      if (g.phys)
+        CropK<T><<<Blocks(y.element_count()), 256, 0, ctx.stream>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h,
+                                                                   g.lo_w, xp, Ptr<T>(y));
+    }
+    if (c.has_bias || c.act != Act::kNone)
+      BiasActK<T><<<Blocks(y.element_count()), 256, 0, ctx.stream>>>(
+          y.element_count(), c.oc, Ptr<T>(y), c.has_bias ? Ptr<const T>(b) : nullptr, c.act, c.alpha);
+    return LaunchStatus(op);
+  });
+}
+
+// dx from the saved activation operand s (y or z), dy and w.
+ffi::Error ConvBwdDataImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer s, ffi::AnyBuffer dy, ffi::AnyBuffer w,
+                           ffi::AnyBuffer dx) {
+  const char* op = c.transpose ? "conv_transpose_bwd_data" : "conv_bwd_data";
+  const ffi::DataType dt = dy.element_type();
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, dy, {&w, &dx}));
+  const bool act = c.act != Act::kNone;
+  if (act) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, dy, {&s}));
+  if (dx.element_count() == 0) return ffi::Error::Success();
+  return DispatchFloat(op, dt, [&](auto tag) -> ffi::Error {
+    using T = decltype(tag);
+    if (dy.element_count() == 0) {
+      ZeroK<T><<<Blocks(dx.element_count()), 256, 0, ctx.stream>>>(dx.element_count(), Ptr<T>(dx));
+      return LaunchStatus(op);
+    }
+    ConvCall cc;
+    JAX_MPS_RETURN_IF_ERROR(SetUp(op, ctx, c, dt, &cc));
+    const Geo& g = cc.g;
+    const bool tr = c.transpose;
+    const int64_t nw = w.element_count(), nxp = g.n * g.XHp() * g.XWp() * g.xc, ny = dy.element_count();
+    const size_t algo_ws = AlgoWorkspace(cc.h, cc.plan, tr ? 0 : 1);
+    Carve cv;
+    const size_t o_w = cv.Add(nw * sizeof(T)), o_x = cv.Add(g.phys ? nxp * sizeof(T) : 0),
+                 o_dz = cv.Add(act ? ny * sizeof(T) : 0), o_ws = cv.Add(algo_ws);
+    ffi::Error err;
+    char* ws = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
+    if (!ws) return err;
+    T* wk = reinterpret_cast<T*>(ws + o_w);
+    T* xp = reinterpret_cast<T*>(ws + o_x);
+    const T* dz = Ptr<const T>(dy);
+    if (act) {
+      T* q = reinterpret_cast<T*>(ws + o_dz);
+      DzK<T><<<Blocks(ny), 256, 0, ctx.stream>>>(ny, c.act, c.alpha, c.from_output, Ptr<const T>(s), dz, q);
+      dz = q;
+    }
+    FilterK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(c.kh, c.kw, w.dimensions()[2], c.oc, tr, true, Ptr<const T>(w), wk);
+    if (!tr) {  // dx = data gradient of F at dY = dz (padded X: crop)
+      void* dst = g.phys ? static_cast<void*>(xp) : dx.untyped_data();
+      JAX_MPS_RETURN_IF_ERROR(RunConv(op, cc.h, cc.plan, 1, wk, dz, dst, ws + o_ws, algo_ws));
+      if (g.phys)
+        CropK<T><<<Blocks(dx.element_count()), 256, 0, ctx.stream>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h,
+                                                                    g.lo_w, xp, Ptr<T>(dx));
+    } else {  // dx = F(X = dz)
+      const T* xin = dz;
+      if (g.phys) {
+        PadK<T><<<Blocks(nxp), 256, 0, ctx.stream>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h, g.lo_w, dz, xp);
+        xin = xp;
+      }
+      JAX_MPS_RETURN_IF_ERROR(RunConv(op, cc.h, cc.plan, 0, xin, wk, dx.untyped_data(), ws + o_ws, algo_ws));
+    }
+    return LaunchStatus(op);
+  });
+}
+
+// dw, db from x, the saved activation operand s and dy.
+ffi::Error ConvBwdWeightsImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer x, ffi::AnyBuffer s, ffi::AnyBuffer dy,
+                              ffi::AnyBuffer dw, ffi::AnyBuffer db) {
+  const char* op = c.transpose ? "conv_transpose_bwd_weights" : "conv_bwd_weights";
+  const ffi::DataType dt = x.element_type();
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&dy, &dw}));
+  const bool act = c.act != Act::kNone;
+  if (act) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&s}));
+  if (c.has_bias) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&db}));
+  return DispatchFloat(op, dt, [&](auto tag) -> ffi::Error {
+    using T = decltype(tag);
+    if (dy.element_count() == 0 || x.element_count() == 0) {
+      ZeroK<T><<<Blocks(dw.element_count()), 256, 0, ctx.stream>>>(dw.element_count(), Ptr<T>(dw));
+      if (c.has_bias) ZeroK<T><<<Blocks(c.oc), 256, 0, ctx.stream>>>(c.oc, Ptr<T>(db));
+      return LaunchStatus(op);
+    }
+    ConvCall cc;
+    JAX_MPS_RETURN_IF_ERROR(SetUp(op, ctx, c, dt, &cc));
+    const Geo& g = cc.g;
+    const bool tr = c.transpose;
+    const int64_t nw = dw.element_count(), nxp = g.n * g.XHp() * g.XWp() * g.xc, ny = dy.element_count();
+    const size_t algo_ws = AlgoWorkspace(cc.h, cc.plan, 2);
+    Carve cv;
+    const size_t o_w = cv.Add(nw * sizeof(T)), o_x = cv.Add(g.phys ? nxp * sizeof(T) : 0),
+                 o_dz = cv.Add(act ? ny * sizeof(T) : 0), o_acc = cv.Add(c.has_bias ? c.oc * sizeof(double) : 0),
+                 o_ws = cv.Add(algo_ws);
+    ffi::Error err;
+    char* ws = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
+    if (!ws) return err;
+    T* wk = reinterpret_cast<T*>(ws + o_w);
+    T* xp = reinterpret_cast<T*>(ws + o_x);
+    const T* dz = Ptr<const T>(dy);
+    if (act) {
+      T* q = reinterpret_cast<T*>(ws + o_dz);
+      DzK<T><<<Blocks(ny), 256, 0, ctx.stream>>>(ny, c.act, c.alpha, c.from_output, Ptr<const T>(s), dz, q);
+      dz = q;
+    }
+    // F's filter gradient: X = x, dY = dz (conv); X = dz, dY = x (transposed conv).
+    const T* fx = tr ? dz : Ptr<const T>(x);
+    const T* fdy = tr ? Ptr<const T>(x) : dz;
+    if (g.phys) {
+      PadK<T><<<Blocks(nxp), 256, 0, ctx.stream>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h, g.lo_w, fx, xp);
+      fx = xp;
+    }
+    JAX_MPS_RETURN_IF_ERROR(RunConv(op, cc.h, cc.plan, 2, fx, fdy, wk, ws + o_ws, algo_ws));
+    FilterK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(c.kh, c.kw, dw.dimensions()[2], c.oc, tr, false, wk, Ptr<T>(dw));
+    if (c.has_bias) {
+      double* acc = reinterpret_cast<double*>(ws + o_acc);
+      JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(acc, 0, c.oc * sizeof(double), ctx.stream));
+      const int64_t rows = ny / c.oc;
+      ColSumK<T><<<ColGrid(rows, c.oc), dim3(kColX, kColY), 0, ctx.stream>>>(rows, c.oc, dz, acc);
+      CastK<T><<<Blocks(c.oc), 256, 0, ctx.stream>>>(c.oc, acc, Ptr<T>(db));
+    }
+    return LaunchStatus(op);
+  });
+}
+
+// ---- dense (cuBLASLt) ----
+
+cudaDataType_t CudaType(ffi::DataType t) {
+  return t == ffi::F16 ? CUDA_R_16F : (t == ffi::BF16 ? CUDA_R_16BF : CUDA_R_32F);
+}
+
+struct MatmulPlan {
+  cublasLtMatmulDesc_t desc;
+  cublasLtMatrixLayout_t a, b, c;
+  cublasLtMatmulAlgo_t algo;
+  size_t ws;
+  std::mutex mu;  // the bias pointer is an attribute of the shared descriptor
+};
+
+constexpr size_t kLtWorkspace = size_t(32) << 20;
+
+// Column-major C (m, n) = op(A) (m, k) @ op(B) (k, n), ld = rows of the stored matrix; epilogue
+// adds bias (length m) and ReLU / tanh-GELU when asked.
+ffi::Error GetMatmul(const char* op, cublasLtHandle_t h, ffi::DataType dt, int64_t m, int64_t n, int64_t k, bool ta,
+                     bool tb, cublasLtEpilogue_t epi, MatmulPlan** out) {
+  static std::mutex mu;
+  static std::unordered_map<PlanKey, std::unique_ptr<MatmulPlan>, PlanKeyHash> cache;
+  PlanKey key;
+  key.add(m).add(n).add(k).add(int64_t(ta)).add(int64_t(tb)).add(int64_t(epi)).add(int64_t(dt));
+  key.add(int64_t(StreamDevice(nullptr)));
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(key);
+  if (it != cache.end()) {
+    *out = it->second.get();
+    return ffi::Error::Success();
+  }
+  auto p = std::make_unique<MatmulPlan>();
+  const cudaDataType_t t = CudaType(dt);
+  // float32: full precision (CUBLAS_COMPUTE_32F, no TF32), as the "highest" precision references.
+  JAX_MPS_CUBLAS(op, cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+  JAX_MPS_CUBLAS(op, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)));
+  JAX_MPS_CUBLAS(op, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)));
+  JAX_MPS_CUBLAS(op, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+  JAX_MPS_CUBLAS(op, cublasLtMatrixLayoutCreate(&p->a, t, ta ? k : m, ta ? m : k, ta ? k : m));
+  JAX_MPS_CUBLAS(op, cublasLtMatrixLayoutCreate(&p->b, t, tb ? n : k, tb ? k : n, tb ? n : k));
+  JAX_MPS_CUBLAS(op, cublasLtMatrixLayoutCreate(&p->c, t, m, n, m));
+  cublasLtMatmulPreference_t pref;
+  JAX_MPS_CUBLAS(op, cublasLtMatmulPreferenceCreate(&pref));
+  JAX_MPS_CUBLAS(op, cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                          &kLtWorkspace, sizeof(kLtWorkspace)));
+  cublasLtMatmulHeuristicResult_t res;
+  int got = 0;
+  cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(h, p->desc, p->a, p->b, p->c, p->c, pref, 1, &res, &got);
+  cublasLtMatmulPreferenceDestroy(pref);
+  JAX_MPS_CUBLAS(op, st);
+  JAX_MPS_CHECK(got > 0, op, ": cuBLASLt found no algorithm for (", m, ", ", n, ", ", k, ")");
+  p->algo = res.algo;
+  p->ws = res.workspaceSize;
+  *out = p.get();
+  cache.emplace(key, std::move(p));
+  return ffi::Error::Success();
+}
+
+ffi::Error RunMatmul(const char* op, Ctx& ctx, cublasLtHandle_t h, MatmulPlan* p, const void* a, const void* b, void* c,
+                     const void* bias, void* ws) {
+  const float one = 1.f, zero = 0.f;
+  std::lock_guard<std::mutex> lock(p->mu);
+  if (bias)
+    JAX_MPS_CUBLAS(op, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+  JAX_MPS_CUBLAS(op, cublasLtMatmul(h, p->desc, &one, a, p->a, b, p->b, &zero, c, p->c, c, p->c, &p->algo, ws, p->ws,
+                                    ctx.stream));
+  return ffi::Error::Success();
+}
+
+ffi::Error DenseFwdImpl(Ctx ctx, const DenseDesc& d, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
+                        ffi::AnyBuffer y) {
+  const char* op = "dense_fwd";
+  const ffi::DataType dt = x.element_type();
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&w, &y}));
+  if (d.has_bias) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&b}));
+  if (d.m == 0 || d.n == 0) return ffi::Error::Success();
+  return DispatchFloat(op, dt, [&](auto tag) -> ffi::Error {
+    using T = decltype(tag);
+    cublasLtHandle_t h = nullptr;
+    JAX_MPS_RETURN_IF_ERROR(CublasLt(op, ctx.stream, &h));
+    // Fused epilogues where cuBLASLt has the function (its GELU is the tanh form).
+    const Act a = d.act;
+    cublasLtEpilogue_t epi = d.has_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    bool fused = a == Act::kNone;
+    if (a == Act::kRelu) {
+      epi = d.has_bias ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_RELU;
+      fused = true;
+    } else if (a == Act::kGeluTanh) {
+      epi = d.has_bias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU;
+      fused = true;
+    }
+    MatmulPlan* p = nullptr;
+    JAX_MPS_RETURN_IF_ERROR(GetMatmul(op, h, dt, d.n, d.m, d.k, false, false, epi, &p));  // y^T = w^T x^T
+    ffi::Error err;
+    void* ws = Workspace(ctx, p->ws, op, &err);
+    if (!ws) return err;
+    JAX_MPS_RETURN_IF_ERROR(RunMatmul(op, ctx, h, p, w.untyped_data(), x.untyped_data(), y.untyped_data(),
+                                      d.has_bias ? b.untyped_data() : nullptr, ws));
+    if (!fused)
+      BiasActK<T><<<Blocks(d.m * d.n), 256, 0, ctx.stream>>>(d.m * d.n, d.n, Ptr<T>(y), nullptr, a, d.alpha);
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error DenseBwdDataImpl(Ctx ctx, const DenseDesc& d, ffi::AnyBuffer s, ffi::AnyBuffer dy, ffi::AnyBuffer w,
+                            ffi::AnyBuffer dx) {
+  const char* op = "dense_bwd_data";
+  const ffi::DataType dt = dy.element_type();
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, dy, {&w, &dx}));
+  const bool act = d.act != Act::kNone;
+  if (act) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, dy, {&s}));
+  if (d.m == 0 || d.k == 0) return ffi::Error::Success();
+  return DispatchFloat(op, dt, [&](auto tag) -> ffi::Error {
+    using T = decltype(tag);
+    if (d.n == 0) {
+      ZeroK<T><<<Blocks(d.m * d.k), 256, 0, ctx.stream>>>(d.m * d.k, Ptr<T>(dx));
+      return LaunchStatus(op);
+    }
+    cublasLtHandle_t h = nullptr;
+    JAX_MPS_RETURN_IF_ERROR(CublasLt(op, ctx.stream, &h));
+    MatmulPlan* p = nullptr;
+    JAX_MPS_RETURN_IF_ERROR(GetMatmul(op, h, dt, d.k, d.m, d.n, true, false, CUBLASLT_EPILOGUE_DEFAULT, &p));
+    Carve cv;
+    const size_t o_dz = cv.Add(act ? d.m * d.n * sizeof(T) : 0), o_ws = cv.Add(p->ws);
+    ffi::Error err;
+    char* ws = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
+    if (!ws) return err;
+    const T* dz = Ptr<const T>(dy);
+    if (act) {
+      T* q = reinterpret_cast<T*>(ws + o_dz);
+      DzK<T><<<Blocks(d.m * d.n), 256, 0, ctx.stream>>>(d.m * d.n, d.act, d.alpha, d.from_output, Ptr<const T>(s), dz,
+                                                       q);
+      dz = q;
+    }
+    // dx^T (K, M) = w (K, N) @ dz^T (N, M): w is stored as a column-major (N, K).
+    JAX_MPS_RETURN_IF_ERROR(RunMatmul(op, ctx, h, p, w.untyped_data(), dz, dx.untyped_data(), nullptr, ws + o_ws));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error DenseBwdWeightsImpl(Ctx ctx, const DenseDesc& d, ffi::AnyBuffer x, ffi::AnyBuffer s, ffi::AnyBuffer dy,
+                               ffi::AnyBuffer dw, ffi::AnyBuffer db) {
+  const char* op = "dense_bwd_weights";
+  const ffi::DataType dt = x.element_type();
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&dy, &dw}));
+  const bool act = d.act != Act::kNone;
+  if (act) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&s}));
+  if (d.has_bias) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&db}));
+  return DispatchFloat(op, dt, [&](auto tag) -> ffi::Error {
+    using T = decltype(tag);
+    if (d.m == 0) {
+      ZeroK<T><<<Blocks(d.k * d.n), 256, 0, ctx.stream>>>(d.k * d.n, Ptr<T>(dw));
+      if (d.has_bias) ZeroK<T><<<Blocks(d.n), 256, 0, ctx.stream>>>(d.n, Ptr<T>(db));
+      return LaunchStatus(op);
+    }
+    if (d.k == 0 || d.n == 0) return ffi::Error::Success();
+    cublasLtHandle_t h = nullptr;
+    JAX_MPS_RETURN_IF_ERROR(CublasLt(op, ctx.stream, &h));
+    MatmulPlan* p = nullptr;
+    JAX_MPS_RETURN_IF_ERROR(GetMatmul(op, h, dt, d.n, d.k, d.m, false, true, CUBLASLT_EPILOGUE_DEFAULT, &p));
+    Carve cv;
+    const size_t o_dz = cv.Add(act ? d.m * d.n * sizeof(T) : 0), o_acc = cv.Add(d.has_bias ? d.n * sizeof(double) : 0),
+                 o_ws = cv.Add(p->ws);
+    ffi::Error err;
+    char* ws = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
+    if (!ws) return err;
+    const T* dz = Ptr<const T>(dy);
+    if (act) {
+      T* q = reinterpret_cast<T*>(ws + o_dz);
+      DzK<T><<<Blocks(d.m * d.n), 256, 0, ctx.stream>>>(d.m * d.n, d.act, d.alpha, d.from_output, Ptr<const T>(s), dz,
+                                                       q);
+      dz = q;
+    }
+    // dw^T (N, K) = dz^T (N, M) @ x (M, K): x is stored as a column-major (K, M).
+    JAX_MPS_RETURN_IF_ERROR(RunMatmul(op, ctx, h, p, dz, x.untyped_data(), dw.untyped_data(), nullptr, ws + o_ws));
+    if (d.has_bias) {
+      double* acc = reinterpret_cast<double*>(ws + o_acc);
+      JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(acc, 0, d.n * sizeof(double), ctx.stream));
+      ColSumK<T><<<ColGrid(d.m, d.n), dim3(kColX, kColY), 0, ctx.stream>>>(d.m, d.n, dz, acc);
+      CastK<T><<<Blocks(d.n), 256, 0, ctx.stream>>>(d.n, acc, Ptr<T>(db));
+    }
+    return LaunchStatus(op);
+  });
+}
+
+}  // namespace
+}  // namespace jax_mps::cuda
+
+namespace jax_mps {
+
+ffi::Error Cuda::ConvFwd(Ctx s, const ConvDesc& c, Buf x, Buf w, Buf b, Buf y) {
+  return cuda::ConvFwdImpl(cuda::Ctx{s}, c, x, w, b, y);
+}
+ffi::Error Cuda::ConvBwdData(Ctx s, const ConvDesc& c, Buf sy, Buf dy, Buf w, Buf dx) {
+  return cuda::ConvBwdDataImpl(cuda::Ctx{s}, c, sy, dy, w, dx);
+}
+ffi::Error Cuda::ConvBwdWeights(Ctx s, const ConvDesc& c, Buf x, Buf sy, Buf dy, Buf dw, Buf db) {
+  return cuda::ConvBwdWeightsImpl(cuda::Ctx{s}, c, x, sy, dy, dw, db);
+}
+ffi::Error Cuda::DenseFwd(Ctx s, const DenseDesc& d, Buf x, Buf w, Buf b, Buf y) {
+  return cuda::DenseFwdImpl(cuda::Ctx{s}, d, x, w, b, y);
+}
+ffi::Error Cuda::DenseBwdData(Ctx s, const DenseDesc& d, Buf sy, Buf dy, Buf w, Buf dx) {
+  return cuda::DenseBwdDataImpl(cuda::Ctx{s}, d, sy, dy, w, dx);
+}
+ffi::Error Cuda::DenseBwdWeights(Ctx s, const DenseDesc& d, Buf x, Buf sy, Buf dy, Buf dw, Buf db) {
+  return cuda::DenseBwdWeightsImpl(cuda::Ctx{s}, d, x, sy, dy, dw, db);
+}
+
+}  // namespace jax_mps

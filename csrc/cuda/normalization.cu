@@ -1,0 +1,412 @@
+// Batch norm (training and inference), instance norm and local response norm on CUDA.
+// x is viewed as (G, S, C) (runtime/normalization.h): statistics per (g, c) over the S rows of
+// group g. Column kernels (32 channels x 8 row lanes per block, row slices across blocks) add
+// their double partials into device scratch with atomics; a per-channel kernel turns the sums
+// into statistics/coefficients; one element-wise pass writes y (or dx). The mean is kept in
+// double so that x - mean keeps its precision under a large common offset (as on the CPU).
+// Fused activations follow cuda/act.cuh; the pre-activation is recomputed where needed.
+#include "cuda/act.cuh"
+#include "cuda/backend.h"
+#include "cuda/common.cuh"
+#include "cuda/reduce.cuh"
+
+namespace jax_mps::cuda {
+namespace {
+
+// Per-(g, c) coefficients of the element-wise passes, in scratch.
+struct Coef {
+  double* m;  // mean (G*C)
+  float* a;   // scale * rstd (G*C)
+  float* b;   // bias (G*C)
+};
+
+inline dim3 ColGrid3(const NormView& v) {
+  dim3 g = ColGrid(v.S, v.C);
+  g.z = unsigned(v.G);
+  return g;
+}
+
+// sums[2 * (g*C + c)] += sum x, sums[... + 1] += sum x^2 (double).
+template <typename T>
+__global__ void StatsK(int64_t S, int64_t C, const T* x, double* sums) {
+  const int64_t c = int64_t(blockIdx.x) * kColX + threadIdx.x, g = blockIdx.z;
+  double s = 0.0, ss = 0.0;
+  if (c < C)
+    for (int64_t r = int64_t(blockIdx.y) * kColY + threadIdx.y; r < S; r += int64_t(gridDim.y) * kColY) {
+      const double v = Ld(x[(g * S + r) * C + c]);
+      s += v;
+      ss += v * v;
+    }
+  ColFlush(s, sums, 2 * (g * C + c), 2 * (g * C + C));
+  ColFlush(ss, sums, 2 * (g * C + c) + 1, 2 * (g * C + C));
+}
+
+// From the sums: mean / var / rstd outputs (nullptr: not wanted) and the forward coefficients.
+template <typename T>
+__global__ void FinishStatsK(int64_t G, int64_t S, int64_t C, float eps, const double* sums, const T* scale,
+                             const T* bias, T* mean_out, T* var_out, T* rstd_out, Coef k) {
+  JAX_MPS_GRID_STRIDE(i, G * C) {
+    const int64_t c = i % C;
+    const double m = sums[2 * i] / double(S);
+    double var = sums[2 * i + 1] / double(S) - m * m;
+    if (var < 0.0) var = 0.0;
+    const double r = 1.0 / sqrt(var + double(eps));
+    if (mean_out) mean_out[i] = St<T>(float(m));
+    if (var_out) var_out[i] = St<T>(float(var));
+    if (rstd_out) rstd_out[i] = St<T>(float(r));
+    k.m[i] = m;
+    k.a[i] = float(double(Ld(scale[c])) * r);
+    k.b[i] = Ld(bias[c]);
+  }
+}
+
+// Inference: coefficients from the given statistics.
+template <typename T>
+__global__ void GivenStatsK(int64_t C, float eps, const T* scale, const T* bias, const T* mean, const T* var, Coef k) {
+  JAX_MPS_GRID_STRIDE(c, C) {
+    const double r = 1.0 / sqrt(double(Ld(var[c])) + double(eps));
+    k.m[c] = Ld(mean[c]);
+    k.a[c] = float(double(Ld(scale[c])) * r);
+    k.b[c] = Ld(bias[c]);
+  }
+}
+
+// y = act((x - m) * a + b), per (g, c).
+template <typename T>
+__global__ void AffineK(int64_t G, int64_t S, int64_t C, Act act, float alpha, const T* x, Coef k, T* y) {
+  JAX_MPS_GRID_STRIDE(e, G * S * C) {
+    const int64_t gc = (e / (S * C)) * C + e % C;
+    const float z = float(double(Ld(x[e])) - k.m[gc]) * k.a[gc] + k.b[gc];
+    y[e] = St<T>(ActF(act, alpha, z));
+  }
+}
+
+// The gradient w.r.t. the pre-activation z at element e (z recomputed from x unless from_output).
+template <typename T>
+__device__ __forceinline__ float Dz(int64_t e, int64_t gc, Act act, float alpha, bool from_output, const T* x,
+                                    const T* s, const T* dy, const Coef& k) {
+  const float g = Ld(dy[e]);
+  if (act == Act::kNone) return g;
+  if (from_output) return ActGFromOutput(act, alpha, Ld(s[e]), g);
+  const float z = float(double(Ld(x[e])) - k.m[gc]) * k.a[gc] + k.b[gc];
+  return ActG(act, alpha, z, g);
+}
+
+// sums[2 * gc] += sum dz, sums[2 * gc + 1] += sum dz * (x - m).
+template <typename T>
+__global__ void GradSumsK(int64_t S, int64_t C, Act act, float alpha, bool from_output, const T* x, const T* s,
+                          const T* dy, Coef k, double* sums) {
+  const int64_t c = int64_t(blockIdx.x) * kColX + threadIdx.x, g = blockIdx.z, gc = g * C + c;
+  double sd = 0.0, sdx = 0.0;
+  if (c < C)
+    for (int64_t r = int64_t(blockIdx.y) * kColY + threadIdx.y; r < S; r += int64_t(gridDim.y) * kColY) {
+      const int64_t e = (g * S + r) * C + c;
+      const double dz = Dz(e, gc, act, alpha, from_output, x, s, dy, k);
+      sd += dz;
+      sdx += dz * (double(Ld(x[e])) - k.m[gc]);
+    }
+  ColFlush(sd, sums, 2 * gc, 2 * (g * C + C));
+  ColFlush(sdx, sums, 2 * gc + 1, 2 * (g * C + C));
+}
+
+// dx = a * dz + gb * (x - m) + gd, with a = scale * rstd (the forward's coefficient).
+template <typename T>
+__global__ void GradInputK(int64_t G, int64_t S, int64_t C, Act act, float alpha, bool from_output, const T* x,
+                           const T* s, const T* dy, Coef k, const float* gb, const float* gd, T* dx) {
+  JAX_MPS_GRID_STRIDE(e, G * S * C) {
+    const int64_t gc = (e / (S * C)) * C + e % C;
+    const float dz = Dz(e, gc, act, alpha, from_output, x, s, dy, k);
+    dx[e] = St<T>(k.a[gc] * dz + gb[gc] * float(double(Ld(x[e])) - k.m[gc]) + gd[gc]);
+  }
+}
+
+// Batch-norm training backward coefficients (exact paths through the mean and var outputs).
+template <typename T>
+__global__ void BnBwdCoefK(int64_t C, double M, const double* sums, const T* scale, const T* rstd, const T* dmean,
+                           const T* dvar, float* gb, float* gd, T* dscale, T* dbias) {
+  JAX_MPS_GRID_STRIDE(c, C) {
+    const double r = Ld(rstd[c]), g = Ld(scale[c]), sdz = sums[2 * c], sdzx = sums[2 * c + 1];
+    dbias[c] = St<T>(float(sdz));
+    dscale[c] = St<T>(float(r * sdzx));
+    gb[c] = float((-g * r * r * r * sdzx + 2.0 * double(Ld(dvar[c]))) / M);
+    gd[c] = float((-g * r * sdz + double(Ld(dmean[c]))) / M);
+  }
+}
+
+template <typename T>
+__global__ void BniBwdCoefK(int64_t C, float eps, const double* sums, const T* scale, const T* var, float* gb,
+                            float* gd, T* dscale, T* dbias, T* dmean, T* dvar) {
+  JAX_MPS_GRID_STRIDE(c, C) {
+    const double r = 1.0 / sqrt(double(Ld(var[c])) + double(eps)), g = Ld(scale[c]);
+    const double sdz = sums[2 * c], sdzx = sums[2 * c + 1];
+    dbias[c] = St<T>(float(sdz));
+    dscale[c] = St<T>(float(r * sdzx));
+    dmean[c] = St<T>(float(-g * r * sdz));
+    dvar[c] = St<T>(float(-0.5 * g * r * r * r * sdzx));
+    gb[c] = 0.f;
+    gd[c] = 0.f;
+  }
+}
+
+// Instance norm backward: per-(g, c) coefficients, and dscale / dbias summed over g in order.
+template <typename T>
+__global__ void InBwdCoefK(int64_t G, int64_t C, double S, const double* sums, const T* scale, const T* rstd,
+                           float* gb, float* gd, T* dscale, T* dbias) {
+  JAX_MPS_GRID_STRIDE(c, C) {
+    const double g = Ld(scale[c]);
+    double ds = 0.0, db = 0.0;
+    for (int64_t n = 0; n < G; ++n) {
+      const int64_t i = n * C + c;
+      const double r = Ld(rstd[i]), sdz = sums[2 * i], sdzx = sums[2 * i + 1];
+      ds += r * sdzx;
+      db += sdz;
+      gb[i] = float(-g * r * r * r * sdzx / S);
+      gd[i] = float(-g * r * sdz / S);
+    }
+    dscale[c] = St<T>(float(ds));
+    dbias[c] = St<T>(float(db));
+  }
+}
+
+// Instance norm: coefficients from the saved per-(g, c) mean and rstd.
+template <typename T>
+__global__ void SavedStatsK(int64_t G, int64_t C, const T* scale, const T* mean, const T* rstd, Coef k) {
+  JAX_MPS_GRID_STRIDE(i, G * C) {
+    k.m[i] = Ld(mean[i]);
+    k.a[i] = Ld(scale[i % C]) * Ld(rstd[i]);
+    k.b[i] = 0.f;
+  }
+}
+
+// Batch norm backward: coefficients from the saved mean and rstd.
+template <typename T>
+__global__ void SavedBnStatsK(int64_t C, const T* scale, const T* bias, const T* mean, const T* rstd, Coef k) {
+  JAX_MPS_GRID_STRIDE(c, C) {
+    k.m[c] = Ld(mean[c]);
+    k.a[c] = Ld(scale[c]) * Ld(rstd[c]);
+    k.b[c] = Ld(bias[c]);
+  }
+}
+
+// Scratch for G*C statistics: coefficients, the gradient pass's b/d and 2*G*C double sums.
+struct Work {
+  Coef k;
+  float* gb;
+  float* gd;
+  double* sums;
+};
+
+ffi::Error MakeWork(Ctx& ctx, const char* op, int64_t stats, Work* w) {
+  const size_t n = size_t(stats);
+  ffi::Error err;
+  char* p = static_cast<char*>(Workspace(ctx, n * (2 * 8 + 8 + 4 * 4), op, &err));  // sums, m, a, b, gb, gd
+  if (!p) return err;
+  w->sums = reinterpret_cast<double*>(p);
+  w->k.m = w->sums + 2 * n;
+  float* f = reinterpret_cast<float*>(w->k.m + n);
+  w->k.a = f;
+  w->k.b = f + n;
+  w->gb = f + 2 * n;
+  w->gd = f + 3 * n;
+  JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(w->sums, 0, 2 * n * sizeof(double), ctx.stream));
+  return ffi::Error::Success();
+}
+
+// ---- local response norm across the last axis (one thread per element; windows are short) ----
+// y_c = x_c * s_c^-beta, s_c = k + alpha/size * sum_{|c'-c| <= size/2} x_c'^2.
+// dx_j = dy_j s_j^-beta - 2 alpha beta / size * x_j * sum_{|c-j| <= size/2} dy_c x_c s_c^(-beta-1).
+
+template <typename T>
+__device__ __forceinline__ float LrnS(const T* row, int64_t c, int64_t C, int64_t h, double coef, float k) {
+  double acc = 0.0;
+  const int64_t lo = c - h > 0 ? c - h : 0, hi = c + h < C - 1 ? c + h : C - 1;
+  for (int64_t q = lo; q <= hi; ++q) {
+    const double v = Ld(row[q]);
+    acc += v * v;
+  }
+  return float(double(k) + coef * acc);
+}
+
+template <typename T>
+__global__ void LrnFwdK(int64_t n, int64_t C, int64_t h, double coef, float beta, float k, const T* x, T* y) {
+  JAX_MPS_GRID_STRIDE(e, n) {
+    const int64_t c = e % C;
+    const T* row = x + (e - c);
+    y[e] = St<T>(Ld(x[e]) * powf(LrnS(row, c, C, h, coef, k), -beta));
+  }
+}
+
+template <typename T>
+__global__ void LrnBwdK(int64_t n, int64_t C, int64_t h, double coef, float beta, float k, const T* x, const T* dy,
+                        T* dx) {
+  JAX_MPS_GRID_STRIDE(e, n) {
+    const int64_t j = e % C;
+    const T* row = x + (e - j);
+    const T* grow = dy + (e - j);
+    const float sj = LrnS(row, j, C, h, coef, k);
+    double acc = 0.0;
+    const int64_t lo = j - h > 0 ? j - h : 0, hi = j + h < C - 1 ? j + h : C - 1;
+    for (int64_t c = lo; c <= hi; ++c) {
+      const float sc = LrnS(row, c, C, h, coef, k);
+      acc += double(Ld(grow[c])) * Ld(row[c]) * powf(sc, -beta) / sc;
+    }
+    dx[e] = St<T>(float(Ld(grow[j]) * powf(sj, -beta) - 2.0 * coef * beta * Ld(row[j]) * acc));
+  }
+}
+
+}  // namespace
+}  // namespace jax_mps::cuda
+
+namespace jax_mps {
+using namespace cuda;  // NOLINT: the kernels above
+
+ffi::Error Cuda::BatchNormFwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, Buf bias, Buf y, Buf mean, Buf var,
+                              Buf rstd) {
+  const char* op = "batch_norm";
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&scale, &bias, &y, &mean, &var, &rstd}));
+  cuda::Ctx ctx{s};
+  Work w;
+  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.C, &w));
+  return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    StatsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, s>>>(v.S, v.C, Ptr<const T>(x), w.sums);
+    FinishStatsK<T><<<Blocks(v.C), 256, 0, s>>>(1, v.S, v.C, v.eps, w.sums, Ptr<const T>(scale), Ptr<const T>(bias),
+                                               Ptr<T>(mean), Ptr<T>(var), Ptr<T>(rstd), w.k);
+    AffineK<T><<<Blocks(x.element_count()), 256, 0, s>>>(1, v.S, v.C, v.act, v.alpha, Ptr<const T>(x), w.k, Ptr<T>(y));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error Cuda::BatchNormBwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, Buf bias, Buf mean, Buf rstd, Buf sy,
+                              Buf dy, Buf dmean, Buf dvar, Buf dx, Buf dscale, Buf dbias) {
+  const char* op = "batch_norm_bwd";
+  JAX_MPS_RETURN_IF_ERROR(
+      SameDtype(op, x, {&scale, &bias, &mean, &rstd, &sy, &dy, &dmean, &dvar, &dx, &dscale, &dbias}));
+  cuda::Ctx ctx{s};
+  Work w;
+  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.C, &w));
+  return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    SavedBnStatsK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, Ptr<const T>(scale), Ptr<const T>(bias), Ptr<const T>(mean),
+                                                Ptr<const T>(rstd), w.k);
+    GradSumsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, s>>>(v.S, v.C, v.act, v.alpha, v.from_output, Ptr<const T>(x),
+                                                            Ptr<const T>(sy), Ptr<const T>(dy), w.k, w.sums);
+    BnBwdCoefK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, double(v.S), w.sums, Ptr<const T>(scale), Ptr<const T>(rstd),
+                                             Ptr<const T>(dmean), Ptr<const T>(dvar), w.gb, w.gd, Ptr<T>(dscale),
+                                             Ptr<T>(dbias));
+    GradInputK<T><<<Blocks(x.element_count()), 256, 0, s>>>(1, v.S, v.C, v.act, v.alpha, v.from_output,
+                                                            Ptr<const T>(x), Ptr<const T>(sy), Ptr<const T>(dy), w.k,
+                                                            w.gb, w.gd, Ptr<T>(dx));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error Cuda::BatchNormInferenceFwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, Buf bias, Buf mean, Buf var,
+                                       Buf y) {
+  const char* op = "batch_norm_inference";
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&scale, &bias, &mean, &var, &y}));
+  cuda::Ctx ctx{s};
+  Work w;
+  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.C, &w));
+  return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    GivenStatsK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, v.eps, Ptr<const T>(scale), Ptr<const T>(bias), Ptr<const T>(mean),
+                                              Ptr<const T>(var), w.k);
+    AffineK<T><<<Blocks(x.element_count()), 256, 0, s>>>(1, v.S, v.C, v.act, v.alpha, Ptr<const T>(x), w.k, Ptr<T>(y));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error Cuda::BatchNormInferenceBwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, Buf bias, Buf mean, Buf var,
+                                       Buf sy, Buf dy, Buf dx, Buf dscale, Buf dbias, Buf dmean, Buf dvar) {
+  const char* op = "batch_norm_inference_bwd";
+  JAX_MPS_RETURN_IF_ERROR(
+      SameDtype(op, x, {&scale, &bias, &mean, &var, &sy, &dy, &dx, &dscale, &dbias, &dmean, &dvar}));
+  cuda::Ctx ctx{s};
+  Work w;
+  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.C, &w));
+  return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    GivenStatsK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, v.eps, Ptr<const T>(scale), Ptr<const T>(bias), Ptr<const T>(mean),
+                                              Ptr<const T>(var), w.k);
+    GradSumsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, s>>>(v.S, v.C, v.act, v.alpha, v.from_output, Ptr<const T>(x),
+                                                            Ptr<const T>(sy), Ptr<const T>(dy), w.k, w.sums);
+    BniBwdCoefK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, v.eps, w.sums, Ptr<const T>(scale), Ptr<const T>(var), w.gb, w.gd,
+                                              Ptr<T>(dscale), Ptr<T>(dbias), Ptr<T>(dmean), Ptr<T>(dvar));
+    GradInputK<T><<<Blocks(x.element_count()), 256, 0, s>>>(1, v.S, v.C, v.act, v.alpha, v.from_output,
+                                                            Ptr<const T>(x), Ptr<const T>(sy), Ptr<const T>(dy), w.k,
+                                                            w.gb, w.gd, Ptr<T>(dx));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error Cuda::InstanceNormFwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, Buf bias, Buf y, Buf mean,
+                                 Buf rstd) {
+  const char* op = "instance_norm";
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&scale, &bias, &y, &mean, &rstd}));
+  if (v.stats() == 0) return ffi::Error::Success();
+  cuda::Ctx ctx{s};
+  Work w;
+  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.stats(), &w));
+  return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    StatsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, s>>>(v.S, v.C, Ptr<const T>(x), w.sums);
+    FinishStatsK<T><<<Blocks(v.stats()), 256, 0, s>>>(v.G, v.S, v.C, v.eps, w.sums, Ptr<const T>(scale),
+                                                     Ptr<const T>(bias), Ptr<T>(mean), nullptr, Ptr<T>(rstd), w.k);
+    AffineK<T><<<Blocks(x.element_count()), 256, 0, s>>>(v.G, v.S, v.C, Act::kNone, 0.f, Ptr<const T>(x), w.k,
+                                                         Ptr<T>(y));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error Cuda::InstanceNormBwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, Buf mean, Buf rstd, Buf dy, Buf dx,
+                                 Buf dscale, Buf dbias) {
+  const char* op = "instance_norm_bwd";
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&scale, &mean, &rstd, &dy, &dx, &dscale, &dbias}));
+  if (v.C == 0) return ffi::Error::Success();
+  cuda::Ctx ctx{s};
+  Work w;
+  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, std::max<int64_t>(v.stats(), 1), &w));
+  return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    SavedStatsK<T><<<Blocks(v.stats()), 256, 0, s>>>(v.G, v.C, Ptr<const T>(scale), Ptr<const T>(mean),
+                                                    Ptr<const T>(rstd), w.k);
+    if (v.G > 0)
+      GradSumsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, s>>>(v.S, v.C, Act::kNone, 0.f, false, Ptr<const T>(x),
+                                                              nullptr, Ptr<const T>(dy), w.k, w.sums);
+    InBwdCoefK<T><<<Blocks(v.C), 256, 0, s>>>(v.G, v.C, double(v.S), w.sums, Ptr<const T>(scale), Ptr<const T>(rstd),
+                                             w.gb, w.gd, Ptr<T>(dscale), Ptr<T>(dbias));
+    if (x.element_count() > 0)
+      GradInputK<T><<<Blocks(x.element_count()), 256, 0, s>>>(v.G, v.S, v.C, Act::kNone, 0.f, false, Ptr<const T>(x),
+                                                              nullptr, Ptr<const T>(dy), w.k, w.gb, w.gd, Ptr<T>(dx));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error Cuda::LrnFwd(Cuda::Ctx s, const LrnDesc& p, Buf x, Buf y) {
+  const char* op = "local_response_norm";
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&y}));
+  const int64_t n = p.rows * p.C;
+  if (n == 0) return ffi::Error::Success();
+  return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    LrnFwdK<T><<<Blocks(n), 256, 0, s>>>(n, p.C, p.size / 2, double(p.alpha) / double(p.size), p.beta, p.k,
+                                        Ptr<const T>(x), Ptr<T>(y));
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error Cuda::LrnBwd(Cuda::Ctx s, const LrnDesc& p, Buf x, Buf dy, Buf dx) {
+  const char* op = "local_response_norm_bwd";
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&dy, &dx}));
+  const int64_t n = p.rows * p.C;
+  if (n == 0) return ffi::Error::Success();
+  return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
+    using T = decltype(t);
+    LrnBwdK<T><<<Blocks(n), 256, 0, s>>>(n, p.C, p.size / 2, double(p.alpha) / double(p.size), p.beta, p.k,
+                                        Ptr<const T>(x), Ptr<const T>(dy), Ptr<T>(dx));
+    return LaunchStatus(op);
+  });
+}
+
+}  // namespace jax_mps

@@ -1,0 +1,229 @@
+// Fused optimizer steps (mps.optim) on CUDA: one launch updates every leaf of a dtype group (up to
+// kMaxLeaves leaves per launch; larger trees take ceil(n / kMaxLeaves) launches). The leaf table
+// travels as a kernel parameter, so no host-to-device copy is needed and the launch can be
+// captured in a CUDA graph. The rules are those of csrc/cpu/optim.cc (optax's arithmetic);
+// updates happen in place through the aliased buffers. lr, count and sqnorm are device scalars.
+#include <algorithm>
+#include <vector>
+
+#include "cuda/backend.h"
+#include "cuda/common.cuh"
+#include "cuda/reduce.cuh"
+
+namespace jax_mps::cuda {
+namespace {
+
+constexpr int kMaxLeaves = 192;  // 192 leaves x 80 bytes: ~15 KB of the 32 KB parameter space
+
+struct LeafTable {
+  int count;
+  int64_t size[kMaxLeaves];
+  const void* p[kMaxLeaves];
+  const void* g[kMaxLeaves];
+  void* out[kMaxLeaves];
+  float* s_in[3][kMaxLeaves];
+  float* s_out[3][kMaxLeaves];
+};
+
+struct Pre {
+  float rescale, lo, hi, l1, l2;
+};
+
+struct StepArgs {
+  OptRule rule;
+  bool mom, nesterov, ams, centered, write_updates;
+  float b1, ob1, b2, ob2, eps, momentum, wd, clip_norm;
+  NormMode norm_mode;
+  Pre pre;
+};
+
+__device__ __forceinline__ float Clip(float g, const Pre& c) { return fminf(fmaxf(g * c.rescale, c.lo), c.hi); }
+
+template <typename P>
+__global__ void SqNormK(LeafTable t, Pre c, double* acc) {
+  double part = 0.0;
+  for (int l = 0; l < t.count; ++l) {
+    const P* g = static_cast<const P*>(t.g[l]);
+    float f = 0.f;
+    JAX_MPS_GRID_STRIDE(i, t.size[l]) {
+      const float v = Clip(Ld(g[i]), c);
+      f += v * v;
+    }
+    part += f;
+  }
+  part = BlockSum(part);
+  if (threadIdx.x == 0) atomicAdd(acc, part);
+}
+
+template <typename P>
+__global__ void StepK(LeafTable t, StepArgs a, const float* lr, const int32_t* count, const float* ext_sq,
+                      const double* int_sq) {
+  const float nlr = -lr[0];
+  const float keep = a.write_updates ? 0.f : 1.f;
+  const float tc = float(count[0]);
+  const float bc1 = 1.f - powf(a.b1, tc), bc2 = 1.f - powf(a.b2, tc);  // as optax: 1 - b**count in float32
+  float nscale = 1.f;
+  if (a.norm_mode != NormMode::kNone) {
+    const float norm = sqrtf(a.norm_mode == NormMode::kExternal ? ext_sq[0] : float(int_sq[0]));
+    nscale = norm < a.clip_norm ? 1.f : a.clip_norm / norm;
+  }
+  for (int l = 0; l < t.count; ++l) {
+    const P* p = static_cast<const P*>(t.p[l]);
+    const P* g = static_cast<const P*>(t.g[l]);
+    P* out = static_cast<P*>(t.out[l]);
+    const float *a0 = t.s_in[0][l], *a1 = t.s_in[1][l], *a2 = t.s_in[2][l];
+    float *o0 = t.s_out[0][l], *o1 = t.s_out[1][l], *o2 = t.s_out[2][l];
+    JAX_MPS_GRID_STRIDE(i, t.size[l]) {
+      const float pv = Ld(p[i]);
+      const float sg = float(pv > 0.f) - float(pv < 0.f);
+      const float gv = Clip(Ld(g[i]), a.pre) * nscale + (a.pre.l2 * pv + a.pre.l1 * sg);
+      float d;
+      if (a.rule == OptRule::kSgd) {
+        float u = gv;
+        if (a.mom) {
+          const float tr = gv + a.momentum * a0[i];
+          o0[i] = tr;
+          u = a.nesterov ? gv + a.momentum * tr : tr;
+        }
+        d = nlr * u;
+      } else if (a.rule == OptRule::kAdam) {
+        const float m = a.ob1 * gv + a.b1 * a0[i];
+        const float v = a.ob2 * (gv * gv) + a.b2 * a1[i];
+        o0[i] = m;
+        o1[i] = v;
+        float vh = v / bc2;
+        if (a.ams) {
+          vh = fmaxf(a2[i], vh);
+          o2[i] = vh;
+        }
+        d = nlr * ((m / bc1) / (sqrtf(vh) + a.eps) + a.wd * pv);
+      } else {
+        const float v = a.ob2 * (gv * gv) + a.b2 * a0[i];
+        o0[i] = v;
+        float den = v;
+        if (a.centered) {
+          const float m = a.ob2 * gv + a.b2 * a1[i];
+          o1[i] = m;
+          den = v - m * m;
+        }
+        d = nlr * (rsqrtf(den + a.eps) * gv);  // lax.rsqrt, as optax (XLA:GPU lowers it to rsqrt too)
+        if (a.mom) {
+          const float* ti = a.centered ? a2 : a1;
+          float* to = a.centered ? o2 : o1;
+          const float tr = d + a.momentum * ti[i];
+          to[i] = tr;
+          d = tr;
+        }
+      }
+      out[i] = St<P>(keep * pv + d);
+    }
+  }
+}
+
+Pre MakePre(float rescale, float clip_value, float l1, float l2) {
+  return Pre{rescale, clip_value > 0.f ? -clip_value : -INFINITY, clip_value > 0.f ? clip_value : INFINITY, l1, l2};
+}
+
+unsigned GridFor(const LeafTable& t) {
+  int64_t total = 0;
+  for (int l = 0; l < t.count; ++l) total += t.size[l];
+  return Blocks(total, 256, 132 * 8);
+}
+
+// Squared norm of the (rescaled, value-clipped) gradients of `leaves` added to *acc (zeroed by the caller).
+ffi::Error LaunchSqNorm(Ctx& ctx, const char* op, ffi::DataType dtype, std::vector<LeafTable>& tables, Pre c,
+                        double* acc) {
+  return cuda::DispatchFloat(op, dtype, [&](auto tag) {
+    using P = decltype(tag);
+    for (auto& t : tables) SqNormK<P><<<GridFor(t), 256, 0, ctx.stream>>>(t, c, acc);
+    return LaunchStatus(op);
+  });
+}
+
+__global__ void ToFloat(const double* s, float* out) { out[0] = float(s[0]); }
+
+// The leaf tables of leaves `grads` (and, for a step, params/outs/slots), kMaxLeaves per launch.
+void AddLeaf(std::vector<LeafTable>& tables, int64_t l) {
+  if (l % kMaxLeaves == 0) {
+    tables.emplace_back();
+    std::memset(&tables.back(), 0, sizeof(LeafTable));
+  }
+}
+
+}  // namespace
+}  // namespace jax_mps::cuda
+
+namespace jax_mps {
+using namespace cuda;  // NOLINT: the kernels above
+
+ffi::Error Cuda::OptimStep(Cuda::Ctx s, const OptimDesc& d, Buf lr, Buf count, Buf sqnorm, const Buffers& args,
+                           const Buffers& rets) {
+  const char* op = "optim";
+  const int64_t n = d.n;
+  if (n == 0) return ffi::Error::Success();
+  const ffi::DataType dtype = args[0].element_type();
+  std::vector<LeafTable> tables;
+  for (int64_t l = 0; l < n; ++l) {
+    JAX_MPS_RETURN_IF_ERROR(SameDtype(op, args[0], {&args[l], &args[n + l], &rets[l]}));
+    AddLeaf(tables, l);
+    LeafTable& t = tables.back();
+    const int k = t.count++;
+    t.size[k] = int64_t(args[l].element_count());
+    t.p[k] = args[l].untyped_data();
+    t.g[k] = args[n + l].untyped_data();
+    t.out[k] = rets[l].untyped_data();
+    for (int64_t q = 0; q < d.nslots; ++q) {
+      t.s_in[q][k] = static_cast<float*>(args[(2 + q) * n + l].untyped_data());
+      t.s_out[q][k] = static_cast<float*>(rets[(1 + q) * n + l].untyped_data());
+    }
+  }
+  StepArgs a;
+  a.rule = d.rule;
+  a.mom = d.momentum != 0.f;
+  a.nesterov = d.nesterov; a.ams = d.amsgrad; a.centered = d.centered; a.write_updates = d.write_updates;
+  a.b1 = d.b1; a.ob1 = d.ob1; a.b2 = d.b2; a.ob2 = d.ob2; a.eps = d.eps; a.momentum = d.momentum;
+  a.wd = d.weight_decay;
+  a.clip_norm = d.clip_norm;
+  a.norm_mode = d.norm_mode;
+  a.pre = MakePre(d.rescale, d.clip_value, d.l1, d.l2);
+  cuda::Ctx ctx{s};
+  double* int_sq = nullptr;
+  if (d.norm_mode == NormMode::kInternal) {
+    ffi::Error err;
+    int_sq = static_cast<double*>(Workspace(ctx, sizeof(double), op, &err));
+    if (!int_sq) return err;
+    JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(int_sq, 0, sizeof(double), s));
+    JAX_MPS_RETURN_IF_ERROR(LaunchSqNorm(ctx, op, dtype, tables, MakePre(d.rescale, d.clip_value, 0.f, 0.f), int_sq));
+  }
+  return cuda::DispatchFloat(op, dtype, [&](auto tag) {
+    using P = decltype(tag);
+    for (auto& t : tables)
+      StepK<P><<<GridFor(t), 256, 0, s>>>(t, a, Ptr<const float>(lr), Ptr<const int32_t>(count),
+                                          Ptr<const float>(sqnorm), int_sq);
+    return LaunchStatus(op);
+  });
+}
+
+ffi::Error Cuda::OptimSqNorm(Cuda::Ctx s, const SqNormDesc& d, const Buffers& grads, Buf out) {
+  const char* op = "optim_sqnorm";
+  std::vector<LeafTable> tables;
+  for (size_t l = 0; l < grads.size(); ++l) {
+    JAX_MPS_RETURN_IF_ERROR(SameDtype(op, grads[0], {&grads[l]}));
+    AddLeaf(tables, int64_t(l));
+    LeafTable& t = tables.back();
+    t.size[t.count] = int64_t(grads[l].element_count());
+    t.g[t.count++] = grads[l].untyped_data();
+  }
+  cuda::Ctx ctx{s};
+  ffi::Error err;
+  double* acc = static_cast<double*>(Workspace(ctx, sizeof(double), op, &err));
+  if (!acc) return err;
+  JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(acc, 0, sizeof(double), s));
+  if (!tables.empty())
+    JAX_MPS_RETURN_IF_ERROR(LaunchSqNorm(ctx, op, grads[0].element_type(), tables,
+                                         MakePre(d.rescale, d.clip_value, 0.f, 0.f), acc));
+  ToFloat<<<1, 1, 0, s>>>(acc, Ptr<float>(out));
+  return LaunchStatus(op);
+}
+
+}  // namespace jax_mps
