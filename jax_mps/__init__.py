@@ -1,5 +1,5 @@
 """jax_mps: hand-tuned neural-network training primitives for JAX (see API.md)."""
-from ._runtime import backends
+from ._runtime import backends, plan_cache_size, set_plan_cache_size
 from .activations import *  # noqa: F401,F403
 from .conv import *  # noqa: F401,F403
 from .pooling import *  # noqa: F401,F403

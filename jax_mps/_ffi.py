@@ -4,7 +4,8 @@
 `call` wraps `jax.ffi.ffi_call` with:
 - a vmap rule: when every batched argument is flagged in `fold` (its leading axis is the op's
   batch axis) and every result is batch-major, the vmapped axis is folded into that batch axis
-  and the kernel runs once; otherwise the kernel runs once per vmapped element (lax.map);
+  and the kernel runs once; otherwise the kernel runs once per vmapped element (lax.map). The
+  folded call is itself a `call`, so vmap of vmap (and deeper) folds every level in turn;
 - a sharding rule (`shard`, see _sharding.Rule): which axis of each operand and result is the
   batch axis, so that batch-sharded jit runs the kernel on each local shard (results marked
   SUM are summed across shards with psum).
@@ -130,7 +131,8 @@ def composite(body, results, *args, fold: Sequence[bool] | None = None, shard: _
                     x = x.reshape((axis_size * x.shape[1],) + x.shape[2:])
                 new.append(x)
             big = [jax.ShapeDtypeStruct((axis_size * s.shape[0],) + tuple(s.shape[1:]), s.dtype) for s in specs]
-            outs = raw(big, *new)
+            # Through `composite` again (not the raw body): an outer vmap level then folds in turn.
+            outs = composite(body, big, *new, fold=fold, shard=shard, axes=axes)
             outs = [o.reshape((axis_size, s.shape[0]) + tuple(s.shape[1:])) for o, s in zip(outs, specs)]
             return outs, [True] * len(outs)
         # Not foldable (e.g. batched weights, or a result reduced over the batch): one call per element.

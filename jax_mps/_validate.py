@@ -1,6 +1,7 @@
 """Trace-time argument checks shared by every op: clear ValueError/TypeError naming the argument."""
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -41,16 +42,23 @@ def check_shape(name: str, x, shape: tuple, op: str) -> None:
         raise ValueError(f"{op}: `{name}` must have shape {tuple(shape)}, got {tuple(jnp.shape(x))}")
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 def int_tuple(name: str, v, n: int, op: str, minimum: int = 1) -> tuple[int, ...]:
-    """int or length-n sequence of ints, each >= minimum."""
-    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+    """int or length-n sequence of ints, each >= minimum. Non-integers (1.5, 2.0, "2") raise
+    TypeError, as lax does, rather than being truncated."""
+    if _is_int(v):
         t = (int(v),) * n
-    elif isinstance(v, (tuple, list)) and len(v) == n and all(
-        isinstance(e, (int, np.integer)) and not isinstance(e, bool) for e in v
-    ):
+    elif isinstance(v, (tuple, list)) and len(v) == n:
+        if not all(_is_int(e) for e in v):
+            raise TypeError(f"{op}: `{name}` must be an int or a tuple of {n} ints, got {v!r}")
         t = tuple(int(e) for e in v)
-    else:
+    elif isinstance(v, (tuple, list)):
         raise ValueError(f"{op}: `{name}` must be an int or a tuple of {n} ints, got {v!r}")
+    else:
+        raise TypeError(f"{op}: `{name}` must be an int or a tuple of {n} ints, got {v!r}")
     if any(e < minimum for e in t):
         raise ValueError(f"{op}: `{name}` entries must be >= {minimum}, got {v!r}")
     return t
@@ -72,17 +80,29 @@ def padding_pairs(padding, in_spatial, window, stride, dilation, op: str) -> tup
                 out.append((total // 2, total - total // 2))
             return tuple(out)
         raise ValueError(f"{op}: `padding` must be 'SAME', 'VALID', an int or {n} (lo, hi) pairs, got {padding!r}")
-    if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
+    if _is_int(padding):
         if padding < 0:
             raise ValueError(f"{op}: `padding` must be >= 0, got {padding}")
         return ((int(padding), int(padding)),) * n
-    try:
-        pairs = tuple((int(lo), int(hi)) for lo, hi in padding)
-    except (TypeError, ValueError):
-        pairs = None
-    if pairs is None or len(pairs) != n:
-        raise ValueError(f"{op}: `padding` must be 'SAME', 'VALID', an int or {n} (lo, hi) pairs, got {padding!r}")
-    return pairs
+    expected = f"{op}: `padding` must be 'SAME', 'VALID', an int or {n} (lo, hi) pairs of ints, got {padding!r}"
+    if not isinstance(padding, (tuple, list)):
+        raise TypeError(expected)
+    if len(padding) != n or not all(isinstance(p, (tuple, list)) and len(p) == 2 for p in padding):
+        raise ValueError(expected)
+    if not all(_is_int(e) for p in padding for e in p):
+        raise TypeError(expected)  # e.g. (1.5, 1.5): lax raises too, never truncate
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def int32_ids(name: str, v, op: str):
+    """Integer ids/lengths as int32 for the runtime. Wider integer types (int64, uint32, uint64) are
+    narrowed only when concrete (the caller has range-checked them); traced, a value >= 2**31
+    would silently wrap around, so they are rejected."""
+    dtype = jnp.dtype(v.dtype)
+    if dtype.itemsize >= 4 and dtype != jnp.int32 and isinstance(v, jax.core.Tracer):
+        raise TypeError(f"{op}: traced `{name}` of dtype {dtype} cannot be checked to fit int32 (values "
+                        f"would wrap around); pass int32 {name}, or concrete values")
+    return jnp.asarray(v).astype(jnp.int32)
 
 
 def activation_code(activation, op: str) -> tuple[int, float]:

@@ -14,7 +14,7 @@ import numpy as np
 from . import _ffi
 from ._runtime import contract
 from ._sharding import Rule
-from ._validate import check_float, check_rank, check_shape
+from ._validate import check_float, check_rank, check_shape, int32_ids
 
 __all__ = [
     "softmax_cross_entropy", "sigmoid_cross_entropy", "mean_squared_error", "mean_absolute_error",
@@ -185,7 +185,7 @@ def softmax_cross_entropy(logits, labels, *, weights=None, label_smoothing=0.0, 
         if concrete is not None and concrete.size and (concrete.min() < 0 or concrete.max() >= c):
             raise ValueError(f"{op}: integer `labels` must be class ids in [0, {c}), got values in "
                              f"[{concrete.min()}, {concrete.max()}]")
-        labels = labels.astype(jnp.int32)
+        labels = int32_ids("labels", labels, op)
     else:
         check_float("labels", labels, op)
         if labels.shape != (n, c):

@@ -17,7 +17,7 @@ import numpy as np
 from . import _ffi
 from ._runtime import contract
 from ._sharding import SUM, Rule
-from ._validate import check_float
+from ._validate import check_float, int32_ids
 
 __all__ = ["lstm", "gru", "rnn", "init_lstm", "init_gru", "init_rnn"]
 
@@ -180,7 +180,7 @@ def _lengths(seq_lengths, B, T, op):
         v = np.asarray(seq_lengths)
         if v.size and (v.min() < 0 or v.max() > T):
             raise ValueError(f"{op}: `seq_lengths` values must lie in [0, {T}], got min {v.min()} max {v.max()}")
-    return jnp.asarray(seq_lengths).astype(jnp.int32)
+    return int32_ids("seq_lengths", jnp.asarray(seq_lengths), op)
 
 
 def _run(cell, x, params, h0, c0, seq_lengths, time_major, op):

@@ -129,11 +129,49 @@ def latest_checkpoint(directory) -> int | None:
         mngr.close()
 
 
+def _leaf_name(path) -> str:
+    # orbax's leaf names: the path's dict keys, sequence indices and field names joined by dots.
+    parts = []
+    for k in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+    return ".".join(parts)
+
+
+def _check_matches(mngr, step, like, directory) -> None:
+    """Raise ValueError naming every leaf whose shape or dtype differs between the checkpoint and
+    ``like`` (or that only one of them has), before orbax's restore fails deep inside its
+    asynchronous machinery with a traceback per leaf."""
+    import orbax.checkpoint as ocp
+
+    try:
+        meta = ocp.StandardCheckpointer().metadata(os.path.join(os.fspath(mngr.directory), str(step), "state"))
+        meta = getattr(meta, "item_metadata", meta)
+        saved = {m.name: (tuple(m.shape), np.dtype(m.dtype)) for _, m in jax.tree_util.tree_flatten_with_path(meta)[0]}
+    except Exception:  # metadata not readable with this orbax: leave the checks to orbax's restore
+        return
+    if not saved:
+        return
+    model = {_leaf_name(p): (tuple(np.shape(x)), np.dtype(jax.numpy.asarray(x).dtype))
+             for p, x in jax.tree_util.tree_flatten_with_path(like)[0]}
+    problems = [f"`{n}`: checkpoint {saved[n][0]} {saved[n][1]}, model {model[n][0]} {model[n][1]}"
+                for n in sorted(model.keys() & saved.keys()) if saved[n] != model[n]]
+    problems += [f"`{n}` {model[n][0]} is in the model but not in the checkpoint" for n in sorted(model.keys() - saved.keys())]
+    problems += [f"`{n}` {saved[n][0]} is in the checkpoint but not in the model" for n in sorted(saved.keys() - model.keys())]
+    if problems:
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise ValueError(f"restore_checkpoint: checkpoint {step} in {os.fspath(directory)!r} does not match the "
+                         f"model's state: " + "; ".join(problems[:10]) + more)
+
+
 def restore_checkpoint(directory, like, step: int | None = None):
     """Restore ``(state, metadata)`` from ``directory`` (newest step unless ``step``).
 
     ``like`` is a pytree with the structure, shapes and dtypes of the saved state (e.g. the freshly
-    initialised state); the restored state has its structure (optax NamedTuples included).
+    initialised state); the restored state has its structure (optax NamedTuples included). A
+    checkpoint of another model raises ValueError naming the leaves that differ.
     """
     import orbax.checkpoint as ocp
 
@@ -142,6 +180,7 @@ def restore_checkpoint(directory, like, step: int | None = None):
         step = mngr.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"restore_checkpoint: no checkpoint in {directory!r}")
+        _check_matches(mngr, step, like, directory)
         abstract = jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(np.shape(x), jax.numpy.asarray(x).dtype,
                                            sharding=getattr(x, "sharding", None)), like)

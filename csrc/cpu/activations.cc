@@ -1,55 +1,196 @@
 // Activations, PReLU and softmax / log-softmax on the CPU.
+#include <omp.h>
+
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "cpu/backend.h"
-#include "cpu/dnnl_common.h"
 #include "cpu/eltwise.h"
 #include "cpu/f32.h"
+#include "cpu/kernel_util.h"
 
 namespace jax_mps::cpu {
 
-using dnnl::algorithm;
+namespace {
 
-bool DnnlEltwiseAlg(Act act, float alpha, bool from_output, algorithm* alg, float* a, float* b) {
-  *a = 0.f;
-  *b = 0.f;
+// Our own element-wise kernels rather than oneDNN's eltwise: those turn NaN into 0 (relu, clip)
+// and lose accuracy (soft_relu goes negative below -15, gelu(inf) is NaN). Rules (shared with the
+// CUDA kernels, see runtime/activation.h): values and gradients are jax.nn's, with NaN and +-inf
+// inputs giving what jax.nn gives, and float32-accurate over the whole float32 range. Every
+// function is branch-free so the loops vectorise; each loop is compiled per ISA (JAX_MPS_CLONES).
+#define AI JAX_MPS_ALWAYS_INLINE
+
+AI bool IsInf(float v) { return std::fabs(v) == INFINITY; }
+
+// 1 / (1 + exp(-x)) from e = exp(-|x|): no cancellation and no overflow on either side.
+AI float Sigmoid(float x) {
+  const float e = FastExp(-std::fabs(x)), r = 1.f / (1.f + e);
+  return x >= 0.f ? r : e * r;
+}
+// sigmoid'(x) = e / (1 + e)^2 with e = exp(-|x|).
+AI float SigmoidGrad(float x) {
+  const float e = FastExp(-std::fabs(x)), d = 1.f + e;
+  return e / (d * d);
+}
+// tanh: Cephes' odd polynomial below 0.625 (where (1 - e) / (1 + e) would cancel), else from
+// e = exp(-2|x|).
+AI float Tanh(float x) {
+  const float ax = std::fabs(x), z = x * x;
+  float p = -5.70498872745e-3f;
+  p = p * z + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  const float small = p * z * x + x;
+  const float e = FastExp(-2.f * ax);
+  const float big = std::copysign((1.f - e) / (1.f + e), x);
+  return ax < 0.625f ? small : big;
+}
+// tanh'(x) = 1 - tanh^2 = 4e / (1 + e)^2 with e = exp(-2|x|) (accurate where tanh is near +-1).
+AI float TanhGrad(float x) {
+  const float e = FastExp(-2.f * std::fabs(x)), d = 1.f + e;
+  return 4.f * e / (d * d);
+}
+// erfc(z) for any z.
+AI float Erfc(float z) {
+  const float e = ErfcNonNeg(std::fabs(z));
+  return z >= 0.f ? e : 2.f - e;
+}
+// gelu_tanh's u = sqrt(2/pi) (x + 0.044715 x^3), with x clamped where sigmoid(2u) is already 0 or 1
+// (so x^3 never overflows).
+AI float GeluTanhArg(float x) {
+  const float xc = std::fmin(std::fmax(x, -1e4f), 1e4f);
+  return 0.7978845608028654f * xc * (1.f + 0.044715f * xc * xc);
+}
+
+AI float Forward(Act act, float x, float alpha) {
   switch (act) {
-    case Act::kRelu: *alg = from_output ? algorithm::eltwise_relu_use_dst_for_bwd : algorithm::eltwise_relu; return true;
-    case Act::kLeakyRelu: *alg = from_output ? algorithm::eltwise_relu_use_dst_for_bwd : algorithm::eltwise_relu; *a = alpha; return true;
-    case Act::kRelu6: *alg = from_output ? algorithm::eltwise_clip_v2_use_dst_for_bwd : algorithm::eltwise_clip_v2; *b = 6.f; return true;
-    case Act::kElu: *alg = from_output ? algorithm::eltwise_elu_use_dst_for_bwd : algorithm::eltwise_elu; *a = alpha; return true;
-    case Act::kSigmoid: *alg = from_output ? algorithm::eltwise_logistic_use_dst_for_bwd : algorithm::eltwise_logistic; return true;
-    case Act::kTanh: *alg = from_output ? algorithm::eltwise_tanh_use_dst_for_bwd : algorithm::eltwise_tanh; return true;
-    case Act::kHardSigmoid: *alg = algorithm::eltwise_hardsigmoid; *a = 1.f / 6.f; *b = 0.5f; return !from_output;
-    case Act::kSoftplus: *alg = algorithm::eltwise_soft_relu; *a = 1.f; return !from_output;
-    case Act::kGelu: *alg = algorithm::eltwise_gelu_erf; return !from_output;
-    case Act::kGeluTanh: *alg = algorithm::eltwise_gelu_tanh; return !from_output;
-    default: return false;
+    case Act::kRelu: return x < 0.f ? 0.f : x;  // NaN stays NaN (jnp.maximum)
+    case Act::kRelu6: {
+      const float v = x < 0.f ? 0.f : x;
+      return v > 6.f ? 6.f : v;
+    }
+    case Act::kLeakyRelu: return x >= 0.f ? x : alpha * x;
+    case Act::kElu: return x > 0.f ? x : alpha * Expm1NonPos(x);
+    case Act::kSigmoid: return Sigmoid(x);
+    case Act::kHardSigmoid: {
+      const float v = x + 3.f, r = v < 0.f ? 0.f : v;
+      return (r > 6.f ? 6.f : r) / 6.f;
+    }
+    case Act::kTanh: return Tanh(x);
+    case Act::kSoftplus: return (x < 0.f ? 0.f : x) + Log1pUnit(FastExp(-std::fabs(x)));  // logaddexp(x, 0)
+    case Act::kSoftsign: return x / (1.f + std::fabs(x));  // NaN at +-inf, as jax
+    case Act::kGelu: return 0.5f * x * Erfc(-0.70710678118654752f * x);  // gelu(-inf) = -inf * 0 = NaN, as jax
+    case Act::kGeluTanh: return x * Sigmoid(2.f * GeluTanhArg(x));  // 0.5 (1 + tanh u) = sigmoid(2u)
+    default: return x;
   }
 }
 
-namespace {
+// dx = dy * act'(x). Where jax's derivative is a select (relu, relu6, hard_sigmoid, leaky_relu),
+// so is ours: a NaN or inf dy where the select picks 0 gives 0, as in jax.
+AI float Backward(Act act, float x, float g, float alpha) {
+  switch (act) {
+    case Act::kRelu: return x > 0.f ? g : 0.f;
+    case Act::kRelu6: return (x > 0.f && x < 6.f) ? g : 0.f;
+    case Act::kLeakyRelu: return x >= 0.f ? g : alpha * g;  // 1 at 0 and alpha at NaN, as jnp.where
+    case Act::kElu: return x > 0.f ? g : alpha * g * FastExp(x);
+    case Act::kSigmoid: return g * SigmoidGrad(x);
+    case Act::kHardSigmoid: {
+      const float v = x + 3.f;
+      return (v > 0.f && v < 6.f) ? g / 6.f : 0.f;
+    }
+    case Act::kTanh: return g * TanhGrad(x);
+    case Act::kSoftplus: return g * Sigmoid(x);
+    case Act::kSoftsign: {
+      const float d = 1.f + std::fabs(x);
+      return IsInf(x) ? NAN : g / (d * d);  // jax's quotient rule gives inf * 0 at +-inf
+    }
+    case Act::kGelu:  // Phi(x) + x phi(x); NaN at +-inf (inf * 0), as jax
+      return g * (0.5f * Erfc(-0.70710678118654752f * x) + x * (0.3989422804014327f * FastExp(-0.5f * x * x)));
+    case Act::kGeluTanh: {
+      const float u = GeluTanhArg(x), du = 0.7978845608028654f * (1.f + 0.134145f * x * x);
+      const float e = FastExp(-2.f * std::fabs(u)), d = 1.f + e, sech2 = 4.f * e / (d * d);
+      // sech2 is exactly 0 wherever x^2 could overflow du, so only x = +-inf gives inf * 0 = NaN.
+      return g * (Sigmoid(2.f * u) + 0.5f * x * (sech2 == 0.f && !IsInf(x) ? 0.f : sech2 * du));
+    }
+    default: return g;
+  }
+}
 
-struct EltwisePlan {
-  dnnl::eltwise_forward fwd;
-  dnnl::eltwise_backward bwd;
-  dnnl::memory::desc md;
-};
+// dx = dy * act'(.) from the output y (only where ActGradFromOutput).
+AI float BackwardFromOutput(Act act, float y, float g, float alpha) {
+  switch (act) {
+    case Act::kRelu: return y > 0.f ? g : 0.f;
+    case Act::kRelu6: return (y > 0.f && y < 6.f) ? g : 0.f;
+    case Act::kLeakyRelu: return y >= 0.f ? g : alpha * g;  // alpha > 0: y >= 0 iff x >= 0
+    case Act::kElu: return y > 0.f ? g : g * (y + alpha);
+    case Act::kSigmoid: return g * (y * (1.f - y));
+    case Act::kTanh: return g * ((1.f - y) * (1.f + y));
+    default: return g;
+  }
+}
 
-EltwisePlan* GetPlan(Act act, float alpha, int64_t n, bool from_output) {
-  static PlanCache<EltwisePlan> cache;
-  thread_local PlanKey key;
-  key.v.clear();
-  key.add(static_cast<int64_t>(act)).add(static_cast<double>(alpha)).add(n).add(int64_t(from_output));
-  return cache.Get(key, [&] {
-    algorithm alg = algorithm::eltwise_relu;
-    float a, b;
-    DnnlEltwiseAlg(act, alpha, from_output, &alg, &a, &b);
-    auto md = FlatF32(n);
-    dnnl::eltwise_forward::primitive_desc fpd(Engine(), dnnl::prop_kind::forward_training, alg, md, md, a, b, UserAttr());
-    dnnl::eltwise_backward::primitive_desc bpd(Engine(), alg, md, md, md, a, b, fpd, UserAttr());
-    return EltwisePlan{dnnl::eltwise_forward(fpd), dnnl::eltwise_backward(bpd), md};
-  }).get();
+template <Act A>
+AI void FwdLoop(int64_t n, float alpha, const float* x, float* y) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = Forward(A, x[i], alpha);
+}
+template <Act A>
+AI void BwdLoop(int64_t n, float alpha, const float* x, const float* dy, float* dx) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dx[i] = Backward(A, x[i], dy[i], alpha);
+}
+template <Act A>
+AI void BwdOutLoop(int64_t n, float alpha, const float* y, const float* dy, float* dx) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dx[i] = BackwardFromOutput(A, y[i], dy[i], alpha);
+}
+
+#define JAX_MPS_ACT_DISPATCH(act, LOOP, ...)                            \
+  switch (act) {                                                        \
+    case Act::kRelu: return LOOP<Act::kRelu>(__VA_ARGS__);              \
+    case Act::kRelu6: return LOOP<Act::kRelu6>(__VA_ARGS__);            \
+    case Act::kLeakyRelu: return LOOP<Act::kLeakyRelu>(__VA_ARGS__);    \
+    case Act::kElu: return LOOP<Act::kElu>(__VA_ARGS__);                \
+    case Act::kSigmoid: return LOOP<Act::kSigmoid>(__VA_ARGS__);        \
+    case Act::kHardSigmoid: return LOOP<Act::kHardSigmoid>(__VA_ARGS__); \
+    case Act::kTanh: return LOOP<Act::kTanh>(__VA_ARGS__);              \
+    case Act::kSoftplus: return LOOP<Act::kSoftplus>(__VA_ARGS__);      \
+    case Act::kSoftsign: return LOOP<Act::kSoftsign>(__VA_ARGS__);      \
+    case Act::kGelu: return LOOP<Act::kGelu>(__VA_ARGS__);              \
+    case Act::kGeluTanh: return LOOP<Act::kGeluTanh>(__VA_ARGS__);      \
+    default: return;                                                    \
+  }
+
+JAX_MPS_CLONES void FwdKernel(Act act, float alpha, int64_t n, const float* x, float* y) {
+  JAX_MPS_ACT_DISPATCH(act, FwdLoop, n, alpha, x, y)
+}
+JAX_MPS_CLONES void BwdKernel(Act act, float alpha, int64_t n, const float* x, const float* dy, float* dx) {
+  JAX_MPS_ACT_DISPATCH(act, BwdLoop, n, alpha, x, dy, dx)
+}
+JAX_MPS_CLONES void BwdOutKernel(Act act, float alpha, int64_t n, const float* y, const float* dy, float* dx) {
+  switch (act) {
+    case Act::kRelu: return BwdOutLoop<Act::kRelu>(n, alpha, y, dy, dx);
+    case Act::kRelu6: return BwdOutLoop<Act::kRelu6>(n, alpha, y, dy, dx);
+    case Act::kLeakyRelu: return BwdOutLoop<Act::kLeakyRelu>(n, alpha, y, dy, dx);
+    case Act::kElu: return BwdOutLoop<Act::kElu>(n, alpha, y, dy, dx);
+    case Act::kSigmoid: return BwdOutLoop<Act::kSigmoid>(n, alpha, y, dy, dx);
+    case Act::kTanh: return BwdOutLoop<Act::kTanh>(n, alpha, y, dy, dx);
+    default: return;
+  }
+}
+#undef AI
+
+// Runs fn(begin, end) over [0, n) in cache-sized chunks, threaded when the work is large (and
+// never from inside another parallel region: fused backward passes call us per chunk).
+template <typename F>
+void Chunked(Act act, int64_t n, F&& fn) {
+  constexpr int64_t kChunk = 16384;
+  const bool cheap = act == Act::kRelu || act == Act::kRelu6 || act == Act::kLeakyRelu || act == Act::kHardSigmoid;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  const int64_t work = omp_in_parallel() ? 0 : n * (cheap ? 1 : 8);
+  ParallelFor(chunks, work, [&](int64_t c) { fn(c * kChunk, std::min(n, (c + 1) * kChunk)); });
 }
 
 }  // namespace
@@ -60,13 +201,7 @@ void ActForward(Act act, float alpha, int64_t n, const float* x, float* y) {
     if (x != y) std::memcpy(y, x, n * sizeof(float));
     return;
   }
-  if (act == Act::kSoftsign) {
-#pragma omp parallel for simd if (n > 65536)
-    for (int64_t i = 0; i < n; ++i) y[i] = x[i] / (1.f + std::fabs(x[i]));
-    return;
-  }
-  EltwisePlan* p = GetPlan(act, alpha, n, false);
-  Exec(p->fwd, {{DNNL_ARG_SRC, Mem(p->md, x)}, {DNNL_ARG_DST, Mem(p->md, y)}});
+  Chunked(act, n, [&](int64_t b, int64_t e) { FwdKernel(act, alpha, e - b, x + b, y + b); });
 }
 
 void ActBackward(Act act, float alpha, int64_t n, const float* s, const float* dy, float* dx,
@@ -76,40 +211,154 @@ void ActBackward(Act act, float alpha, int64_t n, const float* s, const float* d
     if (dx != dy) std::memcpy(dx, dy, n * sizeof(float));
     return;
   }
-  if (act == Act::kSoftsign) {
-#pragma omp parallel for simd if (n > 65536)
-    for (int64_t i = 0; i < n; ++i) {
-      float d = 1.f + std::fabs(s[i]);
-      dx[i] = dy[i] / (d * d);
-    }
-    return;
-  }
-  EltwisePlan* p = GetPlan(act, alpha, n, from_output);
-  Exec(p->bwd, {{from_output ? DNNL_ARG_DST : DNNL_ARG_SRC, Mem(p->md, s)},
-                            {DNNL_ARG_DIFF_DST, Mem(p->md, dy)},
-                            {DNNL_ARG_DIFF_SRC, Mem(p->md, dx)}});
+  Chunked(act, n, [&](int64_t b, int64_t e) {
+    if (from_output)
+      BwdOutKernel(act, alpha, e - b, s + b, dy + b, dx + b);
+    else
+      BwdKernel(act, alpha, e - b, s + b, dy + b, dx + b);
+  });
 }
 
 namespace {
 
-// Softmax over axis 1 of x viewed as (outer, axis, inner).
-struct SoftmaxPlan {
-  dnnl::softmax_forward fwd;
-  dnnl::softmax_backward bwd;
-  dnnl::memory::desc md;
-};
+// Softmax / log-softmax over axis 1 of x viewed as (outer, axis, inner), as jax.nn: shifted by
+// the axis max, and a slice holding NaN or +inf (or all -inf: -inf - -inf) is all NaN (oneDNN's
+// max drops NaN, and it gave [0, NaN, 0] for a +inf row). Vectorised over the axis when inner
+// is 1, over inner otherwise.
+JAX_MPS_CLONES void SoftmaxRows(int64_t rows, int64_t a, const float* x, float* y, bool log) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * a;
+    float* yr = y + r * a;
+    float m = -INFINITY, bad = 0.f;
+#pragma omp simd reduction(max : m) reduction(+ : bad)
+    for (int64_t j = 0; j < a; ++j) {
+      m = xr[j] > m ? xr[j] : m;
+      bad += xr[j] != xr[j] ? 1.f : 0.f;
+    }
+    if (bad > 0.f || std::fabs(m) == INFINITY) {
+      std::fill(yr, yr + a, NAN);
+      continue;
+    }
+    float sum = 0.f;
+    if (log) {
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < a; ++j) sum += FastExp(xr[j] - m);
+      const float ls = std::log(sum);
+#pragma omp simd
+      for (int64_t j = 0; j < a; ++j) yr[j] = (xr[j] - m) - ls;
+    } else {
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < a; ++j) {
+        const float e = FastExp(xr[j] - m);
+        yr[j] = e;
+        sum += e;
+      }
+#pragma omp simd
+      for (int64_t j = 0; j < a; ++j) yr[j] = yr[j] / sum;
+    }
+  }
+}
 
-SoftmaxPlan* GetSoftmax(const SoftmaxDesc& d) {
-  static PlanCache<SoftmaxPlan> cache;
-  PlanKey key;
-  key.add(d.outer).add(d.axis).add(d.inner).add(int64_t(d.log));
-  return cache.Get(key, [&] {
-    dnnl::memory::desc md({d.outer, d.axis, d.inner}, dt::f32, tag::abc);
-    auto alg = d.log ? algorithm::softmax_log : algorithm::softmax_accurate;
-    dnnl::softmax_forward::primitive_desc fpd(Engine(), dnnl::prop_kind::forward_training, alg, md, md, 1, UserAttr());
-    dnnl::softmax_backward::primitive_desc bpd(Engine(), alg, md, md, md, 1, fpd, UserAttr());
-    return SoftmaxPlan{dnnl::softmax_forward(fpd), dnnl::softmax_backward(bpd), md};
-  }).get();
+// One outer slice (a, in) with in > 1; m, s: scratch of `in` floats each.
+JAX_MPS_CLONES void SoftmaxStrided(int64_t a, int64_t in, const float* x, float* y, bool log, float* m, float* s) {
+  std::fill(m, m + in, -INFINITY);
+  std::fill(s, s + in, 0.f);  // first the NaN count, then the sum
+  for (int64_t k = 0; k < a; ++k) {
+    const float* xr = x + k * in;
+#pragma omp simd
+    for (int64_t i = 0; i < in; ++i) {
+      m[i] = xr[i] > m[i] ? xr[i] : m[i];
+      s[i] += xr[i] != xr[i] ? 1.f : 0.f;
+    }
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < in; ++i) {
+    m[i] = (s[i] > 0.f || std::fabs(m[i]) == INFINITY) ? NAN : m[i];  // NaN m makes the slice NaN
+    s[i] = 0.f;
+  }
+  for (int64_t k = 0; k < a; ++k) {
+    const float* xr = x + k * in;
+    float* yr = y + k * in;
+#pragma omp simd
+    for (int64_t i = 0; i < in; ++i) {
+      const float e = FastExp(xr[i] - m[i]);
+      if (!log) yr[i] = e;
+      s[i] += e;
+    }
+  }
+  if (log)
+    for (int64_t i = 0; i < in; ++i) s[i] = std::log(s[i]);
+  for (int64_t k = 0; k < a; ++k) {
+    const float* xr = x + k * in;
+    float* yr = y + k * in;
+#pragma omp simd
+    for (int64_t i = 0; i < in; ++i) yr[i] = log ? (xr[i] - m[i]) - s[i] : yr[i] / s[i];
+  }
+}
+
+void SoftmaxForward(int64_t o, int64_t a, int64_t in, const float* x, float* y, bool log) {
+  if (in == 1) {
+    constexpr int64_t kRows = 64;
+    ParallelFor((o + kRows - 1) / kRows, o * a * 8, [&](int64_t c) {
+      const int64_t r0 = c * kRows, r1 = std::min(o, r0 + kRows);
+      SoftmaxRows(r1 - r0, a, x + r0 * a, y + r0 * a, log);
+    });
+    return;
+  }
+  ParallelFor(o, o * a * in * 8, [&](int64_t r) {
+    thread_local ScratchBuffer<float> buf;
+    float* m = buf.get(2 * in);
+    SoftmaxStrided(a, in, x + r * a * in, y + r * a * in, log, m, m + in);
+  });
+}
+
+// The gradient from the output y, as jax's rules: softmax dx = y * (g - sum(y g)); log-softmax
+// dx = g - exp(y) * sum(g) (NaN slices stay NaN through y).
+JAX_MPS_CLONES void SoftmaxGradSlice(int64_t a, int64_t in, const float* y, const float* g, float* dx, bool log,
+                                     float* acc) {
+  std::fill(acc, acc + in, 0.f);
+  for (int64_t k = 0; k < a; ++k) {
+    const float* yr = y + k * in;
+    const float* gr = g + k * in;
+#pragma omp simd
+    for (int64_t i = 0; i < in; ++i) acc[i] += log ? gr[i] : yr[i] * gr[i];
+  }
+  for (int64_t k = 0; k < a; ++k) {
+    const float* yr = y + k * in;
+    const float* gr = g + k * in;
+    float* dr = dx + k * in;
+#pragma omp simd
+    for (int64_t i = 0; i < in; ++i) dr[i] = log ? gr[i] - FastExp(yr[i]) * acc[i] : yr[i] * (gr[i] - acc[i]);
+  }
+}
+
+JAX_MPS_CLONES void SoftmaxGradRows(int64_t rows, int64_t a, const float* y, const float* g, float* dx, bool log) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* yr = y + r * a;
+    const float* gr = g + r * a;
+    float* dr = dx + r * a;
+    float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < a; ++j) acc += log ? gr[j] : yr[j] * gr[j];
+#pragma omp simd
+    for (int64_t j = 0; j < a; ++j) dr[j] = log ? gr[j] - FastExp(yr[j]) * acc : yr[j] * (gr[j] - acc);
+  }
+}
+
+void SoftmaxBackward(int64_t o, int64_t a, int64_t in, const float* y, const float* g, float* dx, bool log) {
+  if (in == 1) {
+    constexpr int64_t kRows = 64;
+    ParallelFor((o + kRows - 1) / kRows, o * a * 4, [&](int64_t c) {
+      const int64_t r0 = c * kRows, r1 = std::min(o, r0 + kRows);
+      SoftmaxGradRows(r1 - r0, a, y + r0 * a, g + r0 * a, dx + r0 * a, log);
+    });
+    return;
+  }
+  ParallelFor(o, o * a * in * 4, [&](int64_t r) {
+    thread_local ScratchBuffer<float> buf;
+    const int64_t off = r * a * in;
+    SoftmaxGradSlice(a, in, y + off, g + off, dx + off, log, buf.get(in));
+  });
 }
 
 }  // namespace
@@ -163,7 +412,7 @@ ffi::Error Cpu::PreluBwd(Ctx, const PreluDesc& d, Buf x, Buf alpha, Buf dy, Buf 
     for (int64_t j = 0; j < c; ++j) {
       float v = xp[r * c + j], gv = g[r * c + j];
       dxp[r * c + j] = v > 0.f ? gv : ap[j] * gv;
-      if (v <= 0.f) dap[j] += gv * v;
+      if (!(v > 0.f)) dap[j] += gv * v;  // NaN x reaches alpha, as jnp.where
     }
   return ffi::Error::Success();
 }
@@ -172,8 +421,7 @@ ffi::Error Cpu::SoftmaxFwd(Ctx, const SoftmaxDesc& d, Buf x, Buf y) {
   if (x.element_count() == 0) return ffi::Error::Success();
   F32In xf(x);
   F32Out yf(y);
-  SoftmaxPlan* p = GetSoftmax(d);
-  Exec(p->fwd, {{DNNL_ARG_SRC, Mem(p->md, xf.get())}, {DNNL_ARG_DST, Mem(p->md, yf.get())}});
+  SoftmaxForward(d.outer, d.axis, d.inner, xf.get(), yf.get(), d.log);
   return ffi::Error::Success();
 }
 
@@ -181,10 +429,7 @@ ffi::Error Cpu::SoftmaxBwd(Ctx, const SoftmaxDesc& d, Buf y, Buf dy, Buf dx) {
   if (y.element_count() == 0) return ffi::Error::Success();
   F32In yf(y), dyf(dy);
   F32Out dxf(dx);
-  SoftmaxPlan* p = GetSoftmax(d);
-  Exec(p->bwd, {{DNNL_ARG_DST, Mem(p->md, yf.get())},
-                {DNNL_ARG_DIFF_DST, Mem(p->md, dyf.get())},
-                {DNNL_ARG_DIFF_SRC, Mem(p->md, dxf.get())}});
+  SoftmaxBackward(d.outer, d.axis, d.inner, yf.get(), dyf.get(), dxf.get(), d.log);
   return ffi::Error::Success();
 }
 

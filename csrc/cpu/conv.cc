@@ -20,28 +20,17 @@ using dnnl::algorithm;
 using dnnl::memory;
 using dnnl::prop_kind;
 
-// Post-op attribute for `act`; *after is set when the activation must run as a separate pass.
-dnnl::primitive_attr ActAttr(Act act, float alpha, bool* after) {
-  dnnl::primitive_attr attr = UserAttr();
-  *after = false;
-  if (act == Act::kNone) return attr;
-  algorithm alg;
-  float a, b;
-  if (DnnlEltwiseAlg(act, alpha, false, &alg, &a, &b)) {
-    dnnl::post_ops po;
-    po.append_eltwise(alg, a, b);
-    attr.set_post_ops(po);
-  } else {
-    *after = true;
-  }
-  return attr;
+// Primitive attribute for a fused activation: the activation always runs as our own pass after
+// the primitive (*after), never as a oneDNN eltwise post-op, whose relu/clip turn NaN into 0.
+dnnl::primitive_attr ActAttr(Act act, float /*alpha*/, bool* after) {
+  *after = act != Act::kNone;
+  return UserAttr();
 }
 
 // Per-thread scratch (XLA:CPU may run custom calls on several threads at once).
 float* Scratch(int slot, size_t n) {
-  thread_local std::vector<float> buf[2];
-  if (buf[slot].size() < n) buf[slot].resize(n);
-  return buf[slot].data();
+  thread_local ScratchBuffer<float> buf[2];
+  return buf[slot].get(n);
 }
 
 // dz = dy * act'(s); returns dy itself when there is no activation.
@@ -102,7 +91,7 @@ struct MatmulPlan {
 };
 
 // C (m, n) = A (m, k) @ B (k, n); a_t / b_t: the operand is stored transposed (row-major (k, m) / (n, k)).
-MatmulPlan* GetMatmul(int64_t m, int64_t k, int64_t n, bool a_t, bool b_t, bool bias, Act act, float alpha) {
+std::shared_ptr<MatmulPlan> GetMatmul(int64_t m, int64_t k, int64_t n, bool a_t, bool b_t, bool bias, Act act, float alpha) {
   static PlanCache<MatmulPlan> cache;
   PlanKey key;
   key.add(m).add(k).add(n).add(int64_t(a_t)).add(int64_t(b_t)).add(int64_t(bias)).add(static_cast<int64_t>(act))
@@ -120,10 +109,10 @@ MatmulPlan* GetMatmul(int64_t m, int64_t k, int64_t n, bool a_t, bool b_t, bool 
       p.prim = dnnl::matmul(dnnl::matmul::primitive_desc(Engine(), p.a, p.b, p.c, attr));
     }
     return p;
-  }).get();
+  });
 }
 
-void RunMatmul(MatmulPlan* p, const float* a, const float* b, const float* bias, float* c) {
+void RunMatmul(const std::shared_ptr<MatmulPlan>& p, const float* a, const float* b, const float* bias, float* c) {
   std::unordered_map<int, memory> args{{DNNL_ARG_SRC, Mem(p->a, a)},
                                        {DNNL_ARG_WEIGHTS, Mem(p->b, b)},
                                        {DNNL_ARG_DST, Mem(p->c, c)}};
@@ -227,17 +216,17 @@ void Im2Col(const ConvDesc& c, const float* x, int64_t p0, int64_t p1, float* co
 
 // dz for rows [p0, p1) (a pointer into dy when there is no activation).
 const float* ChunkDz(Act act, float alpha, bool from_output, const float* s, const float* dy, int64_t oc, int64_t p0,
-                     int64_t p1, std::vector<float>& buf) {
+                     int64_t p1, ScratchBuffer<float>& buf) {
   const int64_t m = (p1 - p0) * oc;
   const float* dz = dy + p0 * oc;
   if (act == Act::kNone) return dz;
-  if (buf.size() < size_t(m)) buf.resize(m);
+  float* out = buf.get(m);
   if (act == Act::kRelu && from_output) {
-    ReluGradFromOutput(m, s + p0 * oc, dz, buf.data());
+    ReluGradFromOutput(m, s + p0 * oc, dz, out);
   } else {
-    ActBackward(act, alpha, m, s + p0 * oc, dz, buf.data(), from_output);
+    ActBackward(act, alpha, m, s + p0 * oc, dz, out, from_output);
   }
-  return buf.data();
+  return out;
 }
 
 // [dw; db] = [im2col(x) | 1]^T @ dz with dz = dy * act'(s) made per chunk (the column of ones
@@ -253,17 +242,17 @@ void Im2ColBwdWeights(const ConvDesc& c, const float* x, const float* s, const f
   {
     const int t = omp_get_thread_num();
     float* mine = part + size_t(t) * kc1 * oc;  // (oc, kc + 1): dw^T with db as the last column
-    thread_local std::vector<float> cols, tmp, dzc;
-    if (cols.size() < size_t(ch * kc1)) cols.resize(ch * kc1);
-    if (tmp.size() < size_t(kc1 * oc)) tmp.resize(kc1 * oc);
+    thread_local ScratchBuffer<float> cols_buf, tmp_buf, dzc;
+    float* cols = cols_buf.get(ch * kc1);
+    float* tmp = tmp_buf.get(kc1 * oc);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < nchunks; ++i) {
       const int64_t p0 = i * ch, p1 = std::min(rows, p0 + ch);
       const float* dz = ChunkDz(act, alpha, from_output, s, dy, oc, p0, p1, dzc);
-      Im2Col(c, x, p0, p1, cols.data(), kc1);
+      Im2Col(c, x, p0, p1, cols, kc1);
       // (oc, kc + 1) = dz^T @ cols: the long reduction runs over B's rows, which brgemm does well.
-      MatmulPlan* mp = GetMatmul(oc, p1 - p0, kc1, true, false, false, Act::kNone, 0.f);
-      RunMatmul(mp, dz, cols.data(), nullptr, tmp.data());
+      auto mp = GetMatmul(oc, p1 - p0, kc1, true, false, false, Act::kNone, 0.f);
+      RunMatmul(mp, dz, cols, nullptr, tmp);
       for (int64_t j = 0; j < kc1 * oc; ++j) mine[j] += tmp[j];
     }
   }
@@ -316,14 +305,14 @@ void Im2ColBwdData(const ConvDesc& c, const float* s, const float* dy, const flo
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < nchunks; ++i) {
     const int64_t n0 = i * imgs, n1 = std::min(c.n, n0 + imgs), p0 = n0 * ohw, p1 = n1 * ohw;
-    thread_local std::vector<float> dcols, dzc;
-    if (dcols.size() < size_t((p1 - p0) * kc)) dcols.resize((p1 - p0) * kc);
+    thread_local ScratchBuffer<float> dcols_buf, dzc;
+    float* dcols = dcols_buf.get((p1 - p0) * kc);
     const float* dz = ChunkDz(act, alpha, from_output, s, dy, oc, p0, p1, dzc);
-    RunMatmul(GetMatmul(p1 - p0, oc, kc, false, true, false, Act::kNone, 0.f), dz, w, nullptr, dcols.data());
+    RunMatmul(GetMatmul(p1 - p0, oc, kc, false, true, false, Act::kNone, 0.f), dz, w, nullptr, dcols);
     std::fill(dx + n0 * xsz, dx + n1 * xsz, 0.f);
     for (int64_t n = n0; n < n1; ++n)
       for (int64_t oh = 0; oh < c.oh; ++oh)
-        Col2ImRow(c, dcols.data() + ((n - n0) * ohw + oh * c.ow) * kc, oh, dx + n * xsz);
+        Col2ImRow(c, dcols + ((n - n0) * ohw + oh * c.ow) * kc, oh, dx + n * xsz);
   }
 }
 
@@ -492,7 +481,7 @@ ffi::Error Cpu::DenseFwd(Ctx, const DenseDesc& d, Buf x, Buf w, Buf b, Buf y) {
   F32In xf(x), wf(w), bf(b);
   F32Out yf(y);
   ThreadLimit one(d.m * d.n * d.k < kSmallGemm);
-  MatmulPlan* p = GetMatmul(d.m, d.k, d.n, false, false, d.has_bias, d.act, d.alpha);
+  auto p = GetMatmul(d.m, d.k, d.n, false, false, d.has_bias, d.act, d.alpha);
   RunMatmul(p, xf.get(), wf.get(), d.has_bias ? bf.get() : nullptr, yf.get());
   if (p->act_after) ActForward(d.act, d.alpha, y.element_count(), yf.get(), yf.get());
   return ffi::Error::Success();
@@ -508,7 +497,7 @@ ffi::Error Cpu::DenseBwdData(Ctx, const DenseDesc& d, Buf s, Buf dy, Buf w, Buf 
   F32In sf(s), dyf(dy), wf(w);
   ThreadLimit one(d.m * d.n * d.k < kSmallGemm);
   const float* dz = ActGrad(d, dy.element_count(), SavedOrNull(sf, d), dyf.get());
-  MatmulPlan* p = GetMatmul(d.m, d.n, d.k, false, true, false, Act::kNone, 0.f);  // dz @ w^T
+  auto p = GetMatmul(d.m, d.n, d.k, false, true, false, Act::kNone, 0.f);  // dz @ w^T
   RunMatmul(p, dz, wf.get(), nullptr, dxf.get());
   return ffi::Error::Success();
 }
@@ -524,7 +513,7 @@ ffi::Error Cpu::DenseBwdWeights(Ctx, const DenseDesc& d, Buf x, Buf s, Buf dy, B
   F32In xf(x), sf(s), dyf(dy);
   ThreadLimit one(d.m * d.n * d.k < kSmallGemm);
   const float* dz = ActGrad(d, dy.element_count(), SavedOrNull(sf, d), dyf.get());
-  MatmulPlan* p = GetMatmul(d.k, d.m, d.n, true, false, false, Act::kNone, 0.f);  // x^T @ dz
+  auto p = GetMatmul(d.k, d.m, d.n, true, false, false, Act::kNone, 0.f);  // x^T @ dz
   RunMatmul(p, xf.get(), dz, nullptr, dwf.get());
   if (d.has_bias) {
     float* dbp = dbf.get();

@@ -6,6 +6,7 @@
 #include <dnnl.hpp>
 #include <omp.h>
 
+#include "cpu/kernel_util.h"
 #include "runtime/common.h"
 
 namespace jax_mps::cpu {
@@ -45,10 +46,9 @@ inline void Exec(const dnnl::primitive& prim, std::unordered_map<int, dnnl::memo
       dnnl_primitive_desc_query_md(prim.get_primitive_desc(), dnnl_query_scratchpad_md, 0);
   const size_t bytes = md ? dnnl_memory_desc_get_size(md) : 0;
   if (bytes) {
-    thread_local std::vector<char> pad;
-    if (pad.size() < bytes) pad.resize(bytes);
+    thread_local ScratchBuffer<char> pad;
     args.emplace(DNNL_ARG_SCRATCHPAD,
-                 dnnl::memory(dnnl::memory::desc({int64_t(bytes)}, dt::u8, tag::a), Engine(), pad.data()));
+                 dnnl::memory(dnnl::memory::desc({int64_t(bytes)}, dt::u8, tag::a), Engine(), pad.get(bytes)));
   }
   prim.execute(Stream(), args);
   Stream().wait();

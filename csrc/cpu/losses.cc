@@ -3,9 +3,6 @@
 #include <cmath>
 #include <cstring>
 #include <vector>
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
 
 #include "cpu/backend.h"
 #include "cpu/f32.h"
@@ -47,58 +44,38 @@ ffi::Error Bind(const LossDesc& desc, const LossViews& v, const ffi::AnyBuffer& 
   return ffi::Error::Success();
 }
 
-// exp for softmax (std::exp does not vectorise at the baseline ISA without -ffast-math): Cephes
-// polynomial after exp(x) = 2^n exp(r), ~1e-7 relative error; arguments below -87 give ~1e-38.
-// Exp4 is the SSE2 form, FastExp (kernel_util.h) the scalar one for row tails.
-
-#if defined(__SSE2__)
-inline __m128 Exp4(__m128 x) {
-  x = _mm_max_ps(x, _mm_set1_ps(-87.f));
-  __m128i ni = _mm_cvtps_epi32(_mm_mul_ps(x, _mm_set1_ps(1.44269504f)));
-  __m128 n = _mm_cvtepi32_ps(ni);
-  __m128 r = _mm_add_ps(_mm_sub_ps(x, _mm_mul_ps(n, _mm_set1_ps(0.693359375f))),
-                        _mm_mul_ps(n, _mm_set1_ps(2.12194440e-4f)));
-  __m128 p = _mm_set1_ps(1.9875691500e-4f);
-  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(1.3981999507e-3f));
-  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(8.3334519073e-3f));
-  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(4.1665795894e-2f));
-  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(1.6666665459e-1f));
-  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(5.0000001201e-1f));
-  p = _mm_add_ps(_mm_mul_ps(_mm_mul_ps(p, r), r), _mm_add_ps(r, _mm_set1_ps(1.f)));
-  __m128i e = _mm_slli_epi32(_mm_add_epi32(ni, _mm_set1_epi32(127)), 23);
-  return _mm_mul_ps(p, _mm_castsi128_ps(e));
-}
-#endif
-
-// out[j] = exp(x[j] - shift); returns the sum of out (out may be null: sum only).
-inline float ExpShift(const float* x, int64_t c, float shift, float* out) {
-  int64_t j = 0;
+// out[j] = exp(x[j] - shift) (FastExp: vectorises, NaN stays NaN); returns the sum of out (out
+// may be null: sum only).
+JAX_MPS_CLONES float ExpShift(const float* x, int64_t c, float shift, float* out) {
   float s = 0.f;
-#if defined(__SSE2__)
-  __m128 acc = _mm_setzero_ps(), sh = _mm_set1_ps(shift);
-  for (; j + 4 <= c; j += 4) {
-    __m128 e = Exp4(_mm_sub_ps(_mm_loadu_ps(x + j), sh));
-    if (out) _mm_storeu_ps(out + j, e);
-    acc = _mm_add_ps(acc, e);
-  }
-  float lanes[4];
-  _mm_storeu_ps(lanes, acc);
-  s = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-#endif
-  for (; j < c; ++j) {
-    float e = FastExp(x[j] - shift);
-    if (out) out[j] = e;
-    s += e;
+  if (out) {
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < c; ++j) {
+      const float e = FastExp(x[j] - shift);
+      out[j] = e;
+      s += e;
+    }
+  } else {
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < c; ++j) s += FastExp(x[j] - shift);
   }
   return s;
 }
 
-// log-sum-exp of one row.
-inline float Lse(const float* x, int64_t c) {
-  float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < c; ++j) m = x[j] > m ? x[j] : m;
-  if (std::isinf(m)) return m;
+// log-sum-exp of one row, NaN when it holds NaN. A +-inf max follows optax: for integer labels
+// without smoothing (optax.softmax_cross_entropy_with_integer_labels) jax.nn.logsumexp's (+inf,
+// or -inf for an all -inf row: the loss is then inf or NaN, and the gradient exp(x - lse) NaN only
+// at the +inf entries); otherwise (optax.softmax_cross_entropy of the smoothed targets)
+// log_softmax's: NaN, so the whole row is NaN.
+JAX_MPS_CLONES float Lse(const float* x, int64_t c, bool logsumexp_inf) {
+  float m = -INFINITY, bad = 0.f;
+#pragma omp simd reduction(max : m) reduction(+ : bad)
+  for (int64_t j = 0; j < c; ++j) {
+    m = x[j] > m ? x[j] : m;
+    bad += x[j] != x[j] ? 1.f : 0.f;
+  }
+  if (bad > 0.f) return NAN;
+  if (std::fabs(m) == INFINITY) return logsumexp_inf ? m : NAN;
   return m + std::log(ExpShift(x, c, m, nullptr));
 }
 
@@ -153,7 +130,7 @@ inline float RowLoss(const LossArgs& a, int64_t i, float* lse, bool have_lse) {
   const float* x = a.pred + i * d.d;
   if (d.kind == LossKind::kSoftmaxCE) {
     const float ls = d.param, u = ls / float(d.d);
-    if (!have_lse) *lse = Lse(x, d.d);
+    if (!have_lse) *lse = Lse(x, d.d, a.labels != nullptr && d.param == 0.f);
     const float l = *lse;
     float acc = 0.f;
     if (a.labels) {
@@ -162,7 +139,8 @@ inline float RowLoss(const LossArgs& a, int64_t i, float* lse, bool have_lse) {
 #pragma omp simd reduction(+ : sx)
         for (int64_t j = 0; j < d.d; ++j) sx += x[j];
       }
-      acc = (1.f - ls) * (l - x[a.labels[i]]) + u * (float(d.d) * l - sx);
+      acc = (1.f - ls) * (l - x[a.labels[i]]);
+      if (ls != 0.f) acc += u * (float(d.d) * l - sx);  // (never 0 * inf: an inf lse stays the loss)
     } else {
       const float* t = a.target + i * d.d;
 #pragma omp simd reduction(+ : acc)
@@ -205,12 +183,8 @@ ffi::Error Cpu::LossFwd(Ctx, const LossDesc& desc, Buf pred, Buf target, Buf wei
   const bool none = d.reduction == Reduction::kNone;
   F32Out outf(out);
   float* lse_p = lse_out.element_count() ? static_cast<float*>(lse_out.untyped_data()) : nullptr;
-  thread_local std::vector<float> scratch;
-  float* l = outf.get();
-  if (!none) {
-    scratch.resize(d.n);
-    l = scratch.data();
-  }
+  thread_local ScratchBuffer<float> scratch;
+  float* l = none ? outf.get() : scratch.get(d.n);
   ParallelFor(d.n, d.n * d.d, [&](int64_t i) {
     float lse = 0.f;
     float v = RowLoss(a, i, &lse, false);
@@ -252,7 +226,7 @@ ffi::Error Cpu::LossBwd(Ctx, const LossDesc& desc, Buf pred, Buf target, Buf wei
     float* dti = dt ? dt + i * d.d : nullptr;
     float lse = saved ? saved[i] : 0.f;
     if (dw) dw[i] = gi * RowLoss(a, i, &lse, saved != nullptr);
-    else if (d.kind == LossKind::kSoftmaxCE && !saved) lse = Lse(x, d.d);
+    else if (d.kind == LossKind::kSoftmaxCE && !saved) lse = Lse(x, d.d, a.labels != nullptr && d.param == 0.f);
     if (d.kind == LossKind::kSoftmaxCE) {
       const float ls = d.param, u = ls / float(d.d);
       if (a.labels) {

@@ -201,26 +201,35 @@ void Affine(const float* x, const NormView& v, const float* m, const float* ml, 
   relu ? AffineT<true>(x, v, m, ml, a, b, out) : AffineT<false>(x, v, m, ml, a, b, out);
 }
 
-// dx = a * dz + b * (x - m) + d, with a, b, m, d per (g, c). dx may alias dz.
-template <bool kMask>
+// dx = a * dz + b * (x - m) + d, with a, b, m, d per (g, c); dx = a * dz when b is null (inference:
+// x enters only through dz, so a NaN x whose dz a fused relu zeroed gives 0, as jax). dx may alias dz.
+template <bool kMask, bool kAffineOnly>
 void GradInputT(const float* x, PreGrad pg, const NormView& v, const float* a, const float* b, const float* m,
                 const float* d, float* dx) {
   const int64_t C = v.C;
 #pragma omp parallel for schedule(static) if (v.rows() * C >= kParMin)
   for (int64_t r = 0; r < v.rows(); ++r) {
     const int64_t g = r / v.S;
-    const float *ar = a + g * C, *br = b + g * C, *mr = m + g * C, *dr = d + g * C;
-    const float* xr = x + r * C;
+    const float* ar = a + g * C;
     const float* zr = pg.dz + r * C;
     const float* kr = kMask ? pg.mask + r * C : nullptr;
     float* o = dx + r * C;
+    if (kAffineOnly) {
+      for (int64_t c = 0; c < C; ++c) o[c] = ar[c] * Dz<kMask>(zr, kr, c);
+      continue;
+    }
+    const float *br = b + g * C, *mr = m + g * C, *dr = d + g * C;
+    const float* xr = x + r * C;
     for (int64_t c = 0; c < C; ++c) o[c] = ar[c] * Dz<kMask>(zr, kr, c) + br[c] * (xr[c] - mr[c]) + dr[c];
   }
 }
 
 void GradInput(const float* x, PreGrad pg, const NormView& v, const float* a, const float* b, const float* m,
                const float* d, float* dx) {
-  pg.mask ? GradInputT<true>(x, pg, v, a, b, m, d, dx) : GradInputT<false>(x, pg, v, a, b, m, d, dx);
+  if (!b)
+    pg.mask ? GradInputT<true, true>(x, pg, v, a, b, m, d, dx) : GradInputT<false, true>(x, pg, v, a, b, m, d, dx);
+  else
+    pg.mask ? GradInputT<true, false>(x, pg, v, a, b, m, d, dx) : GradInputT<false, false>(x, pg, v, a, b, m, d, dx);
 }
 
 // Per-channel affine coefficients broadcast to G groups: a = scale * rstd, b = bias.
@@ -390,7 +399,7 @@ ffi::Error Cpu::BatchNormInferenceBwd(Ctx, const NormView& v, Buf x, Buf scale, 
                                 v.from_output, dxf.get());
   std::vector<double> sdz, sdzx;
   GradSums(xf.get(), dz, m.data(), v, sdz, sdzx);
-  std::vector<float> a(C), zero(C, 0.f);
+  std::vector<float> a(C);
   for (int64_t c = 0; c < C; ++c) {
     const double r = rs[c], g = sc[c];
     a[c] = static_cast<float>(g * r);
@@ -399,7 +408,7 @@ ffi::Error Cpu::BatchNormInferenceBwd(Ctx, const NormView& v, Buf x, Buf scale, 
     dmf.get()[c] = static_cast<float>(-g * r * sdz[c]);
     dvf.get()[c] = static_cast<float>(-0.5 * g * r * r * r * sdzx[c]);
   }
-  GradInput(xf.get(), dz, v, a.data(), zero.data(), m.data(), zero.data(), dxf.get());
+  GradInput(xf.get(), dz, v, a.data(), nullptr, m.data(), nullptr, dxf.get());
   return ffi::Error::Success();
 }
 

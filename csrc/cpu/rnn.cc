@@ -129,10 +129,7 @@ void Gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const float* a, int
 }
 
 // Reused per-thread scratch (XLA may call from several threads).
-float* Scratch(std::vector<float>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(n);
-  return v.data();
-}
+float* Scratch(ScratchBuffer<float>& v, int64_t n) { return v.get(static_cast<size_t>(n)); }
 
 // Per-step recurrent GEMM with W_hh packed once per call into oneDNN's blocked layout (brgemm),
 // instead of dnnl_sgemm re-packing it every step. dst (m x n, contiguous) [+]= src (m x k, row
@@ -171,9 +168,9 @@ class StepGemm {
       return StepPlan{dnnl::matmul(pd), pd, dnnl::reorder(rpd), w_user};
     });
     // One StepGemm alive per thread at a time: the packed weights and scratchpad are per thread.
-    thread_local std::vector<float> packed, pad;
-    Scratch(packed, static_cast<int64_t>(plan_->pd.weights_desc().get_size() / sizeof(float)) + 1);
-    auto wmem = dnnl::memory(plan_->pd.weights_desc(), Engine(), packed.data());
+    thread_local ScratchBuffer<float> packed, pad;
+    float* packed_p = Scratch(packed, static_cast<int64_t>(plan_->pd.weights_desc().get_size() / sizeof(float)) + 1);
+    auto wmem = dnnl::memory(plan_->pd.weights_desc(), Engine(), packed_p);
     Exec(plan_->pack, {{DNNL_ARG_FROM, Mem(plan_->w_user, w)}, {DNNL_ARG_TO, wmem}});
     src_ = dnnl::memory(plan_->pd.src_desc(), Engine(), DNNL_MEMORY_NONE);
     dst_ = dnnl::memory(plan_->pd.dst_desc(), Engine(), DNNL_MEMORY_NONE);
@@ -181,8 +178,8 @@ class StepGemm {
     if (bias) args_.emplace(DNNL_ARG_BIAS, Mem(plan_->pd.bias_desc(), bias));
     const dnnl::memory::desc pad_md = plan_->pd.scratchpad_desc();
     if (pad_md.get_size()) {
-      Scratch(pad, static_cast<int64_t>(pad_md.get_size() / sizeof(float)) + 1);
-      args_.emplace(DNNL_ARG_SCRATCHPAD, dnnl::memory(pad_md, Engine(), pad.data()));
+      float* pad_p = Scratch(pad, static_cast<int64_t>(pad_md.get_size() / sizeof(float)) + 1);
+      args_.emplace(DNNL_ARG_SCRATCHPAD, dnnl::memory(pad_md, Engine(), pad_p));
     }
   }
   // Argument map built once: the per-step call is only the kernel (cf. Exec's per-call setup).
@@ -412,7 +409,7 @@ void Forward(const RnnDesc& d, const float* x, const float* h0, const float* c0,
   const int64_t sT = d.sT(), sB = d.sB();
   const int nt = ChainThreads(B);
   const bool local = nt == 1 || !d.time_major;
-  thread_local std::vector<float> s_tmp, s_h, s_c, s_bias;
+  thread_local ScratchBuffer<float> s_tmp, s_h, s_c, s_bias;
   float* tmp = Scratch(s_tmp, B * GH);
   float* hc = Scratch(s_h, B * H);
   float* cc = Scratch(s_c, B * H);
@@ -481,7 +478,7 @@ void Backward(const RnnDesc& d, const float* x, const int32_t* len, const std::v
   // Weight gradients: column blocks of 16 on up to every thread (one block: oneDNN splits it).
   const int nw = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), (GH + 15) / 16));
   const bool gru = d.cell == Cell::kGru;
-  thread_local std::vector<float> s_dgx, s_dgh, s_dy0, s_dy1, s_dh, s_dhn, s_dc;
+  thread_local ScratchBuffer<float> s_dgx, s_dgh, s_dy0, s_dy1, s_dh, s_dhn, s_dc;
   float* dgx = Scratch(s_dgx, rows * GH);
   float* dgh = gru ? Scratch(s_dgh, rows * GH) : dgx;
   float* dyb[2] = {nullptr, nullptr};

@@ -1,8 +1,12 @@
 // Backend-neutral helpers shared by every op: FFI aliases, error macros, shape helpers, plan cache.
 #pragma once
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <list>
 #include <memory>
 #include <mutex>
 #include <sstream>
@@ -81,24 +85,56 @@ struct PlanKeyHash {
   }
 };
 
-// Plans (library primitives) are built once per shape/attribute set and reused across calls.
-// Plans must be safe to execute concurrently (oneDNN primitives are).
+// Most plans each PlanCache keeps (one cache per op family and pass): least recently used plans
+// beyond it are dropped, so workloads with ever new shapes (variable batch x sequence length) do
+// not grow memory without bound. Default 256; set by the environment variable
+// JAX_MPS_PLAN_CACHE_SIZE at load or jax_mps.set_plan_cache_size() at any time (0: no caching).
+inline int64_t DefaultPlanCacheLimit() {
+  const char* env = std::getenv("JAX_MPS_PLAN_CACHE_SIZE");
+  if (!env || !*env) return 256;
+  char* end = nullptr;
+  const long long v = std::strtoll(env, &end, 10);
+  return (*end == '\0' && v >= 0) ? static_cast<int64_t>(v) : 256;
+}
+inline std::atomic<int64_t> g_plan_cache_limit{DefaultPlanCacheLimit()};
+inline std::atomic<int64_t> g_plan_cache_entries{0};  // plans held by all caches together
+
+// Plans (library primitives) are built once per shape/attribute set and reused across calls,
+// least recently used first out (see g_plan_cache_limit). Callers hold the returned shared_ptr
+// while they run the plan, so eviction by another thread never frees a plan in use. Plans must be
+// safe to execute concurrently (oneDNN primitives are).
 template <typename Plan>
 class PlanCache {
  public:
+  ~PlanCache() { g_plan_cache_entries -= static_cast<int64_t>(lru_.size()); }
+
   template <typename Make>
   std::shared_ptr<Plan> Get(const PlanKey& key, Make&& make) {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = cache_.find(key);
-    if (it != cache_.end()) return it->second;
+    auto it = index_.find(key);
+    if (it != index_.end()) {
+      lru_.splice(lru_.begin(), lru_, it->second);
+      return it->second->second;
+    }
     auto plan = std::make_shared<Plan>(make());
-    cache_.emplace(key, plan);
+    const size_t limit = static_cast<size_t>(std::max<int64_t>(g_plan_cache_limit.load(), 0));
+    if (limit == 0) return plan;
+    lru_.emplace_front(key, plan);
+    index_.emplace(key, lru_.begin());
+    ++g_plan_cache_entries;
+    while (lru_.size() > limit) {
+      index_.erase(lru_.back().first);
+      lru_.pop_back();
+      --g_plan_cache_entries;
+    }
     return plan;
   }
 
  private:
+  using Entry = std::pair<PlanKey, std::shared_ptr<Plan>>;
   std::mutex mu_;
-  std::unordered_map<PlanKey, std::shared_ptr<Plan>, PlanKeyHash> cache_;
+  std::list<Entry> lru_;  // most recently used first
+  std::unordered_map<PlanKey, typename std::list<Entry>::iterator, PlanKeyHash> index_;
 };
 
 }  // namespace jax_mps

@@ -75,39 +75,59 @@ inline ffi::Error MakeLossDesc(int64_t kind, int64_t reduction, float param, con
 }
 
 // Per-element loss e(p, t) and its partials; the per-sample value is mean_j e (element-wise kinds).
+// NaN and +-inf follow optax / jnp: sigmoid CE is optax's -t log_sigmoid(p) - (1 - t) log_sigmoid(-p)
+// (so p = +-inf gives inf, or NaN where 0 * inf), hinge is jnp.maximum(0, .) (NaN stays NaN, and
+// its gradient is jnp.maximum's: 0 at NaN, half at the tie), MAE's gradient is jnp.abs's (1 at 0,
+// -1 at NaN), KL is optax's t (log t - p) with log t := 0 at t = 0 (so t = 0 with p = -inf or NaN
+// is NaN). One deviation: d KL / d t at t = 0 is 0, where optax's jnp.where gives 0 / 0 = NaN.
 struct ElemGrad {
   float dp, dt;
 };
 
 inline float ElemLoss(LossKind k, float p, float t, float delta) {
   switch (k) {
-    case LossKind::kSigmoidCE: return std::fmax(p, 0.f) - p * t + std::log1p(std::exp(-std::fabs(p)));
+    case LossKind::kSigmoidCE: {
+      const float l = std::log1p(std::exp(-std::fabs(p)));  // softplus(+-p) = max(+-p, 0) + l
+      return t * ((p > 0.f ? 0.f : -p) + l) + (1.f - t) * ((p < 0.f ? 0.f : p) + l);
+    }
     case LossKind::kMSE: return (p - t) * (p - t);
     case LossKind::kMAE: return std::fabs(p - t);
     case LossKind::kHuber: {
       float a = std::fabs(p - t);
       return a <= delta ? 0.5f * a * a : delta * (a - 0.5f * delta);
     }
-    case LossKind::kHinge: return std::fmax(0.f, 1.f - t * p);
-    case LossKind::kKL: return t == 0.f ? 0.f : t * (std::log(t) - p);
+    case LossKind::kHinge: {
+      const float v = 1.f - t * p;
+      return v < 0.f ? 0.f : v;
+    }
+    case LossKind::kKL: return t * ((t == 0.f ? 0.f : std::log(t)) - p);
     default: return 0.f;
   }
 }
 
 inline ElemGrad ElemLossGrad(LossKind k, float p, float t, float delta) {
   switch (k) {
-    case LossKind::kSigmoidCE: return {1.f / (1.f + std::exp(-p)) - t, -p};
+    case LossKind::kSigmoidCE: {
+      // (1 - t) sigmoid(p) - t sigmoid(-p) (= sigmoid(p) - t), as optax's gradient, so that an
+      // infinite target gives NaN as there.
+      const float e = std::exp(-std::fabs(p)), r = 1.f / (1.f + e), sp = p >= 0.f ? r : e * r;
+      const float sn = p >= 0.f ? e * r : r;
+      return {(1.f - t) * sp - t * sn, -p};
+    }
     case LossKind::kMSE: return {2.f * (p - t), -2.f * (p - t)};
     case LossKind::kMAE: {
-      float s = p > t ? 1.f : (p < t ? -1.f : 0.f);
+      float s = p - t >= 0.f ? 1.f : -1.f;
       return {s, -s};
     }
     case LossKind::kHuber: {
       float r = p - t;
-      float g = std::fabs(r) <= delta ? r : (r > 0.f ? delta : -delta);
+      float g = std::fabs(r) <= delta ? r : (r > 0.f ? delta : (r < 0.f ? -delta : r));
       return {g, -g};
     }
-    case LossKind::kHinge: return {1.f - t * p > 0.f ? -t : 0.f, 0.f};  // target not differentiated
+    case LossKind::kHinge: {  // target not differentiated
+      const float v = 1.f - t * p;
+      return {v > 0.f ? -t : (v == 0.f ? -0.5f * t : 0.f), 0.f};
+    }
     case LossKind::kKL: return {-t, t == 0.f ? 0.f : std::log(t) - p + 1.f};
     default: return {0.f, 0.f};
   }

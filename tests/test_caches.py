@@ -1,0 +1,108 @@
+"""Bounded plan caches and per-thread scratch (issue 17): an LRU limit that is documented and
+settable (JAX_MPS_PLAN_CACHE_SIZE, jax_mps.set_plan_cache_size), and scratch that shrinks once
+calls need far less. The memory checks run in a fresh process so that other tests' plans and
+scratch do not blur them."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import jax_mps as mps
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(code: str, env: dict) -> dict:
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", **env)
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_set_plan_cache_size():
+    old = mps.plan_cache_size()
+    try:
+        mps.set_plan_cache_size(7)
+        assert mps.plan_cache_size() == 7
+        mps.set_plan_cache_size(0)  # 0: plans are built per call and not kept
+        assert mps.plan_cache_size() == 0
+        import jax.numpy as jnp
+        assert float(mps.dense(jnp.ones((3, 2)), jnp.ones((2, 4))).sum()) == 24.0
+    finally:
+        mps.set_plan_cache_size(old)
+    for bad in (-1, 1.5, "8", True):
+        with pytest.raises(ValueError):
+            mps.set_plan_cache_size(bad)
+
+
+MEMORY_SCRIPT = """
+import json, resource, jax, jax.numpy as jnp, numpy as np
+import jax_mps as mps, _jax_mps_cpu as core
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+# dense 256 -> 256 over 500 distinct row counts, XLA's caches cleared after each (as a workload
+# with ever new batch x sequence shapes): unbounded, the runtime's plans alone grew RSS by ~24 MB
+# per 100 shapes.
+w = jnp.ones((256, 256), jnp.float32) / 256
+xs = np.ones((520, 256), np.float32)
+f = jax.jit(lambda a, b: mps.dense(a, b, activation="relu"))
+for m in range(1, 21):  # warm-up: fixed costs of XLA and the runtime
+    f(xs[:m], w).block_until_ready()
+    jax.clear_caches()
+before = rss_mb()
+for m in range(21, 521):
+    f(xs[:m], w).block_until_ready()
+    jax.clear_caches()
+print(json.dumps({"limit": mps.plan_cache_size(), "entries": int(core.plan_cache_entries()),
+                  "growth_mb": rss_mb() - before}))
+"""
+
+
+def test_500_shapes_bounded_by_lru():
+    r = _run(MEMORY_SCRIPT, {"JAX_MPS_PLAN_CACHE_SIZE": "16"})
+    assert r["limit"] == 16  # read from the environment at load
+    assert 0 < r["entries"] <= 16  # dense's plans share one cache
+    assert r["growth_mb"] < 40, r  # unbounded: ~120 MB
+
+
+SCRATCH_SCRIPT = """
+import json, time, jax, jax.numpy as jnp
+import jax_mps as mps, _jax_mps_cpu as core
+
+def grad_lstm(B, T, H):
+    p = mps.init_lstm(jax.random.key(0), H, H)
+    x = jnp.ones((B, T, H)) * 0.1
+    f = jax.jit(jax.grad(lambda x: jnp.sum(mps.lstm(x, p)[0])))
+    return lambda: f(x).block_until_ready()
+
+big, small = grad_lstm(32, 200, 128), grad_lstm(2, 4, 8)
+big()
+peak = int(core.scratch_bytes())
+small()
+after_one = int(core.scratch_bytes())
+time.sleep(1.2)  # scratch shrinks only after a second without big requests (no churn within a step)
+for _ in range(40):
+    small()
+settled = int(core.scratch_bytes())
+big()
+again = int(core.scratch_bytes())
+print(json.dumps({"peak": peak, "after_one": after_one, "settled": settled, "again": again}))
+"""
+
+
+def test_scratch_shrinks_after_small_calls():
+    r = _run(SCRATCH_SCRIPT, {})
+    assert r["peak"] > 8 << 20, r  # the big gradient needed > 8 MiB of scratch
+    assert r["after_one"] >= r["peak"] // 2, r  # one small call keeps it (no churn between sizes)
+    assert r["settled"] < 2 << 20, r  # many small calls give it back
+    assert r["again"] >= r["peak"] // 2, r
