@@ -88,7 +88,9 @@ def test_activation_nan_every_position(name, n):
         xs[r, p] = NAN
     xs = jnp.asarray(xs)
     assert_same(f(xs), nn(xs), "forward", rtol=1e-4)
-    assert_same(grad_of(f)(xs), grad_of(nn)(xs), "gradient", rtol=1e-4)
+    # Values against jax's own float32 (accuracy is the float64 test below): jax's float32
+    # gelu_tanh gradient near x = -4 is itself ~2e-6 off the float64 value, which ours matches.
+    assert_same(grad_of(f)(xs), grad_of(nn)(xs), "gradient", rtol=1e-4, atol=5e-6)
 
 
 # --------------------------------------------------------------------------- activations: accuracy
