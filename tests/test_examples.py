@@ -17,12 +17,18 @@ def _has(pkg):
     return importlib.util.find_spec(pkg) is not None
 
 
+def _pythonpath():
+    """The root first, then this process's PYTHONPATH made absolute (children run elsewhere)."""
+    extra = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join([ROOT] + extra)
+
+
 def _run_example(name, *args, timeout=600, xla_flags=""):
     # The same jax_mps as this process: pytest from the root imports the source tree's jax_mps/
     # (and the extension from wherever PYTHONPATH or the install put it), so the child gets the
     # root on its path too -- a script's own folder, not the cwd, is what Python adds.
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = _pythonpath()
     if xla_flags:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
     proc = subprocess.run([sys.executable, os.path.join(EXAMPLES, name), *args], env=env, cwd=ROOT,
@@ -96,6 +102,8 @@ def test_activity_notebook_runs(monkeypatch):
 
     monkeypatch.setenv("JAX_MPS_NOTEBOOK_QUICK", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    # The kernel runs in examples/: give it the root too (the source tree's jax_mps, as here).
+    monkeypatch.setenv("PYTHONPATH", _pythonpath())
     nb = nbformat.read(os.path.join(EXAMPLES, "activity_classifier.ipynb"), as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": EXAMPLES}}).execute()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
