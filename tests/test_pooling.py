@@ -230,7 +230,7 @@ def test_bad_input():
         mps.global_avg_pool2d(jnp.ones((2, 3)))
     with pytest.raises(ValueError, match="`scale` entries must be >= 1"):
         mps.upsample2d(x, 0)
-    with pytest.raises(ValueError, match="`scale` must be an int or a tuple of 2"):
+    with pytest.raises(TypeError, match="`scale` must be an int or a tuple of 2"):
         mps.upsample2d(x, 1.5)
     with pytest.raises(ValueError, match="`method` must be 'nearest' or 'bilinear'"):
         mps.upsample2d(x, 2, "bicubic")
