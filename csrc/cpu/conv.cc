@@ -29,7 +29,7 @@ dnnl::primitive_attr ActAttr(Act act, float /*alpha*/, bool* after) {
 
 // Per-thread scratch (XLA:CPU may run custom calls on several threads at once).
 float* Scratch(int slot, size_t n) {
-  thread_local ScratchBuffer<float> buf[2];
+  thread_local ScratchBuffer<float> buf[3];
   return buf[slot].get(n);
 }
 
@@ -55,7 +55,8 @@ void Flip(const ConvDesc& c, const float* w, float* out) {
 }
 
 struct ConvMds {
-  memory::desc src, wei, bias, dst;
+  memory::desc src, wei, bias, dst;  // wei: format any, the primitive picks the layout
+  memory::desc wei_user;             // our HWIO (HWIGO) weights
   memory::dims strides, dilates, pl, pr;
 };
 
@@ -63,10 +64,10 @@ ConvMds MakeMds(const ConvDesc& c, bool has_bias) {
   ConvMds m;
   m.src = memory::desc({c.n, c.ic, c.ih, c.iw}, dt::f32, tag::nhwc);
   m.dst = memory::desc({c.n, c.oc, c.oh, c.ow}, dt::f32, tag::nhwc);
-  if (c.groups == 1)
-    m.wei = memory::desc({c.oc, c.ic, c.kh, c.kw}, dt::f32, tag::hwio);
-  else
-    m.wei = memory::desc({c.groups, c.oc / c.groups, c.ic / c.groups, c.kh, c.kw}, dt::f32, tag::hwigo);
+  const memory::dims wdims = c.groups == 1 ? memory::dims{c.oc, c.ic, c.kh, c.kw}
+                                           : memory::dims{c.groups, c.oc / c.groups, c.ic / c.groups, c.kh, c.kw};
+  m.wei_user = memory::desc(wdims, dt::f32, c.groups == 1 ? tag::hwio : tag::hwigo);
+  m.wei = memory::desc(wdims, dt::f32, tag::any);
   if (has_bias) m.bias = memory::desc({c.oc}, dt::f32, tag::a);
   m.strides = {c.sh, c.sw};
   m.dilates = {c.dh - 1, c.dw - 1};
@@ -81,6 +82,36 @@ ConvMds MakeMds(const ConvDesc& c, bool has_bias) {
   }
   return m;
 }
+
+// The weights layout a convolution primitive chose. With plain HWIO weights oneDNN's brgemm and
+// jit convolutions decline and gemm:jit runs, 2-5x slower (forward and both backward passes at
+// 32+ channels); so primitives take format any and each call reorders our HWIO weights in
+// (forward, backward data) or the diff weights out (backward weights). Weights are small.
+struct WeiLayout {
+  memory::desc user, prim;
+  dnnl::primitive reorder;  // empty when the primitive takes HWIO itself
+
+  WeiLayout() = default;
+  WeiLayout(const memory::desc& user_md, const memory::desc& prim_md, bool into_prim) : user(user_md), prim(prim_md) {
+    if (prim == user) return;
+    reorder = into_prim ? dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), user, Engine(), prim, UserAttr()))
+                        : dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), prim, Engine(), user, UserAttr()));
+  }
+  float* Buffer(float* user_ptr) const {
+    return reorder ? Scratch(2, (prim.get_size() + sizeof(float) - 1) / sizeof(float)) : user_ptr;
+  }
+  // HWIO weights w in the primitive's layout.
+  const float* In(const float* w) const {
+    if (!reorder) return w;
+    float* buf = Buffer(nullptr);
+    Exec(reorder, {{DNNL_ARG_FROM, Mem(user, w)}, {DNNL_ARG_TO, Mem(prim, buf)}});
+    return buf;
+  }
+  // Diff weights written by the primitive to Buffer(dw) -> HWIO dw.
+  void Out(const float* buf, float* dw) const {
+    if (reorder) Exec(reorder, {{DNNL_ARG_FROM, Mem(prim, buf)}, {DNNL_ARG_TO, Mem(user, dw)}});
+  }
+};
 
 // ---- dense: oneDNN matmul; transposed operands are strided views, never copies ----
 
@@ -319,6 +350,7 @@ void Im2ColBwdData(const ConvDesc& c, const float* s, const float* dy, const flo
 struct ConvPlan {
   dnnl::primitive prim;
   ConvMds m;
+  WeiLayout wei;
   bool act_after = false;  // forward: the activation runs as its own pass
 };
 
@@ -348,19 +380,31 @@ typename P::Fwd::primitive_desc FwdPd(const ConvMds& m, bool has_bias, const dnn
 }
 
 template <typename P>
-dnnl::primitive BwdDataPrim(const ConvMds& m) {
-  return typename P::BwdData(typename P::BwdData::primitive_desc(Engine(), P::kAlg, m.src, m.wei, m.dst, m.strides,
-                                                                 m.dilates, m.pl, m.pr, FwdPd<P>(m, false),
-                                                                 UserAttr()));
+void FwdPlan(ConvPlan& p, bool has_bias, const dnnl::primitive_attr& attr) {
+  const auto pd = FwdPd<P>(p.m, has_bias, attr);
+  p.prim = typename P::Fwd(pd);
+  p.wei = WeiLayout(p.m.wei_user, pd.weights_desc(), true);
 }
 
 template <typename P>
-dnnl::primitive BwdWeightsPrim(const ConvMds& m, bool has_bias) {
+void BwdDataPlan(ConvPlan& p) {
+  const ConvMds& m = p.m;
+  const typename P::BwdData::primitive_desc pd(Engine(), P::kAlg, m.src, m.wei, m.dst, m.strides, m.dilates, m.pl,
+                                               m.pr, FwdPd<P>(m, false), UserAttr());
+  p.prim = typename P::BwdData(pd);
+  p.wei = WeiLayout(m.wei_user, pd.weights_desc(), true);
+}
+
+template <typename P>
+void BwdWeightsPlan(ConvPlan& p, bool has_bias) {
   using Pd = typename P::BwdWeights::primitive_desc;
+  const ConvMds& m = p.m;
   const auto hint = FwdPd<P>(m, has_bias);
-  return typename P::BwdWeights(
-      has_bias ? Pd(Engine(), P::kAlg, m.src, m.wei, m.bias, m.dst, m.strides, m.dilates, m.pl, m.pr, hint, UserAttr())
-               : Pd(Engine(), P::kAlg, m.src, m.wei, m.dst, m.strides, m.dilates, m.pl, m.pr, hint, UserAttr()));
+  const Pd pd = has_bias
+                    ? Pd(Engine(), P::kAlg, m.src, m.wei, m.bias, m.dst, m.strides, m.dilates, m.pl, m.pr, hint, UserAttr())
+                    : Pd(Engine(), P::kAlg, m.src, m.wei, m.dst, m.strides, m.dilates, m.pl, m.pr, hint, UserAttr());
+  p.prim = typename P::BwdWeights(pd);
+  p.wei = WeiLayout(m.wei_user, pd.diff_weights_desc(), false);
 }
 
 PlanKey ConvKey(int64_t kind, const ConvDesc& c, bool has_bias, Act act = Act::kNone, float alpha = 0.f) {
@@ -391,9 +435,9 @@ ffi::Error Cpu::ConvFwd(Ctx, const ConvDesc& c, Buf x, Buf w, Buf b, Buf y) {
     p.m = MakeMds(c, c.has_bias);
     auto attr = ActAttr(c.act, c.alpha, &p.act_after);
     if (c.transpose)
-      p.prim = dnnl::deconvolution_forward(FwdPd<DeconvPrims>(p.m, c.has_bias, attr));
+      FwdPlan<DeconvPrims>(p, c.has_bias, attr);
     else
-      p.prim = dnnl::convolution_forward(FwdPd<ConvPrims>(p.m, c.has_bias, attr));
+      FwdPlan<ConvPrims>(p, c.has_bias, attr);
     return p;
   });
   const float* wp = wf.get();
@@ -403,7 +447,7 @@ ffi::Error Cpu::ConvFwd(Ctx, const ConvDesc& c, Buf x, Buf w, Buf b, Buf y) {
     wp = f;
   }
   std::unordered_map<int, memory> args{{DNNL_ARG_SRC, Mem(plan->m.src, xf.get())},
-                                       {DNNL_ARG_WEIGHTS, Mem(plan->m.wei, wp)},
+                                       {DNNL_ARG_WEIGHTS, Mem(plan->wei.prim, plan->wei.In(wp))},
                                        {DNNL_ARG_DST, Mem(plan->m.dst, yf.get())}};
   if (c.has_bias) args.emplace(DNNL_ARG_BIAS, Mem(plan->m.bias, bf.get()));
   Exec(plan->prim, std::move(args));
@@ -428,7 +472,10 @@ ffi::Error Cpu::ConvBwdData(Ctx, const ConvDesc& c, Buf s, Buf dy, Buf w, Buf dx
   auto plan = cache.Get(ConvKey(1, c, false), [&] {
     ConvPlan p;
     p.m = MakeMds(c, false);
-    p.prim = c.transpose ? BwdDataPrim<DeconvPrims>(p.m) : BwdDataPrim<ConvPrims>(p.m);
+    if (c.transpose)
+      BwdDataPlan<DeconvPrims>(p);
+    else
+      BwdDataPlan<ConvPrims>(p);
     return p;
   });
   const float* dz = ActGrad(c, dy.element_count(), sp, dyf.get());
@@ -439,7 +486,7 @@ ffi::Error Cpu::ConvBwdData(Ctx, const ConvDesc& c, Buf s, Buf dy, Buf w, Buf dx
     wp = f;
   }
   Exec(plan->prim, {{DNNL_ARG_DIFF_DST, Mem(plan->m.dst, dz)},
-                    {DNNL_ARG_WEIGHTS, Mem(plan->m.wei, wp)},
+                    {DNNL_ARG_WEIGHTS, Mem(plan->wei.prim, plan->wei.In(wp))},
                     {DNNL_ARG_DIFF_SRC, Mem(plan->m.src, dxf.get())}});
   return ffi::Error::Success();
 }
@@ -462,16 +509,21 @@ ffi::Error Cpu::ConvBwdWeights(Ctx, const ConvDesc& c, Buf x, Buf s, Buf dy, Buf
   auto plan = cache.Get(ConvKey(2, c, c.has_bias), [&] {
     ConvPlan p;
     p.m = MakeMds(c, c.has_bias);
-    p.prim = c.transpose ? BwdWeightsPrim<DeconvPrims>(p.m, c.has_bias) : BwdWeightsPrim<ConvPrims>(p.m, c.has_bias);
+    if (c.transpose)
+      BwdWeightsPlan<DeconvPrims>(p, c.has_bias);
+    else
+      BwdWeightsPlan<ConvPrims>(p, c.has_bias);
     return p;
   });
   const float* dz = ActGrad(c, dy.element_count(), sp, dyf.get());
   float* dwp = c.transpose ? Scratch(1, dw.element_count()) : dwf.get();
+  float* dwl = plan->wei.Buffer(dwp);
   std::unordered_map<int, memory> args{{DNNL_ARG_SRC, Mem(plan->m.src, xf.get())},
                                        {DNNL_ARG_DIFF_DST, Mem(plan->m.dst, dz)},
-                                       {DNNL_ARG_DIFF_WEIGHTS, Mem(plan->m.wei, dwp)}};
+                                       {DNNL_ARG_DIFF_WEIGHTS, Mem(plan->wei.prim, dwl)}};
   if (c.has_bias) args.emplace(DNNL_ARG_DIFF_BIAS, Mem(plan->m.bias, dbf.get()));
   Exec(plan->prim, std::move(args));
+  plan->wei.Out(dwl, dwp);
   if (c.transpose) Flip(c, dwp, dwf.get());
   return ffi::Error::Success();
 }
