@@ -190,7 +190,7 @@ __global__ void FwdStepK(int64_t B, int64_t H, int64_t T, int64_t t, const int32
       gr[3 * H + j] = hn;
     } else {
       const float v = pre(0);
-      out = kCell == Cell::kRnnRelu ? fmaxf(v, 0.f) : tanhf(v);
+      out = kCell == Cell::kRnnRelu ? (v < 0.f ? 0.f : v) : tanhf(v);  // NaN stays NaN, as the CPU's std::max
       gr[j] = out;
     }
     gr[(Wq - 1) * H + j] = hp;
