@@ -7,13 +7,18 @@
 //                    without kernel transpose is the data gradient of F), padding ek - 1 - lax padding.
 // cuDNN pads symmetrically only, so asymmetric padding pads X physically (a copy in the workspace).
 // Fused bias + activation run as one element-wise pass after the convolution; the backward passes
-// first form dz = act'(.) * dy. float32 uses full-precision FMA math (no TF32: matches the
-// "highest" precision references; TF32 per jax.default_matmul_precision is not wired yet);
-// float16/bfloat16 use tensor cores with float32 accumulation. Algorithms come from cuDNN's
-// heuristics; the first that runs for a shape is cached with its descriptors.
+// first form dz = act'(.) * dy. Math (ConvMath): float32 follows the `precision` attribute
+// (jax.default_matmul_precision): TF32 tensor cores allowed by default (CUDNN_DEFAULT_MATH, as
+// PyTorch's allow_tf32; ALLOW_CONVERSION would also permit float16 down-conversion), FMA only for
+// "highest"; float16/bfloat16 use tensor cores with float32 accumulation, float16 with float16
+// accumulation for accumulate="float16". Algorithms come from cuDNN's heuristics; the first that
+// runs for a shape is cached with its descriptors.
 //
 // Dense: cuBLASLt, row-major problems phrased column-major (y^T = w^T x^T), bias fused in the
-// epilogue, the activation in one element-wise pass (our kernels' NaN and accuracy rules).
+// epilogue, the activation in one element-wise pass (our kernels' NaN and accuracy rules). Compute
+// type: float32 CUBLAS_COMPUTE_32F_FAST_TF32 by default, CUBLAS_COMPUTE_32F for "highest";
+// float16 with accumulate="float16" CUBLAS_COMPUTE_16F (bias then added by our pass: cuBLASLt's
+// bias epilogue is documented for float32 compute), else float32 accumulation.
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -132,6 +137,17 @@ ffi::Error MakeGeo(const char* op, const ConvDesc& c, Geo* g) {
   return ffi::Error::Success();
 }
 
+// cuDNN's accumulation (compute) type and math type for one call's dtype and request.
+struct ConvMath {
+  cudnnDataType_t compute;
+  cudnnMathType_t math;
+};
+ConvMath MathOf(const FusedDesc& f, ffi::DataType dt) {
+  if (dt == ffi::F32)
+    return {CUDNN_DATA_FLOAT, f.precision == Precision::kHighest ? CUDNN_FMA_MATH : CUDNN_DEFAULT_MATH};
+  return {dt == ffi::F16 && f.f16_accumulate ? CUDNN_DATA_HALF : CUDNN_DATA_FLOAT, CUDNN_TENSOR_OP_MATH};
+}
+
 struct ConvPlan {
   cudnnTensorDescriptor_t x, y;
   cudnnFilterDescriptor_t w;
@@ -143,7 +159,7 @@ struct ConvPlan {
   std::mutex mu;
 };
 
-ffi::Error BuildPlan(const char* op, cudnnHandle_t h, const Geo& g, ffi::DataType dt, ConvPlan* p) {
+ffi::Error BuildPlan(const char* op, cudnnHandle_t h, const Geo& g, ffi::DataType dt, ConvMath m, ConvPlan* p) {
   const cudnnDataType_t t = CudnnType(dt);
   JAX_MPS_CUDNN(op, cudnnCreateTensorDescriptor(&p->x));
   JAX_MPS_CUDNN(op, cudnnCreateTensorDescriptor(&p->y));
@@ -154,35 +170,44 @@ ffi::Error BuildPlan(const char* op, cudnnHandle_t h, const Geo& g, ffi::DataTyp
   JAX_MPS_CUDNN(op, cudnnSetTensor4dDescriptor(p->y, CUDNN_TENSOR_NHWC, t, int(g.n), int(g.yc), int(g.yh), int(g.yw)));
   JAX_MPS_CUDNN(op, cudnnSetFilter4dDescriptor(p->w, t, CUDNN_TENSOR_NHWC, int(g.yc), int(g.xc / g.groups), int(g.kh),
                                                int(g.kw)));
-  JAX_MPS_CUDNN(op, cudnnSetConvolution2dDescriptor(p->conv, g.phys ? 0 : int(g.lo_h), g.phys ? 0 : int(g.lo_w),
-                                                    int(g.sh), int(g.sw), int(g.dh), int(g.dw),
-                                                    CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
-  JAX_MPS_CUDNN(op, cudnnSetConvolutionGroupCount(p->conv, int(g.groups)));
-  JAX_MPS_CUDNN(op, cudnnSetConvolutionMathType(p->conv, dt == ffi::F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
-  int no[4] = {0, 0, 0, 0};
-  JAX_MPS_CUDNN(op, cudnnGetConvolution2dForwardOutputDim(p->conv, p->x, p->w, &no[0], &no[1], &no[2], &no[3]));
-  JAX_MPS_CHECK(no[0] == g.n && no[1] == g.yc && no[2] == g.yh && no[3] == g.yw, op,
-                ": internal: cuDNN output dims (", no[2], ", ", no[3], ") != (", g.yh, ", ", g.yw, ")");
-  constexpr int kN = 8;
-  int got = 0;
-  cudnnConvolutionFwdAlgoPerf_t fp[kN];
-  JAX_MPS_CUDNN(op, cudnnGetConvolutionForwardAlgorithm_v7(h, p->x, p->w, p->conv, p->y, kN, &got, fp));
-  for (int i = 0; i < got; ++i) if (fp[i].status == CUDNN_STATUS_SUCCESS) p->fwd.push_back(fp[i].algo);
-  cudnnConvolutionBwdDataAlgoPerf_t dp[kN];
-  JAX_MPS_CUDNN(op, cudnnGetConvolutionBackwardDataAlgorithm_v7(h, p->w, p->y, p->conv, p->x, kN, &got, dp));
-  for (int i = 0; i < got; ++i) if (dp[i].status == CUDNN_STATUS_SUCCESS) p->bwd_data.push_back(dp[i].algo);
-  cudnnConvolutionBwdFilterAlgoPerf_t wp[kN];
-  JAX_MPS_CUDNN(op, cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p->x, p->y, p->conv, p->w, kN, &got, wp));
-  for (int i = 0; i < got; ++i) if (wp[i].status == CUDNN_STATUS_SUCCESS) p->bwd_filter.push_back(wp[i].algo);
+  // float16 accumulation (cuDNN's TRUE_HALF_CONFIG) where cuDNN has algorithms for all three
+  // passes of this shape; otherwise float32 accumulation, which API.md allows as the fallback.
+  for (cudnnDataType_t compute : {m.compute, CUDNN_DATA_FLOAT}) {
+    JAX_MPS_CUDNN(op, cudnnSetConvolution2dDescriptor(p->conv, g.phys ? 0 : int(g.lo_h), g.phys ? 0 : int(g.lo_w),
+                                                      int(g.sh), int(g.sw), int(g.dh), int(g.dw),
+                                                      CUDNN_CROSS_CORRELATION, compute));
+    JAX_MPS_CUDNN(op, cudnnSetConvolutionGroupCount(p->conv, int(g.groups)));
+    JAX_MPS_CUDNN(op, cudnnSetConvolutionMathType(p->conv, m.math));
+    int no[4] = {0, 0, 0, 0};
+    JAX_MPS_CUDNN(op, cudnnGetConvolution2dForwardOutputDim(p->conv, p->x, p->w, &no[0], &no[1], &no[2], &no[3]));
+    JAX_MPS_CHECK(no[0] == g.n && no[1] == g.yc && no[2] == g.yh && no[3] == g.yw, op,
+                  ": internal: cuDNN output dims (", no[2], ", ", no[3], ") != (", g.yh, ", ", g.yw, ")");
+    p->fwd.clear();
+    p->bwd_data.clear();
+    p->bwd_filter.clear();
+    constexpr int kN = 8;
+    int got = 0;
+    cudnnConvolutionFwdAlgoPerf_t fp[kN];
+    JAX_MPS_CUDNN(op, cudnnGetConvolutionForwardAlgorithm_v7(h, p->x, p->w, p->conv, p->y, kN, &got, fp));
+    for (int i = 0; i < got; ++i) if (fp[i].status == CUDNN_STATUS_SUCCESS) p->fwd.push_back(fp[i].algo);
+    cudnnConvolutionBwdDataAlgoPerf_t dp[kN];
+    JAX_MPS_CUDNN(op, cudnnGetConvolutionBackwardDataAlgorithm_v7(h, p->w, p->y, p->conv, p->x, kN, &got, dp));
+    for (int i = 0; i < got; ++i) if (dp[i].status == CUDNN_STATUS_SUCCESS) p->bwd_data.push_back(dp[i].algo);
+    cudnnConvolutionBwdFilterAlgoPerf_t wp[kN];
+    JAX_MPS_CUDNN(op, cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p->x, p->y, p->conv, p->w, kN, &got, wp));
+    for (int i = 0; i < got; ++i) if (wp[i].status == CUDNN_STATUS_SUCCESS) p->bwd_filter.push_back(wp[i].algo);
+    if (!p->fwd.empty() && !p->bwd_data.empty() && !p->bwd_filter.empty()) break;
+  }
   return ffi::Error::Success();
 }
 
-ffi::Error GetPlan(const char* op, cudnnHandle_t h, int dev, const Geo& g, ffi::DataType dt, ConvPlan** out) {
+ffi::Error GetPlan(const char* op, cudnnHandle_t h, int dev, const Geo& g, ffi::DataType dt, ConvMath m,
+                   ConvPlan** out) {
   static std::mutex mu;
   static std::unordered_map<PlanKey, std::unique_ptr<ConvPlan>, PlanKeyHash> cache;
   PlanKey key;
   for (int64_t v : {g.n, g.xh, g.xw, g.xc, g.yh, g.yw, g.yc, g.kh, g.kw, g.groups, g.sh, g.sw, g.dh, g.dw, g.lo_h,
-                    g.lo_w, g.hi_h, g.hi_w, int64_t(dt), int64_t(dev)})
+                    g.lo_w, g.hi_h, g.hi_w, int64_t(dt), int64_t(dev), int64_t(m.compute), int64_t(m.math)})
     key.add(v);
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find(key);
@@ -191,7 +216,7 @@ ffi::Error GetPlan(const char* op, cudnnHandle_t h, int dev, const Geo& g, ffi::
     return ffi::Error::Success();
   }
   auto p = std::make_unique<ConvPlan>();
-  JAX_MPS_RETURN_IF_ERROR(BuildPlan(op, h, g, dt, p.get()));
+  JAX_MPS_RETURN_IF_ERROR(BuildPlan(op, h, g, dt, m, p.get()));
   *out = p.get();
   cache.emplace(key, std::move(p));
   return ffi::Error::Success();
@@ -258,7 +283,7 @@ struct ConvCall {
 ffi::Error SetUp(const char* op, Ctx& ctx, const ConvDesc& c, ffi::DataType dt, ConvCall* cc) {
   JAX_MPS_RETURN_IF_ERROR(MakeGeo(op, c, &cc->g));
   JAX_MPS_RETURN_IF_ERROR(Cudnn(op, ctx.stream, &cc->h));
-  return GetPlan(op, cc->h, StreamDevice(ctx.stream), cc->g, dt, &cc->plan);
+  return GetPlan(op, cc->h, StreamDevice(ctx.stream), cc->g, dt, MathOf(c, dt), &cc->plan);
 }
 
 ffi::Error ConvFwdImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
@@ -427,6 +452,7 @@ struct MatmulPlan {
   cublasLtMatrixLayout_t a, b, c;
   cublasLtMatmulAlgo_t algo;
   size_t ws;
+  bool half_scale;  // CUBLAS_COMPUTE_16F: alpha and beta are __half
   std::mutex mu;  // the bias pointer is an attribute of the shared descriptor
 };
 
@@ -434,12 +460,18 @@ constexpr size_t kLtWorkspace = size_t(32) << 20;
 
 // Column-major C (m, n) = op(A) (m, k) @ op(B) (k, n), ld = rows of the stored matrix; epilogue
 // adds bias (length m) and ReLU / tanh-GELU when asked.
-ffi::Error GetMatmul(const char* op, cublasLtHandle_t h, ffi::DataType dt, int64_t m, int64_t n, int64_t k, bool ta,
-                     bool tb, cublasLtEpilogue_t epi, MatmulPlan** out) {
+// cuBLASLt's compute type for one call's dtype and request (see the top of this file).
+cublasComputeType_t ComputeOf(const FusedDesc& f, ffi::DataType dt) {
+  if (dt == ffi::F32) return f.precision == Precision::kHighest ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32;
+  return dt == ffi::F16 && f.f16_accumulate ? CUBLAS_COMPUTE_16F : CUBLAS_COMPUTE_32F;
+}
+
+ffi::Error GetMatmul(const char* op, cublasLtHandle_t h, ffi::DataType dt, cublasComputeType_t ct, int64_t m,
+                     int64_t n, int64_t k, bool ta, bool tb, cublasLtEpilogue_t epi, MatmulPlan** out) {
   static std::mutex mu;
   static std::unordered_map<PlanKey, std::unique_ptr<MatmulPlan>, PlanKeyHash> cache;
   PlanKey key;
-  key.add(m).add(n).add(k).add(int64_t(ta)).add(int64_t(tb)).add(int64_t(epi)).add(int64_t(dt));
+  key.add(m).add(n).add(k).add(int64_t(ta)).add(int64_t(tb)).add(int64_t(epi)).add(int64_t(dt)).add(int64_t(ct));
   key.add(int64_t(StreamDevice(nullptr)));
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find(key);
@@ -449,8 +481,8 @@ ffi::Error GetMatmul(const char* op, cublasLtHandle_t h, ffi::DataType dt, int64
   }
   auto p = std::make_unique<MatmulPlan>();
   const cudaDataType_t t = CudaType(dt);
-  // float32: full precision (CUBLAS_COMPUTE_32F, no TF32), as the "highest" precision references.
-  JAX_MPS_CUBLAS(op, cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  p->half_scale = ct == CUBLAS_COMPUTE_16F;
+  JAX_MPS_CUBLAS(op, cublasLtMatmulDescCreate(&p->desc, ct, p->half_scale ? CUDA_R_16F : CUDA_R_32F));
   const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
   JAX_MPS_CUBLAS(op, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)));
   JAX_MPS_CUBLAS(op, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)));
@@ -478,10 +510,13 @@ ffi::Error GetMatmul(const char* op, cublasLtHandle_t h, ffi::DataType dt, int64
 ffi::Error RunMatmul(const char* op, Ctx& ctx, cublasLtHandle_t h, MatmulPlan* p, const void* a, const void* b, void* c,
                      const void* bias, void* ws) {
   const float one = 1.f, zero = 0.f;
+  const __half hone = __float2half(1.f), hzero = __float2half(0.f);
+  const void* alpha = p->half_scale ? static_cast<const void*>(&hone) : &one;
+  const void* beta = p->half_scale ? static_cast<const void*>(&hzero) : &zero;
   std::lock_guard<std::mutex> lock(p->mu);
   if (bias)
     JAX_MPS_CUBLAS(op, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-  JAX_MPS_CUBLAS(op, cublasLtMatmul(h, p->desc, &one, a, p->a, b, p->b, &zero, c, p->c, c, p->c, &p->algo, ws, p->ws,
+  JAX_MPS_CUBLAS(op, cublasLtMatmul(h, p->desc, alpha, a, p->a, b, p->b, beta, c, p->c, c, p->c, &p->algo, ws, p->ws,
                                     ctx.stream));
   return ffi::Error::Success();
 }
@@ -497,19 +532,22 @@ ffi::Error DenseFwdImpl(Ctx ctx, const DenseDesc& d, ffi::AnyBuffer x, ffi::AnyB
     using T = decltype(tag);
     cublasLtHandle_t h = nullptr;
     JAX_MPS_RETURN_IF_ERROR(CublasLt(op, ctx.stream, &h));
-    // Only the bias is fused in cuBLASLt's epilogue: its ReLU / GELU epilogues give no NaN
-    // guarantee (a max that drops NaN) nor our accuracy at the tails (runtime/activation.h), so
-    // every activation runs as our element-wise pass.
-    const cublasLtEpilogue_t epi = d.has_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    // Only the bias is fused in cuBLASLt's epilogue (float32 compute): its ReLU / GELU epilogues
+    // give no NaN guarantee (a max that drops NaN) nor our accuracy at the tails
+    // (runtime/activation.h), so every activation runs as our element-wise pass.
+    const cublasComputeType_t ct = ComputeOf(d, dt);
+    const bool epi_bias = d.has_bias && ct != CUBLAS_COMPUTE_16F;
+    const cublasLtEpilogue_t epi = epi_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
     MatmulPlan* p = nullptr;
-    JAX_MPS_RETURN_IF_ERROR(GetMatmul(op, h, dt, d.n, d.m, d.k, false, false, epi, &p));  // y^T = w^T x^T
+    JAX_MPS_RETURN_IF_ERROR(GetMatmul(op, h, dt, ct, d.n, d.m, d.k, false, false, epi, &p));  // y^T = w^T x^T
     ffi::Error err;
     void* ws = Workspace(ctx, p->ws, op, &err);
     if (!ws) return err;
     JAX_MPS_RETURN_IF_ERROR(RunMatmul(op, ctx, h, p, w.untyped_data(), x.untyped_data(), y.untyped_data(),
-                                      d.has_bias ? b.untyped_data() : nullptr, ws));
-    if (d.act != Act::kNone)
-      BiasActK<T><<<Blocks(d.m * d.n), 256, 0, ctx.stream>>>(d.m * d.n, d.n, Ptr<T>(y), nullptr, d.act, d.alpha);
+                                      epi_bias ? b.untyped_data() : nullptr, ws));
+    const T* pass_bias = d.has_bias && !epi_bias ? Ptr<const T>(b) : nullptr;
+    if (d.act != Act::kNone || pass_bias)
+      BiasActK<T><<<Blocks(d.m * d.n), 256, 0, ctx.stream>>>(d.m * d.n, d.n, Ptr<T>(y), pass_bias, d.act, d.alpha);
     return LaunchStatus(op);
   });
 }
@@ -531,7 +569,8 @@ ffi::Error DenseBwdDataImpl(Ctx ctx, const DenseDesc& d, ffi::AnyBuffer s, ffi::
     cublasLtHandle_t h = nullptr;
     JAX_MPS_RETURN_IF_ERROR(CublasLt(op, ctx.stream, &h));
     MatmulPlan* p = nullptr;
-    JAX_MPS_RETURN_IF_ERROR(GetMatmul(op, h, dt, d.k, d.m, d.n, true, false, CUBLASLT_EPILOGUE_DEFAULT, &p));
+    JAX_MPS_RETURN_IF_ERROR(
+        GetMatmul(op, h, dt, ComputeOf(d, dt), d.k, d.m, d.n, true, false, CUBLASLT_EPILOGUE_DEFAULT, &p));
     Carve cv;
     const size_t o_dz = cv.Add(act ? d.m * d.n * sizeof(T) : 0), o_ws = cv.Add(p->ws);
     ffi::Error err;
@@ -569,7 +608,8 @@ ffi::Error DenseBwdWeightsImpl(Ctx ctx, const DenseDesc& d, ffi::AnyBuffer x, ff
     cublasLtHandle_t h = nullptr;
     JAX_MPS_RETURN_IF_ERROR(CublasLt(op, ctx.stream, &h));
     MatmulPlan* p = nullptr;
-    JAX_MPS_RETURN_IF_ERROR(GetMatmul(op, h, dt, d.n, d.k, d.m, false, true, CUBLASLT_EPILOGUE_DEFAULT, &p));
+    JAX_MPS_RETURN_IF_ERROR(
+        GetMatmul(op, h, dt, ComputeOf(d, dt), d.n, d.k, d.m, false, true, CUBLASLT_EPILOGUE_DEFAULT, &p));
     Carve cv;
     const size_t o_dz = cv.Add(act ? d.m * d.n * sizeof(T) : 0), o_acc = cv.Add(d.has_bias ? d.n * sizeof(double) : 0),
                  o_ws = cv.Add(p->ws);

@@ -7,8 +7,10 @@
 // the gates, updates h / c and masks rows past their length (read on the device from seq_lengths).
 // The backward runs the per-step cell-gradient kernel + recurrent GEMM chain in reverse, then
 // dx, dW_ih and dW_hh as one GEMM each over all time steps and the bias gradients as column sums.
-// Math is float32 throughout (cuBLAS without TF32, as the CPU); float16 / bfloat16 operands are
-// converted into the per-stream workspace and results converted back.
+// Math is float32 throughout; the GEMMs may use TF32 tensor cores unless the `precision`
+// attribute asks for full float32 (jax.default_matmul_precision "highest", as the CPU always
+// computes). float16 / bfloat16 operands are converted into the per-stream workspace and results
+// converted back.
 #include <cublas_v2.h>
 
 #include <string>
@@ -37,8 +39,8 @@ ffi::Error CublasV2Error(const char* op, cublasStatus_t s) {
 constexpr size_t kCublasWorkspace = size_t(32) << 20;
 
 // The calling thread's cuBLAS handle for the stream's device (a handle may not be shared by
-// concurrent callers), bound to the stream and to `ws`.
-ffi::Error Cublas(const char* op, cudaStream_t stream, void* ws, cublasHandle_t* h) {
+// concurrent callers), bound to the stream and to `ws`, with the math mode of precision `p`.
+ffi::Error Cublas(const char* op, cudaStream_t stream, void* ws, Precision p, cublasHandle_t* h) {
   thread_local std::unordered_map<int, cublasHandle_t> handles;
   const int dev = StreamDevice(stream);
   auto it = handles.find(dev);
@@ -50,6 +52,8 @@ ffi::Error Cublas(const char* op, cudaStream_t stream, void* ws, cublasHandle_t*
   }
   JAX_MPS_CUBLAS_V2(op, cublasSetStream(it->second, stream));  // (resets the workspace: set it after)
   JAX_MPS_CUBLAS_V2(op, cublasSetWorkspace(it->second, ws, kCublasWorkspace));
+  JAX_MPS_CUBLAS_V2(op, cublasSetMathMode(it->second, p == Precision::kHighest ? CUBLAS_DEFAULT_MATH
+                                                                               : CUBLAS_TF32_TENSOR_OP_MATH));
   *h = it->second;
   return ffi::Error::Success();
 }
@@ -310,7 +314,7 @@ ffi::Error Forward(cudaStream_t s, const RnnDesc& d, ffi::AnyBuffer x, ffi::AnyB
   if (!scratch) return err;
   JAX_MPS_RETURN_IF_ERROR(v.Bind(op, s, scratch));
   cublasHandle_t hb;
-  JAX_MPS_RETURN_IF_ERROR(Cublas(op, s, scratch + o_cublas, &hb));
+  JAX_MPS_RETURN_IF_ERROR(Cublas(op, s, scratch + o_cublas, d.precision, &hb));
   float* tmp = At<float>(scratch, o_tmp);
   const int32_t* len = Ptr<const int32_t>(lens);
   float* wsp = Ptr<float>(wsb);
@@ -376,7 +380,7 @@ ffi::Error Backward(cudaStream_t s, const RnnDesc& d, ffi::AnyBuffer x, ffi::Any
   if (!scratch) return err;
   JAX_MPS_RETURN_IF_ERROR(v.Bind(op, s, scratch));
   cublasHandle_t hb;
-  JAX_MPS_RETURN_IF_ERROR(Cublas(op, s, scratch + o_cublas, &hb));
+  JAX_MPS_RETURN_IF_ERROR(Cublas(op, s, scratch + o_cublas, d.precision, &hb));
   float* dgx = At<float>(scratch, o_dgx);
   float* dgh = gru ? At<float>(scratch, o_dgh) : dgx;
   float* dyb[2] = {At<float>(scratch, o_dy0), At<float>(scratch, o_dy1)};  // dX of layer l > 0: dyb[l % 2]
