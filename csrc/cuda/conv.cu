@@ -273,17 +273,72 @@ size_t AlgoWorkspace(cudnnHandle_t h, ConvPlan* p, int kind) {
   return most;
 }
 
-// Descriptors, geometry, handle and plan of one conv call.
-struct ConvCall {
+// Everything one conv call works with: geometry, handle and plan, and the workspace carved into
+// the filter in KRSC (wk), the physically padded X (xp, asymmetric padding only), dz = act'(.) * dy
+// (backward passes with an activation; else dz is dy itself), double accumulators for the bias
+// gradient, and cuDNN's workspace for the pass run.
+template <typename T>
+struct ConvWork {
   Geo g;
   cudnnHandle_t h;
   ConvPlan* plan;
+  T* wk;
+  T* xp;
+  const T* dz;
+  double* acc;
+  char* algo;
+  size_t algo_size;
+
+  // X for F: src, or src padded into xp.
+  const T* PadX(cudaStream_t st, const T* src) {
+    if (!g.phys) return src;
+    PadK<T><<<Blocks(g.n * g.XHp() * g.XWp() * g.xc), 256, 0, st>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h,
+                                                                     g.lo_w, src, xp);
+    return xp;
+  }
+  // Where F's X-shaped result goes: dst, or xp (then Crop copies it to dst).
+  void* XOut(void* dst) { return g.phys ? static_cast<void*>(xp) : dst; }
+  void Crop(cudaStream_t st, T* dst) {
+    if (g.phys)
+      CropK<T><<<Blocks(g.n * g.xh * g.xw * g.xc), 256, 0, st>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h,
+                                                                  g.lo_w, xp, dst);
+  }
 };
 
-ffi::Error SetUp(const char* op, Ctx& ctx, const ConvDesc& c, ffi::DataType dt, ConvCall* cc) {
-  JAX_MPS_RETURN_IF_ERROR(MakeGeo(op, c, &cc->g));
-  JAX_MPS_RETURN_IF_ERROR(Cudnn(op, ctx.stream, &cc->h));
-  return GetPlan(op, cc->h, StreamDevice(ctx.stream), cc->g, dt, MathOf(c, dt), &cc->plan);
+// Sets up `k` for pass `kind` (0 forward, 1 data gradient, 2 filter gradient of F) with a filter
+// of nw elements, re-laid out from w when given; dz from s and dy when dy is given.
+template <typename T>
+ffi::Error MakeConvWork(const char* op, Ctx& ctx, const ConvDesc& c, ffi::DataType dt, int kind, int64_t nw,
+                        const ffi::AnyBuffer* w, const ffi::AnyBuffer* s, const ffi::AnyBuffer* dy, bool bias_acc,
+                        ConvWork<T>* k) {
+  JAX_MPS_RETURN_IF_ERROR(MakeGeo(op, c, &k->g));
+  JAX_MPS_RETURN_IF_ERROR(Cudnn(op, ctx.stream, &k->h));
+  JAX_MPS_RETURN_IF_ERROR(GetPlan(op, k->h, StreamDevice(ctx.stream), k->g, dt, MathOf(c, dt), &k->plan));
+  const Geo& g = k->g;
+  const bool act = dy && c.act != Act::kNone;
+  const int64_t ny = dy ? dy->element_count() : 0;
+  k->algo_size = AlgoWorkspace(k->h, k->plan, kind);
+  Carve cv;
+  const size_t o_w = cv.Add(nw * sizeof(T)), o_x = cv.Add(g.phys ? g.n * g.XHp() * g.XWp() * g.xc * sizeof(T) : 0),
+               o_dz = cv.Add(act ? ny * sizeof(T) : 0), o_acc = cv.Add(bias_acc ? c.oc * sizeof(double) : 0),
+               o_ws = cv.Add(k->algo_size);
+  ffi::Error err;
+  char* ws = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
+  if (!ws) return err;
+  k->wk = reinterpret_cast<T*>(ws + o_w);
+  k->xp = reinterpret_cast<T*>(ws + o_x);
+  k->acc = reinterpret_cast<double*>(ws + o_acc);
+  k->algo = ws + o_ws;
+  if (w)
+    FilterK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(c.kh, c.kw, w->dimensions()[2], c.oc, c.transpose, true,
+                                                    Ptr<const T>(*w), k->wk);
+  k->dz = dy ? Ptr<const T>(*dy) : nullptr;
+  if (act) {
+    T* q = reinterpret_cast<T*>(ws + o_dz);
+    DzK<T><<<Blocks(ny), 256, 0, ctx.stream>>>(ny, c.act, c.alpha, c.from_output, Ptr<const T>(*s), k->dz, q);
+    k->dz = q;
+  }
+  return ffi::Error::Success();
 }
 
 ffi::Error ConvFwdImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
@@ -295,33 +350,16 @@ ffi::Error ConvFwdImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer x, ffi::AnyBuf
   if (y.element_count() == 0) return ffi::Error::Success();
   return DispatchFloat(op, dt, [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
-    ConvCall cc;
-    JAX_MPS_RETURN_IF_ERROR(SetUp(op, ctx, c, dt, &cc));
-    const Geo& g = cc.g;
-    const bool tr = c.transpose;
-    const int64_t nw = w.element_count(), nxp = g.n * g.XHp() * g.XWp() * g.xc;
-    const size_t algo_ws = AlgoWorkspace(cc.h, cc.plan, tr ? 1 : 0);
-    Carve cv;
-    const size_t o_w = cv.Add(nw * sizeof(T)), o_x = cv.Add(g.phys ? nxp * sizeof(T) : 0), o_ws = cv.Add(algo_ws);
-    ffi::Error err;
-    char* ws = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
-    if (!ws) return err;
-    T* wk = reinterpret_cast<T*>(ws + o_w);
-    T* xp = reinterpret_cast<T*>(ws + o_x);
-    FilterK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(c.kh, c.kw, w.dimensions()[2], c.oc, tr, true, Ptr<const T>(w), wk);
-    if (!tr) {  // Y = F(X = x)
-      const T* xin = Ptr<const T>(x);
-      if (g.phys) {
-        PadK<T><<<Blocks(nxp), 256, 0, ctx.stream>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h, g.lo_w, xin, xp);
-        xin = xp;
-      }
-      JAX_MPS_RETURN_IF_ERROR(RunConv(op, cc.h, cc.plan, 0, xin, wk, y.untyped_data(), ws + o_ws, algo_ws));
+    ConvWork<T> k;
+    const int kind = c.transpose ? 1 : 0;
+    JAX_MPS_RETURN_IF_ERROR(MakeConvWork<T>(op, ctx, c, dt, kind, w.element_count(), &w, nullptr, nullptr, false, &k));
+    if (!c.transpose) {  // Y = F(X = x)
+      JAX_MPS_RETURN_IF_ERROR(RunConv(op, k.h, k.plan, 0, k.PadX(ctx.stream, Ptr<const T>(x)), k.wk, y.untyped_data(),
+                                      k.algo, k.algo_size));
     } else {  // y = X = data gradient of F at Y = x
-      void* dst = g.phys ? static_cast<void*>(xp) : y.untyped_data();
-      JAX_MPS_RETURN_IF_ERROR(RunConv(op, cc.h, cc.plan, 1, wk, x.untyped_data(), dst, ws + o_ws, algo_ws));
-      if (g.phys)
-        CropK<T><<<Blocks(y.element_count()), 256, 0, ctx.stream>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h,
-                                                                   g.lo_w, xp, Ptr<T>(y));
+      JAX_MPS_RETURN_IF_ERROR(
+          RunConv(op, k.h, k.plan, 1, k.wk, x.untyped_data(), k.XOut(y.untyped_data()), k.algo, k.algo_size));
+      k.Crop(ctx.stream, Ptr<T>(y));
     }
     if (c.has_bias || c.act != Act::kNone)
       BiasActK<T><<<Blocks(y.element_count()), 256, 0, ctx.stream>>>(
@@ -336,8 +374,7 @@ ffi::Error ConvBwdDataImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer s, ffi::An
   const char* op = c.transpose ? "conv_transpose_bwd_data" : "conv_bwd_data";
   const ffi::DataType dt = dy.element_type();
   JAX_MPS_RETURN_IF_ERROR(SameDtype(op, dy, {&w, &dx}));
-  const bool act = c.act != Act::kNone;
-  if (act) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, dy, {&s}));
+  if (c.act != Act::kNone) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, dy, {&s}));
   if (dx.element_count() == 0) return ffi::Error::Success();
   return DispatchFloat(op, dt, [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
@@ -345,40 +382,16 @@ ffi::Error ConvBwdDataImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer s, ffi::An
       ZeroK<T><<<Blocks(dx.element_count()), 256, 0, ctx.stream>>>(dx.element_count(), Ptr<T>(dx));
       return LaunchStatus(op);
     }
-    ConvCall cc;
-    JAX_MPS_RETURN_IF_ERROR(SetUp(op, ctx, c, dt, &cc));
-    const Geo& g = cc.g;
-    const bool tr = c.transpose;
-    const int64_t nw = w.element_count(), nxp = g.n * g.XHp() * g.XWp() * g.xc, ny = dy.element_count();
-    const size_t algo_ws = AlgoWorkspace(cc.h, cc.plan, tr ? 0 : 1);
-    Carve cv;
-    const size_t o_w = cv.Add(nw * sizeof(T)), o_x = cv.Add(g.phys ? nxp * sizeof(T) : 0),
-                 o_dz = cv.Add(act ? ny * sizeof(T) : 0), o_ws = cv.Add(algo_ws);
-    ffi::Error err;
-    char* ws = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
-    if (!ws) return err;
-    T* wk = reinterpret_cast<T*>(ws + o_w);
-    T* xp = reinterpret_cast<T*>(ws + o_x);
-    const T* dz = Ptr<const T>(dy);
-    if (act) {
-      T* q = reinterpret_cast<T*>(ws + o_dz);
-      DzK<T><<<Blocks(ny), 256, 0, ctx.stream>>>(ny, c.act, c.alpha, c.from_output, Ptr<const T>(s), dz, q);
-      dz = q;
-    }
-    FilterK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(c.kh, c.kw, w.dimensions()[2], c.oc, tr, true, Ptr<const T>(w), wk);
-    if (!tr) {  // dx = data gradient of F at dY = dz (padded X: crop)
-      void* dst = g.phys ? static_cast<void*>(xp) : dx.untyped_data();
-      JAX_MPS_RETURN_IF_ERROR(RunConv(op, cc.h, cc.plan, 1, wk, dz, dst, ws + o_ws, algo_ws));
-      if (g.phys)
-        CropK<T><<<Blocks(dx.element_count()), 256, 0, ctx.stream>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h,
-                                                                    g.lo_w, xp, Ptr<T>(dx));
+    ConvWork<T> k;
+    const int kind = c.transpose ? 0 : 1;
+    JAX_MPS_RETURN_IF_ERROR(MakeConvWork<T>(op, ctx, c, dt, kind, w.element_count(), &w, &s, &dy, false, &k));
+    if (!c.transpose) {  // dx = data gradient of F at dY = dz (padded X: crop)
+      JAX_MPS_RETURN_IF_ERROR(
+          RunConv(op, k.h, k.plan, 1, k.wk, k.dz, k.XOut(dx.untyped_data()), k.algo, k.algo_size));
+      k.Crop(ctx.stream, Ptr<T>(dx));
     } else {  // dx = F(X = dz)
-      const T* xin = dz;
-      if (g.phys) {
-        PadK<T><<<Blocks(nxp), 256, 0, ctx.stream>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h, g.lo_w, dz, xp);
-        xin = xp;
-      }
-      JAX_MPS_RETURN_IF_ERROR(RunConv(op, cc.h, cc.plan, 0, xin, wk, dx.untyped_data(), ws + o_ws, algo_ws));
+      JAX_MPS_RETURN_IF_ERROR(
+          RunConv(op, k.h, k.plan, 0, k.PadX(ctx.stream, k.dz), k.wk, dx.untyped_data(), k.algo, k.algo_size));
     }
     return LaunchStatus(op);
   });
@@ -390,52 +403,29 @@ ffi::Error ConvBwdWeightsImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer x, ffi:
   const char* op = c.transpose ? "conv_transpose_bwd_weights" : "conv_bwd_weights";
   const ffi::DataType dt = x.element_type();
   JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&dy, &dw}));
-  const bool act = c.act != Act::kNone;
-  if (act) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&s}));
+  if (c.act != Act::kNone) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&s}));
   if (c.has_bias) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&db}));
   return DispatchFloat(op, dt, [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
+    const int64_t nw = dw.element_count();
     if (dy.element_count() == 0 || x.element_count() == 0) {
-      ZeroK<T><<<Blocks(dw.element_count()), 256, 0, ctx.stream>>>(dw.element_count(), Ptr<T>(dw));
+      ZeroK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(nw, Ptr<T>(dw));
       if (c.has_bias) ZeroK<T><<<Blocks(c.oc), 256, 0, ctx.stream>>>(c.oc, Ptr<T>(db));
       return LaunchStatus(op);
     }
-    ConvCall cc;
-    JAX_MPS_RETURN_IF_ERROR(SetUp(op, ctx, c, dt, &cc));
-    const Geo& g = cc.g;
-    const bool tr = c.transpose;
-    const int64_t nw = dw.element_count(), nxp = g.n * g.XHp() * g.XWp() * g.xc, ny = dy.element_count();
-    const size_t algo_ws = AlgoWorkspace(cc.h, cc.plan, 2);
-    Carve cv;
-    const size_t o_w = cv.Add(nw * sizeof(T)), o_x = cv.Add(g.phys ? nxp * sizeof(T) : 0),
-                 o_dz = cv.Add(act ? ny * sizeof(T) : 0), o_acc = cv.Add(c.has_bias ? c.oc * sizeof(double) : 0),
-                 o_ws = cv.Add(algo_ws);
-    ffi::Error err;
-    char* ws = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
-    if (!ws) return err;
-    T* wk = reinterpret_cast<T*>(ws + o_w);
-    T* xp = reinterpret_cast<T*>(ws + o_x);
-    const T* dz = Ptr<const T>(dy);
-    if (act) {
-      T* q = reinterpret_cast<T*>(ws + o_dz);
-      DzK<T><<<Blocks(ny), 256, 0, ctx.stream>>>(ny, c.act, c.alpha, c.from_output, Ptr<const T>(s), dz, q);
-      dz = q;
-    }
+    ConvWork<T> k;
+    JAX_MPS_RETURN_IF_ERROR(MakeConvWork<T>(op, ctx, c, dt, 2, nw, nullptr, &s, &dy, c.has_bias, &k));
     // F's filter gradient: X = x, dY = dz (conv); X = dz, dY = x (transposed conv).
-    const T* fx = tr ? dz : Ptr<const T>(x);
-    const T* fdy = tr ? Ptr<const T>(x) : dz;
-    if (g.phys) {
-      PadK<T><<<Blocks(nxp), 256, 0, ctx.stream>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h, g.lo_w, fx, xp);
-      fx = xp;
-    }
-    JAX_MPS_RETURN_IF_ERROR(RunConv(op, cc.h, cc.plan, 2, fx, fdy, wk, ws + o_ws, algo_ws));
-    FilterK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(c.kh, c.kw, dw.dimensions()[2], c.oc, tr, false, wk, Ptr<T>(dw));
+    const T* fx = k.PadX(ctx.stream, c.transpose ? k.dz : Ptr<const T>(x));
+    const T* fdy = c.transpose ? Ptr<const T>(x) : k.dz;
+    JAX_MPS_RETURN_IF_ERROR(RunConv(op, k.h, k.plan, 2, fx, fdy, k.wk, k.algo, k.algo_size));
+    FilterK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(c.kh, c.kw, dw.dimensions()[2], c.oc, c.transpose, false, k.wk,
+                                                    Ptr<T>(dw));
     if (c.has_bias) {
-      double* acc = reinterpret_cast<double*>(ws + o_acc);
-      JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(acc, 0, c.oc * sizeof(double), ctx.stream));
-      const int64_t rows = ny / c.oc;
-      ColSumK<T><<<ColGrid(rows, c.oc), dim3(kColX, kColY), 0, ctx.stream>>>(rows, c.oc, dz, acc);
-      CastK<T><<<Blocks(c.oc), 256, 0, ctx.stream>>>(c.oc, acc, Ptr<T>(db));
+      JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(k.acc, 0, c.oc * sizeof(double), ctx.stream));
+      const int64_t rows = dy.element_count() / c.oc;
+      ColSumK<T><<<ColGrid(rows, c.oc), dim3(kColX, kColY), 0, ctx.stream>>>(rows, c.oc, k.dz, k.acc);
+      CastK<T><<<Blocks(c.oc), 256, 0, ctx.stream>>>(c.oc, k.acc, Ptr<T>(db));
     }
     return LaunchStatus(op);
   });

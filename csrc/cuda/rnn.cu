@@ -289,6 +289,18 @@ ffi::Error ByCell(Cell c, F&& f) {
   }
 }
 
+// Allocates a pass's scratch as carved in cv (cuBLAS's workspace at o_cublas, the views' float32
+// copies, the pass's own buffers), converts the inputs into it and binds the cuBLAS handle.
+ffi::Error BindScratch(const char* op, cudaStream_t s, Precision p, const Carve& cv, size_t o_cublas, Views& v,
+                       char** scratch, cublasHandle_t* hb) {
+  Ctx ctx{s};
+  ffi::Error err;
+  *scratch = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
+  if (!*scratch) return err;
+  JAX_MPS_RETURN_IF_ERROR(v.Bind(op, s, *scratch));
+  return Cublas(op, s, *scratch + o_cublas, p, hb);
+}
+
 template <typename T>
 T* At(char* base, size_t off) {
   return reinterpret_cast<T*>(base + off);
@@ -308,13 +320,9 @@ ffi::Error Forward(cudaStream_t s, const RnnDesc& d, ffi::AnyBuffer x, ffi::AnyB
   const int iy = v.Add(y, true), ihn = v.Add(hn, true), icn = v.Add(cn, true);
   std::vector<int> iw;
   for (const ffi::AnyBuffer& b : w) iw.push_back(v.Add(b, false));
-  Ctx ctx{s};
-  ffi::Error err;
-  char* scratch = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
-  if (!scratch) return err;
-  JAX_MPS_RETURN_IF_ERROR(v.Bind(op, s, scratch));
+  char* scratch = nullptr;
   cublasHandle_t hb;
-  JAX_MPS_RETURN_IF_ERROR(Cublas(op, s, scratch + o_cublas, d.precision, &hb));
+  JAX_MPS_RETURN_IF_ERROR(BindScratch(op, s, d.precision, cv, o_cublas, v, &scratch, &hb));
   float* tmp = At<float>(scratch, o_tmp);
   const int32_t* len = Ptr<const int32_t>(lens);
   float* wsp = Ptr<float>(wsb);
@@ -374,13 +382,9 @@ ffi::Error Backward(cudaStream_t s, const RnnDesc& d, ffi::AnyBuffer x, ffi::Any
   std::vector<int> iw, idw;
   for (const ffi::AnyBuffer& b : w) iw.push_back(v.Add(b, false));
   for (const ffi::AnyBuffer& b : dw) idw.push_back(v.Add(b, true));
-  Ctx ctx{s};
-  ffi::Error err;
-  char* scratch = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
-  if (!scratch) return err;
-  JAX_MPS_RETURN_IF_ERROR(v.Bind(op, s, scratch));
+  char* scratch = nullptr;
   cublasHandle_t hb;
-  JAX_MPS_RETURN_IF_ERROR(Cublas(op, s, scratch + o_cublas, d.precision, &hb));
+  JAX_MPS_RETURN_IF_ERROR(BindScratch(op, s, d.precision, cv, o_cublas, v, &scratch, &hb));
   float* dgx = At<float>(scratch, o_dgx);
   float* dgh = gru ? At<float>(scratch, o_dgh) : dgx;
   float* dyb[2] = {At<float>(scratch, o_dy0), At<float>(scratch, o_dy1)};  // dX of layer l > 0: dyb[l % 2]
