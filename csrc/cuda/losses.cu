@@ -11,8 +11,6 @@
 namespace jax_mps::cuda {
 namespace {
 
-__device__ __forceinline__ bool Elementwise(LossKind k) { return k != LossKind::kSoftmaxCE && k != LossKind::kKL; }
-
 template <typename T>
 struct LossPtrs {
   const T* pred;
@@ -67,7 +65,7 @@ __device__ float RowLoss(const LossDesc& d, const LossPtrs<T>& a, int64_t i, int
   float acc = 0.f;
   for (int64_t j = lane; j < d.d; j += 32) acc += ElemLoss(d.kind, Ld(x[j]), Ld(t[j]), d.param);
   acc = WarpSum(acc);
-  return Elementwise(d.kind) ? acc / float(d.d) : acc;
+  return d.elementwise() ? acc / float(d.d) : acc;
 }
 
 // Count of non-zero weights (or N), by the whole block.
@@ -108,7 +106,7 @@ __global__ void LossBwdK(LossDesc d, LossPtrs<T> a, const float* saved, const T*
   const bool none = d.reduction == Reduction::kNone;
   const float den = none ? 1.f : Denominator(d, a.weights);
   const float gs = none ? 0.f : (den == 0.f ? 0.f : Ld(g[0]) / den);
-  const float inv_d = Elementwise(d.kind) && d.d ? 1.f / float(d.d) : 1.f;
+  const float inv_d = d.elementwise() && d.d ? 1.f / float(d.d) : 1.f;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x >> 5);
   for (int64_t i = int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5); i < d.n; i += warps) {
     const float gi = none ? Ld(g[i]) : gs;

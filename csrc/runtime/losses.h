@@ -30,7 +30,7 @@ struct LossDesc {
   int64_t n = 0, d = 0;
   bool int_labels = false;  // target is int32 (N,) class ids (softmax CE only)
   bool weighted = false;    // weights (N,) given; otherwise all ones
-  bool elementwise() const { return kind != LossKind::kSoftmaxCE && kind != LossKind::kKL; }
+  JAX_MPS_HD bool elementwise() const { return kind != LossKind::kSoftmaxCE && kind != LossKind::kKL; }
 };
 
 // Integer class ids are checked against [0, D) by the kernels (values are never read here).
