@@ -21,6 +21,20 @@ ACTIVATION_ALPHA = {
 ACT_NONE = contract.ACTIVATIONS["none"]
 
 
+# jax.default_matmul_precision values (legacy names and dot-algorithm presets) that ask for full
+# float32 matmul / conv math. Every other value, and None (the default), lets CUDA use TF32 for
+# float32 operands, as XLA does on GPU; the CPU always computes in float32.
+FULL_FLOAT32 = frozenset({"highest", "float32", "F32_F32_F32", "F64_F64_F64", "TF32_TF32_F32_X3",
+                           "BF16_BF16_F32_X6", "BF16_BF16_F32_X9"})
+
+
+def matmul_precision() -> int:
+    """The runtime's precision code for float32 conv / dense / RNN math: jax.default_matmul_precision
+    as it stands at trace time (the flag or the context manager; part of jit's cache key)."""
+    full = jax.config.jax_default_matmul_precision in FULL_FLOAT32
+    return contract.PRECISIONS["highest" if full else "default"]
+
+
 def grad_from_output(code: int, alpha: float) -> bool:
     """The runtime's one rule: is activation `code` differentiated from its output alone?"""
     return contract.act_grad_from_output(int(code), float(alpha))

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 
 from . import _ffi
 from ._sharding import SUM, Rule
-from ._validate import ACT_NONE, activation_code, check_float, check_rank, grad_from_output, int_tuple, padding_pairs
+from ._validate import (ACT_NONE, activation_code, check_float, check_rank, grad_from_output, int_tuple,
+                        matmul_precision, padding_pairs)
 
 __all__ = ["conv2d", "conv1d", "conv_transpose2d", "dense"]
 
@@ -129,7 +130,7 @@ def _conv_nd(op, x, w, b, stride, padding, dilation, groups, activation, accumul
                          f"kernel {tuple(window[2 - nsp:])}, padding {pads[2 - nsp:]}); it must be >= 1")
     attrs = (("stride", stride), ("pad_lo", tuple(p[0] for p in pads)), ("pad_hi", tuple(p[1] for p in pads)),
              ("dilation", dilation), ("groups", groups), ("transpose", 0), ("act", code), ("alpha", alpha),
-             ("has_bias", has_bias), ("accumulate", acc))
+             ("has_bias", has_bias), ("accumulate", acc), ("precision", matmul_precision()))
     y = _op(x, w, b, ("conv", (x.shape[0],) + tuple(out) + (cout,), attrs))
     return y[:, 0] if nsp == 1 else y
 
@@ -216,7 +217,7 @@ def conv_transpose2d(x, w, b=None, *, stride=1, padding="SAME", dilation=1, acti
     out = [(i - 1) * s + 1 + lo + hi - e + 1 for i, s, (lo, hi), e in zip(spatial, stride, core, ek)]
     attrs = (("stride", stride), ("pad_lo", tuple(p[0] for p in core)), ("pad_hi", tuple(p[1] for p in core)),
              ("dilation", dilation), ("groups", 1), ("transpose", 1), ("act", code), ("alpha", alpha),
-             ("has_bias", has_bias), ("accumulate", acc))
+             ("has_bias", has_bias), ("accumulate", acc), ("precision", matmul_precision()))
     y = _op(x, w, b, ("conv", (x.shape[0],) + tuple(out) + (cout,), attrs))
     if all(e == (0, 0) for e in extra):
         return y
@@ -254,6 +255,7 @@ def dense(x, w, b=None, *, activation=None, accumulate=None):
     x, w, b, code, alpha, has_bias, acc = _common(op, x, w, b, activation, accumulate, cout)
     lead = x.shape[:-1]
     x2 = x.reshape((-1, x.shape[-1]))
-    attrs = (("act", code), ("alpha", alpha), ("has_bias", has_bias), ("accumulate", acc))
+    attrs = (("act", code), ("alpha", alpha), ("has_bias", has_bias), ("accumulate", acc),
+             ("precision", matmul_precision()))
     y = _op(x2, w, b, ("dense", (x2.shape[0], cout), attrs))
     return y.reshape(lead + (cout,))

@@ -8,6 +8,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)
+# The references (tests/reference.py) compute float32 matmuls and convs at HIGHEST precision, so our
+# ops run at full float32 too: on CUDA the default would allow TF32 (as XLA). Tests of the default
+# set jax.default_matmul_precision themselves (test_conv.py, test_rnn.py).
+jax.config.update("jax_default_matmul_precision", "highest")
 
 # Every test runs once per backend: "cpu" always, "cuda" where jax sees a CUDA GPU (and the CUDA
 # half of the runtime is built); elsewhere the cuda cases skip. JAX_MPS_TEST_BACKENDS=cuda (or cpu)

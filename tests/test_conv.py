@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -146,6 +148,83 @@ def test_low_precision(dt):
     assert y.dtype == dt and y.shape == (1, 5, 5, 4)
 
 
+# accumulate="float16" on float16 operands: float16 accumulation on CUDA (float32 on the CPU, as
+# API.md allows). Documented tolerance (README): with unit-scale outputs (x ~ N(0, 1), w ~ N(0, 1/K)
+# for K = KH*KW*Cin terms, here K <= 288), |y - y_ref| <= 3e-2 + 1e-2 |y_ref| against a float32
+# computation on the same float16-rounded operands (float16 rounding of the partial sums grows as
+# sqrt(K) ulps); the gradients likewise.
+F16_ACC_TOL = dict(rtol=1e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("op", ["conv2d", "conv_transpose2d", "dense"])
+def test_float16_accumulation(op):
+    f16 = jnp.float16
+    x = _r((2, 8, 8, 32)).astype(f16)
+    if op == "dense":
+        w, fn, rf = _r((32, 24), 1, 32 ** -0.5).astype(f16), mps.dense, ref.conv_dense
+    else:
+        w = _r((3, 3, 32, 24), 1, 288 ** -0.5).astype(f16)
+        fn, rf = (mps.conv2d, ref.conv_conv2d) if op == "conv2d" else (mps.conv_transpose2d, ref.conv_conv_transpose2d)
+    b = _r((24,), 2).astype(f16)
+    up = lambda *a: tuple(v.astype(jnp.float32) for v in a)  # noqa: E731
+    y = fn(x, w, b, accumulate="float16")
+    assert y.dtype == f16
+    assert_close(y, rf(*up(x, w, b)), **F16_ACC_TOL, what=f"{op} forward")
+    g = jax.grad(lambda x, w, b: jnp.sum(fn(x, w, b, accumulate="float16").astype(jnp.float32) * y.astype(jnp.float32)),
+                 argnums=(0, 1, 2))(x, w, b)
+    gr = jax.grad(lambda x, w, b: jnp.sum(rf(x, w, b) * y.astype(jnp.float32)), argnums=(0, 1, 2))(*up(x, w, b))
+    for name, a, c in zip(("dx", "dw", "db"), g, gr):
+        assert a.dtype == f16
+        scale = float(jnp.max(jnp.abs(c)))  # gradients are sums over the batch: compare at their scale
+        assert_close(a / scale, c / scale, **F16_ACC_TOL, what=f"{op} {name}")
+
+
+def _precisions(fn, *args):
+    """The `precision` attribute of every runtime call in the lowered forward + backward of fn."""
+    grad = jax.value_and_grad(lambda *a: jnp.sum(fn(*a)), argnums=tuple(range(len(args))))
+    return re.findall(r"precision = (\d+) : i64", jax.jit(grad).lower(*args).as_text())
+
+
+@pytest.mark.parametrize("setting, want", [("default", "0"), ("high", "0"), ("tensorfloat32", "0"),
+                                           ("bfloat16", "0"), ("highest", "1"), ("float32", "1"),
+                                           ("F32_F32_F32", "1")])
+def test_precision_follows_default_matmul_precision(setting, want):
+    # float32 math on CUDA: TF32 allowed unless jax.default_matmul_precision asks for full float32;
+    # read at trace time (context manager or flag) and passed to all three passes.
+    x, w = _r((2, 5, 5, 3)), _r((3, 3, 3, 4), 1)
+    cases = [(mps.conv2d, x, w), (mps.conv_transpose2d, x, w), (mps.conv1d, x[0], w[0]), (mps.dense, x, w[0, 0])]
+    with jax.default_matmul_precision(setting):
+        for fn, a, c in cases:
+            assert _precisions(fn, a, c) == [want] * 3, fn.__name__
+
+
+def test_graph_keeps_the_op_precision():
+    # mps.graph.optimize gives a converted lax op the precision it was traced with.
+    x, w = _r((2, 5, 5, 3)), _r((3, 3, 3, 4), 1)
+    conv = lambda p: lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=p)
+    for p, want in [(None, "0"), (jax.lax.Precision.HIGHEST, "1")]:
+        with jax.default_matmul_precision("default"):
+            assert _precisions(mps.graph.optimize(conv(p)), x, w) == [want] * 3, p
+
+
+def test_float32_precision_on_cuda(backend):
+    # float32 on CUDA: TF32 tensor cores by default, as XLA (10-bit mantissa products: ~1e-4 of the
+    # output scale here), full float32 under "highest". The CPU always computes in float32.
+    if backend != "cuda":
+        pytest.skip("TF32 is a CUDA matter")
+    x, w = _r((256, 512)), _r((512, 256), 1)
+    xc, wc = _r((4, 16, 16, 64)), _r((3, 3, 64, 64), 1)
+    cases = [(mps.dense, (x, w), np.asarray(x, np.float64) @ np.asarray(w, np.float64)),
+             (mps.conv2d, (xc, wc), np.asarray(ref.conv_conv2d(xc, wc), np.float64))]
+    for fn, args, want in cases:
+        err = lambda y: float(np.abs(np.asarray(y, np.float64) - want).max() / np.abs(want).max())  # noqa: E731
+        with jax.default_matmul_precision("highest"):
+            assert err(jax.jit(fn)(*args)) < 2e-6, fn.__name__
+        with jax.default_matmul_precision("default"):
+            assert err(jax.jit(fn)(*args)) < 5e-3, fn.__name__
+
+
 def test_bad_input():
     x, w = jnp.ones((2, 5, 5, 4)), jnp.ones((3, 3, 4, 6))
     with pytest.raises(ValueError, match="rank 4"):
@@ -196,7 +275,7 @@ def _attrs(**over):
     a = dict(stride=np.array([1, 1], np.int64), pad_lo=np.array([1, 1], np.int64),
              pad_hi=np.array([1, 1], np.int64), dilation=np.array([1, 1], np.int64), groups=np.int64(1),
              transpose=np.int64(0), act=np.int64(0), alpha=np.float32(0), has_bias=np.int64(1),
-             accumulate=np.int64(0))
+             accumulate=np.int64(0), precision=np.int64(0))
     a.update(over)
     return a
 
@@ -221,8 +300,8 @@ def test_cpp_validates():
     with pytest.raises(Exception, match="cannot be differentiated from its output"):
         jax.ffi.ffi_call("jax_mps_dense_bwd_data", jax.ShapeDtypeStruct((3, 4), jnp.float32))(
             jnp.ones((3, 2)), jnp.ones((3, 2)), jnp.ones((4, 2)), act=np.int64(10), alpha=np.float32(0),
-            from_output=np.int64(1), accumulate=np.int64(0))
+            from_output=np.int64(1), accumulate=np.int64(0), precision=np.int64(0))
     with pytest.raises(Exception, match="w must have shape"):
         jax.ffi.ffi_call("jax_mps_dense_fwd", jax.ShapeDtypeStruct((3, 2), jnp.float32))(
             jnp.ones((3, 4)), jnp.ones((5, 2)), jnp.ones((2,)), act=np.int64(0), alpha=np.float32(0),
-            has_bias=np.int64(1), accumulate=np.int64(0))
+            has_bias=np.int64(1), accumulate=np.int64(0), precision=np.int64(0))

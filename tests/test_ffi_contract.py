@@ -25,13 +25,15 @@ def pair(a, b):
     return np.array([a, b], np.int64)
 
 
-CONV = dict(stride=pair(1, 1), pad_lo=pair(1, 1), pad_hi=pair(1, 1), dilation=pair(1, 1), groups=i64(1),
-            transpose=i64(0), act=i64(1), alpha=f32(0), accumulate=i64(0))
+DENSE = dict(act=i64(1), alpha=f32(0), accumulate=i64(0), precision=i64(0))
+CONV = dict(DENSE, stride=pair(1, 1), pad_lo=pair(1, 1), pad_hi=pair(1, 1), dilation=pair(1, 1), groups=i64(1),
+            transpose=i64(0))
 POOL = dict(window=pair(2, 2), stride=pair(2, 2), pad_lo=pair(0, 0), pad_hi=pair(0, 0))
 BN = dict(act=i64(1), alpha=f32(0))
 LRN = dict(size=i64(3), alpha=f32(1e-4), beta=f32(0.75), k=f32(1))
 LOSS = dict(kind=i64(2), reduction=i64(2), param=f32(0))
-RNN = dict(cell=i64(0), num_layers=i64(1), num_dirs=i64(1), hidden=i64(2), time_major=i64(0))
+RNN = dict(cell=i64(0), num_layers=i64(1), num_dirs=i64(1), hidden=i64(2), time_major=i64(0),
+           precision=i64(0))
 RNN_W = [z((4, 8)), z((2, 8)), z((8,)), z((8,))]
 OPT = dict(rule=i64(0), n=i64(1), nslots=i64(0), write_updates=i64(0), b1=f32(0), b2=f32(0), ob1=f32(1),
            ob2=f32(1), eps=f32(0), momentum=f32(0), weight_decay=f32(0), nesterov=i64(0), amsgrad=i64(0),
@@ -55,12 +57,10 @@ BAD_RESULT = {
     "conv_bwd_data": ([y4, y4, z((3, 3, 4, 6))], [sds((2, 5, 5, 5))], dict(CONV, from_output=i64(1))),
     "conv_bwd_weights": ([x4, y4, y4], [sds((3, 3, 4, 6)), sds((5,))],
                          dict(CONV, has_bias=i64(1), from_output=i64(1))),
-    "dense_fwd": ([z((3, 4)), z((4, 2)), z((2,))], [sds((3, 3))],
-                  dict(act=i64(1), alpha=f32(0), has_bias=i64(1), accumulate=i64(0))),
-    "dense_bwd_data": ([z((3, 2)), z((3, 2)), z((4, 2))], [sds((3, 5))],
-                       dict(act=i64(1), alpha=f32(0), from_output=i64(1), accumulate=i64(0))),
+    "dense_fwd": ([z((3, 4)), z((4, 2)), z((2,))], [sds((3, 3))], dict(DENSE, has_bias=i64(1))),
+    "dense_bwd_data": ([z((3, 2)), z((3, 2)), z((4, 2))], [sds((3, 5))], dict(DENSE, from_output=i64(1))),
     "dense_bwd_weights": ([z((3, 4)), z((3, 2)), z((3, 2))], [sds((4, 2)), sds((3,))],
-                          dict(act=i64(1), alpha=f32(0), has_bias=i64(1), from_output=i64(1), accumulate=i64(0))),
+                          dict(DENSE, has_bias=i64(1), from_output=i64(1))),
     "max_pool_fwd": ([p4], [sds((1, 2, 2, 2)), sds((1, 2, 2, 1), S32)], dict(POOL, with_index=i64(1))),
     "max_pool_bwd": ([z((1, 2, 2, 2), S32), q4], [sds((1, 4, 4, 3))], POOL),
     "avg_pool_fwd": ([p4], [sds((1, 3, 2, 2))], dict(POOL, count_include_pad=i64(0))),
@@ -103,8 +103,9 @@ BAD_ATTR = {
     "conv_fwd": ([x4, z((3, 3, 4, 6)), z((6,))], [sds((2, 5, 5, 6))], dict(CONV, has_bias=i64(1),
                                                                            accumulate=i64(2))),
     "conv_bwd_data": ([y4, y4, z((3, 3, 4, 6))], [sds((2, 5, 5, 4))], dict(CONV, act=i64(10), from_output=i64(1))),
-    "dense_fwd": ([z((3, 4)), z((4, 2)), z((2,))], [sds((3, 2))],
-                  dict(act=i64(1), alpha=f32(0), has_bias=i64(3), accumulate=i64(0))),
+    "dense_fwd": ([z((3, 4)), z((4, 2)), z((2,))], [sds((3, 2))], dict(DENSE, has_bias=i64(3))),
+    "dense_bwd_data": ([z((3, 2)), z((3, 2)), z((4, 2))], [sds((3, 4))], dict(DENSE, from_output=i64(1),
+                                                                              precision=i64(2))),
     "max_pool_fwd": ([p4], [sds((1, 2, 2, 2)), sds((1, 2, 2, 2), S32)], dict(POOL, with_index=i64(3))),
     "avg_pool_fwd": ([p4], [sds((1, 2, 2, 2))], dict(POOL, pad_lo=pair(2, 0), count_include_pad=i64(0))),
     "upsample2d_fwd": ([z((1, 2, 2, 3))], [sds((1, 4, 4, 3))], dict(sh=i64(2), sw=i64(2), method="cubic")),
@@ -115,6 +116,10 @@ BAD_ATTR = {
     "dropout_fwd": ([z((2,), U32), z((10,))], [sds((10,)), sds((2,), U8)], dict(threshold=i64(0), scale=f32(2))),
     "rnn_fwd": ([z((2, 3, 4)), z((1, 2, 2)), z((1, 2, 2)), z((2,), S32), *RNN_W],
                 [sds((2, 3, 2)), sds((1, 2, 2)), sds((1, 2, 2)), sds((84,))], dict(RNN, cell=i64(9))),
+    "rnn_bwd": ([z((2, 3, 4)), z((1, 2, 2)), z((1, 2, 2)), z((2,), S32), z((84,)), z((2, 3, 2)), z((1, 2, 2)),
+                 z((1, 2, 2)), *RNN_W],
+                [sds((2, 3, 4)), sds((1, 2, 2)), sds((1, 2, 2)), sds((4, 8)), sds((2, 8)), sds((8,)), sds((8,))],
+                dict(RNN, precision=i64(-1))),
     "optim_step_fwd": ([z((), F), z((), S32), z((), F), z((3,)), z((3,))], [sds((3,))], dict(OPT, rule=i64(7))),
 }
 

@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -228,7 +230,7 @@ def test_cpp_validates(backend):
     w = [p[0][0][k] for k in ("w_ih", "w_hh", "b_ih", "b_hh")]
     specs = [jax.ShapeDtypeStruct(s, jnp.float32) for s in [(2, 5, 4), (1, 2, 4), (0,), (2 * 5 * 8,)]]
     call = lambda *a, **kw: jax.ffi.ffi_call("jax_mps_rnn_fwd", specs)(*a, **{
-        k: np.int64(v) for k, v in dict(dict(cell=2, num_layers=1, num_dirs=1, hidden=4, time_major=0), **kw).items()})
+        k: np.int64(v) for k, v in dict(dict(cell=2, num_layers=1, num_dirs=1, hidden=4, time_major=0, precision=0), **kw).items()})
     h0, c0, lens = jnp.zeros((1, 2, 4)), jnp.zeros((0,)), jnp.asarray([5, 5], jnp.int32)
     jax.block_until_ready(call(x, h0, c0, lens, *w))  # consistent: runs
     with pytest.raises(Exception, match="weight"):
@@ -239,3 +241,17 @@ def test_cpp_validates(backend):
         jax.block_until_ready(call(x, h0, c0, lens, *w, hidden=5))
     with pytest.raises(Exception, match="cell"):
         jax.block_until_ready(call(x, h0, c0, lens, *w, cell=7))
+    with pytest.raises(Exception, match="precision"):
+        jax.block_until_ready(call(x, h0, c0, lens, *w, precision=2))
+
+
+@pytest.mark.parametrize("setting, want", [("default", "0"), ("tensorfloat32", "0"), ("highest", "1"),
+                                           ("float32", "1")])
+def test_precision_follows_default_matmul_precision(setting, want):
+    # The float32 GEMMs' precision (TF32 allowed or full float32 on CUDA) is read at trace time
+    # from jax.default_matmul_precision and reaches both passes.
+    p = mps.init_lstm(jax.random.key(0), 3, 4)
+    x = jnp.ones((2, 5, 3))
+    with jax.default_matmul_precision(setting):
+        text = jax.jit(jax.value_and_grad(lambda x: jnp.sum(mps.lstm(x, p)[0]))).lower(x).as_text()
+    assert re.findall(r"precision = (\d+) : i64", text) == [want, want]

@@ -60,7 +60,9 @@ __global__ void SoftmaxFwdK(int64_t lines, int64_t a, int64_t in, const T* x, T*
     const float v = Ld(x[base + j * in]);
     m = (v > m || v != v) ? v : m;
   }
-  m = WarpMax(m);
+  m = WarpMax(m);  // NaN wins
+  // As jax.nn (and the CPU): a line holding NaN or +inf, or all -inf, is all NaN.
+  if (isinf(m)) m = NAN;
   float s = 0.f;
   for (int64_t j = lane; j < a; j += 32) s += expf(Ld(x[base + j * in]) - m);
   s = WarpSum(s);

@@ -7,13 +7,18 @@
 //                    without kernel transpose is the data gradient of F), padding ek - 1 - lax padding.
 // cuDNN pads symmetrically only, so asymmetric padding pads X physically (a copy in the workspace).
 // Fused bias + activation run as one element-wise pass after the convolution; the backward passes
-// first form dz = act'(.) * dy. float32 uses full-precision FMA math (no TF32: matches the
-// "highest" precision references; TF32 per jax.default_matmul_precision is not wired yet);
-// float16/bfloat16 use tensor cores with float32 accumulation. Algorithms come from cuDNN's
-// heuristics; the first that runs for a shape is cached with its descriptors.
+// first form dz = act'(.) * dy. Math (ConvMath): float32 follows the `precision` attribute
+// (jax.default_matmul_precision): TF32 tensor cores allowed by default (CUDNN_DEFAULT_MATH, as
+// PyTorch's allow_tf32; ALLOW_CONVERSION would also permit float16 down-conversion), FMA only for
+// "highest"; float16/bfloat16 use tensor cores with float32 accumulation, float16 with float16
+// accumulation for accumulate="float16". Algorithms come from cuDNN's heuristics; the first that
+// runs for a shape is cached with its descriptors.
 //
-// Dense: cuBLASLt, row-major problems phrased column-major (y^T = w^T x^T), bias (+ ReLU / tanh-GELU)
-// fused in the epilogue, other activations in one element-wise pass.
+// Dense: cuBLASLt, row-major problems phrased column-major (y^T = w^T x^T), bias fused in the
+// epilogue, the activation in one element-wise pass (our kernels' NaN and accuracy rules). Compute
+// type: float32 CUBLAS_COMPUTE_32F_FAST_TF32 by default, CUBLAS_COMPUTE_32F for "highest";
+// float16 with accumulate="float16" CUBLAS_COMPUTE_16F (bias then added by our pass: cuBLASLt's
+// bias epilogue is documented for float32 compute), else float32 accumulation.
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -132,6 +137,17 @@ ffi::Error MakeGeo(const char* op, const ConvDesc& c, Geo* g) {
   return ffi::Error::Success();
 }
 
+// cuDNN's accumulation (compute) type and math type for one call's dtype and request.
+struct ConvMath {
+  cudnnDataType_t compute;
+  cudnnMathType_t math;
+};
+ConvMath MathOf(const FusedDesc& f, ffi::DataType dt) {
+  if (dt == ffi::F32)
+    return {CUDNN_DATA_FLOAT, f.precision == Precision::kHighest ? CUDNN_FMA_MATH : CUDNN_DEFAULT_MATH};
+  return {dt == ffi::F16 && f.f16_accumulate ? CUDNN_DATA_HALF : CUDNN_DATA_FLOAT, CUDNN_TENSOR_OP_MATH};
+}
+
 struct ConvPlan {
   cudnnTensorDescriptor_t x, y;
   cudnnFilterDescriptor_t w;
@@ -143,7 +159,7 @@ struct ConvPlan {
   std::mutex mu;
 };
 
-ffi::Error BuildPlan(const char* op, cudnnHandle_t h, const Geo& g, ffi::DataType dt, ConvPlan* p) {
+ffi::Error BuildPlan(const char* op, cudnnHandle_t h, const Geo& g, ffi::DataType dt, ConvMath m, ConvPlan* p) {
   const cudnnDataType_t t = CudnnType(dt);
   JAX_MPS_CUDNN(op, cudnnCreateTensorDescriptor(&p->x));
   JAX_MPS_CUDNN(op, cudnnCreateTensorDescriptor(&p->y));
@@ -154,35 +170,44 @@ ffi::Error BuildPlan(const char* op, cudnnHandle_t h, const Geo& g, ffi::DataTyp
   JAX_MPS_CUDNN(op, cudnnSetTensor4dDescriptor(p->y, CUDNN_TENSOR_NHWC, t, int(g.n), int(g.yc), int(g.yh), int(g.yw)));
   JAX_MPS_CUDNN(op, cudnnSetFilter4dDescriptor(p->w, t, CUDNN_TENSOR_NHWC, int(g.yc), int(g.xc / g.groups), int(g.kh),
                                                int(g.kw)));
-  JAX_MPS_CUDNN(op, cudnnSetConvolution2dDescriptor(p->conv, g.phys ? 0 : int(g.lo_h), g.phys ? 0 : int(g.lo_w),
-                                                    int(g.sh), int(g.sw), int(g.dh), int(g.dw),
-                                                    CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
-  JAX_MPS_CUDNN(op, cudnnSetConvolutionGroupCount(p->conv, int(g.groups)));
-  JAX_MPS_CUDNN(op, cudnnSetConvolutionMathType(p->conv, dt == ffi::F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
-  int no[4] = {0, 0, 0, 0};
-  JAX_MPS_CUDNN(op, cudnnGetConvolution2dForwardOutputDim(p->conv, p->x, p->w, &no[0], &no[1], &no[2], &no[3]));
-  JAX_MPS_CHECK(no[0] == g.n && no[1] == g.yc && no[2] == g.yh && no[3] == g.yw, op,
-                ": internal: cuDNN output dims (", no[2], ", ", no[3], ") != (", g.yh, ", ", g.yw, ")");
-  constexpr int kN = 8;
-  int got = 0;
-  cudnnConvolutionFwdAlgoPerf_t fp[kN];
-  JAX_MPS_CUDNN(op, cudnnGetConvolutionForwardAlgorithm_v7(h, p->x, p->w, p->conv, p->y, kN, &got, fp));
-  for (int i = 0; i < got; ++i) if (fp[i].status == CUDNN_STATUS_SUCCESS) p->fwd.push_back(fp[i].algo);
-  cudnnConvolutionBwdDataAlgoPerf_t dp[kN];
-  JAX_MPS_CUDNN(op, cudnnGetConvolutionBackwardDataAlgorithm_v7(h, p->w, p->y, p->conv, p->x, kN, &got, dp));
-  for (int i = 0; i < got; ++i) if (dp[i].status == CUDNN_STATUS_SUCCESS) p->bwd_data.push_back(dp[i].algo);
-  cudnnConvolutionBwdFilterAlgoPerf_t wp[kN];
-  JAX_MPS_CUDNN(op, cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p->x, p->y, p->conv, p->w, kN, &got, wp));
-  for (int i = 0; i < got; ++i) if (wp[i].status == CUDNN_STATUS_SUCCESS) p->bwd_filter.push_back(wp[i].algo);
+  // float16 accumulation (cuDNN's TRUE_HALF_CONFIG) where cuDNN has algorithms for all three
+  // passes of this shape; otherwise float32 accumulation, which API.md allows as the fallback.
+  for (cudnnDataType_t compute : {m.compute, CUDNN_DATA_FLOAT}) {
+    JAX_MPS_CUDNN(op, cudnnSetConvolution2dDescriptor(p->conv, g.phys ? 0 : int(g.lo_h), g.phys ? 0 : int(g.lo_w),
+                                                      int(g.sh), int(g.sw), int(g.dh), int(g.dw),
+                                                      CUDNN_CROSS_CORRELATION, compute));
+    JAX_MPS_CUDNN(op, cudnnSetConvolutionGroupCount(p->conv, int(g.groups)));
+    JAX_MPS_CUDNN(op, cudnnSetConvolutionMathType(p->conv, m.math));
+    int no[4] = {0, 0, 0, 0};
+    JAX_MPS_CUDNN(op, cudnnGetConvolution2dForwardOutputDim(p->conv, p->x, p->w, &no[0], &no[1], &no[2], &no[3]));
+    JAX_MPS_CHECK(no[0] == g.n && no[1] == g.yc && no[2] == g.yh && no[3] == g.yw, op,
+                  ": internal: cuDNN output dims (", no[2], ", ", no[3], ") != (", g.yh, ", ", g.yw, ")");
+    p->fwd.clear();
+    p->bwd_data.clear();
+    p->bwd_filter.clear();
+    constexpr int kN = 8;
+    int got = 0;
+    cudnnConvolutionFwdAlgoPerf_t fp[kN];
+    JAX_MPS_CUDNN(op, cudnnGetConvolutionForwardAlgorithm_v7(h, p->x, p->w, p->conv, p->y, kN, &got, fp));
+    for (int i = 0; i < got; ++i) if (fp[i].status == CUDNN_STATUS_SUCCESS) p->fwd.push_back(fp[i].algo);
+    cudnnConvolutionBwdDataAlgoPerf_t dp[kN];
+    JAX_MPS_CUDNN(op, cudnnGetConvolutionBackwardDataAlgorithm_v7(h, p->w, p->y, p->conv, p->x, kN, &got, dp));
+    for (int i = 0; i < got; ++i) if (dp[i].status == CUDNN_STATUS_SUCCESS) p->bwd_data.push_back(dp[i].algo);
+    cudnnConvolutionBwdFilterAlgoPerf_t wp[kN];
+    JAX_MPS_CUDNN(op, cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p->x, p->y, p->conv, p->w, kN, &got, wp));
+    for (int i = 0; i < got; ++i) if (wp[i].status == CUDNN_STATUS_SUCCESS) p->bwd_filter.push_back(wp[i].algo);
+    if (!p->fwd.empty() && !p->bwd_data.empty() && !p->bwd_filter.empty()) break;
+  }
   return ffi::Error::Success();
 }
 
-ffi::Error GetPlan(const char* op, cudnnHandle_t h, int dev, const Geo& g, ffi::DataType dt, ConvPlan** out) {
+ffi::Error GetPlan(const char* op, cudnnHandle_t h, int dev, const Geo& g, ffi::DataType dt, ConvMath m,
+                   ConvPlan** out) {
   static std::mutex mu;
   static std::unordered_map<PlanKey, std::unique_ptr<ConvPlan>, PlanKeyHash> cache;
   PlanKey key;
   for (int64_t v : {g.n, g.xh, g.xw, g.xc, g.yh, g.yw, g.yc, g.kh, g.kw, g.groups, g.sh, g.sw, g.dh, g.dw, g.lo_h,
-                    g.lo_w, g.hi_h, g.hi_w, int64_t(dt), int64_t(dev)})
+                    g.lo_w, g.hi_h, g.hi_w, int64_t(dt), int64_t(dev), int64_t(m.compute), int64_t(m.math)})
     key.add(v);
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find(key);
@@ -191,7 +216,7 @@ ffi::Error GetPlan(const char* op, cudnnHandle_t h, int dev, const Geo& g, ffi::
     return ffi::Error::Success();
   }
   auto p = std::make_unique<ConvPlan>();
-  JAX_MPS_RETURN_IF_ERROR(BuildPlan(op, h, g, dt, p.get()));
+  JAX_MPS_RETURN_IF_ERROR(BuildPlan(op, h, g, dt, m, p.get()));
   *out = p.get();
   cache.emplace(key, std::move(p));
   return ffi::Error::Success();
@@ -248,17 +273,72 @@ size_t AlgoWorkspace(cudnnHandle_t h, ConvPlan* p, int kind) {
   return most;
 }
 
-// Descriptors, geometry, handle and plan of one conv call.
-struct ConvCall {
+// Everything one conv call works with: geometry, handle and plan, and the workspace carved into
+// the filter in KRSC (wk), the physically padded X (xp, asymmetric padding only), dz = act'(.) * dy
+// (backward passes with an activation; else dz is dy itself), double accumulators for the bias
+// gradient, and cuDNN's workspace for the pass run.
+template <typename T>
+struct ConvWork {
   Geo g;
   cudnnHandle_t h;
   ConvPlan* plan;
+  T* wk;
+  T* xp;
+  const T* dz;
+  double* acc;
+  char* algo;
+  size_t algo_size;
+
+  // X for F: src, or src padded into xp.
+  const T* PadX(cudaStream_t st, const T* src) {
+    if (!g.phys) return src;
+    PadK<T><<<Blocks(g.n * g.XHp() * g.XWp() * g.xc), 256, 0, st>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h,
+                                                                     g.lo_w, src, xp);
+    return xp;
+  }
+  // Where F's X-shaped result goes: dst, or xp (then Crop copies it to dst).
+  void* XOut(void* dst) { return g.phys ? static_cast<void*>(xp) : dst; }
+  void Crop(cudaStream_t st, T* dst) {
+    if (g.phys)
+      CropK<T><<<Blocks(g.n * g.xh * g.xw * g.xc), 256, 0, st>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h,
+                                                                  g.lo_w, xp, dst);
+  }
 };
 
-ffi::Error SetUp(const char* op, Ctx& ctx, const ConvDesc& c, ffi::DataType dt, ConvCall* cc) {
-  JAX_MPS_RETURN_IF_ERROR(MakeGeo(op, c, &cc->g));
-  JAX_MPS_RETURN_IF_ERROR(Cudnn(op, ctx.stream, &cc->h));
-  return GetPlan(op, cc->h, StreamDevice(ctx.stream), cc->g, dt, &cc->plan);
+// Sets up `k` for pass `kind` (0 forward, 1 data gradient, 2 filter gradient of F) with a filter
+// of nw elements, re-laid out from w when given; dz from s and dy when dy is given.
+template <typename T>
+ffi::Error MakeConvWork(const char* op, Ctx& ctx, const ConvDesc& c, ffi::DataType dt, int kind, int64_t nw,
+                        const ffi::AnyBuffer* w, const ffi::AnyBuffer* s, const ffi::AnyBuffer* dy, bool bias_acc,
+                        ConvWork<T>* k) {
+  JAX_MPS_RETURN_IF_ERROR(MakeGeo(op, c, &k->g));
+  JAX_MPS_RETURN_IF_ERROR(Cudnn(op, ctx.stream, &k->h));
+  JAX_MPS_RETURN_IF_ERROR(GetPlan(op, k->h, StreamDevice(ctx.stream), k->g, dt, MathOf(c, dt), &k->plan));
+  const Geo& g = k->g;
+  const bool act = dy && c.act != Act::kNone;
+  const int64_t ny = dy ? dy->element_count() : 0;
+  k->algo_size = AlgoWorkspace(k->h, k->plan, kind);
+  Carve cv;
+  const size_t o_w = cv.Add(nw * sizeof(T)), o_x = cv.Add(g.phys ? g.n * g.XHp() * g.XWp() * g.xc * sizeof(T) : 0),
+               o_dz = cv.Add(act ? ny * sizeof(T) : 0), o_acc = cv.Add(bias_acc ? c.oc * sizeof(double) : 0),
+               o_ws = cv.Add(k->algo_size);
+  ffi::Error err;
+  char* ws = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
+  if (!ws) return err;
+  k->wk = reinterpret_cast<T*>(ws + o_w);
+  k->xp = reinterpret_cast<T*>(ws + o_x);
+  k->acc = reinterpret_cast<double*>(ws + o_acc);
+  k->algo = ws + o_ws;
+  if (w)
+    FilterK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(c.kh, c.kw, w->dimensions()[2], c.oc, c.transpose, true,
+                                                    Ptr<const T>(*w), k->wk);
+  k->dz = dy ? Ptr<const T>(*dy) : nullptr;
+  if (act) {
+    T* q = reinterpret_cast<T*>(ws + o_dz);
+    DzK<T><<<Blocks(ny), 256, 0, ctx.stream>>>(ny, c.act, c.alpha, c.from_output, Ptr<const T>(*s), k->dz, q);
+    k->dz = q;
+  }
+  return ffi::Error::Success();
 }
 
 ffi::Error ConvFwdImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
@@ -270,33 +350,16 @@ ffi::Error ConvFwdImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer x, ffi::AnyBuf
   if (y.element_count() == 0) return ffi::Error::Success();
   return DispatchFloat(op, dt, [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
-    ConvCall cc;
-    JAX_MPS_RETURN_IF_ERROR(SetUp(op, ctx, c, dt, &cc));
-    const Geo& g = cc.g;
-    const bool tr = c.transpose;
-    const int64_t nw = w.element_count(), nxp = g.n * g.XHp() * g.XWp() * g.xc;
-    const size_t algo_ws = AlgoWorkspace(cc.h, cc.plan, tr ? 1 : 0);
-    Carve cv;
-    const size_t o_w = cv.Add(nw * sizeof(T)), o_x = cv.Add(g.phys ? nxp * sizeof(T) : 0), o_ws = cv.Add(algo_ws);
-    ffi::Error err;
-    char* ws = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
-    if (!ws) return err;
-    T* wk = reinterpret_cast<T*>(ws + o_w);
-    T* xp = reinterpret_cast<T*>(ws + o_x);
-    FilterK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(c.kh, c.kw, w.dimensions()[2], c.oc, tr, true, Ptr<const T>(w), wk);
-    if (!tr) {  // Y = F(X = x)
-      const T* xin = Ptr<const T>(x);
-      if (g.phys) {
-        PadK<T><<<Blocks(nxp), 256, 0, ctx.stream>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h, g.lo_w, xin, xp);
-        xin = xp;
-      }
-      JAX_MPS_RETURN_IF_ERROR(RunConv(op, cc.h, cc.plan, 0, xin, wk, y.untyped_data(), ws + o_ws, algo_ws));
+    ConvWork<T> k;
+    const int kind = c.transpose ? 1 : 0;
+    JAX_MPS_RETURN_IF_ERROR(MakeConvWork<T>(op, ctx, c, dt, kind, w.element_count(), &w, nullptr, nullptr, false, &k));
+    if (!c.transpose) {  // Y = F(X = x)
+      JAX_MPS_RETURN_IF_ERROR(RunConv(op, k.h, k.plan, 0, k.PadX(ctx.stream, Ptr<const T>(x)), k.wk, y.untyped_data(),
+                                      k.algo, k.algo_size));
     } else {  // y = X = data gradient of F at Y = x
-      void* dst = g.phys ? static_cast<void*>(xp) : y.untyped_data();
-      JAX_MPS_RETURN_IF_ERROR(RunConv(op, cc.h, cc.plan, 1, wk, x.untyped_data(), dst, ws + o_ws, algo_ws));
-      if (g.phys)
-        CropK<T><<<Blocks(y.element_count()), 256, 0, ctx.stream>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h,
-                                                                   g.lo_w, xp, Ptr<T>(y));
+      JAX_MPS_RETURN_IF_ERROR(
+          RunConv(op, k.h, k.plan, 1, k.wk, x.untyped_data(), k.XOut(y.untyped_data()), k.algo, k.algo_size));
+      k.Crop(ctx.stream, Ptr<T>(y));
     }
     if (c.has_bias || c.act != Act::kNone)
       BiasActK<T><<<Blocks(y.element_count()), 256, 0, ctx.stream>>>(
@@ -311,8 +374,7 @@ ffi::Error ConvBwdDataImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer s, ffi::An
   const char* op = c.transpose ? "conv_transpose_bwd_data" : "conv_bwd_data";
   const ffi::DataType dt = dy.element_type();
   JAX_MPS_RETURN_IF_ERROR(SameDtype(op, dy, {&w, &dx}));
-  const bool act = c.act != Act::kNone;
-  if (act) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, dy, {&s}));
+  if (c.act != Act::kNone) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, dy, {&s}));
   if (dx.element_count() == 0) return ffi::Error::Success();
   return DispatchFloat(op, dt, [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
@@ -320,40 +382,16 @@ ffi::Error ConvBwdDataImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer s, ffi::An
       ZeroK<T><<<Blocks(dx.element_count()), 256, 0, ctx.stream>>>(dx.element_count(), Ptr<T>(dx));
       return LaunchStatus(op);
     }
-    ConvCall cc;
-    JAX_MPS_RETURN_IF_ERROR(SetUp(op, ctx, c, dt, &cc));
-    const Geo& g = cc.g;
-    const bool tr = c.transpose;
-    const int64_t nw = w.element_count(), nxp = g.n * g.XHp() * g.XWp() * g.xc, ny = dy.element_count();
-    const size_t algo_ws = AlgoWorkspace(cc.h, cc.plan, tr ? 0 : 1);
-    Carve cv;
-    const size_t o_w = cv.Add(nw * sizeof(T)), o_x = cv.Add(g.phys ? nxp * sizeof(T) : 0),
-                 o_dz = cv.Add(act ? ny * sizeof(T) : 0), o_ws = cv.Add(algo_ws);
-    ffi::Error err;
-    char* ws = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
-    if (!ws) return err;
-    T* wk = reinterpret_cast<T*>(ws + o_w);
-    T* xp = reinterpret_cast<T*>(ws + o_x);
-    const T* dz = Ptr<const T>(dy);
-    if (act) {
-      T* q = reinterpret_cast<T*>(ws + o_dz);
-      DzK<T><<<Blocks(ny), 256, 0, ctx.stream>>>(ny, c.act, c.alpha, c.from_output, Ptr<const T>(s), dz, q);
-      dz = q;
-    }
-    FilterK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(c.kh, c.kw, w.dimensions()[2], c.oc, tr, true, Ptr<const T>(w), wk);
-    if (!tr) {  // dx = data gradient of F at dY = dz (padded X: crop)
-      void* dst = g.phys ? static_cast<void*>(xp) : dx.untyped_data();
-      JAX_MPS_RETURN_IF_ERROR(RunConv(op, cc.h, cc.plan, 1, wk, dz, dst, ws + o_ws, algo_ws));
-      if (g.phys)
-        CropK<T><<<Blocks(dx.element_count()), 256, 0, ctx.stream>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h,
-                                                                    g.lo_w, xp, Ptr<T>(dx));
+    ConvWork<T> k;
+    const int kind = c.transpose ? 0 : 1;
+    JAX_MPS_RETURN_IF_ERROR(MakeConvWork<T>(op, ctx, c, dt, kind, w.element_count(), &w, &s, &dy, false, &k));
+    if (!c.transpose) {  // dx = data gradient of F at dY = dz (padded X: crop)
+      JAX_MPS_RETURN_IF_ERROR(
+          RunConv(op, k.h, k.plan, 1, k.wk, k.dz, k.XOut(dx.untyped_data()), k.algo, k.algo_size));
+      k.Crop(ctx.stream, Ptr<T>(dx));
     } else {  // dx = F(X = dz)
-      const T* xin = dz;
-      if (g.phys) {
-        PadK<T><<<Blocks(nxp), 256, 0, ctx.stream>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h, g.lo_w, dz, xp);
-        xin = xp;
-      }
-      JAX_MPS_RETURN_IF_ERROR(RunConv(op, cc.h, cc.plan, 0, xin, wk, dx.untyped_data(), ws + o_ws, algo_ws));
+      JAX_MPS_RETURN_IF_ERROR(
+          RunConv(op, k.h, k.plan, 0, k.PadX(ctx.stream, k.dz), k.wk, dx.untyped_data(), k.algo, k.algo_size));
     }
     return LaunchStatus(op);
   });
@@ -365,52 +403,29 @@ ffi::Error ConvBwdWeightsImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer x, ffi:
   const char* op = c.transpose ? "conv_transpose_bwd_weights" : "conv_bwd_weights";
   const ffi::DataType dt = x.element_type();
   JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&dy, &dw}));
-  const bool act = c.act != Act::kNone;
-  if (act) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&s}));
+  if (c.act != Act::kNone) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&s}));
   if (c.has_bias) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&db}));
   return DispatchFloat(op, dt, [&](auto tag) -> ffi::Error {
     using T = decltype(tag);
+    const int64_t nw = dw.element_count();
     if (dy.element_count() == 0 || x.element_count() == 0) {
-      ZeroK<T><<<Blocks(dw.element_count()), 256, 0, ctx.stream>>>(dw.element_count(), Ptr<T>(dw));
+      ZeroK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(nw, Ptr<T>(dw));
       if (c.has_bias) ZeroK<T><<<Blocks(c.oc), 256, 0, ctx.stream>>>(c.oc, Ptr<T>(db));
       return LaunchStatus(op);
     }
-    ConvCall cc;
-    JAX_MPS_RETURN_IF_ERROR(SetUp(op, ctx, c, dt, &cc));
-    const Geo& g = cc.g;
-    const bool tr = c.transpose;
-    const int64_t nw = dw.element_count(), nxp = g.n * g.XHp() * g.XWp() * g.xc, ny = dy.element_count();
-    const size_t algo_ws = AlgoWorkspace(cc.h, cc.plan, 2);
-    Carve cv;
-    const size_t o_w = cv.Add(nw * sizeof(T)), o_x = cv.Add(g.phys ? nxp * sizeof(T) : 0),
-                 o_dz = cv.Add(act ? ny * sizeof(T) : 0), o_acc = cv.Add(c.has_bias ? c.oc * sizeof(double) : 0),
-                 o_ws = cv.Add(algo_ws);
-    ffi::Error err;
-    char* ws = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
-    if (!ws) return err;
-    T* wk = reinterpret_cast<T*>(ws + o_w);
-    T* xp = reinterpret_cast<T*>(ws + o_x);
-    const T* dz = Ptr<const T>(dy);
-    if (act) {
-      T* q = reinterpret_cast<T*>(ws + o_dz);
-      DzK<T><<<Blocks(ny), 256, 0, ctx.stream>>>(ny, c.act, c.alpha, c.from_output, Ptr<const T>(s), dz, q);
-      dz = q;
-    }
+    ConvWork<T> k;
+    JAX_MPS_RETURN_IF_ERROR(MakeConvWork<T>(op, ctx, c, dt, 2, nw, nullptr, &s, &dy, c.has_bias, &k));
     // F's filter gradient: X = x, dY = dz (conv); X = dz, dY = x (transposed conv).
-    const T* fx = tr ? dz : Ptr<const T>(x);
-    const T* fdy = tr ? Ptr<const T>(x) : dz;
-    if (g.phys) {
-      PadK<T><<<Blocks(nxp), 256, 0, ctx.stream>>>(g.n, g.xh, g.xw, g.xc, g.XHp(), g.XWp(), g.lo_h, g.lo_w, fx, xp);
-      fx = xp;
-    }
-    JAX_MPS_RETURN_IF_ERROR(RunConv(op, cc.h, cc.plan, 2, fx, fdy, wk, ws + o_ws, algo_ws));
-    FilterK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(c.kh, c.kw, dw.dimensions()[2], c.oc, tr, false, wk, Ptr<T>(dw));
+    const T* fx = k.PadX(ctx.stream, c.transpose ? k.dz : Ptr<const T>(x));
+    const T* fdy = c.transpose ? Ptr<const T>(x) : k.dz;
+    JAX_MPS_RETURN_IF_ERROR(RunConv(op, k.h, k.plan, 2, fx, fdy, k.wk, k.algo, k.algo_size));
+    FilterK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(c.kh, c.kw, dw.dimensions()[2], c.oc, c.transpose, false, k.wk,
+                                                    Ptr<T>(dw));
     if (c.has_bias) {
-      double* acc = reinterpret_cast<double*>(ws + o_acc);
-      JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(acc, 0, c.oc * sizeof(double), ctx.stream));
-      const int64_t rows = ny / c.oc;
-      ColSumK<T><<<ColGrid(rows, c.oc), dim3(kColX, kColY), 0, ctx.stream>>>(rows, c.oc, dz, acc);
-      CastK<T><<<Blocks(c.oc), 256, 0, ctx.stream>>>(c.oc, acc, Ptr<T>(db));
+      JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(k.acc, 0, c.oc * sizeof(double), ctx.stream));
+      const int64_t rows = dy.element_count() / c.oc;
+      ColSumK<T><<<ColGrid(rows, c.oc), dim3(kColX, kColY), 0, ctx.stream>>>(rows, c.oc, k.dz, k.acc);
+      CastK<T><<<Blocks(c.oc), 256, 0, ctx.stream>>>(c.oc, k.acc, Ptr<T>(db));
     }
     return LaunchStatus(op);
   });
@@ -427,6 +442,7 @@ struct MatmulPlan {
   cublasLtMatrixLayout_t a, b, c;
   cublasLtMatmulAlgo_t algo;
   size_t ws;
+  bool half_scale;  // CUBLAS_COMPUTE_16F: alpha and beta are __half
   std::mutex mu;  // the bias pointer is an attribute of the shared descriptor
 };
 
@@ -434,12 +450,18 @@ constexpr size_t kLtWorkspace = size_t(32) << 20;
 
 // Column-major C (m, n) = op(A) (m, k) @ op(B) (k, n), ld = rows of the stored matrix; epilogue
 // adds bias (length m) and ReLU / tanh-GELU when asked.
-ffi::Error GetMatmul(const char* op, cublasLtHandle_t h, ffi::DataType dt, int64_t m, int64_t n, int64_t k, bool ta,
-                     bool tb, cublasLtEpilogue_t epi, MatmulPlan** out) {
+// cuBLASLt's compute type for one call's dtype and request (see the top of this file).
+cublasComputeType_t ComputeOf(const FusedDesc& f, ffi::DataType dt) {
+  if (dt == ffi::F32) return f.precision == Precision::kHighest ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32;
+  return dt == ffi::F16 && f.f16_accumulate ? CUBLAS_COMPUTE_16F : CUBLAS_COMPUTE_32F;
+}
+
+ffi::Error GetMatmul(const char* op, cublasLtHandle_t h, ffi::DataType dt, cublasComputeType_t ct, int64_t m,
+                     int64_t n, int64_t k, bool ta, bool tb, cublasLtEpilogue_t epi, MatmulPlan** out) {
   static std::mutex mu;
   static std::unordered_map<PlanKey, std::unique_ptr<MatmulPlan>, PlanKeyHash> cache;
   PlanKey key;
-  key.add(m).add(n).add(k).add(int64_t(ta)).add(int64_t(tb)).add(int64_t(epi)).add(int64_t(dt));
+  key.add(m).add(n).add(k).add(int64_t(ta)).add(int64_t(tb)).add(int64_t(epi)).add(int64_t(dt)).add(int64_t(ct));
   key.add(int64_t(StreamDevice(nullptr)));
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find(key);
@@ -449,8 +471,8 @@ ffi::Error GetMatmul(const char* op, cublasLtHandle_t h, ffi::DataType dt, int64
   }
   auto p = std::make_unique<MatmulPlan>();
   const cudaDataType_t t = CudaType(dt);
-  // float32: full precision (CUBLAS_COMPUTE_32F, no TF32), as the "highest" precision references.
-  JAX_MPS_CUBLAS(op, cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  p->half_scale = ct == CUBLAS_COMPUTE_16F;
+  JAX_MPS_CUBLAS(op, cublasLtMatmulDescCreate(&p->desc, ct, p->half_scale ? CUDA_R_16F : CUDA_R_32F));
   const cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
   JAX_MPS_CUBLAS(op, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)));
   JAX_MPS_CUBLAS(op, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)));
@@ -478,10 +500,13 @@ ffi::Error GetMatmul(const char* op, cublasLtHandle_t h, ffi::DataType dt, int64
 ffi::Error RunMatmul(const char* op, Ctx& ctx, cublasLtHandle_t h, MatmulPlan* p, const void* a, const void* b, void* c,
                      const void* bias, void* ws) {
   const float one = 1.f, zero = 0.f;
+  const __half hone = __float2half(1.f), hzero = __float2half(0.f);
+  const void* alpha = p->half_scale ? static_cast<const void*>(&hone) : &one;
+  const void* beta = p->half_scale ? static_cast<const void*>(&hzero) : &zero;
   std::lock_guard<std::mutex> lock(p->mu);
   if (bias)
     JAX_MPS_CUBLAS(op, cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-  JAX_MPS_CUBLAS(op, cublasLtMatmul(h, p->desc, &one, a, p->a, b, p->b, &zero, c, p->c, c, p->c, &p->algo, ws, p->ws,
+  JAX_MPS_CUBLAS(op, cublasLtMatmul(h, p->desc, alpha, a, p->a, b, p->b, beta, c, p->c, c, p->c, &p->algo, ws, p->ws,
                                     ctx.stream));
   return ffi::Error::Success();
 }
@@ -497,26 +522,22 @@ ffi::Error DenseFwdImpl(Ctx ctx, const DenseDesc& d, ffi::AnyBuffer x, ffi::AnyB
     using T = decltype(tag);
     cublasLtHandle_t h = nullptr;
     JAX_MPS_RETURN_IF_ERROR(CublasLt(op, ctx.stream, &h));
-    // Fused epilogues where cuBLASLt has the function (its GELU is the tanh form).
-    const Act a = d.act;
-    cublasLtEpilogue_t epi = d.has_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
-    bool fused = a == Act::kNone;
-    if (a == Act::kRelu) {
-      epi = d.has_bias ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_RELU;
-      fused = true;
-    } else if (a == Act::kGeluTanh) {
-      epi = d.has_bias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU;
-      fused = true;
-    }
+    // Only the bias is fused in cuBLASLt's epilogue (float32 compute): its ReLU / GELU epilogues
+    // give no NaN guarantee (a max that drops NaN) nor our accuracy at the tails
+    // (runtime/activation.h), so every activation runs as our element-wise pass.
+    const cublasComputeType_t ct = ComputeOf(d, dt);
+    const bool epi_bias = d.has_bias && ct != CUBLAS_COMPUTE_16F;
+    const cublasLtEpilogue_t epi = epi_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
     MatmulPlan* p = nullptr;
-    JAX_MPS_RETURN_IF_ERROR(GetMatmul(op, h, dt, d.n, d.m, d.k, false, false, epi, &p));  // y^T = w^T x^T
+    JAX_MPS_RETURN_IF_ERROR(GetMatmul(op, h, dt, ct, d.n, d.m, d.k, false, false, epi, &p));  // y^T = w^T x^T
     ffi::Error err;
     void* ws = Workspace(ctx, p->ws, op, &err);
     if (!ws) return err;
     JAX_MPS_RETURN_IF_ERROR(RunMatmul(op, ctx, h, p, w.untyped_data(), x.untyped_data(), y.untyped_data(),
-                                      d.has_bias ? b.untyped_data() : nullptr, ws));
-    if (!fused)
-      BiasActK<T><<<Blocks(d.m * d.n), 256, 0, ctx.stream>>>(d.m * d.n, d.n, Ptr<T>(y), nullptr, a, d.alpha);
+                                      epi_bias ? b.untyped_data() : nullptr, ws));
+    const T* pass_bias = d.has_bias && !epi_bias ? Ptr<const T>(b) : nullptr;
+    if (d.act != Act::kNone || pass_bias)
+      BiasActK<T><<<Blocks(d.m * d.n), 256, 0, ctx.stream>>>(d.m * d.n, d.n, Ptr<T>(y), pass_bias, d.act, d.alpha);
     return LaunchStatus(op);
   });
 }
@@ -538,7 +559,8 @@ ffi::Error DenseBwdDataImpl(Ctx ctx, const DenseDesc& d, ffi::AnyBuffer s, ffi::
     cublasLtHandle_t h = nullptr;
     JAX_MPS_RETURN_IF_ERROR(CublasLt(op, ctx.stream, &h));
     MatmulPlan* p = nullptr;
-    JAX_MPS_RETURN_IF_ERROR(GetMatmul(op, h, dt, d.k, d.m, d.n, true, false, CUBLASLT_EPILOGUE_DEFAULT, &p));
+    JAX_MPS_RETURN_IF_ERROR(
+        GetMatmul(op, h, dt, ComputeOf(d, dt), d.k, d.m, d.n, true, false, CUBLASLT_EPILOGUE_DEFAULT, &p));
     Carve cv;
     const size_t o_dz = cv.Add(act ? d.m * d.n * sizeof(T) : 0), o_ws = cv.Add(p->ws);
     ffi::Error err;
@@ -576,7 +598,8 @@ ffi::Error DenseBwdWeightsImpl(Ctx ctx, const DenseDesc& d, ffi::AnyBuffer x, ff
     cublasLtHandle_t h = nullptr;
     JAX_MPS_RETURN_IF_ERROR(CublasLt(op, ctx.stream, &h));
     MatmulPlan* p = nullptr;
-    JAX_MPS_RETURN_IF_ERROR(GetMatmul(op, h, dt, d.n, d.k, d.m, false, true, CUBLASLT_EPILOGUE_DEFAULT, &p));
+    JAX_MPS_RETURN_IF_ERROR(
+        GetMatmul(op, h, dt, ComputeOf(d, dt), d.n, d.k, d.m, false, true, CUBLASLT_EPILOGUE_DEFAULT, &p));
     Carve cv;
     const size_t o_dz = cv.Add(act ? d.m * d.n * sizeof(T) : 0), o_acc = cv.Add(d.has_bias ? d.n * sizeof(double) : 0),
                  o_ws = cv.Add(p->ws);

@@ -1,49 +1,15 @@
 // Losses on CUDA: one warp per sample row. Reduced forms run in one block, which adds the rows up
 // in a fixed order (deterministic, no scratch); "none" spreads rows over the grid. Codes and the
-// per-element math are those of runtime/losses.h. Integer labels are device data and cannot be
-// checked on the host: an out-of-range label makes that sample's loss and gradients NaN.
+// per-element math are those of runtime/losses.h (the same ElemLoss / ElemLossGrad the CPU runs),
+// and the softmax CE rows follow the CPU's NaN / inf rules (csrc/cpu/losses.cc). Integer labels
+// are device data and cannot be checked on the host: an out-of-range label makes that sample's
+// loss and gradients NaN.
 #include "cuda/backend.h"
 #include "cuda/common.cuh"
 #include "cuda/reduce.cuh"
 
 namespace jax_mps::cuda {
 namespace {
-
-__device__ __forceinline__ float ElemLossD(LossKind k, float p, float t, float delta) {
-  switch (k) {
-    case LossKind::kSigmoidCE: return fmaxf(p, 0.f) - p * t + log1pf(expf(-fabsf(p)));
-    case LossKind::kMSE: return (p - t) * (p - t);
-    case LossKind::kMAE: return fabsf(p - t);
-    case LossKind::kHuber: {
-      const float a = fabsf(p - t);
-      return a <= delta ? 0.5f * a * a : delta * (a - 0.5f * delta);
-    }
-    case LossKind::kHinge: return fmaxf(0.f, 1.f - t * p);
-    case LossKind::kKL: return t == 0.f ? 0.f : t * (logf(t) - p);
-    default: return 0.f;
-  }
-}
-
-__device__ __forceinline__ float2 ElemLossGradD(LossKind k, float p, float t, float delta) {
-  switch (k) {
-    case LossKind::kSigmoidCE: return {1.f / (1.f + expf(-p)) - t, -p};
-    case LossKind::kMSE: return {2.f * (p - t), -2.f * (p - t)};
-    case LossKind::kMAE: {
-      const float s = p > t ? 1.f : (p < t ? -1.f : 0.f);
-      return {s, -s};
-    }
-    case LossKind::kHuber: {
-      const float r = p - t;
-      const float g = fabsf(r) <= delta ? r : (r > 0.f ? delta : -delta);
-      return {g, -g};
-    }
-    case LossKind::kHinge: return {1.f - t * p > 0.f ? -t : 0.f, 0.f};
-    case LossKind::kKL: return {-t, t == 0.f ? 0.f : logf(t) - p + 1.f};
-    default: return {0.f, 0.f};
-  }
-}
-
-__device__ __forceinline__ bool Elementwise(LossKind k) { return k != LossKind::kSoftmaxCE && k != LossKind::kKL; }
 
 template <typename T>
 struct LossPtrs {
@@ -53,16 +19,19 @@ struct LossPtrs {
   const T* weights;       // nullptr: all ones
 };
 
-// Row log-sum-exp, computed by the whole warp.
+// Row log-sum-exp, computed by the whole warp; NaN when the row holds NaN. A +-inf max follows
+// optax as on the CPU: jax.nn.logsumexp's value (+inf, or -inf for an all -inf row) for integer
+// labels without smoothing (`logsumexp_inf`), otherwise log_softmax's NaN for the whole row.
 template <typename T>
-__device__ float RowLse(const T* x, int64_t d, int lane) {
+__device__ float RowLse(const T* x, int64_t d, int lane, bool logsumexp_inf) {
   float m = -INFINITY;
   for (int64_t j = lane; j < d; j += 32) {
     const float v = Ld(x[j]);
     m = (v > m || v != v) ? v : m;
   }
-  m = WarpMax(m);
-  if (isinf(m)) return m;
+  m = WarpMax(m);  // NaN wins
+  if (m != m) return NAN;
+  if (isinf(m)) return logsumexp_inf ? m : NAN;
   float s = 0.f;
   for (int64_t j = lane; j < d; j += 32) s += expf(Ld(x[j]) - m);
   return m + logf(WarpSum(s));
@@ -74,17 +43,19 @@ __device__ float RowLoss(const LossDesc& d, const LossPtrs<T>& a, int64_t i, int
   const T* x = a.pred + i * d.d;
   if (d.kind == LossKind::kSoftmaxCE) {
     const float ls = d.param, u = ls / float(d.d);
-    if (!have_lse) *lse = RowLse(x, d.d, lane);
+    if (!have_lse) *lse = RowLse(x, d.d, lane, a.labels != nullptr && ls == 0.f);
     const float l = *lse;
     float acc = 0.f;
     if (a.labels) {
       const int32_t y = a.labels[i];
       if (y < 0 || y >= d.d) return NAN;
-      float sx = 0.f;
-      if (ls != 0.f)
+      acc = (1.f - ls) * (l - Ld(x[y]));
+      if (ls != 0.f) {  // (never 0 * inf: an inf lse stays the loss)
+        float sx = 0.f;
         for (int64_t j = lane; j < d.d; j += 32) sx += Ld(x[j]);
-      sx = WarpSum(sx);
-      return (1.f - ls) * (l - Ld(x[y])) + u * (float(d.d) * l - sx);
+        acc += u * (float(d.d) * l - WarpSum(sx));
+      }
+      return acc;
     }
     const T* t = a.target + i * d.d;
     for (int64_t j = lane; j < d.d; j += 32) acc += ((1.f - ls) * Ld(t[j]) + u) * (l - Ld(x[j]));
@@ -92,9 +63,9 @@ __device__ float RowLoss(const LossDesc& d, const LossPtrs<T>& a, int64_t i, int
   }
   const T* t = a.target + i * d.d;
   float acc = 0.f;
-  for (int64_t j = lane; j < d.d; j += 32) acc += ElemLossD(d.kind, Ld(x[j]), Ld(t[j]), d.param);
+  for (int64_t j = lane; j < d.d; j += 32) acc += ElemLoss(d.kind, Ld(x[j]), Ld(t[j]), d.param);
   acc = WarpSum(acc);
-  return Elementwise(d.kind) ? acc / float(d.d) : acc;
+  return d.elementwise() ? acc / float(d.d) : acc;
 }
 
 // Count of non-zero weights (or N), by the whole block.
@@ -135,7 +106,7 @@ __global__ void LossBwdK(LossDesc d, LossPtrs<T> a, const float* saved, const T*
   const bool none = d.reduction == Reduction::kNone;
   const float den = none ? 1.f : Denominator(d, a.weights);
   const float gs = none ? 0.f : (den == 0.f ? 0.f : Ld(g[0]) / den);
-  const float inv_d = Elementwise(d.kind) && d.d ? 1.f / float(d.d) : 1.f;
+  const float inv_d = d.elementwise() && d.d ? 1.f / float(d.d) : 1.f;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x >> 5);
   for (int64_t i = int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5); i < d.n; i += warps) {
     const float gi = none ? Ld(g[i]) : gs;
@@ -149,7 +120,7 @@ __global__ void LossBwdK(LossDesc d, LossPtrs<T> a, const float* saved, const T*
       const float v = RowLoss(d, a, i, lane, &lse, saved != nullptr);
       if (lane == 0) dw[i] = St<T>(gi * v);
     } else if (d.kind == LossKind::kSoftmaxCE && !saved) {
-      lse = RowLse(x, d.d, lane);
+      lse = RowLse(x, d.d, lane, a.labels != nullptr && d.param == 0.f);
     }
     if (d.kind == LossKind::kSoftmaxCE) {
       const float ls = d.param, u = ls / float(d.d);
@@ -157,8 +128,9 @@ __global__ void LossBwdK(LossDesc d, LossPtrs<T> a, const float* saved, const T*
         const int32_t y = a.labels[i];
         const bool ok = y >= 0 && y < d.d;
         for (int64_t j = lane; j < d.d; j += 32) {
-          const float p = expf(Ld(x[j]) - lse);
-          dxi[j] = St<T>(ok ? c * (p - u - (j == y ? 1.f - ls : 0.f)) : NAN);
+          float v = c * (expf(Ld(x[j]) - lse) - u);  // the CPU's order: c (softmax - u), then the label
+          if (j == y) v -= c * (1.f - ls);
+          dxi[j] = St<T>(ok ? v : NAN);
         }
       } else {
         const T* t = a.target + i * d.d;
@@ -176,9 +148,9 @@ __global__ void LossBwdK(LossDesc d, LossPtrs<T> a, const float* saved, const T*
     const T* t = a.target + i * d.d;
     const float ce = c * inv_d;
     for (int64_t j = lane; j < d.d; j += 32) {
-      const float2 gr = ElemLossGradD(d.kind, Ld(x[j]), Ld(t[j]), d.param);
-      dxi[j] = St<T>(ce * gr.x);
-      if (dti) dti[j] = St<T>(ce * gr.y);
+      const ElemGrad gr = ElemLossGrad(d.kind, Ld(x[j]), Ld(t[j]), d.param);
+      dxi[j] = St<T>(ce * gr.dp);
+      if (dti) dti[j] = St<T>(ce * gr.dt);
     }
   }
 }

@@ -212,6 +212,20 @@ ffi::Error MakeWork(Ctx& ctx, const char* op, int64_t stats, Work* w) {
   return ffi::Error::Success();
 }
 
+// The batch-norm backward passes (training and inference) around their coefficient kernel:
+// per-channel sums of dz and dz * x (GradSumsK), then `coef` (turns them into w.gb / w.gd and
+// writes the parameter gradients), then dx.
+template <typename T, typename CoefPass>
+void BnGradients(cudaStream_t s, const NormView& v, ffi::AnyBuffer x, ffi::AnyBuffer sy, ffi::AnyBuffer dy,
+                 const Work& w, ffi::AnyBuffer dx, CoefPass&& coef) {
+  GradSumsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, s>>>(v.S, v.C, v.act, v.alpha, v.from_output, Ptr<const T>(x),
+                                                          Ptr<const T>(sy), Ptr<const T>(dy), w.k, w.sums);
+  coef();
+  GradInputK<T><<<Blocks(x.element_count()), 256, 0, s>>>(1, v.S, v.C, v.act, v.alpha, v.from_output,
+                                                          Ptr<const T>(x), Ptr<const T>(sy), Ptr<const T>(dy), w.k,
+                                                          w.gb, w.gd, Ptr<T>(dx));
+}
+
 // ---- local response norm across the last axis (one thread per element; windows are short) ----
 // y_c = x_c * s_c^-beta, s_c = k + alpha/size * sum_{|c'-c| <= size/2} x_c'^2.
 // dx_j = dy_j s_j^-beta - 2 alpha beta / size * x_j * sum_{|c-j| <= size/2} dy_c x_c s_c^(-beta-1).
@@ -289,14 +303,11 @@ ffi::Error Cuda::BatchNormBwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, 
     using T = decltype(t);
     SavedBnStatsK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, Ptr<const T>(scale), Ptr<const T>(bias), Ptr<const T>(mean),
                                                 Ptr<const T>(rstd), w.k);
-    GradSumsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, s>>>(v.S, v.C, v.act, v.alpha, v.from_output, Ptr<const T>(x),
-                                                            Ptr<const T>(sy), Ptr<const T>(dy), w.k, w.sums);
-    BnBwdCoefK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, double(v.S), w.sums, Ptr<const T>(scale), Ptr<const T>(rstd),
-                                             Ptr<const T>(dmean), Ptr<const T>(dvar), w.gb, w.gd, Ptr<T>(dscale),
-                                             Ptr<T>(dbias));
-    GradInputK<T><<<Blocks(x.element_count()), 256, 0, s>>>(1, v.S, v.C, v.act, v.alpha, v.from_output,
-                                                            Ptr<const T>(x), Ptr<const T>(sy), Ptr<const T>(dy), w.k,
-                                                            w.gb, w.gd, Ptr<T>(dx));
+    BnGradients<T>(s, v, x, sy, dy, w, dx, [&] {
+      BnBwdCoefK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, double(v.S), w.sums, Ptr<const T>(scale), Ptr<const T>(rstd),
+                                               Ptr<const T>(dmean), Ptr<const T>(dvar), w.gb, w.gd, Ptr<T>(dscale),
+                                               Ptr<T>(dbias));
+    });
     return LaunchStatus(op);
   });
 }
@@ -329,13 +340,10 @@ ffi::Error Cuda::BatchNormInferenceBwd(Cuda::Ctx s, const NormView& v, Buf x, Bu
     using T = decltype(t);
     GivenStatsK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, v.eps, Ptr<const T>(scale), Ptr<const T>(bias), Ptr<const T>(mean),
                                               Ptr<const T>(var), w.k);
-    GradSumsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, s>>>(v.S, v.C, v.act, v.alpha, v.from_output, Ptr<const T>(x),
-                                                            Ptr<const T>(sy), Ptr<const T>(dy), w.k, w.sums);
-    BniBwdCoefK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, v.eps, w.sums, Ptr<const T>(scale), Ptr<const T>(var), w.gb, w.gd,
-                                              Ptr<T>(dscale), Ptr<T>(dbias), Ptr<T>(dmean), Ptr<T>(dvar));
-    GradInputK<T><<<Blocks(x.element_count()), 256, 0, s>>>(1, v.S, v.C, v.act, v.alpha, v.from_output,
-                                                            Ptr<const T>(x), Ptr<const T>(sy), Ptr<const T>(dy), w.k,
-                                                            w.gb, w.gd, Ptr<T>(dx));
+    BnGradients<T>(s, v, x, sy, dy, w, dx, [&] {
+      BniBwdCoefK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, v.eps, w.sums, Ptr<const T>(scale), Ptr<const T>(var), w.gb,
+                                                w.gd, Ptr<T>(dscale), Ptr<T>(dbias), Ptr<T>(dmean), Ptr<T>(dvar));
+    });
     return LaunchStatus(op);
   });
 }

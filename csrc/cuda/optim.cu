@@ -37,7 +37,11 @@ struct StepArgs {
   Pre pre;
 };
 
-__device__ __forceinline__ float Clip(float g, const Pre& c) { return fminf(fmaxf(g * c.rescale, c.lo), c.hi); }
+// std::min(std::max(.)) as the CPU: a NaN gradient stays NaN (fminf / fmaxf would clip it to a bound).
+__device__ __forceinline__ float Clip(float g, const Pre& c) {
+  const float v = g * c.rescale, l = v < c.lo ? c.lo : v;
+  return c.hi < l ? c.hi : l;
+}
 
 template <typename P>
 __global__ void SqNormK(LeafTable t, Pre c, double* acc) {
@@ -94,7 +98,7 @@ __global__ void StepK(LeafTable t, StepArgs a, const float* lr, const int32_t* c
         o1[i] = v;
         float vh = v / bc2;
         if (a.ams) {
-          vh = fmaxf(a2[i], vh);
+          vh = a2[i] < vh ? vh : a2[i];  // std::max, as the CPU (NaN in the running max stays)
           o2[i] = vh;
         }
         d = nlr * ((m / bc1) / (sqrtf(vh) + a.eps) + a.wd * pv);

@@ -7,8 +7,10 @@
 // the gates, updates h / c and masks rows past their length (read on the device from seq_lengths).
 // The backward runs the per-step cell-gradient kernel + recurrent GEMM chain in reverse, then
 // dx, dW_ih and dW_hh as one GEMM each over all time steps and the bias gradients as column sums.
-// Math is float32 throughout (cuBLAS without TF32, as the CPU); float16 / bfloat16 operands are
-// converted into the per-stream workspace and results converted back.
+// Math is float32 throughout; the GEMMs may use TF32 tensor cores unless the `precision`
+// attribute asks for full float32 (jax.default_matmul_precision "highest", as the CPU always
+// computes). float16 / bfloat16 operands are converted into the per-stream workspace and results
+// converted back.
 #include <cublas_v2.h>
 
 #include <string>
@@ -37,8 +39,8 @@ ffi::Error CublasV2Error(const char* op, cublasStatus_t s) {
 constexpr size_t kCublasWorkspace = size_t(32) << 20;
 
 // The calling thread's cuBLAS handle for the stream's device (a handle may not be shared by
-// concurrent callers), bound to the stream and to `ws`.
-ffi::Error Cublas(const char* op, cudaStream_t stream, void* ws, cublasHandle_t* h) {
+// concurrent callers), bound to the stream and to `ws`, with the math mode of precision `p`.
+ffi::Error Cublas(const char* op, cudaStream_t stream, void* ws, Precision p, cublasHandle_t* h) {
   thread_local std::unordered_map<int, cublasHandle_t> handles;
   const int dev = StreamDevice(stream);
   auto it = handles.find(dev);
@@ -50,6 +52,8 @@ ffi::Error Cublas(const char* op, cudaStream_t stream, void* ws, cublasHandle_t*
   }
   JAX_MPS_CUBLAS_V2(op, cublasSetStream(it->second, stream));  // (resets the workspace: set it after)
   JAX_MPS_CUBLAS_V2(op, cublasSetWorkspace(it->second, ws, kCublasWorkspace));
+  JAX_MPS_CUBLAS_V2(op, cublasSetMathMode(it->second, p == Precision::kHighest ? CUBLAS_DEFAULT_MATH
+                                                                               : CUBLAS_TF32_TENSOR_OP_MATH));
   *h = it->second;
   return ffi::Error::Success();
 }
@@ -190,7 +194,7 @@ __global__ void FwdStepK(int64_t B, int64_t H, int64_t T, int64_t t, const int32
       gr[3 * H + j] = hn;
     } else {
       const float v = pre(0);
-      out = kCell == Cell::kRnnRelu ? fmaxf(v, 0.f) : tanhf(v);
+      out = kCell == Cell::kRnnRelu ? (v < 0.f ? 0.f : v) : tanhf(v);  // NaN stays NaN, as the CPU's std::max
       gr[j] = out;
     }
     gr[(Wq - 1) * H + j] = hp;
@@ -285,6 +289,18 @@ ffi::Error ByCell(Cell c, F&& f) {
   }
 }
 
+// Allocates a pass's scratch as carved in cv (cuBLAS's workspace at o_cublas, the views' float32
+// copies, the pass's own buffers), converts the inputs into it and binds the cuBLAS handle.
+ffi::Error BindScratch(const char* op, cudaStream_t s, Precision p, const Carve& cv, size_t o_cublas, Views& v,
+                       char** scratch, cublasHandle_t* hb) {
+  Ctx ctx{s};
+  ffi::Error err;
+  *scratch = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
+  if (!*scratch) return err;
+  JAX_MPS_RETURN_IF_ERROR(v.Bind(op, s, *scratch));
+  return Cublas(op, s, *scratch + o_cublas, p, hb);
+}
+
 template <typename T>
 T* At(char* base, size_t off) {
   return reinterpret_cast<T*>(base + off);
@@ -304,13 +320,9 @@ ffi::Error Forward(cudaStream_t s, const RnnDesc& d, ffi::AnyBuffer x, ffi::AnyB
   const int iy = v.Add(y, true), ihn = v.Add(hn, true), icn = v.Add(cn, true);
   std::vector<int> iw;
   for (const ffi::AnyBuffer& b : w) iw.push_back(v.Add(b, false));
-  Ctx ctx{s};
-  ffi::Error err;
-  char* scratch = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
-  if (!scratch) return err;
-  JAX_MPS_RETURN_IF_ERROR(v.Bind(op, s, scratch));
+  char* scratch = nullptr;
   cublasHandle_t hb;
-  JAX_MPS_RETURN_IF_ERROR(Cublas(op, s, scratch + o_cublas, &hb));
+  JAX_MPS_RETURN_IF_ERROR(BindScratch(op, s, d.precision, cv, o_cublas, v, &scratch, &hb));
   float* tmp = At<float>(scratch, o_tmp);
   const int32_t* len = Ptr<const int32_t>(lens);
   float* wsp = Ptr<float>(wsb);
@@ -370,13 +382,9 @@ ffi::Error Backward(cudaStream_t s, const RnnDesc& d, ffi::AnyBuffer x, ffi::Any
   std::vector<int> iw, idw;
   for (const ffi::AnyBuffer& b : w) iw.push_back(v.Add(b, false));
   for (const ffi::AnyBuffer& b : dw) idw.push_back(v.Add(b, true));
-  Ctx ctx{s};
-  ffi::Error err;
-  char* scratch = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
-  if (!scratch) return err;
-  JAX_MPS_RETURN_IF_ERROR(v.Bind(op, s, scratch));
+  char* scratch = nullptr;
   cublasHandle_t hb;
-  JAX_MPS_RETURN_IF_ERROR(Cublas(op, s, scratch + o_cublas, &hb));
+  JAX_MPS_RETURN_IF_ERROR(BindScratch(op, s, d.precision, cv, o_cublas, v, &scratch, &hb));
   float* dgx = At<float>(scratch, o_dgx);
   float* dgh = gru ? At<float>(scratch, o_dgh) : dgx;
   float* dyb[2] = {At<float>(scratch, o_dy0), At<float>(scratch, o_dy1)};  // dX of layer l > 0: dyb[l % 2]

@@ -120,6 +120,17 @@ inline ffi::Error CheckFlag(const char* op, const char* name, int64_t v) {
   return ffi::Error::Success();
 }
 
+// float32 matmul / conv math of conv, conv_transpose, dense and the RNN GEMMs, from
+// jax.default_matmul_precision at trace time (the `precision` attribute): kDefault lets a backend
+// use TF32 tensor cores, as XLA does on GPU; kHighest asks for full float32 ("highest",
+// "float32"). float16 / bfloat16 operands are unaffected; the CPU always computes in float32.
+enum class Precision : int64_t { kDefault = 0, kHighest = 1, kCount = 2 };
+
+inline ffi::Error CheckPrecision(const char* op, int64_t v) {
+  JAX_MPS_CHECK(v >= 0 && v < int64_t(Precision::kCount), op, ": unknown precision code ", v);
+  return ffi::Error::Success();
+}
+
 // Decodes a RemainingArgs / RemainingRets list into AnyBuffers.
 template <typename R>
 ffi::Error DecodeAll(const char* op, const R& list, Buffers* out) {

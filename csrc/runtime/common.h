@@ -18,6 +18,14 @@
 
 namespace ffi = xla::ffi;
 
+// Marks the contract's scalar math (e.g. the per-element losses) callable from CUDA kernels too,
+// so both backends run the very same formulas.
+#ifdef __CUDACC__
+#define JAX_MPS_HD __host__ __device__
+#else
+#define JAX_MPS_HD
+#endif
+
 namespace jax_mps {
 
 using Dims = std::vector<int64_t>;

@@ -17,21 +17,25 @@ struct FusedDesc {
   float alpha = 0.f;
   bool has_bias = false;
   bool from_output = false;  // backward: s is the output y (else the pre-activation z)
-  // accumulate="float16" (1) or float32 (0). A backend may honour it (CUDA) or always
-  // accumulate in float32 (the CPU, as API.md allows).
+  // accumulate="float16" (1) or float32 (0), for float16 operands. A backend may honour it (CUDA)
+  // or always accumulate in float32 (the CPU, as API.md allows).
   bool f16_accumulate = false;
+  // float32 operands: TF32 allowed (kDefault) or full float32 (runtime/backend.h). The CPU ignores it.
+  Precision precision = Precision::kDefault;
 };
 
 inline ffi::Error MakeFused(const char* op, int64_t act, float alpha, int64_t has_bias, int64_t from_output,
-                            int64_t accumulate, FusedDesc* f) {
+                            int64_t accumulate, int64_t precision, FusedDesc* f) {
   JAX_MPS_RETURN_IF_ERROR(CheckFusedAct(op, act, alpha, from_output));
   JAX_MPS_RETURN_IF_ERROR(CheckFlag(op, "has_bias", has_bias));
   JAX_MPS_RETURN_IF_ERROR(CheckFlag(op, "accumulate", accumulate));
+  JAX_MPS_RETURN_IF_ERROR(CheckPrecision(op, precision));
   f->act = static_cast<Act>(act);
   f->alpha = alpha;
   f->has_bias = has_bias != 0;
   f->from_output = from_output != 0;
   f->f16_accumulate = accumulate != 0;
+  f->precision = static_cast<Precision>(precision);
   return ffi::Error::Success();
 }
 
@@ -148,10 +152,11 @@ inline const char* ConvOp(int64_t transpose, const char* conv, const char* decon
 // ---- conv_fwd: y = act(conv(x, w) + b) ----
 template <class B>
 ffi::Error ConvFwd(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
-                   ffi::Result<ffi::AnyBuffer> y, JAX_MPS_CONV_ARGS, int64_t has_bias, int64_t accumulate) {
+                   ffi::Result<ffi::AnyBuffer> y, JAX_MPS_CONV_ARGS, int64_t has_bias, int64_t accumulate,
+                   int64_t precision) {
   const char* op = ConvOp(transpose, "conv_fwd", "conv_transpose_fwd");
   ConvDesc c;
-  JAX_MPS_RETURN_IF_ERROR(MakeFused(op, act, alpha, has_bias, 0, accumulate, &c));
+  JAX_MPS_RETURN_IF_ERROR(MakeFused(op, act, alpha, has_bias, 0, accumulate, precision, &c));
   JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "x", x));
   JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "w", w));
   JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "y", *y));
@@ -164,16 +169,18 @@ template <class B>
 auto ConvFwdBinding() {
   return ConvAttrs(ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>()
                        .template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>())
-      .template Attr<int64_t>("has_bias").template Attr<int64_t>("accumulate");
+      .template Attr<int64_t>("has_bias").template Attr<int64_t>("accumulate")
+      .template Attr<int64_t>("precision");
 }
 
 // ---- conv_bwd_data: dx from s, dy and w ----
 template <class B>
 ffi::Error ConvBwdData(typename B::Ctx ctx, ffi::AnyBuffer s, ffi::AnyBuffer dy, ffi::AnyBuffer w,
-                       ffi::Result<ffi::AnyBuffer> dx, JAX_MPS_CONV_ARGS, int64_t from_output, int64_t accumulate) {
+                       ffi::Result<ffi::AnyBuffer> dx, JAX_MPS_CONV_ARGS, int64_t from_output, int64_t accumulate,
+                       int64_t precision) {
   const char* op = ConvOp(transpose, "conv_bwd_data", "conv_transpose_bwd_data");
   ConvDesc c;
-  JAX_MPS_RETURN_IF_ERROR(MakeFused(op, act, alpha, 0, from_output, accumulate, &c));
+  JAX_MPS_RETURN_IF_ERROR(MakeFused(op, act, alpha, 0, from_output, accumulate, precision, &c));
   JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "dy", dy));
   JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "w", w));
   JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "dx", *dx));
@@ -186,17 +193,18 @@ template <class B>
 auto ConvBwdDataBinding() {
   return ConvAttrs(ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>()
                        .template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>())
-      .template Attr<int64_t>("from_output").template Attr<int64_t>("accumulate");
+      .template Attr<int64_t>("from_output").template Attr<int64_t>("accumulate")
+      .template Attr<int64_t>("precision");
 }
 
 // ---- conv_bwd_weights: dw, db from x, s and dy ----
 template <class B>
 ffi::Error ConvBwdWeights(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer s, ffi::AnyBuffer dy,
                           ffi::Result<ffi::AnyBuffer> dw, ffi::Result<ffi::AnyBuffer> db, JAX_MPS_CONV_ARGS,
-                          int64_t has_bias, int64_t from_output, int64_t accumulate) {
+                          int64_t has_bias, int64_t from_output, int64_t accumulate, int64_t precision) {
   const char* op = ConvOp(transpose, "conv_bwd_weights", "conv_transpose_bwd_weights");
   ConvDesc c;
-  JAX_MPS_RETURN_IF_ERROR(MakeFused(op, act, alpha, has_bias, from_output, accumulate, &c));
+  JAX_MPS_RETURN_IF_ERROR(MakeFused(op, act, alpha, has_bias, from_output, accumulate, precision, &c));
   JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "x", x));
   JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "dy", dy));
   JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "dw", *dw));
@@ -211,7 +219,8 @@ auto ConvBwdWeightsBinding() {
   return ConvAttrs(ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>()
                        .template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>()
                        .template Ret<ffi::AnyBuffer>())
-      .template Attr<int64_t>("has_bias").template Attr<int64_t>("from_output").template Attr<int64_t>("accumulate");
+      .template Attr<int64_t>("has_bias").template Attr<int64_t>("from_output").template Attr<int64_t>("accumulate")
+      .template Attr<int64_t>("precision");
 }
 
 #undef JAX_MPS_CONV_ARGS
@@ -219,10 +228,11 @@ auto ConvBwdWeightsBinding() {
 // ---- dense_fwd: y = act(x @ w + b) ----
 template <class B>
 ffi::Error DenseFwd(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
-                    ffi::Result<ffi::AnyBuffer> y, int64_t act, float alpha, int64_t has_bias, int64_t accumulate) {
+                    ffi::Result<ffi::AnyBuffer> y, int64_t act, float alpha, int64_t has_bias, int64_t accumulate,
+                    int64_t precision) {
   const char* op = "dense_fwd";
   DenseDesc d;
-  JAX_MPS_RETURN_IF_ERROR(MakeFused(op, act, alpha, has_bias, 0, accumulate, &d));
+  JAX_MPS_RETURN_IF_ERROR(MakeFused(op, act, alpha, has_bias, 0, accumulate, precision, &d));
   JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "x", x));
   JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "w", w));
   JAX_MPS_RETURN_IF_ERROR(MakeDenseDesc(op, x.dimensions(), w.dimensions(), &d));
@@ -234,17 +244,18 @@ template <class B>
 auto DenseFwdBinding() {
   return ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
       .template Arg<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>().template Attr<int64_t>("act")
-      .template Attr<float>("alpha").template Attr<int64_t>("has_bias").template Attr<int64_t>("accumulate");
+      .template Attr<float>("alpha").template Attr<int64_t>("has_bias").template Attr<int64_t>("accumulate")
+      .template Attr<int64_t>("precision");
 }
 
 // ---- dense_bwd_data: dx = dz @ w^T ----
 template <class B>
 ffi::Error DenseBwdData(typename B::Ctx ctx, ffi::AnyBuffer s, ffi::AnyBuffer dy, ffi::AnyBuffer w,
                         ffi::Result<ffi::AnyBuffer> dx, int64_t act, float alpha, int64_t from_output,
-                        int64_t accumulate) {
+                        int64_t accumulate, int64_t precision) {
   const char* op = "dense_bwd_data";
   DenseDesc d;
-  JAX_MPS_RETURN_IF_ERROR(MakeFused(op, act, alpha, 0, from_output, accumulate, &d));
+  JAX_MPS_RETURN_IF_ERROR(MakeFused(op, act, alpha, 0, from_output, accumulate, precision, &d));
   JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "dx", *dx));
   JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "w", w));
   JAX_MPS_RETURN_IF_ERROR(MakeDenseDesc(op, dx->dimensions(), w.dimensions(), &d));
@@ -256,17 +267,18 @@ template <class B>
 auto DenseBwdDataBinding() {
   return ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
       .template Arg<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>().template Attr<int64_t>("act")
-      .template Attr<float>("alpha").template Attr<int64_t>("from_output").template Attr<int64_t>("accumulate");
+      .template Attr<float>("alpha").template Attr<int64_t>("from_output").template Attr<int64_t>("accumulate")
+      .template Attr<int64_t>("precision");
 }
 
 // ---- dense_bwd_weights: dw = x^T @ dz, db = sum_rows dz ----
 template <class B>
 ffi::Error DenseBwdWeights(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer s, ffi::AnyBuffer dy,
                            ffi::Result<ffi::AnyBuffer> dw, ffi::Result<ffi::AnyBuffer> db, int64_t act, float alpha,
-                           int64_t has_bias, int64_t from_output, int64_t accumulate) {
+                           int64_t has_bias, int64_t from_output, int64_t accumulate, int64_t precision) {
   const char* op = "dense_bwd_weights";
   DenseDesc d;
-  JAX_MPS_RETURN_IF_ERROR(MakeFused(op, act, alpha, has_bias, from_output, accumulate, &d));
+  JAX_MPS_RETURN_IF_ERROR(MakeFused(op, act, alpha, has_bias, from_output, accumulate, precision, &d));
   JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "x", x));
   JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "dw", *dw));
   JAX_MPS_RETURN_IF_ERROR(MakeDenseDesc(op, x.dimensions(), dw->dimensions(), &d));
@@ -280,7 +292,8 @@ auto DenseBwdWeightsBinding() {
   return ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
       .template Arg<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>()
       .template Attr<int64_t>("act").template Attr<float>("alpha").template Attr<int64_t>("has_bias")
-      .template Attr<int64_t>("from_output").template Attr<int64_t>("accumulate");
+      .template Attr<int64_t>("from_output").template Attr<int64_t>("accumulate")
+      .template Attr<int64_t>("precision");
 }
 
 }  // namespace jax_mps

@@ -1,6 +1,7 @@
 // What every extension module (_jax_mps_cpu, _jax_mps_cuda) exports to Python, written once:
 // its FFI table and the shared constants of the contract (activation codes and the "gradient
-// from the output" rule, loss / reduction codes, optimizer rules, RNN cells and workspace size).
+// from the output" rule, loss / reduction codes, matmul precision codes, optimizer rules, RNN
+// cells and workspace size).
 // Included by each backend's module.cc; Python reads these from whichever module is loaded.
 #pragma once
 #include <string>
@@ -63,6 +64,11 @@ inline void ExportContract(nb::module_& m, const std::vector<Target>& targets, c
   red["mean"] = int64_t(Reduction::kMean);
   red["sum_by_nonzero_weights"] = int64_t(Reduction::kSumByNonzeroWeights);
   m.attr("REDUCTIONS") = red;
+
+  nb::dict prec;
+  prec["default"] = int64_t(Precision::kDefault);
+  prec["highest"] = int64_t(Precision::kHighest);
+  m.attr("PRECISIONS") = prec;
 
   nb::dict rules;
   rules["sgd"] = int64_t(OptRule::kSgd);

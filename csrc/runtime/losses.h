@@ -30,7 +30,7 @@ struct LossDesc {
   int64_t n = 0, d = 0;
   bool int_labels = false;  // target is int32 (N,) class ids (softmax CE only)
   bool weighted = false;    // weights (N,) given; otherwise all ones
-  bool elementwise() const { return kind != LossKind::kSoftmaxCE && kind != LossKind::kKL; }
+  JAX_MPS_HD bool elementwise() const { return kind != LossKind::kSoftmaxCE && kind != LossKind::kKL; }
 };
 
 // Integer class ids are checked against [0, D) by the kernels (values are never read here).
@@ -80,11 +80,12 @@ inline ffi::Error MakeLossDesc(int64_t kind, int64_t reduction, float param, con
 // its gradient is jnp.maximum's: 0 at NaN, half at the tie), MAE's gradient is jnp.abs's (1 at 0,
 // -1 at NaN), KL is optax's t (log t - p) with log t := 0 at t = 0 (so t = 0 with p = -inf or NaN
 // is NaN). One deviation: d KL / d t at t = 0 is 0, where optax's jnp.where gives 0 / 0 = NaN.
+// Host and device (JAX_MPS_HD): the CUDA loss kernels call these same functions.
 struct ElemGrad {
   float dp, dt;
 };
 
-inline float ElemLoss(LossKind k, float p, float t, float delta) {
+JAX_MPS_HD inline float ElemLoss(LossKind k, float p, float t, float delta) {
   switch (k) {
     case LossKind::kSigmoidCE: {
       const float l = std::log1p(std::exp(-std::fabs(p)));  // softplus(+-p) = max(+-p, 0) + l
@@ -105,7 +106,7 @@ inline float ElemLoss(LossKind k, float p, float t, float delta) {
   }
 }
 
-inline ElemGrad ElemLossGrad(LossKind k, float p, float t, float delta) {
+JAX_MPS_HD inline ElemGrad ElemLossGrad(LossKind k, float p, float t, float delta) {
   switch (k) {
     case LossKind::kSigmoidCE: {
       // (1 - t) sigmoid(p) - t sigmoid(-p) (= sigmoid(p) - t), as optax's gradient, so that an

@@ -16,6 +16,7 @@ struct RnnDesc {
   Cell cell;
   int64_t L, D, H, T, B, I;
   bool time_major;
+  Precision precision = Precision::kDefault;  // of the float32 GEMMs (runtime/backend.h); the CPU ignores it
 
   int64_t G() const { return cell == Cell::kLstm ? 4 : cell == Cell::kGru ? 3 : 1; }
   // Per (time, batch) row of one layer-direction's workspace:
@@ -33,10 +34,11 @@ struct RnnDesc {
   int64_t sB() const { return time_major ? 1 : T; }
 };
 
-inline ffi::Error MakeRnnDesc(int64_t cell, int64_t L, int64_t D, int64_t H, int64_t time_major,
+inline ffi::Error MakeRnnDesc(int64_t cell, int64_t L, int64_t D, int64_t H, int64_t time_major, int64_t precision,
                               ffi::Span<const int64_t> xd, RnnDesc* d) {
   JAX_MPS_CHECK(cell >= 0 && cell < int64_t(Cell::kCount), "rnn: unknown cell code ", cell);
   JAX_MPS_RETURN_IF_ERROR(CheckFlag("rnn", "time_major", time_major));
+  JAX_MPS_RETURN_IF_ERROR(CheckPrecision("rnn", precision));
   JAX_MPS_CHECK(L >= 1 && (D == 1 || D == 2) && H >= 1, "rnn: bad num_layers/directions/hidden ", L, "/", D,
                 "/", H);
   JAX_MPS_CHECK(xd.size() == 3, "rnn: x must have rank 3, got ", DimsStr(xd));
@@ -45,6 +47,7 @@ inline ffi::Error MakeRnnDesc(int64_t cell, int64_t L, int64_t D, int64_t H, int
   d->D = D;
   d->H = H;
   d->time_major = time_major != 0;
+  d->precision = static_cast<Precision>(precision);
   d->T = d->time_major ? xd[0] : xd[1];
   d->B = d->time_major ? xd[1] : xd[0];
   d->I = xd[2];
@@ -79,10 +82,10 @@ template <class B>
 ffi::Error RnnFwd(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0, ffi::AnyBuffer lens,
                   ffi::RemainingArgs w_list, ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> hn,
                   ffi::Result<ffi::AnyBuffer> cn, ffi::Result<ffi::AnyBuffer> ws, int64_t cell, int64_t num_layers,
-                  int64_t num_dirs, int64_t hidden, int64_t time_major) {
+                  int64_t num_dirs, int64_t hidden, int64_t time_major, int64_t precision) {
   const char* op = "rnn_fwd";
   RnnDesc d;
-  JAX_MPS_RETURN_IF_ERROR(MakeRnnDesc(cell, num_layers, num_dirs, hidden, time_major, x.dimensions(), &d));
+  JAX_MPS_RETURN_IF_ERROR(MakeRnnDesc(cell, num_layers, num_dirs, hidden, time_major, precision, x.dimensions(), &d));
   Buffers w;
   JAX_MPS_RETURN_IF_ERROR(DecodeAll(op, w_list, &w));
   JAX_MPS_RETURN_IF_ERROR(CheckRnnOperands(op, d, x, h0, c0, lens, w));
@@ -100,7 +103,7 @@ auto RnnFwdBinding() {
       .template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().RemainingArgs().template Ret<ffi::AnyBuffer>()
       .template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>()
       .template Attr<int64_t>("cell").template Attr<int64_t>("num_layers").template Attr<int64_t>("num_dirs")
-      .template Attr<int64_t>("hidden").template Attr<int64_t>("time_major");
+      .template Attr<int64_t>("hidden").template Attr<int64_t>("time_major").template Attr<int64_t>("precision");
 }
 
 // ---- rnn_bwd: dx, dh0, dc0 and one gradient per weight array (same order and shapes) ----
@@ -109,10 +112,10 @@ ffi::Error RnnBwd(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi:
                   ffi::AnyBuffer ws, ffi::AnyBuffer dy, ffi::AnyBuffer dhn, ffi::AnyBuffer dcn,
                   ffi::RemainingArgs w_list, ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::AnyBuffer> dh0,
                   ffi::Result<ffi::AnyBuffer> dc0, ffi::RemainingRets dw_list, int64_t cell, int64_t num_layers,
-                  int64_t num_dirs, int64_t hidden, int64_t time_major) {
+                  int64_t num_dirs, int64_t hidden, int64_t time_major, int64_t precision) {
   const char* op = "rnn_bwd";
   RnnDesc d;
-  JAX_MPS_RETURN_IF_ERROR(MakeRnnDesc(cell, num_layers, num_dirs, hidden, time_major, x.dimensions(), &d));
+  JAX_MPS_RETURN_IF_ERROR(MakeRnnDesc(cell, num_layers, num_dirs, hidden, time_major, precision, x.dimensions(), &d));
   Buffers w, dw;
   JAX_MPS_RETURN_IF_ERROR(DecodeAll(op, w_list, &w));
   JAX_MPS_RETURN_IF_ERROR(DecodeAll(op, dw_list, &dw));
@@ -138,7 +141,8 @@ auto RnnBwdBinding() {
       .template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
       .RemainingArgs().template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>()
       .RemainingRets().template Attr<int64_t>("cell").template Attr<int64_t>("num_layers")
-      .template Attr<int64_t>("num_dirs").template Attr<int64_t>("hidden").template Attr<int64_t>("time_major");
+      .template Attr<int64_t>("num_dirs").template Attr<int64_t>("hidden").template Attr<int64_t>("time_major")
+      .template Attr<int64_t>("precision");
 }
 
 }  // namespace jax_mps

@@ -28,6 +28,7 @@ from .. import activations as _act
 from .. import conv as _conv
 from .. import normalization as _norm
 from .. import pooling as _pool
+from .._validate import FULL_FLOAT32
 from . import _activations as A
 from ._report import Report
 
@@ -655,6 +656,15 @@ def _perm_inv(p):
     return tuple(inv)
 
 
+def _precision(e):
+    """The jax.default_matmul_precision under which a conv / dot eqn's replacement is traced: its own
+    precision (lax has folded the default in at trace time), so HIGHEST stays full float32 on CUDA."""
+    p = e.params.get("precision")
+    full = any(v == jax.lax.Precision.HIGHEST or getattr(v, "name", None) in FULL_FLOAT32
+               for v in (p if isinstance(p, tuple) else (p,)))
+    return jax.default_matmul_precision("highest" if full else "default")
+
+
 def _emit_conv(e, read, bias, act):
     p = e.params
     x, w = read(e.invars[0]), read(e.invars[1])
@@ -683,19 +693,20 @@ def _emit_conv(e, read, bias, act):
     lhs_d, rhs_d, strides = tuple(p["lhs_dilation"]), tuple(p["rhs_dilation"]), tuple(p["window_strides"])
     groups = p["feature_group_count"]
     act = _activation_arg(act)
-    if any(d != 1 for d in lhs_d):
-        if any(s != 1 for s in strides) or groups != 1:
-            raise ValueError("input dilation with window strides or feature groups (no transposed-conv form)")
-        if nsp == 1:
-            y = _conv.conv_transpose2d(x[:, None], w[None], bias, stride=(1,) + lhs_d, padding=((0, 0),) + pads,
-                                       dilation=(1,) + rhs_d, activation=act)[:, 0]
+    with _precision(e):
+        if any(d != 1 for d in lhs_d):
+            if any(s != 1 for s in strides) or groups != 1:
+                raise ValueError("input dilation with window strides or feature groups (no transposed-conv form)")
+            if nsp == 1:
+                y = _conv.conv_transpose2d(x[:, None], w[None], bias, stride=(1,) + lhs_d,
+                                           padding=((0, 0),) + pads, dilation=(1,) + rhs_d, activation=act)[:, 0]
+            else:
+                y = _conv.conv_transpose2d(x, w, bias, stride=lhs_d, padding=pads, dilation=rhs_d, activation=act)
+            desc = "mps.conv_transpose2d"
         else:
-            y = _conv.conv_transpose2d(x, w, bias, stride=lhs_d, padding=pads, dilation=rhs_d, activation=act)
-        desc = "mps.conv_transpose2d"
-    else:
-        f = _conv.conv2d if nsp == 2 else _conv.conv1d
-        y = f(x, w, bias, stride=strides, padding=pads, dilation=rhs_d, groups=groups, activation=act)
-        desc = "mps.conv2d" if nsp == 2 else "mps.conv1d"
+            f = _conv.conv2d if nsp == 2 else _conv.conv1d
+            y = f(x, w, bias, stride=strides, padding=pads, dilation=rhs_d, groups=groups, activation=act)
+            desc = "mps.conv2d" if nsp == 2 else "mps.conv1d"
     if po != tuple(range(nsp + 2)):
         y = jnp.transpose(y, _perm_inv(po))
         notes.append("output transposed back")
@@ -715,7 +726,8 @@ def _emit_dense(e, read, bias, act):
     if tuple(rc) == (1,):
         w = w.T
         desc += " (weight transposed)"
-    return _conv.dense(x, w, bias, activation=_activation_arg(act)), desc
+    with _precision(e):
+        return _conv.dense(x, w, bias, activation=_activation_arg(act)), desc
 
 
 def _emit_pool(node, e, read):
