@@ -22,6 +22,7 @@ import collections
 import importlib.util
 import json
 import os
+import sys
 from typing import NamedTuple
 
 # First: _harness sets the OMP_NUM_THREADS default before jax_mps loads its runtime.
@@ -56,9 +57,9 @@ class Layer(NamedTuple):
 
 def inception_layers(batch=8, size=299):
     """The conv layers of examples/inception_v3.py in model order, from a shape-only trace."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    spec = importlib.util.spec_from_file_location("inception_v3", os.path.join(here, "..", "examples",
-                                                                               "inception_v3.py"))
+    examples = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
+    sys.path.insert(0, examples)  # as when the example runs as a script (it imports train_cnn)
+    spec = importlib.util.spec_from_file_location("inception_v3", os.path.join(examples, "inception_v3.py"))
     ex = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ex)
     layers = []

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jax_mps as mps
+from train_cnn import make_mesh  # the same --devices mesh (this folder is on sys.path)
 
 
 class _Net:
@@ -200,22 +201,6 @@ def main(argv=None):
     if not np.isfinite(rec["loss"]):
         return 1
     return 0
-
-
-def make_mesh(n):
-    """A 1-D ("data",) mesh over n devices, or None for one; on a host without n accelerators the
-    CPU is split into n devices (must happen before JAX starts its backends)."""
-    if n == 1:
-        return None
-    flag = f"--xla_force_host_platform_device_count={n}"
-    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
-    devices = jax.devices()
-    if len(devices) < n:
-        devices = jax.devices("cpu")
-    if len(devices) < n:
-        raise SystemExit(f"--devices {n}: only {len(devices)} devices here")
-    return jax.sharding.Mesh(np.array(devices[:n]), ("data",))
 
 
 if __name__ == "__main__":
