@@ -91,12 +91,14 @@ def backends() -> dict[str, str]:
 
 
 def set_plan_cache_size(n: int) -> None:
-    """Keep at most `n` plans (oneDNN primitives) per op family and pass, least recently used
+    """Keep at most `n` plans (oneDNN primitives; cuDNN / cuBLASLt descriptors) per op family and pass, least recently used
     dropped first; 0 disables caching. Default 256, or the environment variable
     JAX_MPS_PLAN_CACHE_SIZE read at import. Caches over a lowered limit shrink on their next miss."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:
         raise ValueError(f"set_plan_cache_size: `n` must be an int >= 0, got {n!r}")
-    _core.set_plan_cache_size(n)
+    for module in (_core, _cuda):  # each backend module keeps its own caches
+        if module is not None:
+            module.set_plan_cache_size(n)
 
 
 def plan_cache_size() -> int:

@@ -43,8 +43,11 @@ def test_set_plan_cache_size():
 
 
 MEMORY_SCRIPT = """
-import json, resource, jax, jax.numpy as jnp, numpy as np
-import jax_mps as mps, _jax_mps_cpu as core
+import json, os, resource, jax, jax.numpy as jnp, numpy as np
+import jax_mps as mps
+# The plans of the backend under test: each backend module keeps its own caches.
+core = mps._runtime._cuda if os.environ["JAX_MPS_TEST_BACKEND"] == "cuda" else mps._runtime._core
+jax.config.update("jax_default_device", jax.devices(os.environ["JAX_MPS_TEST_BACKEND"])[0])
 
 def rss_mb():
     with open("/proc/self/statm") as f:
@@ -68,8 +71,8 @@ print(json.dumps({"limit": mps.plan_cache_size(), "entries": int(core.plan_cache
 """
 
 
-def test_500_shapes_bounded_by_lru():
-    r = _run(MEMORY_SCRIPT, {"JAX_MPS_PLAN_CACHE_SIZE": "16"})
+def test_500_shapes_bounded_by_lru(backend):
+    r = _run(MEMORY_SCRIPT, {"JAX_MPS_PLAN_CACHE_SIZE": "16", "JAX_MPS_TEST_BACKEND": backend})
     assert r["limit"] == 16  # read from the environment at load
     assert 0 < r["entries"] <= 16  # dense's plans share one cache
     assert r["growth_mb"] < 40, r  # unbounded: ~120 MB
@@ -100,6 +103,7 @@ print(json.dumps({"peak": peak, "after_one": after_one, "settled": settled, "aga
 """
 
 
+@pytest.mark.cpu_only  # the CPU's per-thread scratch (on CUDA, XLA's allocator gives the workspace)
 def test_scratch_shrinks_after_small_calls():
     r = _run(SCRATCH_SCRIPT, {})
     assert r["peak"] > 8 << 20, r  # the big gradient needed > 8 MiB of scratch

@@ -91,6 +91,12 @@ OPTAX_CASES = {
 }
 
 
+# centered rmsprop divides by sqrt(nu - mu^2 + eps): where nu ~ mu^2 the difference's float32
+# rounding depends on FMA contraction, which differs between our kernel and XLA:GPU's fusion
+# (seen: 1 of 1M elements 2.9e-5 relative off optax on the H200).
+RTOL = {"rmsprop_centered": 1e-4}
+
+
 @pytest.mark.parametrize("case", list(OPTAX_CASES))
 def test_matches_optax(case):
     make, make_ref, slots = OPTAX_CASES[case]
@@ -109,7 +115,7 @@ def test_matches_optax(case):
         u, s_ref = upd_ref(g, s_ref, p_ref)
         p_ref = optax.apply_updates(p_ref, u)
     for p, s, how in ((p_upd, s_upd, "update"), (p_app, s_app, "apply")):
-        _close(p, p_ref, f"{case} {how} params")
+        _close(p, p_ref, f"{case} {how} params", RTOL.get(case, 1e-5))
         assert int(s.count) == STEPS
         for ours, theirs in slots.items():
             _close(getattr(s, ours), _find(s_ref, theirs), f"{case} {how} state.{ours}")

@@ -148,15 +148,26 @@ ConvMath MathOf(const FusedDesc& f, ffi::DataType dt) {
   return {dt == ffi::F16 && f.f16_accumulate ? CUDNN_DATA_HALF : CUDNN_DATA_FLOAT, CUDNN_TENSOR_OP_MATH};
 }
 
+// Kept in an LRU PlanCache (runtime/common.h); callers hold the shared_ptr while they use it.
 struct ConvPlan {
-  cudnnTensorDescriptor_t x, y;
-  cudnnFilterDescriptor_t w;
-  cudnnConvolutionDescriptor_t conv;
+  cudnnTensorDescriptor_t x = nullptr, y = nullptr;
+  cudnnFilterDescriptor_t w = nullptr;
+  cudnnConvolutionDescriptor_t conv = nullptr;
   std::vector<cudnnConvolutionFwdAlgo_t> fwd;
   std::vector<cudnnConvolutionBwdDataAlgo_t> bwd_data;
   std::vector<cudnnConvolutionBwdFilterAlgo_t> bwd_filter;
   int fwd_ok = -1, data_ok = -1, filter_ok = -1;  // index of the algorithm that ran, once known
   std::mutex mu;
+
+  ConvPlan() = default;
+  ConvPlan(const ConvPlan&) = delete;
+  ConvPlan& operator=(const ConvPlan&) = delete;
+  ~ConvPlan() {
+    if (x) cudnnDestroyTensorDescriptor(x);
+    if (y) cudnnDestroyTensorDescriptor(y);
+    if (w) cudnnDestroyFilterDescriptor(w);
+    if (conv) cudnnDestroyConvolutionDescriptor(conv);
+  }
 };
 
 ffi::Error BuildPlan(const char* op, cudnnHandle_t h, const Geo& g, ffi::DataType dt, ConvMath m, ConvPlan* p) {
@@ -202,24 +213,19 @@ ffi::Error BuildPlan(const char* op, cudnnHandle_t h, const Geo& g, ffi::DataTyp
 }
 
 ffi::Error GetPlan(const char* op, cudnnHandle_t h, int dev, const Geo& g, ffi::DataType dt, ConvMath m,
-                   ConvPlan** out) {
-  static std::mutex mu;
-  static std::unordered_map<PlanKey, std::unique_ptr<ConvPlan>, PlanKeyHash> cache;
+                   std::shared_ptr<ConvPlan>* out) {
+  static PlanCache<ConvPlan> cache;
   PlanKey key;
   for (int64_t v : {g.n, g.xh, g.xw, g.xc, g.yh, g.yw, g.yc, g.kh, g.kw, g.groups, g.sh, g.sw, g.dh, g.dw, g.lo_h,
                     g.lo_w, g.hi_h, g.hi_w, int64_t(dt), int64_t(dev), int64_t(m.compute), int64_t(m.math)})
     key.add(v);
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = cache.find(key);
-  if (it != cache.end()) {
-    *out = it->second.get();
-    return ffi::Error::Success();
-  }
-  auto p = std::make_unique<ConvPlan>();
-  JAX_MPS_RETURN_IF_ERROR(BuildPlan(op, h, g, dt, m, p.get()));
-  *out = p.get();
-  cache.emplace(key, std::move(p));
-  return ffi::Error::Success();
+  ffi::Error err = ffi::Error::Success();
+  *out = cache.GetShared(key, [&]() -> std::shared_ptr<ConvPlan> {
+    auto p = std::make_shared<ConvPlan>();
+    err = BuildPlan(op, h, g, dt, m, p.get());
+    return err.failure() ? nullptr : p;
+  });
+  return err;
 }
 
 // Runs F (kind 0: forward, 1: data gradient, 2: filter gradient), trying the heuristic's
@@ -281,7 +287,7 @@ template <typename T>
 struct ConvWork {
   Geo g;
   cudnnHandle_t h;
-  ConvPlan* plan;
+  std::shared_ptr<ConvPlan> plan;
   T* wk;
   T* xp;
   const T* dz;
@@ -317,7 +323,7 @@ ffi::Error MakeConvWork(const char* op, Ctx& ctx, const ConvDesc& c, ffi::DataTy
   const Geo& g = k->g;
   const bool act = dy && c.act != Act::kNone;
   const int64_t ny = dy ? dy->element_count() : 0;
-  k->algo_size = AlgoWorkspace(k->h, k->plan, kind);
+  k->algo_size = AlgoWorkspace(k->h, k->plan.get(), kind);
   Carve cv;
   const size_t o_w = cv.Add(nw * sizeof(T)), o_x = cv.Add(g.phys ? g.n * g.XHp() * g.XWp() * g.xc * sizeof(T) : 0),
                o_dz = cv.Add(act ? ny * sizeof(T) : 0), o_acc = cv.Add(bias_acc ? c.oc * sizeof(double) : 0),
@@ -354,11 +360,11 @@ ffi::Error ConvFwdImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer x, ffi::AnyBuf
     const int kind = c.transpose ? 1 : 0;
     JAX_MPS_RETURN_IF_ERROR(MakeConvWork<T>(op, ctx, c, dt, kind, w.element_count(), &w, nullptr, nullptr, false, &k));
     if (!c.transpose) {  // Y = F(X = x)
-      JAX_MPS_RETURN_IF_ERROR(RunConv(op, k.h, k.plan, 0, k.PadX(ctx.stream, Ptr<const T>(x)), k.wk, y.untyped_data(),
+      JAX_MPS_RETURN_IF_ERROR(RunConv(op, k.h, k.plan.get(), 0, k.PadX(ctx.stream, Ptr<const T>(x)), k.wk, y.untyped_data(),
                                       k.algo, k.algo_size));
     } else {  // y = X = data gradient of F at Y = x
       JAX_MPS_RETURN_IF_ERROR(
-          RunConv(op, k.h, k.plan, 1, k.wk, x.untyped_data(), k.XOut(y.untyped_data()), k.algo, k.algo_size));
+          RunConv(op, k.h, k.plan.get(), 1, k.wk, x.untyped_data(), k.XOut(y.untyped_data()), k.algo, k.algo_size));
       k.Crop(ctx.stream, Ptr<T>(y));
     }
     if (c.has_bias || c.act != Act::kNone)
@@ -387,11 +393,11 @@ ffi::Error ConvBwdDataImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer s, ffi::An
     JAX_MPS_RETURN_IF_ERROR(MakeConvWork<T>(op, ctx, c, dt, kind, w.element_count(), &w, &s, &dy, false, &k));
     if (!c.transpose) {  // dx = data gradient of F at dY = dz (padded X: crop)
       JAX_MPS_RETURN_IF_ERROR(
-          RunConv(op, k.h, k.plan, 1, k.wk, k.dz, k.XOut(dx.untyped_data()), k.algo, k.algo_size));
+          RunConv(op, k.h, k.plan.get(), 1, k.wk, k.dz, k.XOut(dx.untyped_data()), k.algo, k.algo_size));
       k.Crop(ctx.stream, Ptr<T>(dx));
     } else {  // dx = F(X = dz)
       JAX_MPS_RETURN_IF_ERROR(
-          RunConv(op, k.h, k.plan, 0, k.PadX(ctx.stream, k.dz), k.wk, dx.untyped_data(), k.algo, k.algo_size));
+          RunConv(op, k.h, k.plan.get(), 0, k.PadX(ctx.stream, k.dz), k.wk, dx.untyped_data(), k.algo, k.algo_size));
     }
     return LaunchStatus(op);
   });
@@ -418,7 +424,7 @@ ffi::Error ConvBwdWeightsImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer x, ffi:
     // F's filter gradient: X = x, dY = dz (conv); X = dz, dY = x (transposed conv).
     const T* fx = k.PadX(ctx.stream, c.transpose ? k.dz : Ptr<const T>(x));
     const T* fdy = c.transpose ? Ptr<const T>(x) : k.dz;
-    JAX_MPS_RETURN_IF_ERROR(RunConv(op, k.h, k.plan, 2, fx, fdy, k.wk, k.algo, k.algo_size));
+    JAX_MPS_RETURN_IF_ERROR(RunConv(op, k.h, k.plan.get(), 2, fx, fdy, k.wk, k.algo, k.algo_size));
     FilterK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(c.kh, c.kw, dw.dimensions()[2], c.oc, c.transpose, false, k.wk,
                                                     Ptr<T>(dw));
     if (c.has_bias) {
@@ -437,13 +443,23 @@ cudaDataType_t CudaType(ffi::DataType t) {
   return t == ffi::F16 ? CUDA_R_16F : (t == ffi::BF16 ? CUDA_R_16BF : CUDA_R_32F);
 }
 
+// Kept in an LRU PlanCache like ConvPlan.
 struct MatmulPlan {
-  cublasLtMatmulDesc_t desc;
-  cublasLtMatrixLayout_t a, b, c;
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulAlgo_t algo;
-  size_t ws;
-  bool half_scale;  // CUBLAS_COMPUTE_16F: alpha and beta are __half
+  size_t ws = 0;
+  bool half_scale = false;  // CUBLAS_COMPUTE_16F: alpha and beta are __half
   std::mutex mu;  // the bias pointer is an attribute of the shared descriptor
+
+  MatmulPlan() = default;
+  MatmulPlan(const MatmulPlan&) = delete;
+  MatmulPlan& operator=(const MatmulPlan&) = delete;
+  ~MatmulPlan() {
+    for (cublasLtMatrixLayout_t l : {a, b, c})
+      if (l) cublasLtMatrixLayoutDestroy(l);
+    if (desc) cublasLtMatmulDescDestroy(desc);
+  }
 };
 
 constexpr size_t kLtWorkspace = size_t(32) << 20;
@@ -456,20 +472,8 @@ cublasComputeType_t ComputeOf(const FusedDesc& f, ffi::DataType dt) {
   return dt == ffi::F16 && f.f16_accumulate ? CUBLAS_COMPUTE_16F : CUBLAS_COMPUTE_32F;
 }
 
-ffi::Error GetMatmul(const char* op, cublasLtHandle_t h, ffi::DataType dt, cublasComputeType_t ct, int64_t m,
-                     int64_t n, int64_t k, bool ta, bool tb, cublasLtEpilogue_t epi, MatmulPlan** out) {
-  static std::mutex mu;
-  static std::unordered_map<PlanKey, std::unique_ptr<MatmulPlan>, PlanKeyHash> cache;
-  PlanKey key;
-  key.add(m).add(n).add(k).add(int64_t(ta)).add(int64_t(tb)).add(int64_t(epi)).add(int64_t(dt)).add(int64_t(ct));
-  key.add(int64_t(StreamDevice(nullptr)));
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = cache.find(key);
-  if (it != cache.end()) {
-    *out = it->second.get();
-    return ffi::Error::Success();
-  }
-  auto p = std::make_unique<MatmulPlan>();
+ffi::Error BuildMatmul(const char* op, cublasLtHandle_t h, ffi::DataType dt, cublasComputeType_t ct, int64_t m,
+                       int64_t n, int64_t k, bool ta, bool tb, cublasLtEpilogue_t epi, MatmulPlan* p) {
   const cudaDataType_t t = CudaType(dt);
   p->half_scale = ct == CUBLAS_COMPUTE_16F;
   JAX_MPS_CUBLAS(op, cublasLtMatmulDescCreate(&p->desc, ct, p->half_scale ? CUDA_R_16F : CUDA_R_32F));
@@ -482,19 +486,33 @@ ffi::Error GetMatmul(const char* op, cublasLtHandle_t h, ffi::DataType dt, cubla
   JAX_MPS_CUBLAS(op, cublasLtMatrixLayoutCreate(&p->c, t, m, n, m));
   cublasLtMatmulPreference_t pref;
   JAX_MPS_CUBLAS(op, cublasLtMatmulPreferenceCreate(&pref));
-  JAX_MPS_CUBLAS(op, cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                          &kLtWorkspace, sizeof(kLtWorkspace)));
   cublasLtMatmulHeuristicResult_t res;
   int got = 0;
-  cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(h, p->desc, p->a, p->b, p->c, p->c, pref, 1, &res, &got);
+  cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                           &kLtWorkspace, sizeof(kLtWorkspace));
+  if (st == CUBLAS_STATUS_SUCCESS)
+    st = cublasLtMatmulAlgoGetHeuristic(h, p->desc, p->a, p->b, p->c, p->c, pref, 1, &res, &got);
   cublasLtMatmulPreferenceDestroy(pref);
   JAX_MPS_CUBLAS(op, st);
   JAX_MPS_CHECK(got > 0, op, ": cuBLASLt found no algorithm for (", m, ", ", n, ", ", k, ")");
   p->algo = res.algo;
   p->ws = res.workspaceSize;
-  *out = p.get();
-  cache.emplace(key, std::move(p));
   return ffi::Error::Success();
+}
+
+ffi::Error GetMatmul(const char* op, cublasLtHandle_t h, ffi::DataType dt, cublasComputeType_t ct, int64_t m,
+                     int64_t n, int64_t k, bool ta, bool tb, cublasLtEpilogue_t epi, std::shared_ptr<MatmulPlan>* out) {
+  static PlanCache<MatmulPlan> cache;
+  PlanKey key;
+  key.add(m).add(n).add(k).add(int64_t(ta)).add(int64_t(tb)).add(int64_t(epi)).add(int64_t(dt)).add(int64_t(ct));
+  key.add(int64_t(StreamDevice(nullptr)));
+  ffi::Error err = ffi::Error::Success();
+  *out = cache.GetShared(key, [&]() -> std::shared_ptr<MatmulPlan> {
+    auto p = std::make_shared<MatmulPlan>();
+    err = BuildMatmul(op, h, dt, ct, m, n, k, ta, tb, epi, p.get());
+    return err.failure() ? nullptr : p;
+  });
+  return err;
 }
 
 ffi::Error RunMatmul(const char* op, Ctx& ctx, cublasLtHandle_t h, MatmulPlan* p, const void* a, const void* b, void* c,
@@ -528,12 +546,12 @@ ffi::Error DenseFwdImpl(Ctx ctx, const DenseDesc& d, ffi::AnyBuffer x, ffi::AnyB
     const cublasComputeType_t ct = ComputeOf(d, dt);
     const bool epi_bias = d.has_bias && ct != CUBLAS_COMPUTE_16F;
     const cublasLtEpilogue_t epi = epi_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
-    MatmulPlan* p = nullptr;
+    std::shared_ptr<MatmulPlan> p;
     JAX_MPS_RETURN_IF_ERROR(GetMatmul(op, h, dt, ct, d.n, d.m, d.k, false, false, epi, &p));  // y^T = w^T x^T
     ffi::Error err;
     void* ws = Workspace(ctx, p->ws, op, &err);
     if (!ws) return err;
-    JAX_MPS_RETURN_IF_ERROR(RunMatmul(op, ctx, h, p, w.untyped_data(), x.untyped_data(), y.untyped_data(),
+    JAX_MPS_RETURN_IF_ERROR(RunMatmul(op, ctx, h, p.get(), w.untyped_data(), x.untyped_data(), y.untyped_data(),
                                       epi_bias ? b.untyped_data() : nullptr, ws));
     const T* pass_bias = d.has_bias && !epi_bias ? Ptr<const T>(b) : nullptr;
     if (d.act != Act::kNone || pass_bias)
@@ -558,7 +576,7 @@ ffi::Error DenseBwdDataImpl(Ctx ctx, const DenseDesc& d, ffi::AnyBuffer s, ffi::
     }
     cublasLtHandle_t h = nullptr;
     JAX_MPS_RETURN_IF_ERROR(CublasLt(op, ctx.stream, &h));
-    MatmulPlan* p = nullptr;
+    std::shared_ptr<MatmulPlan> p;
     JAX_MPS_RETURN_IF_ERROR(
         GetMatmul(op, h, dt, ComputeOf(d, dt), d.k, d.m, d.n, true, false, CUBLASLT_EPILOGUE_DEFAULT, &p));
     Carve cv;
@@ -574,7 +592,7 @@ ffi::Error DenseBwdDataImpl(Ctx ctx, const DenseDesc& d, ffi::AnyBuffer s, ffi::
       dz = q;
     }
     // dx^T (K, M) = w (K, N) @ dz^T (N, M): w is stored as a column-major (N, K).
-    JAX_MPS_RETURN_IF_ERROR(RunMatmul(op, ctx, h, p, w.untyped_data(), dz, dx.untyped_data(), nullptr, ws + o_ws));
+    JAX_MPS_RETURN_IF_ERROR(RunMatmul(op, ctx, h, p.get(), w.untyped_data(), dz, dx.untyped_data(), nullptr, ws + o_ws));
     return LaunchStatus(op);
   });
 }
@@ -597,7 +615,7 @@ ffi::Error DenseBwdWeightsImpl(Ctx ctx, const DenseDesc& d, ffi::AnyBuffer x, ff
     if (d.k == 0 || d.n == 0) return ffi::Error::Success();
     cublasLtHandle_t h = nullptr;
     JAX_MPS_RETURN_IF_ERROR(CublasLt(op, ctx.stream, &h));
-    MatmulPlan* p = nullptr;
+    std::shared_ptr<MatmulPlan> p;
     JAX_MPS_RETURN_IF_ERROR(
         GetMatmul(op, h, dt, ComputeOf(d, dt), d.n, d.k, d.m, false, true, CUBLASLT_EPILOGUE_DEFAULT, &p));
     Carve cv;
@@ -614,7 +632,7 @@ ffi::Error DenseBwdWeightsImpl(Ctx ctx, const DenseDesc& d, ffi::AnyBuffer x, ff
       dz = q;
     }
     // dw^T (N, K) = dz^T (N, M) @ x (M, K): x is stored as a column-major (K, M).
-    JAX_MPS_RETURN_IF_ERROR(RunMatmul(op, ctx, h, p, dz, x.untyped_data(), dw.untyped_data(), nullptr, ws + o_ws));
+    JAX_MPS_RETURN_IF_ERROR(RunMatmul(op, ctx, h, p.get(), dz, x.untyped_data(), dw.untyped_data(), nullptr, ws + o_ws));
     if (d.has_bias) {
       double* acc = reinterpret_cast<double*>(ws + o_acc);
       JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(acc, 0, d.n * sizeof(double), ctx.stream));

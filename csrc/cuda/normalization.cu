@@ -109,14 +109,17 @@ __global__ void GradSumsK(int64_t S, int64_t C, Act act, float alpha, bool from_
   ColFlush(sdx, sums, 2 * gc + 1, 2 * (g * C + C));
 }
 
-// dx = a * dz + gb * (x - m) + gd, with a = scale * rstd (the forward's coefficient).
+// dx = a * dz + gb * (x - m) + gd, with a = scale * rstd (the forward's coefficient). Inference
+// passes gb = gd = nullptr: dx = a * dz alone, so a NaN x whose dz is 0 (relu) gives 0, as in jax.
 template <typename T>
 __global__ void GradInputK(int64_t G, int64_t S, int64_t C, Act act, float alpha, bool from_output, const T* x,
                            const T* s, const T* dy, Coef k, const float* gb, const float* gd, T* dx) {
   JAX_MPS_GRID_STRIDE(e, G * S * C) {
     const int64_t gc = (e / (S * C)) * C + e % C;
     const float dz = Dz(e, gc, act, alpha, from_output, x, s, dy, k);
-    dx[e] = St<T>(k.a[gc] * dz + gb[gc] * float(double(Ld(x[e])) - k.m[gc]) + gd[gc]);
+    float g = k.a[gc] * dz;
+    if (gb) g += gb[gc] * float(double(Ld(x[e])) - k.m[gc]) + gd[gc];
+    dx[e] = St<T>(g);
   }
 }
 
@@ -134,8 +137,8 @@ __global__ void BnBwdCoefK(int64_t C, double M, const double* sums, const T* sca
 }
 
 template <typename T>
-__global__ void BniBwdCoefK(int64_t C, float eps, const double* sums, const T* scale, const T* var, float* gb,
-                            float* gd, T* dscale, T* dbias, T* dmean, T* dvar) {
+__global__ void BniBwdCoefK(int64_t C, float eps, const double* sums, const T* scale, const T* var, T* dscale,
+                            T* dbias, T* dmean, T* dvar) {
   JAX_MPS_GRID_STRIDE(c, C) {
     const double r = 1.0 / sqrt(double(Ld(var[c])) + double(eps)), g = Ld(scale[c]);
     const double sdz = sums[2 * c], sdzx = sums[2 * c + 1];
@@ -143,8 +146,6 @@ __global__ void BniBwdCoefK(int64_t C, float eps, const double* sums, const T* s
     dscale[c] = St<T>(float(r * sdzx));
     dmean[c] = St<T>(float(-g * r * sdz));
     dvar[c] = St<T>(float(-0.5 * g * r * r * r * sdzx));
-    gb[c] = 0.f;
-    gd[c] = 0.f;
   }
 }
 
@@ -214,16 +215,16 @@ ffi::Error MakeWork(Ctx& ctx, const char* op, int64_t stats, Work* w) {
 
 // The batch-norm backward passes (training and inference) around their coefficient kernel:
 // per-channel sums of dz and dz * x (GradSumsK), then `coef` (turns them into w.gb / w.gd and
-// writes the parameter gradients), then dx.
+// writes the parameter gradients), then dx (through the statistics unless `inference`).
 template <typename T, typename CoefPass>
 void BnGradients(cudaStream_t s, const NormView& v, ffi::AnyBuffer x, ffi::AnyBuffer sy, ffi::AnyBuffer dy,
-                 const Work& w, ffi::AnyBuffer dx, CoefPass&& coef) {
+                 const Work& w, ffi::AnyBuffer dx, bool inference, CoefPass&& coef) {
   GradSumsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, s>>>(v.S, v.C, v.act, v.alpha, v.from_output, Ptr<const T>(x),
                                                           Ptr<const T>(sy), Ptr<const T>(dy), w.k, w.sums);
   coef();
   GradInputK<T><<<Blocks(x.element_count()), 256, 0, s>>>(1, v.S, v.C, v.act, v.alpha, v.from_output,
                                                           Ptr<const T>(x), Ptr<const T>(sy), Ptr<const T>(dy), w.k,
-                                                          w.gb, w.gd, Ptr<T>(dx));
+                                                          inference ? nullptr : w.gb, w.gd, Ptr<T>(dx));
 }
 
 // ---- local response norm across the last axis (one thread per element; windows are short) ----
@@ -303,7 +304,7 @@ ffi::Error Cuda::BatchNormBwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, 
     using T = decltype(t);
     SavedBnStatsK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, Ptr<const T>(scale), Ptr<const T>(bias), Ptr<const T>(mean),
                                                 Ptr<const T>(rstd), w.k);
-    BnGradients<T>(s, v, x, sy, dy, w, dx, [&] {
+    BnGradients<T>(s, v, x, sy, dy, w, dx, false, [&] {
       BnBwdCoefK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, double(v.S), w.sums, Ptr<const T>(scale), Ptr<const T>(rstd),
                                                Ptr<const T>(dmean), Ptr<const T>(dvar), w.gb, w.gd, Ptr<T>(dscale),
                                                Ptr<T>(dbias));
@@ -340,9 +341,9 @@ ffi::Error Cuda::BatchNormInferenceBwd(Cuda::Ctx s, const NormView& v, Buf x, Bu
     using T = decltype(t);
     GivenStatsK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, v.eps, Ptr<const T>(scale), Ptr<const T>(bias), Ptr<const T>(mean),
                                               Ptr<const T>(var), w.k);
-    BnGradients<T>(s, v, x, sy, dy, w, dx, [&] {
-      BniBwdCoefK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, v.eps, w.sums, Ptr<const T>(scale), Ptr<const T>(var), w.gb,
-                                                w.gd, Ptr<T>(dscale), Ptr<T>(dbias), Ptr<T>(dmean), Ptr<T>(dvar));
+    BnGradients<T>(s, v, x, sy, dy, w, dx, true, [&] {
+      BniBwdCoefK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, v.eps, w.sums, Ptr<const T>(scale), Ptr<const T>(var),
+                                                Ptr<T>(dscale), Ptr<T>(dbias), Ptr<T>(dmean), Ptr<T>(dvar));
     });
     return LaunchStatus(op);
   });

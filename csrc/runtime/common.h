@@ -118,13 +118,21 @@ class PlanCache {
 
   template <typename Make>
   std::shared_ptr<Plan> Get(const PlanKey& key, Make&& make) {
+    return GetShared(key, [&] { return std::make_shared<Plan>(make()); });
+  }
+
+  // For plans that are built in place (not movable) or whose build can fail: make() returns a
+  // std::shared_ptr<Plan>; a null one (a failed build) is returned and not cached.
+  template <typename Make>
+  std::shared_ptr<Plan> GetShared(const PlanKey& key, Make&& make) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = index_.find(key);
     if (it != index_.end()) {
       lru_.splice(lru_.begin(), lru_, it->second);
       return it->second->second;
     }
-    auto plan = std::make_shared<Plan>(make());
+    std::shared_ptr<Plan> plan = make();
+    if (!plan) return plan;
     const size_t limit = static_cast<size_t>(std::max<int64_t>(g_plan_cache_limit.load(), 0));
     if (limit == 0) return plan;
     lru_.emplace_front(key, plan);

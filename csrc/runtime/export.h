@@ -30,6 +30,13 @@ inline void ExportContract(nb::module_& m, const std::vector<Target>& targets, c
   }, "List of (target name, platform, handler capsule) for every FFI target of this backend.");
   m.def("backend", [k = std::string(key), v = std::move(versions)] { return nb::make_tuple(k, v); },
         "(key, library versions) of this backend.");
+  // Each module has its own plan caches (runtime/common.h's globals are per shared library), so
+  // jax_mps.set_plan_cache_size sets the limit in every loaded module.
+  m.def("set_plan_cache_size", [](int64_t n) { g_plan_cache_limit = n; },
+        "Most plans each op family's plan cache keeps (least recently used dropped first).");
+  m.def("plan_cache_size", [] { return g_plan_cache_limit.load(); });
+  m.def("plan_cache_entries", [] { return g_plan_cache_entries.load(); },
+        "Plans held by all plan caches of this module together.");
 
   nb::dict act;  // name -> code; the parameters each takes are Python's business (API.md)
   act["none"] = int64_t(Act::kNone);
