@@ -103,7 +103,7 @@ print(json.dumps({"peak": peak, "after_one": after_one, "settled": settled, "aga
 """
 
 
-@pytest.mark.cpu_only  # the CPU's per-thread scratch (on CUDA, XLA's allocator gives the workspace)
+@pytest.mark.cpu_only  # the CPU's per-thread scratch (CUDA keeps one workspace per stream, csrc/cuda/common.cuh)
 def test_scratch_shrinks_after_small_calls():
     r = _run(SCRATCH_SCRIPT, {})
     assert r["peak"] > 8 << 20, r  # the big gradient needed > 8 MiB of scratch

@@ -11,14 +11,16 @@
 // (jax.default_matmul_precision): TF32 tensor cores allowed by default (CUDNN_DEFAULT_MATH, as
 // PyTorch's allow_tf32; ALLOW_CONVERSION would also permit float16 down-conversion), FMA only for
 // "highest"; float16/bfloat16 use tensor cores with float32 accumulation, float16 with float16
-// accumulation for accumulate="float16". Algorithms come from cuDNN's heuristics; the first that
-// runs for a shape is cached with its descriptors.
+// accumulation for accumulate="float16". Algorithms: cuDNN's measured fastest (autotuned once per
+// shape and pass, see Autotune), else its heuristics' first that runs; cached with the descriptors.
 //
 // Dense: cuBLASLt, row-major problems phrased column-major (y^T = w^T x^T), bias fused in the
 // epilogue, the activation in one element-wise pass (our kernels' NaN and accuracy rules). Compute
 // type: float32 CUBLAS_COMPUTE_32F_FAST_TF32 by default, CUBLAS_COMPUTE_32F for "highest";
 // float16 with accumulate="float16" CUBLAS_COMPUTE_16F (bias then added by our pass: cuBLASLt's
 // bias epilogue is documented for float32 compute), else float32 accumulation.
+#include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -157,6 +159,10 @@ struct ConvPlan {
   std::vector<cudnnConvolutionBwdDataAlgo_t> bwd_data;
   std::vector<cudnnConvolutionBwdFilterAlgo_t> bwd_filter;
   int fwd_ok = -1, data_ok = -1, filter_ok = -1;  // index of the algorithm that ran, once known
+  // Per pass: the largest workspace any of its algorithms may take (bounded), once asked. Asking
+  // cuDNN on every call cost ~0.4 ms of host time per tiny convolution (the FFT algorithms' queries).
+  size_t ws_most[3] = {SIZE_MAX, SIZE_MAX, SIZE_MAX};
+  bool fma_only = false;  // precision "highest": no TF32 algorithms
   std::mutex mu;
 
   ConvPlan() = default;
@@ -172,6 +178,7 @@ struct ConvPlan {
 
 ffi::Error BuildPlan(const char* op, cudnnHandle_t h, const Geo& g, ffi::DataType dt, ConvMath m, ConvPlan* p) {
   const cudnnDataType_t t = CudnnType(dt);
+  p->fma_only = m.math == CUDNN_FMA_MATH;
   JAX_MPS_CUDNN(op, cudnnCreateTensorDescriptor(&p->x));
   JAX_MPS_CUDNN(op, cudnnCreateTensorDescriptor(&p->y));
   JAX_MPS_CUDNN(op, cudnnCreateFilterDescriptor(&p->w));
@@ -228,16 +235,79 @@ ffi::Error GetPlan(const char* op, cudnnHandle_t h, int dev, const Geo& g, ffi::
   return err;
 }
 
-// Runs F (kind 0: forward, 1: data gradient, 2: filter gradient), trying the heuristic's
-// algorithms in order until one runs; remembers it. ws/ws_size: the workspace left for cuDNN.
+// cuDNN's measured choice (cudnnFind*AlgorithmEx, as XLA's conv autotuner and PyTorch's
+// cudnn.benchmark): the fastest algorithm within the workspace, timed once per plan and pass on the
+// call's own buffers (its output is then written by the real run). Index into the plan's list for
+// `kind` (appended if the heuristic did not list it), or -1. JAX_MPS_CUDNN_AUTOTUNE=0: heuristic only.
+bool AutotuneOn() {
+  static const bool on = [] {
+    const char* e = std::getenv("JAX_MPS_CUDNN_AUTOTUNE");
+    return !(e && std::strcmp(e, "0") == 0);
+  }();
+  return on;
+}
+
+template <typename Algo, typename Perf>
+int Fastest(const Perf* r, int got, size_t ws_size, bool fma_only, std::vector<Algo>& algos) {
+  for (int i = 0; i < got; ++i) {  // sorted fastest first
+    if (r[i].status != CUDNN_STATUS_SUCCESS || r[i].memory > ws_size) continue;
+    if (fma_only && r[i].mathType != CUDNN_FMA_MATH) continue;
+    for (size_t j = 0; j < algos.size(); ++j)
+      if (algos[j] == r[i].algo) return int(j);
+    algos.push_back(r[i].algo);
+    return int(algos.size() - 1);
+  }
+  return -1;
+}
+
+int Autotune(cudnnHandle_t h, ConvPlan* p, int kind, const void* a, const void* b, void* out, void* ws,
+             size_t ws_size) {
+  constexpr int kN = 8;
+  int got = 0;
+  const bool fma = p->fma_only;
+  if (kind == 0) {
+    cudnnConvolutionFwdAlgoPerf_t r[kN];
+    if (cudnnFindConvolutionForwardAlgorithmEx(h, p->x, a, p->w, b, p->conv, p->y, out, kN, &got, r, ws, ws_size) !=
+        CUDNN_STATUS_SUCCESS)
+      return -1;
+    return Fastest(r, got, ws_size, fma, p->fwd);
+  }
+  if (kind == 1) {
+    cudnnConvolutionBwdDataAlgoPerf_t r[kN];
+    if (cudnnFindConvolutionBackwardDataAlgorithmEx(h, p->w, a, p->y, b, p->conv, p->x, out, kN, &got, r, ws,
+                                                    ws_size) != CUDNN_STATUS_SUCCESS)
+      return -1;
+    return Fastest(r, got, ws_size, fma, p->bwd_data);
+  }
+  cudnnConvolutionBwdFilterAlgoPerf_t r[kN];
+  if (cudnnFindConvolutionBackwardFilterAlgorithmEx(h, p->x, a, p->y, b, p->conv, p->w, out, kN, &got, r, ws,
+                                                    ws_size) != CUDNN_STATUS_SUCCESS)
+    return -1;
+  return Fastest(r, got, ws_size, fma, p->bwd_filter);
+}
+
+// Runs F (kind 0: forward, 1: data gradient, 2: filter gradient) with the plan's algorithm for the
+// pass: on the first call the autotuner's pick, else the heuristic's algorithms in order until one
+// runs; remembered. ws/ws_size: the workspace left for cuDNN.
 ffi::Error RunConv(const char* op, cudnnHandle_t h, ConvPlan* p, int kind, const void* a, const void* b, void* out,
                    void* ws, size_t ws_size) {
   const float one = 1.f, zero = 0.f;
   std::lock_guard<std::mutex> lock(p->mu);
   int* ok = kind == 0 ? &p->fwd_ok : (kind == 1 ? &p->data_ok : &p->filter_ok);
-  const size_t count = kind == 0 ? p->fwd.size() : (kind == 1 ? p->bwd_data.size() : p->bwd_filter.size());
   cudnnStatus_t last = CUDNN_STATUS_NOT_SUPPORTED;
-  for (size_t i = *ok >= 0 ? size_t(*ok) : 0; i < count; ++i) {
+  if (*ok < 0 && AutotuneOn()) *ok = Autotune(h, p, kind, a, b, out, ws, ws_size);
+  if (*ok >= 0) {  // the remembered algorithm, which fit this (per-plan constant) workspace before
+    const size_t i = size_t(*ok);
+    last = kind == 0 ? cudnnConvolutionForward(h, &one, p->x, a, p->w, b, p->conv, p->fwd[i], ws, ws_size, &zero,
+                                               p->y, out)
+           : kind == 1 ? cudnnConvolutionBackwardData(h, &one, p->w, a, p->y, b, p->conv, p->bwd_data[i], ws,
+                                                      ws_size, &zero, p->x, out)
+                       : cudnnConvolutionBackwardFilter(h, &one, p->x, a, p->y, b, p->conv, p->bwd_filter[i], ws,
+                                                        ws_size, &zero, p->w, out);
+    return last == CUDNN_STATUS_SUCCESS ? ffi::Error::Success() : CudnnError(op, last);
+  }
+  const size_t count = kind == 0 ? p->fwd.size() : (kind == 1 ? p->bwd_data.size() : p->bwd_filter.size());
+  for (size_t i = 0; i < count; ++i) {
     size_t need = 0;
     if (kind == 0) {
       last = cudnnGetConvolutionForwardWorkspaceSize(h, p->x, p->w, p->conv, p->y, p->fwd[i], &need);
@@ -258,13 +328,14 @@ ffi::Error RunConv(const char* op, cudnnHandle_t h, ConvPlan* p, int kind, const
       *ok = int(i);
       return ffi::Error::Success();
     }
-    if (*ok >= 0) break;  // the remembered algorithm failed: report it
   }
   return CudnnError(op, last);
 }
 
 // Largest cuDNN workspace any algorithm of the plan may take for `kind` (bounded).
 size_t AlgoWorkspace(cudnnHandle_t h, ConvPlan* p, int kind) {
+  std::lock_guard<std::mutex> lock(p->mu);
+  if (p->ws_most[kind] != SIZE_MAX) return p->ws_most[kind];
   size_t most = 0;
   const size_t count = kind == 0 ? p->fwd.size() : (kind == 1 ? p->bwd_data.size() : p->bwd_filter.size());
   for (size_t i = 0; i < count; ++i) {
@@ -276,6 +347,7 @@ size_t AlgoWorkspace(cudnnHandle_t h, ConvPlan* p, int kind) {
                                                                      p->bwd_filter[i], &need);
     if (s == CUDNN_STATUS_SUCCESS && need <= kMaxAlgoWorkspace && need > most) most = need;
   }
+  p->ws_most[kind] = most;
   return most;
 }
 
