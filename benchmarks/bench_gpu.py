@@ -1,34 +1,63 @@
 """GPU benchmarks (issue 15), side by side in one process: jax_mps vs XLA-native JAX vs PyTorch.
 
 Each case: warm-up steps, then the median of --steps steps, each timed to completion (block on
-the JAX results / torch.cuda.synchronize). Writes benchmarks/results/gpu.json and gpu.md (or
---out). Cases a backend cannot run (e.g. a target the CUDA backend does not implement yet) are
-recorded with the error instead of a time.
-Run: python benchmarks/bench_gpu.py [--steps 30] [--only lenet,lstm]
+the JAX results / torch.cuda.synchronize). Writes NAME.json and NAME.md (--name, default gpu)
+into --out (default benchmarks/results). Cases a backend cannot run (e.g. jax.experimental.rnn
+off cuDNN, or a target the CUDA backend does not implement yet) are recorded with the error
+instead of a time. Every JAX training step must trace once (checked).
+Cases (--only): lenet, activity, lstm, inception.
+    python benchmarks/bench_gpu.py --steps 20 [--only lenet,activity,lstm,inception]
+    python benchmarks/bench_gpu.py --cpu-smoke --out /tmp/gb   # every case at tiny sizes on the CPU
+The models besides jax_mps's: XLA native in _gpu_models.py (InceptionV3: flax.linen, _models.py),
+PyTorch in _torch_models.py; jax_mps's are those of examples/activity.py and examples/inception_v3.py.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import os
 import statistics
+import sys
 import time
 
 ap = argparse.ArgumentParser()
-ap.add_argument("--steps", type=int, default=30)
-ap.add_argument("--warmup", type=int, default=5)
-ap.add_argument("--only", default="lenet,lstm")
-ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+ap.add_argument("--steps", type=int, default=20)
+ap.add_argument("--warmup", type=int, default=3)
+ap.add_argument("--only", default="lenet,activity,lstm,inception")
+ap.add_argument("--inception-batch", type=int, default=128)
+ap.add_argument("--cpu-smoke", action="store_true",
+                help="every case at tiny sizes (batch 2, InceptionV3 at 75x75), 2 steps after 1 warm-up, "
+                     "JAX and PyTorch on the CPU: checks that the script runs end to end")
+ap.add_argument("--out", default=None, help="default: benchmarks/results (with --cpu-smoke: /tmp/bench_gpu_smoke)")
+ap.add_argument("--name", default="gpu", help="output files: NAME.json and NAME.md in --out")
 args = ap.parse_args()
+if args.cpu_smoke:
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    args.steps, args.warmup = 2, 1
+# XLA would otherwise take 75% of the GPU up front and leave PyTorch's InceptionV3 short.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "examples"))  # activity.py, inception_v3.py (and its train_cnn)
+if args.out is None:
+    args.out = "/tmp/bench_gpu_smoke" if args.cpu_smoke else os.path.join(HERE, "results")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-from jax import lax  # noqa: E402
 
+import _gpu_models as xm  # noqa: E402
 import jax_mps as mps  # noqa: E402
 
+SMOKE = args.cpu_smoke
+SIZES = {  # case -> sizes; the smoke run keeps the structure, shrinks the numbers
+    "lenet": (2,) if SMOKE else (128, 2048),
+    "activity": (2,) if SMOKE else (32, 512),
+    "lstm": ((5, 2, 4, 8),) if SMOKE else ((20, 32, 64, 200), (100, 64, 256, 256), (50, 256, 512, 1024)),
+    "inception": (2, 75) if SMOKE else (args.inception_batch, 299),   # (batch, image size)
+}
 RESULTS = []
 
 
@@ -43,34 +72,80 @@ def median_ms(step, sync):
     return statistics.median(times) * 1e3
 
 
-def record(case, impl, fn):
+def record(case, impl, fn, batch=None):
+    """fn() -> ms or (ms, note). `batch` (images per step) adds images/s to the markdown."""
+    extra = {"batch": batch} if batch else {}
     try:
-        ms = fn()
-        RESULTS.append({"case": case, "impl": impl, "ms": ms})
-        print(f"{case:42s} {impl:18s} {ms:9.3f} ms", flush=True)
+        out = fn()
+        ms, note = out if isinstance(out, tuple) else (out, None)
+        RESULTS.append({"case": case, "impl": impl, "ms": ms, **extra, **({"note": note} if note else {})})
+        print(f"{case:42s} {impl:26s} {ms:9.3f} ms", flush=True)
     except Exception as e:  # a backend that cannot run the case: keep the reason, go on
-        msg = str(e).splitlines()[0][:200]
-        RESULTS.append({"case": case, "impl": impl, "ms": None, "error": msg})
-        print(f"{case:42s} {impl:18s}   n/a  ({msg})", flush=True)
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        RESULTS.append({"case": case, "impl": impl, "ms": None, "error": msg, **extra})
+        print(f"{case:42s} {impl:26s}   n/a  ({msg})", flush=True)
+    gc.collect()  # the case's buffers go before the next one's; PyTorch's cache back to the device
+    if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+        sys.modules["torch"].cuda.empty_cache()
 
 
 def jsync(x):
     jax.block_until_ready(x)
 
 
+def time_state_step(step, state, batch):
+    """Median ms of `state, loss = step(state, batch)` jitted with the state donated; the step
+    must trace once (a retrace per step would time the compiler)."""
+    traces = [0]
+
+    def counted(state, batch):
+        traces[0] += 1
+        return step(state, batch)
+    f = jax.jit(counted, donate_argnums=0)
+    st = [state]
+
+    def run():
+        st[0], loss = f(st[0], batch)
+        return loss
+    ms = median_ms(run, jsync)
+    if traces[0] != 1:
+        raise RuntimeError(f"the step was traced {traces[0]} times")
+    return ms
+
+
+def optax_step(loss_fn, opt):
+    """(state = (params, opt_state), batch) -> (state, loss) with an optax update."""
+    def step(state, batch):
+        p, s = state
+        loss, g = jax.value_and_grad(loss_fn)(p, *batch)
+        u, s = opt.update(g, s, p)
+        return (optax.apply_updates(p, u), s), loss
+    return step
+
+
+def torch_env():
+    """(torch, device, sync): CUDA on the GPU run, the CPU in the smoke run."""
+    import torch
+    torch.backends.cudnn.benchmark = True
+    dev = "cpu" if SMOKE else "cuda"
+    return torch, dev, (lambda _: torch.cuda.synchronize()) if dev == "cuda" else (lambda _: None)
+
+
+def torch_train_ms(net, opt, x, y, sync, autocast=None):
+    """One PyTorch training step: zero_grad, forward (under `autocast`, a dtype), cross entropy, step."""
+    import torch
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(x.device.type, autocast) if autocast else contextlib.nullcontext():
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    return median_ms(run, sync)
+
+
 # ---- LeNet-5 (28x28x1, Adam) ----
-
-SHAPES = {"c1": (5, 5, 1, 6), "c2": (5, 5, 6, 16), "d1": (400, 120), "d2": (120, 84), "d3": (84, 10)}
-
-
-def lenet_init(key):
-    p = {}
-    for i, (name, shape) in enumerate(SHAPES.items()):
-        fan_in = int(np.prod(shape[:-1]))
-        p[name + "_w"] = jax.random.normal(jax.random.fold_in(key, i), shape) * np.sqrt(2.0 / fan_in)
-        p[name + "_b"] = jnp.zeros(shape[-1])
-    return p
-
 
 def lenet_mps(p, x, y):
     h = mps.conv2d(x, p["c1_w"], p["c1_b"], padding="SAME", activation="relu")
@@ -82,160 +157,238 @@ def lenet_mps(p, x, y):
     return mps.softmax_cross_entropy(mps.dense(h, p["d3_w"], p["d3_b"]), y)
 
 
-def lenet_xla(p, x, y):
-    conv = lambda x, w, b, pad: lax.conv_general_dilated(  # noqa: E731
-        x, w, (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
-    pool = lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")  # noqa: E731
-    h = pool(jax.nn.relu(conv(x, p["c1_w"], p["c1_b"], "SAME")))
-    h = pool(jax.nn.relu(conv(h, p["c2_w"], p["c2_b"], "VALID"))).reshape(x.shape[0], -1)
-    h = jax.nn.relu(h @ p["d1_w"] + p["d1_b"])
-    h = jax.nn.relu(h @ p["d2_w"] + p["d2_b"])
-    return optax.softmax_cross_entropy_with_integer_labels(h @ p["d3_w"] + p["d3_b"], y).mean()
-
-
 def bench_lenet(batch):
     case = f"LeNet-5 step, batch {batch} (Adam)"
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((batch, 28, 28, 1), np.float32))
     y = jnp.asarray(rng.integers(0, 10, batch, dtype=np.int32))
 
-    def jax_case(loss_fn, opt, fused):
-        p = lenet_init(jax.random.key(0))
-        s = opt.init(p)
-        if fused:  # mps.optim: one fused in-place launch per dtype group
-            def step(p, s):
-                loss, g = jax.value_and_grad(loss_fn)(p, x, y)
-                p, s = opt.apply(p, g, s)
-                return p, s, loss
-        else:
-            def step(p, s):
-                loss, g = jax.value_and_grad(loss_fn)(p, x, y)
-                u, s = opt.update(g, s, p)
-                return optax.apply_updates(p, u), s, loss
-        step = jax.jit(step, donate_argnums=(0, 1))
-        st = [p, s]
+    def mps_case():
+        opt = mps.optim.adam(1e-3)
 
-        def run():
-            st[0], st[1], loss = step(st[0], st[1])
-            return loss
-        return median_ms(run, jsync)
+        def step(state, batch):  # mps.optim: one fused in-place launch per dtype group
+            loss, g = jax.value_and_grad(lenet_mps)(state[0], *batch)
+            return opt.apply(state[0], g, state[1]), loss
+        p = xm.lenet_init(jax.random.key(0))
+        return time_state_step(step, (p, opt.init(p)), (x, y))
 
-    record(case, "jax_mps", lambda: jax_case(lenet_mps, mps.optim.adam(1e-3), True))
-    record(case, "XLA native", lambda: jax_case(lenet_xla, optax.adam(1e-3), False))
+    def xla_case():
+        p, opt = xm.lenet_init(jax.random.key(0)), optax.adam(1e-3)
+        return time_state_step(optax_step(xm.lenet_loss, opt), (p, opt.init(p)), (x, y))
+
+    record(case, "jax_mps", mps_case)
+    record(case, "XLA native", xla_case)
     record(case, "PyTorch (cuDNN)", lambda: torch_lenet(batch))
 
 
 def torch_lenet(batch):
-    import torch
-    dev = "cuda"
-    torch.backends.cudnn.benchmark = True
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 6, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(6, 16, 5), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
-        torch.nn.Linear(400, 120), torch.nn.ReLU(), torch.nn.Linear(120, 84), torch.nn.ReLU(),
-        torch.nn.Linear(84, 10)).to(dev)
+    torch, dev, sync = torch_env()
+    nn = torch.nn
+    net = nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+        nn.Linear(84, 10)).to(dev)
     opt = torch.optim.Adam(net.parameters(), 1e-3, fused=True)
     x = torch.randn(batch, 1, 28, 28, device=dev)
     y = torch.randint(0, 10, (batch,), device=dev)
+    return torch_train_ms(net, opt, x, y, sync)
 
-    def run():
-        opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(net(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-    return median_ms(run, lambda _: torch.cuda.synchronize())
+
+# ---- the activity classifier (input 2000x6 -> 20 steps of 7 classes, Adam) ----
+
+def bench_activity(batch):
+    case = f"activity classifier step, batch {batch} (Adam)"
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch, 2000, 6), np.float32))
+    labels = jnp.asarray(rng.integers(0, xm.ACT_CLASSES, batch, dtype=np.int32))
+    lr = 2e-3  # activity.Config's
+
+    def mps_case():  # examples/activity.py as it trains: its init, forward, loss and step
+        import activity
+        cfg = activity.Config()
+        if (cfg.hidden, cfg.dropout, cfg.learning_rate, cfg.weight_decay) != (xm.ACT_HIDDEN, xm.ACT_RATE, lr, 0.0):
+            raise RuntimeError(f"examples/activity.py's Config is no longer the benchmarked model: {cfg}")
+        opt = mps.optim.adam(lr)
+        train_step, _ = activity.make_steps(cfg, opt)
+        params, bn_stats = activity.init(jax.random.PRNGKey(0), cfg)
+        weights = jnp.ones((batch, xm.ACT_STEPS), jnp.float32)  # every window valid
+        state = (params, bn_stats, opt.init(params), jax.random.PRNGKey(1))
+        return time_state_step(train_step, state, (x, labels, weights))
+
+    def xla_case(cudnn):
+        opt = optax.adam(lr)
+
+        def step(state, batch):
+            params, bn_stats, s, key = state
+            key, sub = jax.random.split(key)
+            (loss, bn_stats), g = jax.value_and_grad(xm.activity_loss, has_aux=True)(
+                params, bn_stats, *batch, sub, cudnn)
+            u, s = opt.update(g, s, params)
+            return (optax.apply_updates(params, u), bn_stats, s, key), loss
+        params, bn_stats = xm.activity_init(jax.random.PRNGKey(0), cudnn)
+        return time_state_step(step, (params, bn_stats, opt.init(params), jax.random.PRNGKey(1)), (x, labels))
+
+    record(case, "jax_mps", mps_case)
+    record(case, "XLA native", lambda: xla_case(False))
+    record(case, "XLA jax.experimental.rnn", lambda: xla_case(True))
+    record(case, "PyTorch (cuDNN)", lambda: torch_activity(batch, lr))
+
+
+def torch_activity(batch, lr):
+    torch, dev, sync = torch_env()
+    from _torch_models import Activity
+    net = Activity(xm.ACT_HIDDEN, xm.ACT_CLASSES, xm.ACT_RATE).to(dev)
+    opt = torch.optim.Adam(net.parameters(), lr, fused=True)
+    x = torch.randn(batch, 6, 2000, device=dev)
+    y = torch.randint(0, xm.ACT_CLASSES, (batch,), device=dev).repeat_interleave(xm.ACT_STEPS)
+    return torch_train_ms(net, opt, x, y, sync)
 
 
 # ---- LSTM forward + backward (one layer, batch-major input) ----
 
 def bench_lstm(T, B, I, H):
     case = f"LSTM fwd+bwd T{T} B{B} I{I} H{H}"
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((B, T, I), np.float32))
-    params = mps.init_lstm(jax.random.key(0), I, H)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((B, T, I), np.float32))
 
-    def mps_loss(params, x):
-        y, _ = mps.lstm(x, params)
-        return jnp.sum(y)
-
-    def scan_loss(params, x):
-        p = params[0][0]
-
-        def cell(carry, xt):
-            h, c = carry
-            g = xt @ p["w_ih"] + h @ p["w_hh"] + p["b_ih"] + p["b_hh"]
-            i, f, gg, o = jnp.split(g, 4, axis=-1)
-            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(gg)
-            h = jax.nn.sigmoid(o) * jnp.tanh(c)
-            return (h, c), h
-        z = jnp.zeros((B, H), x.dtype)
-        _, ys = lax.scan(cell, (z, z), jnp.swapaxes(x, 0, 1))
-        return jnp.sum(ys)
-
-    def jax_case(loss):
+    def grad_case(loss, params):
         f = jax.jit(jax.grad(loss, argnums=(0, 1)))
         return median_ms(lambda: f(params, x), jsync)
 
-    record(case, "jax_mps", lambda: jax_case(mps_loss))
-    record(case, "XLA lax.scan", lambda: jax_case(scan_loss))
+    params = mps.init_lstm(jax.random.key(0), I, H)
+    record(case, "jax_mps", lambda: grad_case(lambda p, x: jnp.sum(mps.lstm(x, p)[0]), params))
+    record(case, "XLA lax.scan", lambda: grad_case(lambda p, x: jnp.sum(xm.scan_lstm(p[0][0], x)), params))
+    record(case, "XLA jax.experimental.rnn", lambda: grad_case(
+        lambda w, x: jnp.sum(xm.cudnn_lstm(w, x, H)), xm.init_cudnn_lstm(jax.random.key(0), I, H)))
     record(case, "PyTorch (cuDNN)", lambda: torch_lstm(T, B, I, H))
 
 
 def torch_lstm(T, B, I, H):
-    import torch
-    net = torch.nn.LSTM(I, H, batch_first=True).cuda()
-    x = torch.randn(B, T, I, device="cuda", requires_grad=True)
+    torch, dev, sync = torch_env()
+    net = torch.nn.LSTM(I, H, batch_first=True).to(dev)
+    x = torch.randn(B, T, I, device=dev, requires_grad=True)
 
     def run():
         y, _ = net(x)
         y.sum().backward()
         return y
-    return median_ms(run, lambda _: torch.cuda.synchronize())
+    return median_ms(run, sync)
+
+
+# ---- InceptionV3 (299x299x3, 1000 classes, Adam), float32 and bfloat16 ----
+
+def bench_inception(batch, size, dtype):
+    case = f"InceptionV3 step, batch {batch}, {size}x{size}, {jnp.dtype(dtype).name}"
+    rng = np.random.default_rng(0)
+    x_np = rng.standard_normal((batch, size, size, 3), np.float32)
+    y_np = rng.integers(0, 1000, batch).astype(np.int32)
+    x, y = jnp.asarray(x_np), jnp.asarray(y_np)
+
+    def mps_case():  # bfloat16: the mixed-precision path (bf16 compute and grads, f32 masters and state)
+        import inception_v3 as ex
+        policy, opt = mps.mixed_precision.Policy(dtype), mps.optim.adam(1e-3)
+
+        def loss_fn(p, x, y):
+            return mps.softmax_cross_entropy(ex.inception_v3(ex._Net(p, 1.0, dtype), x), y)
+
+        def step(state, batch):
+            loss, g = mps.mixed_precision.value_and_grad(loss_fn, policy)(state[0], *batch)
+            return opt.apply(state[0], g, state[1]), loss
+        p = ex.init_params(jax.random.PRNGKey(0), size)
+        return time_state_step(step, (p, opt.init(p)), (x, y))
+
+    def xla_case():  # flax.linen, dtype = compute dtype, float32 params (Flax's mixed precision)
+        from _models import InceptionV3
+        model, opt = InceptionV3(dtype=dtype), optax.adam(1e-3)
+        v = model.init(jax.random.PRNGKey(0), x[:1])
+
+        def step(state, batch):
+            params, stats, s = state
+
+            def loss_fn(params, stats, x, y):
+                logits, upd = model.apply({"params": params, "batch_stats": stats}, x, mutable=["batch_stats"])
+                return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd["batch_stats"]
+            (loss, stats), g = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, *batch)
+            u, s = opt.update(g, s, params)
+            return (optax.apply_updates(params, u), stats, s), loss
+        return time_state_step(step, (v["params"], v["batch_stats"], opt.init(v["params"])), (x, y))
+
+    record(case, "jax_mps", mps_case, batch)
+    record(case, "XLA native", xla_case, batch)
+    record(case, "PyTorch (cuDNN)", lambda: torch_inception(x_np, y_np, dtype), batch)
+
+
+def torch_inception(x_np, y_np, dtype):
+    torch, dev, sync = torch_env()
+    from _torch_models import inception_v3
+    net, source = inception_v3(1000)
+    net = net.to(dev, memory_format=torch.channels_last)
+    opt = torch.optim.Adam(net.parameters(), 1e-3, fused=True)
+    x = torch.from_numpy(x_np).permute(0, 3, 1, 2).to(dev).contiguous(memory_format=torch.channels_last)
+    y = torch.from_numpy(y_np).long().to(dev)
+    bf16 = jnp.dtype(dtype) == jnp.bfloat16
+    ms = torch_train_ms(net, opt, x, y, sync, torch.bfloat16 if bf16 else None)
+    return ms, f"{source}, channels_last" + (", autocast bfloat16" if bf16 else "")
 
 
 def write():
     os.makedirs(args.out, exist_ok=True)
     meta = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "backends": mps.backends(),
-            "steps": args.steps, "warmup": args.warmup}
+            "steps": args.steps, "warmup": args.warmup, "cpu_smoke": SMOKE}
     try:
         import torch
         meta["torch"] = torch.__version__
     except ImportError:
         pass
-    with open(os.path.join(args.out, "gpu.json"), "w") as f:
+    with open(os.path.join(args.out, args.name + ".json"), "w") as f:
         json.dump({"meta": meta, "results": RESULTS}, f, indent=1)
     cases = list(dict.fromkeys(r["case"] for r in RESULTS))
-    impls = list(dict.fromkeys(r["impl"] for r in RESULTS))
-    lines = [f"GPU: {meta['device']}, jax {meta['jax']}, median of {args.steps} steps after {args.warmup} warm-up "
-             f"(ms; lower is better; ratio = other / jax_mps)", "",
+    order = ["jax_mps", "XLA native", "XLA lax.scan", "XLA jax.experimental.rnn", "PyTorch (cuDNN)"]
+    impls = sorted(dict.fromkeys(r["impl"] for r in RESULTS), key=lambda i: order.index(i) if i in order else 99)
+    lines = [f"{'CPU smoke run' if SMOKE else 'GPU'}: {meta['device']}, jax {meta['jax']}, median of {args.steps} "
+             f"steps after {args.warmup} warm-up (ms; lower is better; ratio = other / jax_mps; "
+             f"img/s for InceptionV3)", "",
              "| case | " + " | ".join(impls) + " |", "|---" * (len(impls) + 1) + "|"]
     for c in cases:
         row = {r["impl"]: r for r in RESULTS if r["case"] == c}
         base = row.get("jax_mps", {}).get("ms")
         cells = []
         for i in impls:
-            ms = row.get(i, {}).get("ms")
-            if ms is None:
-                cells.append("n/a")
-            elif i != "jax_mps" and base:
-                cells.append(f"{ms:.3f} ({ms / base:.2f}x)")
+            r = row.get(i)
+            if r is None:
+                cells.append("")        # not a comparator of this case
+            elif r["ms"] is None:
+                cells.append("n/a")     # failed: the reason is in the JSON
             else:
-                cells.append(f"{ms:.3f}")
+                cell = f"{r['ms']:.3f}" + (f" ({r['ms'] / base:.2f}x)" if i != "jax_mps" and base else "")
+                if r.get("batch"):
+                    cell += f", {r['batch'] / r['ms'] * 1e3:.0f} img/s"
+                cells.append(cell)
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
-    with open(os.path.join(args.out, "gpu.md"), "w") as f:
+    notes = [f"- {r['case']}, {r['impl']}: {r['note']}" for r in RESULTS if r.get("note")]
+    notes += [f"- {r['case']}, {r['impl']}: n/a: {r['error']}" for r in RESULTS if r.get("error")]
+    if notes:
+        lines += [""] + notes
+    with open(os.path.join(args.out, args.name + ".md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 def main():
     only = set(args.only.split(","))
+    if unknown := only - set(SIZES):
+        ap.error(f"--only: unknown case(s) {sorted(unknown)}; choose from {sorted(SIZES)}")
     if "lenet" in only:
-        for b in (128, 2048):
+        for b in SIZES["lenet"]:
             bench_lenet(b)
+    if "activity" in only:
+        for b in SIZES["activity"]:
+            bench_activity(b)
     if "lstm" in only:
-        for shape in ((20, 32, 64, 200), (100, 64, 256, 256), (50, 256, 512, 1024)):
+        for shape in SIZES["lstm"]:
             bench_lstm(*shape)
+    if "inception" in only:
+        for dtype in (jnp.float32, jnp.bfloat16):
+            bench_inception(*SIZES["inception"], dtype)
     write()
 
 
