@@ -163,9 +163,9 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
         for i, (g, p) in enumerate(zip(g_leaves, p_leaves)):
             if g.shape != p.shape:
                 raise ValueError(f"grads leaf {i}: shape {tuple(g.shape)} does not match param shape {tuple(p.shape)}")
-        if grad_scale is not None:  # loss-scaled gradients (mixed_precision): unscale in float32
-            inv = jnp.asarray(grad_scale, jnp.float32).reshape(())
-            g_leaves = [g.astype(jnp.float32) * inv for g in g_leaves]
+        # Loss-scaled gradients (mixed_precision) are unscaled by the kernels themselves, so no
+        # float32 copy of the gradients is written.
+        gscale = jnp.float32(1) if grad_scale is None else jnp.asarray(grad_scale, jnp.float32).reshape(())
         # float32 params read float16 / bfloat16 grads in the kernel itself (mixed precision's
         # masters); any other mismatch is cast to the param dtype.
         g_leaves = [g if g.dtype == p.dtype or (p.dtype == jnp.float32 and g.dtype in _FLOATS) else g.astype(p.dtype)
@@ -186,7 +186,7 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
             if len(groups) > 1:  # the norm spans every group: sum each group's squared norm first
                 norm_mode = _NORM["external"]
                 parts = [jax.ffi.ffi_call(_SQNORM, jax.ShapeDtypeStruct((), jnp.float32))(
-                    *[g_leaves[i] for i in idx], rescale=attrs["rescale"], clip_value=attrs["clip_value"])
+                    gscale, *[g_leaves[i] for i in idx], rescale=attrs["rescale"], clip_value=attrs["clip_value"])
                     for idx in groups.values()]
                 sqnorm = sum(parts[1:], parts[0])
 
@@ -200,10 +200,10 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
                      + [jax.ShapeDtypeStruct(p_leaves[i].shape, jnp.float32) for _ in range(nslots) for i in idx])
             aliases = {}
             if not write_updates:  # in place: params and slots become the results
-                aliases = {3 + k: k for k in range(n)}
-                aliases.update({3 + (2 + s) * n + k: (1 + s) * n + k for s in range(nslots) for k in range(n)})
+                aliases = {4 + k: k for k in range(n)}
+                aliases.update({4 + (2 + s) * n + k: (1 + s) * n + k for s in range(nslots) for k in range(n)})
             res = jax.ffi.ffi_call(_STEP, specs, input_output_aliases=aliases)(
-                rate, count_inc, sqnorm, *operands, n=np.int64(n), write_updates=np.int64(write_updates),
+                rate, count_inc, sqnorm, gscale, *operands, n=np.int64(n), write_updates=np.int64(write_updates),
                 norm_mode=np.int64(norm_mode), **attrs)
             for k, i in enumerate(idx):
                 out[i] = res[k]
@@ -224,8 +224,8 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
         """Fused step updating `params` and `state` in place (their buffers are donated).
 
         grads may be lower precision than params (float16 / bfloat16 gradients of float32 master
-        weights, see mixed_precision); grad_scale (a traced scalar) multiplies them first, e.g.
-        1 / loss scale."""
+        weights, see mixed_precision); grad_scale (a traced scalar, e.g. 1 / loss scale) multiplies
+        them inside the fused kernels, before rescale and clipping."""
         return _apply_donated(params, grads, state, grad_scale)
 
     return Optimizer(init, update, apply)

@@ -39,6 +39,8 @@ OPT = dict(rule=i64(0), n=i64(1), nslots=i64(0), write_updates=i64(0), b1=f32(0)
            ob2=f32(1), eps=f32(0), momentum=f32(0), weight_decay=f32(0), nesterov=i64(0), amsgrad=i64(0),
            centered=i64(0), rescale=f32(1), clip_value=f32(0), clip_norm=f32(0), norm_mode=i64(0), l1=f32(0),
            l2=f32(0))
+OPT_SCALARS = [z((), F), z((), S32), z((), F), z((), F)]  # lr, count, sqnorm, grad_scale
+SQNORM = dict(rescale=f32(1), clip_value=f32(0))
 x2, x4, y4 = z((2, 3)), z((2, 5, 5, 4)), z((2, 5, 5, 6))
 p4, q4 = z((1, 4, 4, 2)), z((1, 2, 2, 2))
 bn_x, c3 = z((4, 3)), z((3,))
@@ -92,8 +94,8 @@ BAD_RESULT = {
     "rnn_bwd": ([z((2, 3, 4)), z((1, 2, 2)), z((1, 2, 2)), z((2,), S32), z((84,)), z((2, 3, 2)), z((1, 2, 2)),
                  z((1, 2, 2)), *RNN_W],
                 [sds((2, 3, 4)), sds((1, 2, 2)), sds((1, 2, 2)), sds((4, 8)), sds((2, 8)), sds((8,)), sds((7,))], RNN),
-    "optim_step_fwd": ([z((), F), z((), S32), z((), F), z((3,)), z((3,))], [sds((4,))], OPT),
-    "optim_sqnorm_fwd": ([z((3,))], [sds((2,))], dict(rescale=f32(1), clip_value=f32(0))),
+    "optim_step_fwd": ([*OPT_SCALARS, z((3,)), z((3,))], [sds((4,))], OPT),
+    "optim_sqnorm_fwd": ([z(()), z((3,))], [sds((2,))], SQNORM),
 }
 
 # Well-formed buffers with one attribute out of its range.
@@ -120,8 +122,18 @@ BAD_ATTR = {
                  z((1, 2, 2)), *RNN_W],
                 [sds((2, 3, 4)), sds((1, 2, 2)), sds((1, 2, 2)), sds((4, 8)), sds((2, 8)), sds((8,)), sds((8,))],
                 dict(RNN, precision=i64(-1))),
-    "optim_step_fwd": ([z((), F), z((), S32), z((), F), z((3,)), z((3,))], [sds((3,))], dict(OPT, rule=i64(7))),
+    "optim_step_fwd": ([*OPT_SCALARS, z((3,)), z((3,))], [sds((3,))], dict(OPT, rule=i64(7))),
 }
+
+# The optimizer's scalar operands (lr, count, sqnorm, grad_scale): one with a wrong size or dtype.
+BAD_SCALAR = [
+    ("optim_step_fwd", [z((), F), z((), S32), z((), F), z((2,), F), z((3,)), z((3,))], [sds((3,))], OPT),
+    ("optim_step_fwd", [z((), F), z((), S32), z((), F), z((), jnp.float16), z((3,)), z((3,))], [sds((3,))], OPT),
+    ("optim_step_fwd", [z((), F), z((), S32), z((1, 2), F), z((), F), z((3,)), z((3,))], [sds((3,))], OPT),
+    ("optim_step_fwd", [z((), F), z((), F), z((), F), z((), F), z((3,)), z((3,))], [sds((3,))], OPT),
+    ("optim_sqnorm_fwd", [z((2,)), z((3,))], [sds(())], SQNORM),
+    ("optim_sqnorm_fwd", [z((), S32), z((3,))], [sds(())], SQNORM),
+]
 
 # Our validation's words (not XLA's attribute decoding, which would mean a wrong test table).
 OURS = r"must|unknown|expected|out of range|larger than|cannot|smaller than|differs"
@@ -147,6 +159,12 @@ def test_inconsistent_result_is_an_error(name):
 def test_bad_attribute_is_an_error(name):
     with pytest.raises(Exception, match=OURS):
         _call(name, *BAD_ATTR[name])
+
+
+@pytest.mark.parametrize("case", range(len(BAD_SCALAR)))
+def test_bad_optimizer_scalar_is_an_error(case):
+    with pytest.raises(Exception, match=OURS):
+        _call(*BAD_SCALAR[case])
 
 
 def test_wrong_dtype_is_an_error():

@@ -1,4 +1,6 @@
 """A jitted CNN training step lowers to our custom calls, with no XLA convolution, pooling or dot."""
+import re
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -36,3 +38,22 @@ def test_training_step_is_custom_calls():
     for t in ("conv_fwd", "conv_bwd_weights", "max_pool_fwd", "max_pool_bwd", "avg_pool_bwd", "batch_norm_bwd",
               "dense_fwd", "dense_bwd_data", "loss_fwd", "loss_bwd"):
         assert f"@jax_mps_{t}" in texts["stablehlo"], t
+
+
+def test_grad_scale_unscales_inside_the_optimizer_call():
+    # Loss-scaled float16 gradients reach the fused step as they are: no convert or multiply of a
+    # gradient leaf is left to XLA (the kernel unscales while it reads them). Shapes (7,) and
+    # (2, 3) are only the leaves'; the scalar step count may still be converted.
+    p = {"a": jnp.ones((7,)), "b": jnp.ones((2, 3))}
+    g = {"a": jnp.ones((7,), jnp.float16), "b": jnp.ones((2, 3), jnp.float16)}
+    leaf = re.compile(r"tensor<(7|2x3)x|\[(7|2,3)\]")
+    for opt in (mps.optim.adam(1e-3, clip_norm=1.0), mps.optim.sgd(0.1, 0.9)):
+        lowered = jax.jit(opt.apply).lower(p, g, opt.init(p), jnp.float32(1 / 1024))
+        texts = {"stablehlo": lowered.as_text(), "hlo": lowered.compile().as_text()}
+        for name, text in texts.items():
+            for line in text.splitlines():
+                if "convert" in line or "multiply" in line:
+                    assert not leaf.search(line), f"{name}: {line}"
+        call = next(line for line in texts["stablehlo"].splitlines() if "@jax_mps_optim_step_fwd" in line)
+        operand_types = call.rsplit(":", 1)[1].split("->")[0]
+        assert "tensor<7xf16>" in operand_types and "tensor<2x3xf16>" in operand_types, call

@@ -72,6 +72,31 @@ def test_grad_scale_unscales_in_the_optimizer():
         jax.tree.map(lambda a, b: assert_close(a, b, 1e-6, 1e-6, "unscaled step"), got, optax.apply_updates(p, u))
 
 
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("rule", ["adam", "sgd"])
+def test_grad_scale_with_clip_norm(rule, groups):
+    # The global norm is of the unscaled gradients: one dtype group computes it inside the step
+    # (internal), two (float16 and bfloat16 grads of float32 params) sum optim_sqnorm calls (external).
+    p = {"a": jnp.linspace(-1, 1, 7), "b": jnp.ones((2, 3)), "c": jnp.linspace(0, 2, 5)}
+    s = jnp.float32(1 / 512)
+    g = jax.tree.map(lambda x: ((x * 0.7 + 0.4) * 512).astype(jnp.float16), p)
+    if groups == 2:
+        g["c"] = g["c"].astype(jnp.bfloat16)
+    make = {"adam": (lambda **k: mps.optim.adam(1e-2, **k), optax.adam(1e-2)),
+            "sgd": (lambda **k: mps.optim.sgd(0.1, 0.9, **k), optax.sgd(0.1, 0.9))}[rule]
+    opt, ref = make[0](clip_norm=0.5), optax.chain(optax.clip_by_global_norm(0.5), make[1])
+    n_sqnorm = jax.jit(opt.apply).lower(p, g, opt.init(p), s).as_text().count("jax_mps_optim_sqnorm_fwd")
+    assert n_sqnorm == (0 if groups == 1 else 2)
+    got, st = jax.tree.map(jnp.copy, p), opt.init(p)
+    pr, sr = p, ref.init(p)
+    g32 = jax.tree.map(lambda x: x.astype(jnp.float32) * s, g)
+    for _ in range(2):
+        got, st = opt.apply(got, g, st, grad_scale=s)
+        u, sr = ref.update(g32, sr, pr)
+        pr = optax.apply_updates(pr, u)
+    jax.tree.map(lambda a, b: assert_close(a, b, 1e-5, 1e-5, "unscaled, clipped step"), got, pr)
+
+
 @pytest.mark.parametrize("gdt", [jnp.bfloat16, jnp.float16])
 def test_optimizer_reads_low_precision_grads_in_one_call(gdt):
     p = {"a": jnp.linspace(-1, 1, 7), "b": jnp.ones((2, 3))}

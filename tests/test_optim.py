@@ -326,8 +326,8 @@ def _raw_step(operands, results, **over):
                  eps=np.float32(1e-8), momentum=np.float32(0), weight_decay=np.float32(0), nesterov=np.int64(0),
                  amsgrad=np.int64(0), centered=np.int64(0), rescale=np.float32(1), clip_value=np.float32(0),
                  clip_norm=np.float32(0), norm_mode=np.int64(0), l1=np.float32(0), l2=np.float32(0))
+    scalars = over.pop("scalars", (jnp.float32(0.1), jnp.int32(1), jnp.float32(0), jnp.float32(1)))
     attrs.update(over)
-    scalars = (jnp.float32(0.1), jnp.int32(1), jnp.float32(0))
     return jax.ffi.ffi_call("jax_mps_optim_step_fwd", results)(*scalars, *operands, **attrs)
 
 
@@ -347,6 +347,11 @@ def test_runtime_validation():
         ([x, x.astype(jnp.bfloat16), x, x], [jax.ShapeDtypeStruct(x.shape, jnp.bfloat16)] * 3, {}),  # result
         ([x, x, x, x], [jax.ShapeDtypeStruct(x.shape, x.dtype)] * 3, {"eps": np.float32(-1)}),
         ([x, x, x, x], [jax.ShapeDtypeStruct(x.shape, x.dtype)] * 3, {"norm_mode": np.int64(1)}),
+        # grad_scale must be a float32 scalar
+        ([x, x, z, z], [jax.ShapeDtypeStruct(x.shape, x.dtype)] * 3,
+         {"scalars": (jnp.float32(0.1), jnp.int32(1), jnp.float32(0), jnp.ones(2))}),
+        ([x, x, z, z], [jax.ShapeDtypeStruct(x.shape, x.dtype)] * 3,
+         {"scalars": (jnp.float32(0.1), jnp.int32(1), jnp.float32(0), jnp.float16(1))}),
     ]
     for operands, results, over in bad:
         with pytest.raises(Exception, match="optim"):

@@ -197,6 +197,9 @@ template <> struct Elem<F16Tag> { using T = _Float16; };
 template <> struct Elem<BF16Tag> { using T = BF16; };
 template <typename Tag> using ElemT = typename Elem<std::decay_t<Tag>>::T;
 
+// grad_scale (1 / loss scale) is folded into the rescale factor: CPU buffers are host memory.
+float GradScale(const ffi::AnyBuffer& grad_scale) { return static_cast<const float*>(grad_scale.untyped_data())[0]; }
+
 }  // namespace
 }  // namespace jax_mps::cpu
 
@@ -204,8 +207,8 @@ namespace jax_mps {
 
 using namespace cpu;
 
-ffi::Error Cpu::OptimStep(Ctx, const OptimDesc& d, Buf lr, Buf count, Buf sqnorm, const Buffers& args,
-                          const Buffers& rets) {
+ffi::Error Cpu::OptimStep(Ctx, const OptimDesc& d, Buf lr, Buf count, Buf sqnorm, Buf grad_scale,
+                          const Buffers& args, const Buffers& rets) {
   const int64_t n = d.n;
   std::vector<Leaf> leaves(n);
   const ffi::DataType dtype = n ? args[0].element_type() : ffi::F32;
@@ -225,7 +228,7 @@ ffi::Error Cpu::OptimStep(Ctx, const OptimDesc& d, Buf lr, Buf count, Buf sqnorm
   const int32_t t = static_cast<const int32_t*>(count.untyped_data())[0];
   if (d.rule == OptRule::kAdam) JAX_MPS_CHECK(t > 0, "optim: adam needs a step count >= 1, got ", t);
   const auto chunks = MakeChunks(leaves);
-  Pre c = MakePre(d.rescale, d.clip_value, d.l1, d.l2);
+  Pre c = MakePre(GradScale(grad_scale) * d.rescale, d.clip_value, d.l1, d.l2);
   if (d.norm_mode != NormMode::kNone) {
     double sq = double(static_cast<const float*>(sqnorm.untyped_data())[0]);
     if (d.norm_mode == NormMode::kInternal)
@@ -255,12 +258,12 @@ ffi::Error Cpu::OptimStep(Ctx, const OptimDesc& d, Buf lr, Buf count, Buf sqnorm
   });
 }
 
-ffi::Error Cpu::OptimSqNorm(Ctx, const SqNormDesc& d, const Buffers& grads, Buf out) {
+ffi::Error Cpu::OptimSqNorm(Ctx, const SqNormDesc& d, Buf grad_scale, const Buffers& grads, Buf out) {
   std::vector<Leaf> leaves(grads.size());
   for (size_t l = 0; l < grads.size(); ++l)
     leaves[l] = Leaf{int64_t(grads[l].element_count()), nullptr, grads[l].untyped_data(), nullptr, {}, {}};
   const auto chunks = MakeChunks(leaves);
-  const Pre c = MakePre(d.rescale, d.clip_value, 0.f, 0.f);
+  const Pre c = MakePre(GradScale(grad_scale) * d.rescale, d.clip_value, 0.f, 0.f);
   double sq = 0.0;
   if (!grads.empty())
     JAX_MPS_RETURN_IF_ERROR(DispatchFloat("optim_sqnorm", grads[0].element_type(), [&](auto tag) {

@@ -2,7 +2,8 @@
 // kMaxLeaves leaves per launch; larger trees take ceil(n / kMaxLeaves) launches). The leaf table
 // travels as a kernel parameter, so no host-to-device copy is needed and the launch can be
 // captured in a CUDA graph. The rules are those of csrc/cpu/optim.cc (optax's arithmetic);
-// updates happen in place through the aliased buffers. lr, count and sqnorm are device scalars.
+// updates happen in place through the aliased buffers. lr, count, sqnorm and grad_scale are device
+// scalars, read by the kernels (no host read, no sync).
 #include <algorithm>
 #include <vector>
 
@@ -43,8 +44,15 @@ __device__ __forceinline__ float Clip(float g, const Pre& c) {
   return c.hi < l ? c.hi : l;
 }
 
+// grad_scale (1 / loss scale) folds into the rescale factor, as on the CPU (same rounding).
+__device__ __forceinline__ Pre WithScale(Pre c, const float* grad_scale) {
+  c.rescale = grad_scale[0] * c.rescale;
+  return c;
+}
+
 template <typename P>
-__global__ void SqNormK(LeafTable t, Pre c, double* acc) {
+__global__ void SqNormK(LeafTable t, Pre pre, const float* grad_scale, double* acc) {
+  const Pre c = WithScale(pre, grad_scale);
   double part = 0.0;
   for (int l = 0; l < t.count; ++l) {
     const P* g = static_cast<const P*>(t.g[l]);
@@ -62,7 +70,8 @@ __global__ void SqNormK(LeafTable t, Pre c, double* acc) {
 // P: the params' dtype; G: the grads' (float32 params may take float16/bfloat16 grads: mixed precision).
 template <typename P, typename G>
 __global__ void StepK(LeafTable t, StepArgs a, const float* lr, const int32_t* count, const float* ext_sq,
-                      const double* int_sq) {
+                      const float* grad_scale, const double* int_sq) {
+  const Pre pre = WithScale(a.pre, grad_scale);
   const float nlr = -lr[0];
   const float keep = a.write_updates ? 0.f : 1.f;
   const float tc = float(count[0]);
@@ -81,7 +90,7 @@ __global__ void StepK(LeafTable t, StepArgs a, const float* lr, const int32_t* c
     JAX_MPS_GRID_STRIDE(i, t.size[l]) {
       const float pv = Ld(p[i]);
       const float sg = float(pv > 0.f) - float(pv < 0.f);
-      const float gv = Clip(Ld(g[i]), a.pre) * nscale + (a.pre.l2 * pv + a.pre.l1 * sg);
+      const float gv = Clip(Ld(g[i]), pre) * nscale + (pre.l2 * pv + pre.l1 * sg);
       float d;
       if (a.rule == OptRule::kSgd) {
         float u = gv;
@@ -137,10 +146,10 @@ unsigned GridFor(const LeafTable& t) {
 
 // Squared norm of the (rescaled, value-clipped) gradients of `leaves` added to *acc (zeroed by the caller).
 ffi::Error LaunchSqNorm(Ctx& ctx, const char* op, ffi::DataType dtype, std::vector<LeafTable>& tables, Pre c,
-                        double* acc) {
+                        const float* grad_scale, double* acc) {
   return cuda::DispatchFloat(op, dtype, [&](auto tag) {
     using P = decltype(tag);
-    for (auto& t : tables) SqNormK<P><<<GridFor(t), 256, 0, ctx.stream>>>(t, c, acc);
+    for (auto& t : tables) SqNormK<P><<<GridFor(t), 256, 0, ctx.stream>>>(t, c, grad_scale, acc);
     return LaunchStatus(op);
   });
 }
@@ -161,8 +170,8 @@ void AddLeaf(std::vector<LeafTable>& tables, int64_t l) {
 namespace jax_mps {
 using namespace cuda;  // NOLINT: the kernels above
 
-ffi::Error Cuda::OptimStep(Cuda::Ctx s, const OptimDesc& d, Buf lr, Buf count, Buf sqnorm, const Buffers& args,
-                           const Buffers& rets) {
+ffi::Error Cuda::OptimStep(Cuda::Ctx s, const OptimDesc& d, Buf lr, Buf count, Buf sqnorm, Buf grad_scale,
+                           const Buffers& args, const Buffers& rets) {
   const char* op = "optim";
   const int64_t n = d.n;
   if (n == 0) return ffi::Error::Success();
@@ -199,14 +208,15 @@ ffi::Error Cuda::OptimStep(Cuda::Ctx s, const OptimDesc& d, Buf lr, Buf count, B
     int_sq = static_cast<double*>(Workspace(ctx, sizeof(double), op, &err));
     if (!int_sq) return err;
     JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(int_sq, 0, sizeof(double), s));
-    JAX_MPS_RETURN_IF_ERROR(LaunchSqNorm(ctx, op, gdtype, tables, MakePre(d.rescale, d.clip_value, 0.f, 0.f), int_sq));
+    JAX_MPS_RETURN_IF_ERROR(LaunchSqNorm(ctx, op, gdtype, tables, MakePre(d.rescale, d.clip_value, 0.f, 0.f),
+                                         Ptr<const float>(grad_scale), int_sq));
   }
   auto launch = [&](auto ptag, auto gtag) {
     using P = decltype(ptag);
     using G = decltype(gtag);
     for (auto& t : tables)
       StepK<P, G><<<GridFor(t), 256, 0, s>>>(t, a, Ptr<const float>(lr), Ptr<const int32_t>(count),
-                                             Ptr<const float>(sqnorm), int_sq);
+                                             Ptr<const float>(sqnorm), Ptr<const float>(grad_scale), int_sq);
     return LaunchStatus(op);
   };
   if (gdtype == dtype)
@@ -215,7 +225,7 @@ ffi::Error Cuda::OptimStep(Cuda::Ctx s, const OptimDesc& d, Buf lr, Buf count, B
   return cuda::DispatchFloat(op, gdtype, [&](auto gtag) { return launch(float{}, gtag); });
 }
 
-ffi::Error Cuda::OptimSqNorm(Cuda::Ctx s, const SqNormDesc& d, const Buffers& grads, Buf out) {
+ffi::Error Cuda::OptimSqNorm(Cuda::Ctx s, const SqNormDesc& d, Buf grad_scale, const Buffers& grads, Buf out) {
   const char* op = "optim_sqnorm";
   std::vector<LeafTable> tables;
   for (size_t l = 0; l < grads.size(); ++l) {
@@ -232,7 +242,8 @@ ffi::Error Cuda::OptimSqNorm(Cuda::Ctx s, const SqNormDesc& d, const Buffers& gr
   JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(acc, 0, sizeof(double), s));
   if (!tables.empty())
     JAX_MPS_RETURN_IF_ERROR(LaunchSqNorm(ctx, op, grads[0].element_type(), tables,
-                                         MakePre(d.rescale, d.clip_value, 0.f, 0.f), acc));
+                                         MakePre(d.rescale, d.clip_value, 0.f, 0.f), Ptr<const float>(grad_scale),
+                                         acc));
   ToFloat<<<1, 1, 0, s>>>(acc, Ptr<float>(out));
   return LaunchStatus(op);
 }

@@ -2,10 +2,13 @@
 //
 // One call updates n leaves of one dtype group. Operands, in order:
 //   lr (f32 scalar), count (s32 scalar, the step count after increment), sqnorm (f32 scalar,
-//   the squared global gradient norm when norm_mode == kExternal), params[n], grads[n],
-//   slots[nslots][n] (float32 optimizer state).
+//   the squared global gradient norm when norm_mode == kExternal), grad_scale (f32 scalar: 1, or
+//   1 / loss scale for loss-scaled gradients, so low-precision gradients are unscaled in the
+//   kernel, never copied to float32 first), params[n], grads[n], slots[nslots][n] (float32
+//   optimizer state).
 // Results: out[n] (new params, or optax updates when write_updates), slots[nslots][n].
-// Per element: rescale -> clip by value -> clip by global norm -> coupled L1/L2 -> rule.
+// Per element: g * (grad_scale * rescale) -> clip by value -> clip by global norm -> coupled
+// L1/L2 -> rule.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -105,13 +108,14 @@ inline ffi::Error CheckOptimLeaves(const OptimDesc& d, const Buffers& args, cons
   return ffi::Error::Success();
 }
 
-// ---- optim_step_fwd: operands lr, count, sqnorm, then params, grads, slots (see above) ----
+// ---- optim_step_fwd: operands lr, count, sqnorm, grad_scale, params, grads, slots (see above) ----
 template <class B>
 ffi::Error OptimStep(typename B::Ctx ctx, ffi::AnyBuffer lr, ffi::AnyBuffer count, ffi::AnyBuffer sqnorm,
-                     ffi::RemainingArgs arg_list, ffi::RemainingRets ret_list, int64_t rule, int64_t n,
-                     int64_t nslots, int64_t write_updates, float b1, float b2, float ob1, float ob2, float eps,
-                     float momentum, float weight_decay, int64_t nesterov, int64_t amsgrad, int64_t centered,
-                     float rescale, float clip_value, float clip_norm, int64_t norm_mode, float l1, float l2) {
+                     ffi::AnyBuffer grad_scale, ffi::RemainingArgs arg_list, ffi::RemainingRets ret_list,
+                     int64_t rule, int64_t n, int64_t nslots, int64_t write_updates, float b1, float b2,
+                     float ob1, float ob2, float eps, float momentum, float weight_decay, int64_t nesterov,
+                     int64_t amsgrad, int64_t centered, float rescale, float clip_value, float clip_norm,
+                     int64_t norm_mode, float l1, float l2) {
   const char* op = "optim";
   for (int64_t flag : {write_updates, nesterov, amsgrad, centered})
     JAX_MPS_RETURN_IF_ERROR(CheckFlag(op, "write_updates/nesterov/amsgrad/centered", flag));
@@ -132,15 +136,18 @@ ffi::Error OptimStep(typename B::Ctx ctx, ffi::AnyBuffer lr, ffi::AnyBuffer coun
   JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "lr", lr, ffi::F32));
   JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "count", count, ffi::S32));
   JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "sqnorm", sqnorm, ffi::F32));
-  JAX_MPS_CHECK(lr.element_count() == 1 && count.element_count() == 1 && sqnorm.element_count() == 1, op,
-                ": lr, count and sqnorm must be scalars");
+  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "grad_scale", grad_scale, ffi::F32));
+  JAX_MPS_CHECK(lr.element_count() == 1 && count.element_count() == 1 && sqnorm.element_count() == 1 &&
+                    grad_scale.element_count() == 1,
+                op, ": lr, count, sqnorm and grad_scale must be scalars");
   JAX_MPS_RETURN_IF_ERROR(CheckOptimLeaves(d, args, rets));
-  return Guard(op, [&] { return B::OptimStep(ctx, d, lr, count, sqnorm, args, rets); });
+  return Guard(op, [&] { return B::OptimStep(ctx, d, lr, count, sqnorm, grad_scale, args, rets); });
 }
 template <class B>
 auto OptimStepBinding() {
   return ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
-      .template Arg<ffi::AnyBuffer>().RemainingArgs().RemainingRets().template Attr<int64_t>("rule")
+      .template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().RemainingArgs().RemainingRets()
+      .template Attr<int64_t>("rule")
       .template Attr<int64_t>("n").template Attr<int64_t>("nslots").template Attr<int64_t>("write_updates")
       .template Attr<float>("b1").template Attr<float>("b2").template Attr<float>("ob1").template Attr<float>("ob2")
       .template Attr<float>("eps").template Attr<float>("momentum").template Attr<float>("weight_decay")
@@ -149,30 +156,35 @@ auto OptimStepBinding() {
       .template Attr<int64_t>("norm_mode").template Attr<float>("l1").template Attr<float>("l2");
 }
 
-// ---- optim_sqnorm_fwd: the squared global norm (f32 scalar) of one dtype group's rescaled,
-// value-clipped gradients (trees of several groups sum these before the step calls) ----
+// ---- optim_sqnorm_fwd: operands grad_scale (f32 scalar, as optim_step_fwd's), then grads. The
+// squared global norm (f32 scalar) of one dtype group's unscaled, rescaled, value-clipped
+// gradients (trees of several groups sum these before the step calls) ----
 struct SqNormDesc {
   float rescale = 1.f, clip_value = 0.f;
 };
 
 template <class B>
-ffi::Error OptimSqNorm(typename B::Ctx ctx, ffi::RemainingArgs arg_list, ffi::Result<ffi::AnyBuffer> out,
-                       float rescale, float clip_value) {
+ffi::Error OptimSqNorm(typename B::Ctx ctx, ffi::AnyBuffer grad_scale, ffi::RemainingArgs arg_list,
+                       ffi::Result<ffi::AnyBuffer> out, float rescale, float clip_value) {
   const char* op = "optim_sqnorm";
   Buffers grads;
   JAX_MPS_RETURN_IF_ERROR(DecodeAll(op, arg_list, &grads));
+  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "grad_scale", grad_scale, ffi::F32));
+  JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "grad_scale", grad_scale, 1));
   JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "result", *out, ffi::F32));
   JAX_MPS_RETURN_IF_ERROR(CheckCount(op, "result", *out, 1));
   JAX_MPS_RETURN_IF_ERROR(CheckNonNegative(op, {{"rescale", rescale}, {"clip_value", clip_value}}));
   for (size_t l = 0; l < grads.size(); ++l)
     JAX_MPS_CHECK(IsFloat(grads[l].element_type()) && grads[l].element_type() == grads[0].element_type(), op,
                   ": grads of one call must share one float dtype (leaf ", l, ")");
-  return Guard(op, [&] { return B::OptimSqNorm(ctx, SqNormDesc{rescale, clip_value}, grads, *out); });
+  return Guard(op, [&] {
+    return B::OptimSqNorm(ctx, SqNormDesc{rescale, clip_value}, grad_scale, grads, *out);
+  });
 }
 template <class B>
 auto OptimSqNormBinding() {
-  return ffi::Ffi::Bind().Ctx<typename B::CtxTag>().RemainingArgs().template Ret<ffi::AnyBuffer>()
-      .template Attr<float>("rescale").template Attr<float>("clip_value");
+  return ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>().RemainingArgs()
+      .template Ret<ffi::AnyBuffer>().template Attr<float>("rescale").template Attr<float>("clip_value");
 }
 
 // Factor that clip-by-global-norm applies to every gradient (optax.clip_by_global_norm).
