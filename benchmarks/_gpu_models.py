@@ -32,6 +32,30 @@ def lenet_loss(p, x, y):
     return optax.softmax_cross_entropy_with_integer_labels(h @ p["d3_w"] + p["d3_b"], y).mean()
 
 
+# ---- the TF-tutorial MNIST CNN (28x28x1): conv5x5x32 - pool - conv5x5x64 - pool - fc1024 - dropout - fc10 ----
+
+CNN_SHAPES = {"c1": (5, 5, 1, 32), "c2": (5, 5, 32, 64), "d1": (7 * 7 * 64, 1024), "d2": (1024, 10)}
+CNN_RATE = 0.4
+
+
+def cnn_init(key):
+    p = {}
+    for i, (name, shape) in enumerate(CNN_SHAPES.items()):
+        fan_in = int(np.prod(shape[:-1]))
+        p[name + "_w"] = jax.random.normal(jax.random.fold_in(key, i), shape) * np.sqrt(2.0 / fan_in)
+        p[name + "_b"] = jnp.zeros(shape[-1])
+    return p
+
+
+def cnn_loss(p, x, y, key):
+    conv = lambda x, w, b: jax.nn.relu(lax.conv_general_dilated(  # noqa: E731
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + b)
+    pool = lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")  # noqa: E731
+    h = pool(conv(pool(conv(x, p["c1_w"], p["c1_b"])), p["c2_w"], p["c2_b"])).reshape(x.shape[0], -1)
+    h = _dropout(key, jax.nn.relu(h @ p["d1_w"] + p["d1_b"]), CNN_RATE)
+    return optax.softmax_cross_entropy_with_integer_labels(h @ p["d2_w"] + p["d2_b"], y).mean()
+
+
 # ---- LSTM: lax.scan over a torch-gate-order cell, and cuDNN through jax.experimental.rnn ----
 
 def init_lstm(key, I, H):

@@ -24,6 +24,13 @@ class Activity(nn.Module):
         return self.out(self.drop(h))
 
 
+def mnist_cnn(rate=0.4):
+    """The TF-tutorial MNIST CNN of _gpu_models.cnn_loss (NCHW input)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(7 * 7 * 64, 1024), nn.ReLU(), nn.Dropout(rate), nn.Linear(1024, 10))
+
+
 class _Cat(nn.Module):
     def __init__(self, *branches):
         super().__init__()

@@ -1,12 +1,14 @@
-"""GPU benchmarks (issue 15), side by side in one process: jax_mps vs XLA-native JAX vs PyTorch.
+"""Whole training steps side by side in one process: jax_mps vs XLA-native JAX vs PyTorch, on the
+GPU (issue 15) or, with --cpu, the CPU steps of issue 14 at full size.
 
 Each case: warm-up steps, then the median of --steps steps, each timed to completion (block on
 the JAX results / torch.cuda.synchronize). Writes NAME.json and NAME.md (--name, default gpu)
 into --out (default benchmarks/results). Cases a backend cannot run (e.g. jax.experimental.rnn
 off cuDNN, or a target the CUDA backend does not implement yet) are recorded with the error
 instead of a time. Every JAX training step must trace once (checked).
-Cases (--only): lenet, activity, lstm, inception.
+Cases (--only): lenet, mnist_cnn (the TF-tutorial CNN), activity, lstm, inception.
     python benchmarks/bench_gpu.py --steps 20 [--only lenet,activity,lstm,inception]
+    python benchmarks/bench_gpu.py --cpu        # MNIST CNN b128, activity b32, InceptionV3 b8 f32 on the CPU
     python benchmarks/bench_gpu.py --cpu-smoke --out /tmp/gb   # every case at tiny sizes on the CPU
 The models besides jax_mps's: XLA native in _gpu_models.py (InceptionV3: flax.linen, _models.py),
 PyTorch in _torch_models.py; jax_mps's are those of examples/activity.py and examples/inception_v3.py.
@@ -25,17 +27,21 @@ import time
 ap = argparse.ArgumentParser()
 ap.add_argument("--steps", type=int, default=20)
 ap.add_argument("--warmup", type=int, default=3)
-ap.add_argument("--only", default="lenet,activity,lstm,inception")
+ap.add_argument("--only", default=None, help="default: lenet,activity,lstm,inception (--cpu: mnist_cnn,activity,inception)")
 ap.add_argument("--inception-batch", type=int, default=128)
 ap.add_argument("--cpu-smoke", action="store_true",
                 help="every case at tiny sizes (batch 2, InceptionV3 at 75x75), 2 steps after 1 warm-up, "
                      "JAX and PyTorch on the CPU: checks that the script runs end to end")
 ap.add_argument("--out", default=None, help="default: benchmarks/results (with --cpu-smoke: /tmp/bench_gpu_smoke)")
-ap.add_argument("--name", default="gpu", help="output files: NAME.json and NAME.md in --out")
+ap.add_argument("--cpu", action="store_true", help="full-size CPU steps (issue 14), JAX and PyTorch on the CPU")
+ap.add_argument("--name", default=None, help="output files: NAME.json and NAME.md in --out (default gpu, --cpu: cpu_steps)")
 args = ap.parse_args()
-if args.cpu_smoke:
+if args.cpu_smoke or args.cpu:
     os.environ["JAX_PLATFORMS"] = "cpu"
+if args.cpu_smoke:
     args.steps, args.warmup = 2, 1
+args.name = args.name or ("cpu_steps" if args.cpu else "gpu")
+args.only = args.only or ("mnist_cnn,activity,inception" if args.cpu else "lenet,activity,lstm,inception")
 # XLA would otherwise take 75% of the GPU up front and leave PyTorch's InceptionV3 short.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -51,13 +57,16 @@ import optax  # noqa: E402
 import _gpu_models as xm  # noqa: E402
 import jax_mps as mps  # noqa: E402
 
-SMOKE = args.cpu_smoke
+SMOKE, CPU = args.cpu_smoke, args.cpu_smoke or args.cpu
 SIZES = {  # case -> sizes; the smoke run keeps the structure, shrinks the numbers
     "lenet": (2,) if SMOKE else (128, 2048),
-    "activity": (2,) if SMOKE else (32, 512),
+    "mnist_cnn": (2,) if SMOKE else (128,),
+    "activity": (2,) if SMOKE else (32,) if args.cpu else (32, 512),
     "lstm": ((5, 2, 4, 8),) if SMOKE else ((20, 32, 64, 200), (100, 64, 256, 256), (50, 256, 512, 1024)),
-    "inception": (2, 75) if SMOKE else (args.inception_batch, 299),   # (batch, image size)
+    "inception": (2, 75) if SMOKE else (8, 299) if args.cpu else (args.inception_batch, 299),  # (batch, image size)
 }
+INCEPTION_DTYPES = (jnp.float32,) if args.cpu else (jnp.float32, jnp.bfloat16)
+TORCH = "PyTorch" if CPU else "PyTorch (cuDNN)"
 RESULTS = []
 
 
@@ -124,10 +133,10 @@ def optax_step(loss_fn, opt):
 
 
 def torch_env():
-    """(torch, device, sync): CUDA on the GPU run, the CPU in the smoke run."""
+    """(torch, device, sync): CUDA on the GPU run, the CPU in the smoke and --cpu runs."""
     import torch
     torch.backends.cudnn.benchmark = True
-    dev = "cpu" if SMOKE else "cuda"
+    dev = "cpu" if CPU else "cuda"
     return torch, dev, (lambda _: torch.cuda.synchronize()) if dev == "cuda" else (lambda _: None)
 
 
@@ -178,7 +187,7 @@ def bench_lenet(batch):
 
     record(case, "jax_mps", mps_case)
     record(case, "XLA native", xla_case)
-    record(case, "PyTorch (cuDNN)", lambda: torch_lenet(batch))
+    record(case, TORCH, lambda: torch_lenet(batch))
 
 
 def torch_lenet(batch):
@@ -188,6 +197,51 @@ def torch_lenet(batch):
         nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
         nn.Linear(84, 10)).to(dev)
+    opt = torch.optim.Adam(net.parameters(), 1e-3, fused=True)
+    x = torch.randn(batch, 1, 28, 28, device=dev)
+    y = torch.randint(0, 10, (batch,), device=dev)
+    return torch_train_ms(net, opt, x, y, sync)
+
+
+# ---- the TF-tutorial MNIST CNN (28x28x1, dropout 0.4, Adam) ----
+
+def cnn_mps(p, x, y, key):
+    h = mps.max_pool2d(mps.conv2d(x, p["c1_w"], p["c1_b"], padding="SAME", activation="relu"), 2)
+    h = mps.max_pool2d(mps.conv2d(h, p["c2_w"], p["c2_b"], padding="SAME", activation="relu"), 2)
+    h = mps.dense(h.reshape(x.shape[0], -1), p["d1_w"], p["d1_b"], activation="relu")
+    h = mps.dropout(key, h, xm.CNN_RATE)
+    return mps.softmax_cross_entropy(mps.dense(h, p["d2_w"], p["d2_b"]), y)
+
+
+def bench_mnist_cnn(batch):
+    case = f"MNIST CNN (TF tutorial) step, batch {batch} (Adam)"
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch, 28, 28, 1), np.float32))
+    y = jnp.asarray(rng.integers(0, 10, batch, dtype=np.int32))
+
+    def jax_case(loss_fn, opt, fused):
+        def step(state, batch):
+            p, s, key = state
+            key, sub = jax.random.split(key)
+            loss, g = jax.value_and_grad(loss_fn)(p, *batch, sub)
+            if fused:
+                p, s = opt.apply(p, g, s)
+            else:
+                u, s = opt.update(g, s, p)
+                p = optax.apply_updates(p, u)
+            return (p, s, key), loss
+        p = xm.cnn_init(jax.random.key(0))
+        return time_state_step(step, (p, opt.init(p), jax.random.key(1)), (x, y))
+
+    record(case, "jax_mps", lambda: jax_case(cnn_mps, mps.optim.adam(1e-3), True))
+    record(case, "XLA native", lambda: jax_case(xm.cnn_loss, optax.adam(1e-3), False))
+    record(case, TORCH, lambda: torch_mnist_cnn(batch))
+
+
+def torch_mnist_cnn(batch):
+    torch, dev, sync = torch_env()
+    from _torch_models import mnist_cnn
+    net = mnist_cnn(xm.CNN_RATE).to(dev)
     opt = torch.optim.Adam(net.parameters(), 1e-3, fused=True)
     x = torch.randn(batch, 1, 28, 28, device=dev)
     y = torch.randint(0, 10, (batch,), device=dev)
@@ -230,8 +284,9 @@ def bench_activity(batch):
 
     record(case, "jax_mps", mps_case)
     record(case, "XLA native", lambda: xla_case(False))
-    record(case, "XLA jax.experimental.rnn", lambda: xla_case(True))
-    record(case, "PyTorch (cuDNN)", lambda: torch_activity(batch, lr))
+    if not args.cpu:  # cuDNN only
+        record(case, "XLA jax.experimental.rnn", lambda: xla_case(True))
+    record(case, TORCH, lambda: torch_activity(batch, lr))
 
 
 def torch_activity(batch, lr):
@@ -259,7 +314,7 @@ def bench_lstm(T, B, I, H):
     record(case, "XLA lax.scan", lambda: grad_case(lambda p, x: jnp.sum(xm.scan_lstm(p[0][0], x)), params))
     record(case, "XLA jax.experimental.rnn", lambda: grad_case(
         lambda w, x: jnp.sum(xm.cudnn_lstm(w, x, H)), xm.init_cudnn_lstm(jax.random.key(0), I, H)))
-    record(case, "PyTorch (cuDNN)", lambda: torch_lstm(T, B, I, H))
+    record(case, TORCH, lambda: torch_lstm(T, B, I, H))
 
 
 def torch_lstm(T, B, I, H):
@@ -314,7 +369,7 @@ def bench_inception(batch, size, dtype):
 
     record(case, "jax_mps", mps_case, batch)
     record(case, "XLA native", xla_case, batch)
-    record(case, "PyTorch (cuDNN)", lambda: torch_inception(x_np, y_np, dtype), batch)
+    record(case, TORCH, lambda: torch_inception(x_np, y_np, dtype), batch)
 
 
 def torch_inception(x_np, y_np, dtype):
@@ -342,9 +397,10 @@ def write():
     with open(os.path.join(args.out, args.name + ".json"), "w") as f:
         json.dump({"meta": meta, "results": RESULTS}, f, indent=1)
     cases = list(dict.fromkeys(r["case"] for r in RESULTS))
-    order = ["jax_mps", "XLA native", "XLA lax.scan", "XLA jax.experimental.rnn", "PyTorch (cuDNN)"]
+    order = ["jax_mps", "XLA native", "XLA lax.scan", "XLA jax.experimental.rnn", TORCH]
     impls = sorted(dict.fromkeys(r["impl"] for r in RESULTS), key=lambda i: order.index(i) if i in order else 99)
-    lines = [f"{'CPU smoke run' if SMOKE else 'GPU'}: {meta['device']}, jax {meta['jax']}, median of {args.steps} "
+    where = "CPU smoke run" if SMOKE else f"CPU ({os.cpu_count()} cores)" if CPU else "GPU"
+    lines = [f"{where}: {meta['device']}, jax {meta['jax']}, median of {args.steps} "
              f"steps after {args.warmup} warm-up (ms; lower is better; ratio = other / jax_mps; "
              f"img/s for InceptionV3)", "",
              "| case | " + " | ".join(impls) + " |", "|---" * (len(impls) + 1) + "|"]
@@ -380,6 +436,9 @@ def main():
     if "lenet" in only:
         for b in SIZES["lenet"]:
             bench_lenet(b)
+    if "mnist_cnn" in only:
+        for b in SIZES["mnist_cnn"]:
+            bench_mnist_cnn(b)
     if "activity" in only:
         for b in SIZES["activity"]:
             bench_activity(b)
@@ -387,7 +446,7 @@ def main():
         for shape in SIZES["lstm"]:
             bench_lstm(*shape)
     if "inception" in only:
-        for dtype in (jnp.float32, jnp.bfloat16):
+        for dtype in INCEPTION_DTYPES:
             bench_inception(*SIZES["inception"], dtype)
     write()
 
