@@ -12,13 +12,18 @@ from jax import lax
 LENET_SHAPES = {"c1": (5, 5, 1, 6), "c2": (5, 5, 6, 16), "d1": (400, 120), "d2": (120, 84), "d3": (84, 10)}
 
 
-def lenet_init(key):
+def he_init(key, shapes):
+    """{name_w: He-normal weights, name_b: zeros} for every (name, shape) of `shapes`."""
     p = {}
-    for i, (name, shape) in enumerate(LENET_SHAPES.items()):
+    for i, (name, shape) in enumerate(shapes.items()):
         fan_in = int(np.prod(shape[:-1]))
         p[name + "_w"] = jax.random.normal(jax.random.fold_in(key, i), shape) * np.sqrt(2.0 / fan_in)
         p[name + "_b"] = jnp.zeros(shape[-1])
     return p
+
+
+def lenet_init(key):
+    return he_init(key, LENET_SHAPES)
 
 
 def lenet_loss(p, x, y):
@@ -39,12 +44,7 @@ CNN_RATE = 0.4
 
 
 def cnn_init(key):
-    p = {}
-    for i, (name, shape) in enumerate(CNN_SHAPES.items()):
-        fan_in = int(np.prod(shape[:-1]))
-        p[name + "_w"] = jax.random.normal(jax.random.fold_in(key, i), shape) * np.sqrt(2.0 / fan_in)
-        p[name + "_b"] = jnp.zeros(shape[-1])
-    return p
+    return he_init(key, CNN_SHAPES)
 
 
 def cnn_loss(p, x, y, key):

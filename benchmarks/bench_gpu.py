@@ -55,6 +55,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import _gpu_models as xm  # noqa: E402
+import _mps_models as mm  # noqa: E402
 import jax_mps as mps  # noqa: E402
 
 SMOKE, CPU = args.cpu_smoke, args.cpu_smoke or args.cpu
@@ -156,27 +157,22 @@ def torch_train_ms(net, opt, x, y, sync, autocast=None):
 
 # ---- LeNet-5 (28x28x1, Adam) ----
 
-def lenet_mps(p, x, y):
-    h = mps.conv2d(x, p["c1_w"], p["c1_b"], padding="SAME", activation="relu")
-    h = mps.max_pool2d(h, 2)
-    h = mps.conv2d(h, p["c2_w"], p["c2_b"], padding="VALID", activation="relu")
-    h = mps.max_pool2d(h, 2).reshape(x.shape[0], -1)
-    h = mps.dense(h, p["d1_w"], p["d1_b"], activation="relu")
-    h = mps.dense(h, p["d2_w"], p["d2_b"], activation="relu")
-    return mps.softmax_cross_entropy(mps.dense(h, p["d3_w"], p["d3_b"]), y)
+def mnist_like(batch):
+    """Random 28x28x1 images and labels of 10 classes (the timing needs no real digits)."""
+    rng = np.random.default_rng(0)
+    return (jnp.asarray(rng.standard_normal((batch, 28, 28, 1), np.float32)),
+            jnp.asarray(rng.integers(0, 10, batch, dtype=np.int32)))
 
 
 def bench_lenet(batch):
     case = f"LeNet-5 step, batch {batch} (Adam)"
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((batch, 28, 28, 1), np.float32))
-    y = jnp.asarray(rng.integers(0, 10, batch, dtype=np.int32))
+    x, y = mnist_like(batch)
 
     def mps_case():
         opt = mps.optim.adam(1e-3)
 
         def step(state, batch):  # mps.optim: one fused in-place launch per dtype group
-            loss, g = jax.value_and_grad(lenet_mps)(state[0], *batch)
+            loss, g = jax.value_and_grad(mm.lenet_mps)(state[0], *batch)
             return opt.apply(state[0], g, state[1]), loss
         p = xm.lenet_init(jax.random.key(0))
         return time_state_step(step, (p, opt.init(p)), (x, y))
@@ -205,19 +201,9 @@ def torch_lenet(batch):
 
 # ---- the TF-tutorial MNIST CNN (28x28x1, dropout 0.4, Adam) ----
 
-def cnn_mps(p, x, y, key):
-    h = mps.max_pool2d(mps.conv2d(x, p["c1_w"], p["c1_b"], padding="SAME", activation="relu"), 2)
-    h = mps.max_pool2d(mps.conv2d(h, p["c2_w"], p["c2_b"], padding="SAME", activation="relu"), 2)
-    h = mps.dense(h.reshape(x.shape[0], -1), p["d1_w"], p["d1_b"], activation="relu")
-    h = mps.dropout(key, h, xm.CNN_RATE)
-    return mps.softmax_cross_entropy(mps.dense(h, p["d2_w"], p["d2_b"]), y)
-
-
 def bench_mnist_cnn(batch):
     case = f"MNIST CNN (TF tutorial) step, batch {batch} (Adam)"
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((batch, 28, 28, 1), np.float32))
-    y = jnp.asarray(rng.integers(0, 10, batch, dtype=np.int32))
+    x, y = mnist_like(batch)
 
     def jax_case(loss_fn, opt, fused):
         def step(state, batch):
@@ -233,7 +219,7 @@ def bench_mnist_cnn(batch):
         p = xm.cnn_init(jax.random.key(0))
         return time_state_step(step, (p, opt.init(p), jax.random.key(1)), (x, y))
 
-    record(case, "jax_mps", lambda: jax_case(cnn_mps, mps.optim.adam(1e-3), True))
+    record(case, "jax_mps", lambda: jax_case(mm.cnn_mps, mps.optim.adam(1e-3), True))
     record(case, "XLA native", lambda: jax_case(xm.cnn_loss, optax.adam(1e-3), False))
     record(case, TORCH, lambda: torch_mnist_cnn(batch))
 

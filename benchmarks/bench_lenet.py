@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 ap = argparse.ArgumentParser()
@@ -23,47 +24,14 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-from jax import lax  # noqa: E402
-
-import jax_mps as mps  # noqa: E402
-
-SHAPES = {"c1": (5, 5, 1, 6), "c2": (5, 5, 6, 16), "d1": (400, 120), "d2": (120, 84), "d3": (84, 10)}
 
 
-def init(key):
-    p = {}
-    for i, (name, shape) in enumerate(SHAPES.items()):
-        fan_in = int(np.prod(shape[:-1]))
-        p[name + "_w"] = jax.random.normal(jax.random.fold_in(key, i), shape) * np.sqrt(2.0 / fan_in)
-        p[name + "_b"] = jnp.zeros(shape[-1])
-    return p
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared models
+import _gpu_models as xm  # noqa: E402
+import _mps_models as mm  # noqa: E402
 
-
-def mps_loss(p, x, y):
-    h = mps.conv2d(x, p["c1_w"], p["c1_b"], padding="SAME", activation="relu")
-    h = mps.max_pool2d(h, 2)
-    h = mps.conv2d(h, p["c2_w"], p["c2_b"], padding="VALID", activation="relu")
-    h = mps.max_pool2d(h, 2).reshape(x.shape[0], -1)
-    h = mps.dense(h, p["d1_w"], p["d1_b"], activation="relu")
-    h = mps.dense(h, p["d2_w"], p["d2_b"], activation="relu")
-    return mps.softmax_cross_entropy(mps.dense(h, p["d3_w"], p["d3_b"]), y)
-
-
-def _conv(x, w, b, padding):
-    return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
-
-
-def _pool(x):
-    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
-
-
-def xla_loss(p, x, y):
-    h = _pool(jax.nn.relu(_conv(x, p["c1_w"], p["c1_b"], "SAME")))
-    h = _pool(jax.nn.relu(_conv(h, p["c2_w"], p["c2_b"], "VALID"))).reshape(x.shape[0], -1)
-    h = jax.nn.relu(h @ p["d1_w"] + p["d1_b"])
-    h = jax.nn.relu(h @ p["d2_w"] + p["d2_b"])
-    logits = h @ p["d3_w"] + p["d3_b"]
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+# The models shared with bench_gpu.py (whose --cpu mode times the larger CPU steps).
+init, xla_loss, mps_loss = xm.lenet_init, xm.lenet_loss, mm.lenet_mps
 
 
 def make_step(loss_fn, opt):
