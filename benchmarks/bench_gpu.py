@@ -186,17 +186,22 @@ def bench_lenet(batch):
     record(case, TORCH, lambda: torch_lenet(batch))
 
 
+def torch_mnist_step_ms(torch, net, batch, dev, sync):
+    """A PyTorch training step of `net` on random 28x28x1 images, fused Adam."""
+    opt = torch.optim.Adam(net.parameters(), 1e-3, fused=True)
+    x = torch.randn(batch, 1, 28, 28, device=dev)
+    y = torch.randint(0, 10, (batch,), device=dev)
+    return torch_train_ms(net, opt, x, y, sync)
+
+
 def torch_lenet(batch):
     torch, dev, sync = torch_env()
     nn = torch.nn
     net = nn.Sequential(
         nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
-        nn.Linear(84, 10)).to(dev)
-    opt = torch.optim.Adam(net.parameters(), 1e-3, fused=True)
-    x = torch.randn(batch, 1, 28, 28, device=dev)
-    y = torch.randint(0, 10, (batch,), device=dev)
-    return torch_train_ms(net, opt, x, y, sync)
+        nn.Linear(84, 10))
+    return torch_mnist_step_ms(torch, net.to(dev), batch, dev, sync)
 
 
 # ---- the TF-tutorial MNIST CNN (28x28x1, dropout 0.4, Adam) ----
@@ -227,11 +232,8 @@ def bench_mnist_cnn(batch):
 def torch_mnist_cnn(batch):
     torch, dev, sync = torch_env()
     from _torch_models import mnist_cnn
-    net = mnist_cnn(xm.CNN_RATE).to(dev)
-    opt = torch.optim.Adam(net.parameters(), 1e-3, fused=True)
-    x = torch.randn(batch, 1, 28, 28, device=dev)
-    y = torch.randint(0, 10, (batch,), device=dev)
-    return torch_train_ms(net, opt, x, y, sync)
+    net = mnist_cnn(xm.CNN_RATE)
+    return torch_mnist_step_ms(torch, net.to(dev), batch, dev, sync)
 
 
 # ---- the activity classifier (input 2000x6 -> 20 steps of 7 classes, Adam) ----

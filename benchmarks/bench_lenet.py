@@ -25,7 +25,6 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared models
 import _gpu_models as xm  # noqa: E402
 import _mps_models as mm  # noqa: E402
