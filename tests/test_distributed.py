@@ -1,7 +1,8 @@
 """Multi-process data parallelism on JAX's own distributed runtime: two processes on this machine
-(jax.distributed.initialize, coordinator on 127.0.0.1, gloo CPU collectives) train a small CNN
-with mps.train.fit on a mesh over both processes' devices, each reading its half of every
-batch, and end with the parameters of one process training on the global batch.
+(jax.distributed.initialize, coordinator on 127.0.0.1) train a small CNN with mps.train.fit on a
+mesh over both processes' devices, each reading its half of every batch, and end with the
+parameters of one process training on the global batch. On the CPU each process has one CPU
+device (gloo collectives); on CUDA, where 2 GPUs are visible, one GPU each (NCCL; issue 18's run).
 
 This file is also the worker: ``python test_distributed.py <process_id> <port> <out.npz>``.
 """
@@ -60,7 +61,7 @@ def _train(mesh=None, part=slice(None)):
 def _worker(pid, port, out):
     import jax
 
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # the CPU form; GPUs use NCCL
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid)
     import jax.experimental.multihost_utils  # noqa: F401
     from jax.sharding import Mesh
@@ -81,16 +82,21 @@ def _free_port():
         return s.getsockname()[1]
 
 
-# Two processes of one CPU device each (gloo); a GPU form needs a GPU per process (issue 18's
-# multi-GPU run), so the children are kept on the CPU even where a GPU is visible.
-@pytest.mark.cpu_only
-def test_two_processes_equal_one_process(tmp_path):
+def test_two_processes_equal_one_process(tmp_path, backend):
     port, out = _free_port(), str(tmp_path / "params.npz")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     env.pop("XLA_FLAGS", None)  # one CPU device per process
-    env["JAX_PLATFORMS"] = "cpu"
-    procs = [subprocess.Popen([sys.executable, __file__, str(i), str(port), out], env=env,
+    envs = [dict(env, JAX_PLATFORMS="cpu")] * 2
+    if backend == "cuda":
+        import jax
+        if len(jax.devices("cuda")) < 2:
+            pytest.skip("needs 2 GPUs (issue 18's run)")
+        # One GPU per process, the parent's precision (the reference runs here), multicast off.
+        prec = jax.config.jax_default_matmul_precision
+        envs = [dict(env, CUDA_VISIBLE_DEVICES=str(i), NCCL_NVLS_ENABLE="0",
+                     **({"JAX_DEFAULT_MATMUL_PRECISION": str(prec)} if prec else {})) for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, __file__, str(i), str(port), out], env=envs[i],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     try:
         logs = [p.communicate(timeout=600)[0] for p in procs]

@@ -1,9 +1,11 @@
-"""Batch-sharded jit and shard_map over 4 forced host devices: every primitive's forward and
+"""Batch-sharded jit and shard_map over several devices: every primitive's forward and
 gradients equal the unsharded ones, a whole training step gives the same parameters, and the
 compiled HLO has no all-gather around our calls.
 
-The rest of the suite keeps one device, so this module re-runs itself in a child process with
-XLA_FLAGS=--xla_force_host_platform_device_count=4 (test_sharded_suite).
+The rest of the suite keeps one device, so this module re-runs itself in a child process
+(test_sharded_suite): on the CPU over 4 forced host devices
+(XLA_FLAGS=--xla_force_host_platform_device_count=4), on CUDA over every GPU where at least 2
+are visible (issue 18's run; NVLink multicast off).
 """
 from __future__ import annotations
 
@@ -16,13 +18,18 @@ import pytest
 _CHILD = "JAX_MPS_SHARDED_CHILD"
 
 if os.environ.get(_CHILD) != "1":
-    @pytest.mark.cpu_only  # four forced host devices; several GPUs are issue 18's run
-    def test_sharded_suite():
+    def test_sharded_suite(backend):
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", OMP_NUM_THREADS="1",
-                   PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+                   JAX_MPS_TEST_BACKENDS=backend)
         env[_CHILD] = "1"
-        env["JAX_PLATFORMS"] = "cpu"
+        if backend == "cpu":
+            env.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+        else:
+            import jax
+            if len(jax.devices("cuda")) < 2:
+                pytest.skip("needs 2 or more GPUs (issue 18's run)")
+            env["NCCL_NVLS_ENABLE"] = "0"
         r = subprocess.run([sys.executable, "-m", "pytest", __file__, "-x", "-q", "-p", "no:cacheprovider"],
                            env=env, cwd=root, capture_output=True, text=True, timeout=1800)
         assert r.returncode == 0, r.stdout[-8000:] + r.stderr[-4000:]
@@ -39,10 +46,11 @@ else:
     from helpers import assert_close
     import reference as ref
 
-    assert jax.device_count() == 4, jax.devices()
+    NDEV = jax.device_count()
+    assert NDEV >= 2 and NDEV % 2 == 0, jax.devices()
     MESH = Mesh(np.array(jax.devices()), ("data",))
-    MESH2 = Mesh(np.array(jax.devices()).reshape(2, 2), ("a", "b"))
-    N = 8  # global batch: 2 samples per device
+    MESH2 = Mesh(np.array(jax.devices()).reshape(2, NDEV // 2), ("a", "b"))
+    N = 2 * NDEV  # global batch: 2 samples per device (the per-shard sizes the cases are written for)
 
     def _rand(shape, seed, dtype=jnp.float32):
         return jnp.asarray(np.random.default_rng(seed).normal(size=shape), dtype)
@@ -193,7 +201,7 @@ else:
         B, T, I, H = N, 5, 3, 4
         x = _rand((T, B, I) if time_major else (B, T, I), 0)
         p = mps.init_lstm(jax.random.key(0), I, H, num_layers=2, bidirectional=True)
-        lens = jnp.asarray([5, 3, 0, 5, 1, 4, 2, 5], jnp.int32)
+        lens = jnp.asarray([5, 3, 0, 5, 1, 4, 2, 5][:N], jnp.int32)
         xb = [1, 0, P("data")]
         check_sharded(lambda x, p, l: mps.lstm(x, p, seq_lengths=l, time_major=time_major), [x, p, lens], xb,
                       argnums=(0, 1), spec=((None, "data") if time_major else ("data",)))
