@@ -105,7 +105,15 @@ print(json.dumps({"peak": peak, "after_one": after_one, "settled": settled, "aga
 
 @pytest.mark.cpu_only  # the CPU's per-thread scratch (CUDA keeps one workspace per stream, csrc/cuda/common.cuh)
 def test_scratch_shrinks_after_small_calls():
-    r = _run(SCRATCH_SCRIPT, {})
+    # Scratch is per thread and shrinks on its own thread's later small requests. XLA picks the
+    # thread of each execution: on a loaded machine the big call's thread sometimes runs none of
+    # the small calls and keeps its buffer until it runs again (seen ~1 run in 3 under a load of
+    # 2 on 2 cores). So the script gets a few tries; one in which the big call's thread ran the
+    # small calls must show the shrink.
+    for _ in range(5):
+        r = _run(SCRATCH_SCRIPT, {})
+        if r["settled"] < 2 << 20:
+            break
     assert r["peak"] > 8 << 20, r  # the big gradient needed > 8 MiB of scratch
     assert r["after_one"] >= r["peak"] // 2, r  # one small call keeps it (no churn between sizes)
     assert r["settled"] < 2 << 20, r  # many small calls give it back

@@ -154,6 +154,8 @@ inline std::atomic<int64_t> g_scratch_bytes{0};
 // followed by small work does not pin its high-water mark. Blocks of 1 MiB and more are mmap'd so
 // that releasing them returns the pages to the OS (glibc would keep them in its heap). Contents
 // are uninitialised; a pointer from get() is valid until the next get() on the same buffer.
+// A thread that gets no later request (an XLA pool thread left idle) keeps its buffer until it
+// runs again: buffers are only ever touched by their own thread.
 template <typename T>
 class ScratchBuffer {
  public:
