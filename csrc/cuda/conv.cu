@@ -226,13 +226,7 @@ ffi::Error GetPlan(const char* op, cudnnHandle_t h, int dev, const Geo& g, ffi::
   for (int64_t v : {g.n, g.xh, g.xw, g.xc, g.yh, g.yw, g.yc, g.kh, g.kw, g.groups, g.sh, g.sw, g.dh, g.dw, g.lo_h,
                     g.lo_w, g.hi_h, g.hi_w, int64_t(dt), int64_t(dev), int64_t(m.compute), int64_t(m.math)})
     key.add(v);
-  ffi::Error err = ffi::Error::Success();
-  *out = cache.GetShared(key, [&]() -> std::shared_ptr<ConvPlan> {
-    auto p = std::make_shared<ConvPlan>();
-    err = BuildPlan(op, h, g, dt, m, p.get());
-    return err.failure() ? nullptr : p;
-  });
-  return err;
+  return cache.GetBuilt(key, [&](ConvPlan* p) { return BuildPlan(op, h, g, dt, m, p); }, out);
 }
 
 // cuDNN's measured choice (cudnnFind*AlgorithmEx, as XLA's conv autotuner and PyTorch's
@@ -286,44 +280,45 @@ int Autotune(cudnnHandle_t h, ConvPlan* p, int kind, const void* a, const void* 
   return Fastest(r, got, ws_size, fma, p->bwd_filter);
 }
 
-// Runs F (kind 0: forward, 1: data gradient, 2: filter gradient) with the plan's algorithm for the
-// pass: on the first call the autotuner's pick, else the heuristic's algorithms in order until one
-// runs; remembered. ws/ws_size: the workspace left for cuDNN.
+// Pass `kind` of the plan (0: forward, 1: data gradient, 2: filter gradient of F): how many
+// algorithms it lists, the workspace algorithm i needs, and running algorithm i.
+size_t AlgoCount(const ConvPlan* p, int kind) {
+  return kind == 0 ? p->fwd.size() : (kind == 1 ? p->bwd_data.size() : p->bwd_filter.size());
+}
+cudnnStatus_t AlgoNeed(cudnnHandle_t h, const ConvPlan* p, int kind, size_t i, size_t* need) {
+  return kind == 0   ? cudnnGetConvolutionForwardWorkspaceSize(h, p->x, p->w, p->conv, p->y, p->fwd[i], need)
+         : kind == 1 ? cudnnGetConvolutionBackwardDataWorkspaceSize(h, p->w, p->y, p->conv, p->x, p->bwd_data[i], need)
+                     : cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p->x, p->y, p->conv, p->w, p->bwd_filter[i],
+                                                                      need);
+}
+cudnnStatus_t AlgoRun(cudnnHandle_t h, const ConvPlan* p, int kind, size_t i, const void* a, const void* b, void* out,
+                      void* ws, size_t ws_size) {
+  const float one = 1.f, zero = 0.f;
+  return kind == 0   ? cudnnConvolutionForward(h, &one, p->x, a, p->w, b, p->conv, p->fwd[i], ws, ws_size, &zero,
+                                               p->y, out)
+         : kind == 1 ? cudnnConvolutionBackwardData(h, &one, p->w, a, p->y, b, p->conv, p->bwd_data[i], ws, ws_size,
+                                                    &zero, p->x, out)
+                     : cudnnConvolutionBackwardFilter(h, &one, p->x, a, p->y, b, p->conv, p->bwd_filter[i], ws,
+                                                      ws_size, &zero, p->w, out);
+}
+
+// Runs pass `kind` of F with the plan's algorithm for it: on the first call the autotuner's pick,
+// else the heuristic's algorithms in order until one runs; remembered. ws/ws_size: the workspace
+// left for cuDNN.
 ffi::Error RunConv(const char* op, cudnnHandle_t h, ConvPlan* p, int kind, const void* a, const void* b, void* out,
                    void* ws, size_t ws_size) {
-  const float one = 1.f, zero = 0.f;
   std::lock_guard<std::mutex> lock(p->mu);
   int* ok = kind == 0 ? &p->fwd_ok : (kind == 1 ? &p->data_ok : &p->filter_ok);
-  cudnnStatus_t last = CUDNN_STATUS_NOT_SUPPORTED;
   if (*ok < 0 && AutotuneOn()) *ok = Autotune(h, p, kind, a, b, out, ws, ws_size);
   if (*ok >= 0) {  // the remembered algorithm, which fit this (per-plan constant) workspace before
-    const size_t i = size_t(*ok);
-    last = kind == 0 ? cudnnConvolutionForward(h, &one, p->x, a, p->w, b, p->conv, p->fwd[i], ws, ws_size, &zero,
-                                               p->y, out)
-           : kind == 1 ? cudnnConvolutionBackwardData(h, &one, p->w, a, p->y, b, p->conv, p->bwd_data[i], ws,
-                                                      ws_size, &zero, p->x, out)
-                       : cudnnConvolutionBackwardFilter(h, &one, p->x, a, p->y, b, p->conv, p->bwd_filter[i], ws,
-                                                        ws_size, &zero, p->w, out);
-    return last == CUDNN_STATUS_SUCCESS ? ffi::Error::Success() : CudnnError(op, last);
+    const cudnnStatus_t st = AlgoRun(h, p, kind, size_t(*ok), a, b, out, ws, ws_size);
+    return st == CUDNN_STATUS_SUCCESS ? ffi::Error::Success() : CudnnError(op, st);
   }
-  const size_t count = kind == 0 ? p->fwd.size() : (kind == 1 ? p->bwd_data.size() : p->bwd_filter.size());
-  for (size_t i = 0; i < count; ++i) {
+  cudnnStatus_t last = CUDNN_STATUS_NOT_SUPPORTED;
+  for (size_t i = 0; i < AlgoCount(p, kind); ++i) {
     size_t need = 0;
-    if (kind == 0) {
-      last = cudnnGetConvolutionForwardWorkspaceSize(h, p->x, p->w, p->conv, p->y, p->fwd[i], &need);
-      if (last == CUDNN_STATUS_SUCCESS && need <= ws_size)
-        last = cudnnConvolutionForward(h, &one, p->x, a, p->w, b, p->conv, p->fwd[i], ws, ws_size, &zero, p->y, out);
-    } else if (kind == 1) {
-      last = cudnnGetConvolutionBackwardDataWorkspaceSize(h, p->w, p->y, p->conv, p->x, p->bwd_data[i], &need);
-      if (last == CUDNN_STATUS_SUCCESS && need <= ws_size)
-        last = cudnnConvolutionBackwardData(h, &one, p->w, a, p->y, b, p->conv, p->bwd_data[i], ws, ws_size, &zero,
-                                            p->x, out);
-    } else {
-      last = cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p->x, p->y, p->conv, p->w, p->bwd_filter[i], &need);
-      if (last == CUDNN_STATUS_SUCCESS && need <= ws_size)
-        last = cudnnConvolutionBackwardFilter(h, &one, p->x, a, p->y, b, p->conv, p->bwd_filter[i], ws, ws_size, &zero,
-                                              p->w, out);
-    }
+    last = AlgoNeed(h, p, kind, i, &need);
+    if (last == CUDNN_STATUS_SUCCESS && need <= ws_size) last = AlgoRun(h, p, kind, i, a, b, out, ws, ws_size);
     if (last == CUDNN_STATUS_SUCCESS && need <= ws_size) {
       *ok = int(i);
       return ffi::Error::Success();
@@ -337,15 +332,10 @@ size_t AlgoWorkspace(cudnnHandle_t h, ConvPlan* p, int kind) {
   std::lock_guard<std::mutex> lock(p->mu);
   if (p->ws_most[kind] != SIZE_MAX) return p->ws_most[kind];
   size_t most = 0;
-  const size_t count = kind == 0 ? p->fwd.size() : (kind == 1 ? p->bwd_data.size() : p->bwd_filter.size());
-  for (size_t i = 0; i < count; ++i) {
+  for (size_t i = 0; i < AlgoCount(p, kind); ++i) {
     size_t need = 0;
-    cudnnStatus_t s =
-        kind == 0   ? cudnnGetConvolutionForwardWorkspaceSize(h, p->x, p->w, p->conv, p->y, p->fwd[i], &need)
-        : kind == 1 ? cudnnGetConvolutionBackwardDataWorkspaceSize(h, p->w, p->y, p->conv, p->x, p->bwd_data[i], &need)
-                    : cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p->x, p->y, p->conv, p->w,
-                                                                     p->bwd_filter[i], &need);
-    if (s == CUDNN_STATUS_SUCCESS && need <= kMaxAlgoWorkspace && need > most) most = need;
+    if (AlgoNeed(h, p, kind, i, &need) == CUDNN_STATUS_SUCCESS && need <= kMaxAlgoWorkspace && need > most)
+      most = need;
   }
   p->ws_most[kind] = most;
   return most;
@@ -432,8 +422,8 @@ ffi::Error ConvFwdImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer x, ffi::AnyBuf
     const int kind = c.transpose ? 1 : 0;
     JAX_MPS_RETURN_IF_ERROR(MakeConvWork<T>(op, ctx, c, dt, kind, w.element_count(), &w, nullptr, nullptr, false, &k));
     if (!c.transpose) {  // Y = F(X = x)
-      JAX_MPS_RETURN_IF_ERROR(RunConv(op, k.h, k.plan.get(), 0, k.PadX(ctx.stream, Ptr<const T>(x)), k.wk, y.untyped_data(),
-                                      k.algo, k.algo_size));
+      JAX_MPS_RETURN_IF_ERROR(RunConv(op, k.h, k.plan.get(), 0, k.PadX(ctx.stream, Ptr<const T>(x)), k.wk,
+                                      y.untyped_data(), k.algo, k.algo_size));
     } else {  // y = X = data gradient of F at Y = x
       JAX_MPS_RETURN_IF_ERROR(
           RunConv(op, k.h, k.plan.get(), 1, k.wk, x.untyped_data(), k.XOut(y.untyped_data()), k.algo, k.algo_size));
@@ -536,14 +526,14 @@ struct MatmulPlan {
 
 constexpr size_t kLtWorkspace = size_t(32) << 20;
 
-// Column-major C (m, n) = op(A) (m, k) @ op(B) (k, n), ld = rows of the stored matrix; epilogue
-// adds bias (length m) and ReLU / tanh-GELU when asked.
 // cuBLASLt's compute type for one call's dtype and request (see the top of this file).
 cublasComputeType_t ComputeOf(const FusedDesc& f, ffi::DataType dt) {
   if (dt == ffi::F32) return f.precision == Precision::kHighest ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32;
   return dt == ffi::F16 && f.f16_accumulate ? CUBLAS_COMPUTE_16F : CUBLAS_COMPUTE_32F;
 }
 
+// Column-major C (m, n) = op(A) (m, k) @ op(B) (k, n), ld = rows of the stored matrix; the
+// epilogue adds a bias (length m) when asked.
 ffi::Error BuildMatmul(const char* op, cublasLtHandle_t h, ffi::DataType dt, cublasComputeType_t ct, int64_t m,
                        int64_t n, int64_t k, bool ta, bool tb, cublasLtEpilogue_t epi, MatmulPlan* p) {
   const cudaDataType_t t = CudaType(dt);
@@ -578,13 +568,8 @@ ffi::Error GetMatmul(const char* op, cublasLtHandle_t h, ffi::DataType dt, cubla
   PlanKey key;
   key.add(m).add(n).add(k).add(int64_t(ta)).add(int64_t(tb)).add(int64_t(epi)).add(int64_t(dt)).add(int64_t(ct));
   key.add(int64_t(StreamDevice(nullptr)));
-  ffi::Error err = ffi::Error::Success();
-  *out = cache.GetShared(key, [&]() -> std::shared_ptr<MatmulPlan> {
-    auto p = std::make_shared<MatmulPlan>();
-    err = BuildMatmul(op, h, dt, ct, m, n, k, ta, tb, epi, p.get());
-    return err.failure() ? nullptr : p;
-  });
-  return err;
+  return cache.GetBuilt(key, [&](MatmulPlan* p) { return BuildMatmul(op, h, dt, ct, m, n, k, ta, tb, epi, p); },
+                        out);
 }
 
 ffi::Error RunMatmul(const char* op, Ctx& ctx, cublasLtHandle_t h, MatmulPlan* p, const void* a, const void* b, void* c,

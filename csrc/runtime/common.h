@@ -121,8 +121,21 @@ class PlanCache {
     return GetShared(key, [&] { return std::make_shared<Plan>(make()); });
   }
 
-  // For plans that are built in place (not movable) or whose build can fail: make() returns a
-  // std::shared_ptr<Plan>; a null one (a failed build) is returned and not cached.
+  // For plans built in place (not movable) by a build that can fail: build(Plan*) -> ffi::Error;
+  // a failed build is returned and nothing is cached.
+  template <typename Build>
+  ::xla::ffi::Error GetBuilt(const PlanKey& key, Build&& build, std::shared_ptr<Plan>* out) {
+    ::xla::ffi::Error err = ::xla::ffi::Error::Success();
+    *out = GetShared(key, [&]() -> std::shared_ptr<Plan> {
+      auto p = std::make_shared<Plan>();
+      err = build(p.get());
+      return err.failure() ? nullptr : p;
+    });
+    return err;
+  }
+
+ private:
+  // make() returns a std::shared_ptr<Plan>; a null one is returned and not cached.
   template <typename Make>
   std::shared_ptr<Plan> GetShared(const PlanKey& key, Make&& make) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -146,7 +159,6 @@ class PlanCache {
     return plan;
   }
 
- private:
   using Entry = std::pair<PlanKey, std::shared_ptr<Plan>>;
   std::mutex mu_;
   std::list<Entry> lru_;  // most recently used first
