@@ -137,7 +137,7 @@ ffi::Error Cuda::PreluBwd(Cuda::Ctx s, const PreluDesc& d, Buf x, Buf alpha, Buf
   const char* op = "prelu_bwd";
   JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&alpha, &dy, &dx, &dalpha}));
   if (d.c == 0) return ffi::Error::Success();
-  cuda::Ctx ctx{s};
+  const cuda::Ctx& ctx = s;
   ffi::Error err;
   double* acc = static_cast<double*>(Workspace(ctx, d.c * sizeof(double), op, &err));
   if (!acc) return err;

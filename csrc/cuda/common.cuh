@@ -6,20 +6,13 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <mutex>
 #include <initializer_list>
 #include <optional>
-#include <unordered_map>
 #include <string>
 
-#include "runtime/backend.h"
+#include "cuda/backend.h"
 
 namespace jax_mps::cuda {
-
-// The kernels' view of XLA's compute stream (Cuda::Ctx, a cudaStream_t): no synchronisation.
-struct Ctx {
-  cudaStream_t stream;
-};
 
 inline ffi::Error CudaError(const char* op, cudaError_t e) {
   return ffi::Error::Internal(std::string(op) + ": CUDA error: " + cudaGetErrorString(e));
@@ -37,40 +30,22 @@ inline ffi::Error LaunchStatus(const char* op) {
   return e == cudaSuccess ? ffi::Error::Success() : CudaError(op, e);
 }
 
-// Device workspace of at least `bytes` for the calling handler, owned by the backend: one buffer
-// per stream, grown (never shrunk) when a call needs more; valid until the next handler on the
-// same stream (stream order keeps it private). XLA's FFI scratch allocator is not used: it
-// refused every request under jax 0.11's CUDA plugin. Growing synchronises the stream once
-// (earlier kernels may still read the old buffer), so handlers using it are not marked
-// command-buffer compatible. nullptr with *err set on failure.
-inline void* Workspace(Ctx& ctx, size_t bytes, const char* op, ffi::Error* err) {
-  struct Buf {
-    void* p = nullptr;
-    size_t size = 0;
-  };
-  static std::mutex mu;
-  static std::unordered_map<cudaStream_t, Buf> bufs;
-  std::lock_guard<std::mutex> lock(mu);
-  Buf& b = bufs[ctx.stream];
-  if (b.p && b.size >= bytes) return b.p;  // (a first request of 0 bytes still allocates: never nullptr)
-  int dev = 0;
-  cudaError_t e = cudaStreamGetDevice(ctx.stream, &dev);
-  if (e == cudaSuccess) e = cudaSetDevice(dev);
-  if (e == cudaSuccess && b.p) e = cudaStreamSynchronize(ctx.stream);
-  if (e == cudaSuccess && b.p) e = cudaFree(b.p);
-  b = Buf{};
-  size_t want = bytes < (size_t(1) << 20) ? (size_t(1) << 20) : bytes;
-  if (e == cudaSuccess) e = cudaMalloc(&b.p, want);
-  if (e != cudaSuccess) {
-    cudaGetLastError();  // clear the sticky-free error state for later launches
-    *err = ffi::Error(ffi::ErrorCode::kResourceExhausted, std::string(op) + ": could not allocate " +
-                                                              std::to_string(bytes) + " bytes of workspace: " +
-                                                              cudaGetErrorString(e));
-    b = Buf{};
+// Device workspace of at least `bytes`, 256-byte aligned (cuDNN / cuBLAS want that; XLA's FFI
+// refuses alignments over 16, so the block is over-asked and aligned here), from XLA's scratch
+// allocator: valid until the handler returns, which is all any handler needs. Handlers that take
+// it are not marked command-buffer compatible (a captured graph would keep a freed address).
+// nullptr with *err set on failure.
+inline void* Workspace(const Ctx& ctx, size_t bytes, const char* op, ffi::Error* err) {
+  constexpr size_t kAlign = 256;
+  std::optional<void*> p = ctx.scratch->Allocate(bytes + kAlign, 16);
+  if (!p.has_value() || *p == nullptr) {
+    *err = ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                      std::string(op) + ": XLA's scratch allocator gave no " + std::to_string(bytes) +
+                          " bytes of workspace");
     return nullptr;
   }
-  b.size = want;
-  return b.p;
+  uintptr_t a = (reinterpret_cast<uintptr_t>(*p) + kAlign - 1) & ~uintptr_t(kAlign - 1);
+  return reinterpret_cast<void*>(a);
 }
 
 // The element type behind each of the runtime's dtype tags.

@@ -376,7 +376,7 @@ struct ConvWork {
 // Sets up `k` for pass `kind` (0 forward, 1 data gradient, 2 filter gradient of F) with a filter
 // of nw elements, re-laid out from w when given; dz from s and dy when dy is given.
 template <typename T>
-ffi::Error MakeConvWork(const char* op, Ctx& ctx, const ConvDesc& c, ffi::DataType dt, int kind, int64_t nw,
+ffi::Error MakeConvWork(const char* op, const Ctx& ctx, const ConvDesc& c, ffi::DataType dt, int kind, int64_t nw,
                         const ffi::AnyBuffer* w, const ffi::AnyBuffer* s, const ffi::AnyBuffer* dy, bool bias_acc,
                         ConvWork<T>* k) {
   JAX_MPS_RETURN_IF_ERROR(MakeGeo(op, c, &k->g));
@@ -572,7 +572,7 @@ ffi::Error GetMatmul(const char* op, cublasLtHandle_t h, ffi::DataType dt, cubla
                         out);
 }
 
-ffi::Error RunMatmul(const char* op, Ctx& ctx, cublasLtHandle_t h, MatmulPlan* p, const void* a, const void* b, void* c,
+ffi::Error RunMatmul(const char* op, const Ctx& ctx, cublasLtHandle_t h, MatmulPlan* p, const void* a, const void* b, void* c,
                      const void* bias, void* ws) {
   const float one = 1.f, zero = 0.f;
   const __half hone = __float2half(1.f), hzero = __float2half(0.f);
@@ -706,22 +706,22 @@ ffi::Error DenseBwdWeightsImpl(Ctx ctx, const DenseDesc& d, ffi::AnyBuffer x, ff
 namespace jax_mps {
 
 ffi::Error Cuda::ConvFwd(Ctx s, const ConvDesc& c, Buf x, Buf w, Buf b, Buf y) {
-  return cuda::ConvFwdImpl(cuda::Ctx{s}, c, x, w, b, y);
+  return cuda::ConvFwdImpl(s, c, x, w, b, y);
 }
 ffi::Error Cuda::ConvBwdData(Ctx s, const ConvDesc& c, Buf sy, Buf dy, Buf w, Buf dx) {
-  return cuda::ConvBwdDataImpl(cuda::Ctx{s}, c, sy, dy, w, dx);
+  return cuda::ConvBwdDataImpl(s, c, sy, dy, w, dx);
 }
 ffi::Error Cuda::ConvBwdWeights(Ctx s, const ConvDesc& c, Buf x, Buf sy, Buf dy, Buf dw, Buf db) {
-  return cuda::ConvBwdWeightsImpl(cuda::Ctx{s}, c, x, sy, dy, dw, db);
+  return cuda::ConvBwdWeightsImpl(s, c, x, sy, dy, dw, db);
 }
 ffi::Error Cuda::DenseFwd(Ctx s, const DenseDesc& d, Buf x, Buf w, Buf b, Buf y) {
-  return cuda::DenseFwdImpl(cuda::Ctx{s}, d, x, w, b, y);
+  return cuda::DenseFwdImpl(s, d, x, w, b, y);
 }
 ffi::Error Cuda::DenseBwdData(Ctx s, const DenseDesc& d, Buf sy, Buf dy, Buf w, Buf dx) {
-  return cuda::DenseBwdDataImpl(cuda::Ctx{s}, d, sy, dy, w, dx);
+  return cuda::DenseBwdDataImpl(s, d, sy, dy, w, dx);
 }
 ffi::Error Cuda::DenseBwdWeights(Ctx s, const DenseDesc& d, Buf x, Buf sy, Buf dy, Buf dw, Buf db) {
-  return cuda::DenseBwdWeightsImpl(cuda::Ctx{s}, d, x, sy, dy, dw, db);
+  return cuda::DenseBwdWeightsImpl(s, d, x, sy, dy, dw, db);
 }
 
 }  // namespace jax_mps

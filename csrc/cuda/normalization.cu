@@ -197,7 +197,7 @@ struct Work {
   double* sums;
 };
 
-ffi::Error MakeWork(Ctx& ctx, const char* op, int64_t stats, Work* w) {
+ffi::Error MakeWork(const Ctx& ctx, const char* op, int64_t stats, Work* w) {
   const size_t n = size_t(stats);
   ffi::Error err;
   char* p = static_cast<char*>(Workspace(ctx, n * (2 * 8 + 8 + 4 * 4), op, &err));  // sums, m, a, b, gb, gd
@@ -279,7 +279,7 @@ ffi::Error Cuda::BatchNormFwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, 
                               Buf rstd) {
   const char* op = "batch_norm";
   JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&scale, &bias, &y, &mean, &var, &rstd}));
-  cuda::Ctx ctx{s};
+  const cuda::Ctx& ctx = s;
   Work w;
   JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.C, &w));
   return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
@@ -297,7 +297,7 @@ ffi::Error Cuda::BatchNormBwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, 
   const char* op = "batch_norm_bwd";
   JAX_MPS_RETURN_IF_ERROR(
       SameDtype(op, x, {&scale, &bias, &mean, &rstd, &sy, &dy, &dmean, &dvar, &dx, &dscale, &dbias}));
-  cuda::Ctx ctx{s};
+  const cuda::Ctx& ctx = s;
   Work w;
   JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.C, &w));
   return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
@@ -317,7 +317,7 @@ ffi::Error Cuda::BatchNormInferenceFwd(Cuda::Ctx s, const NormView& v, Buf x, Bu
                                        Buf y) {
   const char* op = "batch_norm_inference";
   JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&scale, &bias, &mean, &var, &y}));
-  cuda::Ctx ctx{s};
+  const cuda::Ctx& ctx = s;
   Work w;
   JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.C, &w));
   return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
@@ -334,7 +334,7 @@ ffi::Error Cuda::BatchNormInferenceBwd(Cuda::Ctx s, const NormView& v, Buf x, Bu
   const char* op = "batch_norm_inference_bwd";
   JAX_MPS_RETURN_IF_ERROR(
       SameDtype(op, x, {&scale, &bias, &mean, &var, &sy, &dy, &dx, &dscale, &dbias, &dmean, &dvar}));
-  cuda::Ctx ctx{s};
+  const cuda::Ctx& ctx = s;
   Work w;
   JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.C, &w));
   return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
@@ -354,7 +354,7 @@ ffi::Error Cuda::InstanceNormFwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scal
   const char* op = "instance_norm";
   JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&scale, &bias, &y, &mean, &rstd}));
   if (v.stats() == 0) return ffi::Error::Success();
-  cuda::Ctx ctx{s};
+  const cuda::Ctx& ctx = s;
   Work w;
   JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.stats(), &w));
   return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
@@ -373,7 +373,7 @@ ffi::Error Cuda::InstanceNormBwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scal
   const char* op = "instance_norm_bwd";
   JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&scale, &mean, &rstd, &dy, &dx, &dscale, &dbias}));
   if (v.C == 0) return ffi::Error::Success();
-  cuda::Ctx ctx{s};
+  const cuda::Ctx& ctx = s;
   Work w;
   JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, std::max<int64_t>(v.stats(), 1), &w));
   return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {

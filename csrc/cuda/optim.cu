@@ -145,7 +145,7 @@ unsigned GridFor(const LeafTable& t) {
 }
 
 // Squared norm of the (rescaled, value-clipped) gradients of `leaves` added to *acc (zeroed by the caller).
-ffi::Error LaunchSqNorm(Ctx& ctx, const char* op, ffi::DataType dtype, std::vector<LeafTable>& tables, Pre c,
+ffi::Error LaunchSqNorm(const Ctx& ctx, const char* op, ffi::DataType dtype, std::vector<LeafTable>& tables, Pre c,
                         const float* grad_scale, double* acc) {
   return cuda::DispatchFloat(op, dtype, [&](auto tag) {
     using P = decltype(tag);
@@ -201,7 +201,7 @@ ffi::Error Cuda::OptimStep(Cuda::Ctx s, const OptimDesc& d, Buf lr, Buf count, B
   a.clip_norm = d.clip_norm;
   a.norm_mode = d.norm_mode;
   a.pre = MakePre(d.rescale, d.clip_value, d.l1, d.l2);
-  cuda::Ctx ctx{s};
+  const cuda::Ctx& ctx = s;
   double* int_sq = nullptr;
   if (d.norm_mode == NormMode::kInternal) {
     ffi::Error err;
@@ -235,7 +235,7 @@ ffi::Error Cuda::OptimSqNorm(Cuda::Ctx s, const SqNormDesc& d, Buf grad_scale, c
     t.size[t.count] = int64_t(grads[l].element_count());
     t.g[t.count++] = grads[l].untyped_data();
   }
-  cuda::Ctx ctx{s};
+  const cuda::Ctx& ctx = s;
   ffi::Error err;
   double* acc = static_cast<double*>(Workspace(ctx, sizeof(double), op, &err));
   if (!acc) return err;

@@ -9,8 +9,8 @@
 // dx, dW_ih and dW_hh as one GEMM each over all time steps and the bias gradients as column sums.
 // Math is float32 throughout; the GEMMs may use TF32 tensor cores unless the `precision`
 // attribute asks for full float32 (jax.default_matmul_precision "highest", as the CPU always
-// computes). float16 / bfloat16 operands are converted into the per-stream workspace and results
-// converted back.
+// computes). float16 / bfloat16 operands are converted into the handler's workspace (XLA scratch)
+// and results converted back.
 #include <cublas_v2.h>
 
 #include <string>
@@ -291,11 +291,10 @@ ffi::Error ByCell(Cell c, F&& f) {
 
 // Allocates a pass's scratch as carved in cv (cuBLAS's workspace at o_cublas, the views' float32
 // copies, the pass's own buffers), converts the inputs into it and binds the cuBLAS handle.
-ffi::Error BindScratch(const char* op, cudaStream_t s, Precision p, const Carve& cv, size_t o_cublas, Views& v,
+ffi::Error BindScratch(const char* op, const Ctx& s, Precision p, const Carve& cv, size_t o_cublas, Views& v,
                        char** scratch, cublasHandle_t* hb) {
-  Ctx ctx{s};
   ffi::Error err;
-  *scratch = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
+  *scratch = static_cast<char*>(Workspace(s, cv.total, op, &err));
   if (!*scratch) return err;
   JAX_MPS_RETURN_IF_ERROR(v.Bind(op, s, *scratch));
   return Cublas(op, s, *scratch + o_cublas, p, hb);
@@ -306,7 +305,7 @@ T* At(char* base, size_t off) {
   return reinterpret_cast<T*>(base + off);
 }
 
-ffi::Error Forward(cudaStream_t s, const RnnDesc& d, ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0,
+ffi::Error Forward(const Ctx& s, const RnnDesc& d, ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi::AnyBuffer c0,
                    ffi::AnyBuffer lens, const Buffers& w, ffi::AnyBuffer y, ffi::AnyBuffer hn, ffi::AnyBuffer cn,
                    ffi::AnyBuffer wsb) {
   const char* op = "rnn_fwd";
@@ -363,7 +362,7 @@ ffi::Error Forward(cudaStream_t s, const RnnDesc& d, ffi::AnyBuffer x, ffi::AnyB
 }
 
 // h0 / c0 are not read: the workspace holds every h_{t-1} / c_{t-1} the backward needs.
-ffi::Error Backward(cudaStream_t s, const RnnDesc& d, ffi::AnyBuffer x, ffi::AnyBuffer lens, ffi::AnyBuffer wsb,
+ffi::Error Backward(const Ctx& s, const RnnDesc& d, ffi::AnyBuffer x, ffi::AnyBuffer lens, ffi::AnyBuffer wsb,
                     ffi::AnyBuffer dy, ffi::AnyBuffer dhn, ffi::AnyBuffer dcn, const Buffers& w, ffi::AnyBuffer dx,
                     ffi::AnyBuffer dh0, ffi::AnyBuffer dc0, const Buffers& dw) {
   const char* op = "rnn_bwd";
