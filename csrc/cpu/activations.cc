@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "cpu/backend.h"
+#include "runtime/act_formulas.h"
 #include "cpu/eltwise.h"
 #include "cpu/f32.h"
 #include "cpu/kernel_util.h"
@@ -21,115 +22,34 @@ namespace {
 // function is branch-free so the loops vectorise; each loop is compiled per ISA (JAX_MPS_CLONES).
 #define AI JAX_MPS_ALWAYS_INLINE
 
-AI bool IsInf(float v) { return std::fabs(v) == INFINITY; }
-
-// 1 / (1 + exp(-x)) from e = exp(-|x|): no cancellation and no overflow on either side.
-AI float Sigmoid(float x) {
-  const float e = FastExp(-std::fabs(x)), r = 1.f / (1.f + e);
-  return x >= 0.f ? r : e * r;
-}
-// sigmoid'(x) = e / (1 + e)^2 with e = exp(-|x|).
-AI float SigmoidGrad(float x) {
-  const float e = FastExp(-std::fabs(x)), d = 1.f + e;
-  return e / (d * d);
-}
-// tanh: Cephes' odd polynomial below 0.625 (where (1 - e) / (1 + e) would cancel), else from
-// e = exp(-2|x|).
-AI float Tanh(float x) {
-  const float ax = std::fabs(x), z = x * x;
-  float p = -5.70498872745e-3f;
-  p = p * z + 2.06390887954e-2f;
-  p = p * z - 5.37397155531e-2f;
-  p = p * z + 1.33314422036e-1f;
-  p = p * z - 3.33332819422e-1f;
-  const float small = p * z * x + x;
-  const float e = FastExp(-2.f * ax);
-  const float big = std::copysign((1.f - e) / (1.f + e), x);
-  return ax < 0.625f ? small : big;
-}
-// tanh'(x) = 1 - tanh^2 = 4e / (1 + e)^2 with e = exp(-2|x|) (accurate where tanh is near +-1).
-AI float TanhGrad(float x) {
-  const float e = FastExp(-2.f * std::fabs(x)), d = 1.f + e;
-  return 4.f * e / (d * d);
-}
-// erfc(z) for any z.
-AI float Erfc(float z) {
-  const float e = ErfcNonNeg(std::fabs(z));
-  return z >= 0.f ? e : 2.f - e;
-}
-// gelu_tanh's u = sqrt(2/pi) (x + 0.044715 x^3), with x clamped where sigmoid(2u) is already 0 or 1
-// (so x^3 never overflows).
-AI float GeluTanhArg(float x) {
-  const float xc = std::fmin(std::fmax(x, -1e4f), 1e4f);
-  return 0.7978845608028654f * xc * (1.f + 0.044715f * xc * xc);
-}
-
-AI float Forward(Act act, float x, float alpha) {
-  switch (act) {
-    case Act::kRelu: return x < 0.f ? 0.f : x;  // NaN stays NaN (jnp.maximum)
-    case Act::kRelu6: {
-      const float v = x < 0.f ? 0.f : x;
-      return v > 6.f ? 6.f : v;
-    }
-    case Act::kLeakyRelu: return x >= 0.f ? x : alpha * x;
-    case Act::kElu: return x > 0.f ? x : alpha * Expm1NonPos(x);
-    case Act::kSigmoid: return Sigmoid(x);
-    case Act::kHardSigmoid: {
-      const float v = x + 3.f, r = v < 0.f ? 0.f : v;
-      return (r > 6.f ? 6.f : r) / 6.f;
-    }
-    case Act::kTanh: return Tanh(x);
-    case Act::kSoftplus: return (x < 0.f ? 0.f : x) + Log1pUnit(FastExp(-std::fabs(x)));  // logaddexp(x, 0)
-    case Act::kSoftsign: return x / (1.f + std::fabs(x));  // NaN at +-inf, as jax
-    case Act::kGelu: return 0.5f * x * Erfc(-0.70710678118654752f * x);  // gelu(-inf) = -inf * 0 = NaN, as jax
-    case Act::kGeluTanh: return x * Sigmoid(2.f * GeluTanhArg(x));  // 0.5 (1 + tanh u) = sigmoid(2u)
-    default: return x;
+// The shared formulas (runtime/act_formulas.h) over these branch-free approximations.
+struct CpuMath {
+  static AI float Exp(float x) { return FastExp(x); }
+  static AI float Expm1NonPos(float x) { return cpu::Expm1NonPos(x); }
+  static AI float Log1pUnit(float u) { return cpu::Log1pUnit(u); }
+  // erfc(z) for any z.
+  static AI float Erfc(float z) {
+    const float e = ErfcNonNeg(std::fabs(z));
+    return z >= 0.f ? e : 2.f - e;
   }
-}
-
-// dx = dy * act'(x). Where jax's derivative is a select (relu, relu6, hard_sigmoid, leaky_relu),
-// so is ours: a NaN or inf dy where the select picks 0 gives 0, as in jax.
-AI float Backward(Act act, float x, float g, float alpha) {
-  switch (act) {
-    case Act::kRelu: return x > 0.f ? g : 0.f;
-    case Act::kRelu6: return (x > 0.f && x < 6.f) ? g : 0.f;
-    case Act::kLeakyRelu: return x >= 0.f ? g : alpha * g;  // 1 at 0 and alpha at NaN, as jnp.where
-    case Act::kElu: return x > 0.f ? g : alpha * g * FastExp(x);
-    case Act::kSigmoid: return g * SigmoidGrad(x);
-    case Act::kHardSigmoid: {
-      const float v = x + 3.f;
-      return (v > 0.f && v < 6.f) ? g / 6.f : 0.f;
-    }
-    case Act::kTanh: return g * TanhGrad(x);
-    case Act::kSoftplus: return g * Sigmoid(x);
-    case Act::kSoftsign: {
-      const float d = 1.f + std::fabs(x);
-      return IsInf(x) ? NAN : g / (d * d);  // jax's quotient rule gives inf * 0 at +-inf
-    }
-    case Act::kGelu:  // Phi(x) + x phi(x); NaN at +-inf (inf * 0), as jax
-      return g * (0.5f * Erfc(-0.70710678118654752f * x) + x * (0.3989422804014327f * FastExp(-0.5f * x * x)));
-    case Act::kGeluTanh: {
-      const float u = GeluTanhArg(x), du = 0.7978845608028654f * (1.f + 0.134145f * x * x);
-      const float e = FastExp(-2.f * std::fabs(u)), d = 1.f + e, sech2 = 4.f * e / (d * d);
-      // sech2 is exactly 0 wherever x^2 could overflow du, so only x = +-inf gives inf * 0 = NaN.
-      return g * (Sigmoid(2.f * u) + 0.5f * x * (sech2 == 0.f && !IsInf(x) ? 0.f : sech2 * du));
-    }
-    default: return g;
+  // Cephes' odd polynomial below 0.625 (where (1 - e) / (1 + e) would cancel), else from
+  // e = exp(-2|x|).
+  static AI float Tanh(float x) {
+    const float ax = std::fabs(x), z = x * x;
+    float p = -5.70498872745e-3f;
+    p = p * z + 2.06390887954e-2f;
+    p = p * z - 5.37397155531e-2f;
+    p = p * z + 1.33314422036e-1f;
+    p = p * z - 3.33332819422e-1f;
+    const float small = p * z * x + x;
+    const float e = FastExp(-2.f * ax);
+    const float big = std::copysign((1.f - e) / (1.f + e), x);
+    return ax < 0.625f ? small : big;
   }
-}
-
-// dx = dy * act'(.) from the output y (only where ActGradFromOutput).
-AI float BackwardFromOutput(Act act, float y, float g, float alpha) {
-  switch (act) {
-    case Act::kRelu: return y > 0.f ? g : 0.f;
-    case Act::kRelu6: return (y > 0.f && y < 6.f) ? g : 0.f;
-    case Act::kLeakyRelu: return y >= 0.f ? g : alpha * g;  // alpha > 0: y >= 0 iff x >= 0
-    case Act::kElu: return y > 0.f ? g : g * (y + alpha);
-    case Act::kSigmoid: return g * (y * (1.f - y));
-    case Act::kTanh: return g * ((1.f - y) * (1.f + y));
-    default: return g;
-  }
-}
+};
+AI float Forward(Act act, float x, float alpha) { return act::Forward<CpuMath>(act, x, alpha); }
+AI float Backward(Act act, float x, float g, float alpha) { return act::Backward<CpuMath>(act, x, g, alpha); }
+using act::BackwardFromOutput;
 
 template <Act A>
 AI void FwdLoop(int64_t n, float alpha, const float* x, float* y) {

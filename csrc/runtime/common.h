@@ -19,11 +19,14 @@
 namespace ffi = xla::ffi;
 
 // Marks the contract's scalar math (e.g. the per-element losses) callable from CUDA kernels too,
-// so both backends run the very same formulas.
+// so both backends run the very same formulas; JAX_MPS_HDI also forces inlining (the CPU's
+// vectorised loops need it).
 #ifdef __CUDACC__
 #define JAX_MPS_HD __host__ __device__
+#define JAX_MPS_HDI __host__ __device__ __forceinline__
 #else
 #define JAX_MPS_HD
+#define JAX_MPS_HDI inline __attribute__((always_inline))
 #endif
 
 namespace jax_mps {
