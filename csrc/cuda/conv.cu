@@ -562,12 +562,12 @@ ffi::Error BuildMatmul(const char* op, cublasLtHandle_t h, ffi::DataType dt, cub
   return ffi::Error::Success();
 }
 
-ffi::Error GetMatmul(const char* op, cublasLtHandle_t h, ffi::DataType dt, cublasComputeType_t ct, int64_t m,
+ffi::Error GetMatmul(const char* op, cublasLtHandle_t h, int dev, ffi::DataType dt, cublasComputeType_t ct, int64_t m,
                      int64_t n, int64_t k, bool ta, bool tb, cublasLtEpilogue_t epi, std::shared_ptr<MatmulPlan>* out) {
   static PlanCache<MatmulPlan> cache;
   PlanKey key;
   key.add(m).add(n).add(k).add(int64_t(ta)).add(int64_t(tb)).add(int64_t(epi)).add(int64_t(dt)).add(int64_t(ct));
-  key.add(int64_t(StreamDevice(nullptr)));
+  key.add(int64_t(dev));
   return cache.GetBuilt(key, [&](MatmulPlan* p) { return BuildMatmul(op, h, dt, ct, m, n, k, ta, tb, epi, p); },
                         out);
 }
@@ -604,7 +604,8 @@ ffi::Error DenseFwdImpl(Ctx ctx, const DenseDesc& d, ffi::AnyBuffer x, ffi::AnyB
     const bool epi_bias = d.has_bias && ct != CUBLAS_COMPUTE_16F;
     const cublasLtEpilogue_t epi = epi_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
     std::shared_ptr<MatmulPlan> p;
-    JAX_MPS_RETURN_IF_ERROR(GetMatmul(op, h, dt, ct, d.n, d.m, d.k, false, false, epi, &p));  // y^T = w^T x^T
+    const int dev = StreamDevice(ctx.stream);
+    JAX_MPS_RETURN_IF_ERROR(GetMatmul(op, h, dev, dt, ct, d.n, d.m, d.k, false, false, epi, &p));  // y^T = w^T x^T
     ffi::Error err;
     void* ws = Workspace(ctx, p->ws, op, &err);
     if (!ws) return err;
@@ -634,8 +635,8 @@ ffi::Error DenseBwdDataImpl(Ctx ctx, const DenseDesc& d, ffi::AnyBuffer s, ffi::
     cublasLtHandle_t h = nullptr;
     JAX_MPS_RETURN_IF_ERROR(CublasLt(op, ctx.stream, &h));
     std::shared_ptr<MatmulPlan> p;
-    JAX_MPS_RETURN_IF_ERROR(
-        GetMatmul(op, h, dt, ComputeOf(d, dt), d.k, d.m, d.n, true, false, CUBLASLT_EPILOGUE_DEFAULT, &p));
+    JAX_MPS_RETURN_IF_ERROR(GetMatmul(op, h, StreamDevice(ctx.stream), dt, ComputeOf(d, dt), d.k, d.m, d.n, true, false,
+                                      CUBLASLT_EPILOGUE_DEFAULT, &p));
     Carve cv;
     const size_t o_dz = cv.Add(act ? d.m * d.n * sizeof(T) : 0), o_ws = cv.Add(p->ws);
     ffi::Error err;
@@ -673,8 +674,8 @@ ffi::Error DenseBwdWeightsImpl(Ctx ctx, const DenseDesc& d, ffi::AnyBuffer x, ff
     cublasLtHandle_t h = nullptr;
     JAX_MPS_RETURN_IF_ERROR(CublasLt(op, ctx.stream, &h));
     std::shared_ptr<MatmulPlan> p;
-    JAX_MPS_RETURN_IF_ERROR(
-        GetMatmul(op, h, dt, ComputeOf(d, dt), d.n, d.k, d.m, false, true, CUBLASLT_EPILOGUE_DEFAULT, &p));
+    JAX_MPS_RETURN_IF_ERROR(GetMatmul(op, h, StreamDevice(ctx.stream), dt, ComputeOf(d, dt), d.n, d.k, d.m, false, true,
+                                      CUBLASLT_EPILOGUE_DEFAULT, &p));
     Carve cv;
     const size_t o_dz = cv.Add(act ? d.m * d.n * sizeof(T) : 0), o_acc = cv.Add(d.has_bias ? d.n * sizeof(double) : 0),
                  o_ws = cv.Add(p->ws);
