@@ -6,10 +6,10 @@
 #include <cstring>
 
 #include "cpu/backend.h"
-#include "runtime/act_formulas.h"
 #include "cpu/eltwise.h"
 #include "cpu/f32.h"
 #include "cpu/kernel_util.h"
+#include "runtime/act_formulas.h"
 
 namespace jax_mps::cpu {
 

@@ -137,9 +137,8 @@ ffi::Error Cuda::PreluBwd(Cuda::Ctx s, const PreluDesc& d, Buf x, Buf alpha, Buf
   const char* op = "prelu_bwd";
   JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&alpha, &dy, &dx, &dalpha}));
   if (d.c == 0) return ffi::Error::Success();
-  const cuda::Ctx& ctx = s;
   ffi::Error err;
-  double* acc = static_cast<double*>(Workspace(ctx, d.c * sizeof(double), op, &err));
+  double* acc = static_cast<double*>(Workspace(s, d.c * sizeof(double), op, &err));
   if (!acc) return err;
   JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(acc, 0, d.c * sizeof(double), s));
   return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {

@@ -279,9 +279,8 @@ ffi::Error Cuda::BatchNormFwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, 
                               Buf rstd) {
   const char* op = "batch_norm";
   JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&scale, &bias, &y, &mean, &var, &rstd}));
-  const cuda::Ctx& ctx = s;
   Work w;
-  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.C, &w));
+  JAX_MPS_RETURN_IF_ERROR(MakeWork(s, op, v.C, &w));
   return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
     using T = decltype(t);
     StatsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, s>>>(v.S, v.C, Ptr<const T>(x), w.sums);
@@ -297,9 +296,8 @@ ffi::Error Cuda::BatchNormBwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, 
   const char* op = "batch_norm_bwd";
   JAX_MPS_RETURN_IF_ERROR(
       SameDtype(op, x, {&scale, &bias, &mean, &rstd, &sy, &dy, &dmean, &dvar, &dx, &dscale, &dbias}));
-  const cuda::Ctx& ctx = s;
   Work w;
-  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.C, &w));
+  JAX_MPS_RETURN_IF_ERROR(MakeWork(s, op, v.C, &w));
   return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
     using T = decltype(t);
     SavedBnStatsK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, Ptr<const T>(scale), Ptr<const T>(bias), Ptr<const T>(mean),
@@ -317,9 +315,8 @@ ffi::Error Cuda::BatchNormInferenceFwd(Cuda::Ctx s, const NormView& v, Buf x, Bu
                                        Buf y) {
   const char* op = "batch_norm_inference";
   JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&scale, &bias, &mean, &var, &y}));
-  const cuda::Ctx& ctx = s;
   Work w;
-  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.C, &w));
+  JAX_MPS_RETURN_IF_ERROR(MakeWork(s, op, v.C, &w));
   return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
     using T = decltype(t);
     GivenStatsK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, v.eps, Ptr<const T>(scale), Ptr<const T>(bias), Ptr<const T>(mean),
@@ -334,9 +331,8 @@ ffi::Error Cuda::BatchNormInferenceBwd(Cuda::Ctx s, const NormView& v, Buf x, Bu
   const char* op = "batch_norm_inference_bwd";
   JAX_MPS_RETURN_IF_ERROR(
       SameDtype(op, x, {&scale, &bias, &mean, &var, &sy, &dy, &dx, &dscale, &dbias, &dmean, &dvar}));
-  const cuda::Ctx& ctx = s;
   Work w;
-  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.C, &w));
+  JAX_MPS_RETURN_IF_ERROR(MakeWork(s, op, v.C, &w));
   return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
     using T = decltype(t);
     GivenStatsK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, v.eps, Ptr<const T>(scale), Ptr<const T>(bias), Ptr<const T>(mean),
@@ -354,9 +350,8 @@ ffi::Error Cuda::InstanceNormFwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scal
   const char* op = "instance_norm";
   JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&scale, &bias, &y, &mean, &rstd}));
   if (v.stats() == 0) return ffi::Error::Success();
-  const cuda::Ctx& ctx = s;
   Work w;
-  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, v.stats(), &w));
+  JAX_MPS_RETURN_IF_ERROR(MakeWork(s, op, v.stats(), &w));
   return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
     using T = decltype(t);
     StatsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, s>>>(v.S, v.C, Ptr<const T>(x), w.sums);
@@ -373,9 +368,8 @@ ffi::Error Cuda::InstanceNormBwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scal
   const char* op = "instance_norm_bwd";
   JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&scale, &mean, &rstd, &dy, &dx, &dscale, &dbias}));
   if (v.C == 0) return ffi::Error::Success();
-  const cuda::Ctx& ctx = s;
   Work w;
-  JAX_MPS_RETURN_IF_ERROR(MakeWork(ctx, op, std::max<int64_t>(v.stats(), 1), &w));
+  JAX_MPS_RETURN_IF_ERROR(MakeWork(s, op, std::max<int64_t>(v.stats(), 1), &w));
   return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
     using T = decltype(t);
     SavedStatsK<T><<<Blocks(v.stats()), 256, 0, s>>>(v.G, v.C, Ptr<const T>(scale), Ptr<const T>(mean),

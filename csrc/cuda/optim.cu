@@ -201,14 +201,13 @@ ffi::Error Cuda::OptimStep(Cuda::Ctx s, const OptimDesc& d, Buf lr, Buf count, B
   a.clip_norm = d.clip_norm;
   a.norm_mode = d.norm_mode;
   a.pre = MakePre(d.rescale, d.clip_value, d.l1, d.l2);
-  const cuda::Ctx& ctx = s;
   double* int_sq = nullptr;
   if (d.norm_mode == NormMode::kInternal) {
     ffi::Error err;
-    int_sq = static_cast<double*>(Workspace(ctx, sizeof(double), op, &err));
+    int_sq = static_cast<double*>(Workspace(s, sizeof(double), op, &err));
     if (!int_sq) return err;
     JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(int_sq, 0, sizeof(double), s));
-    JAX_MPS_RETURN_IF_ERROR(LaunchSqNorm(ctx, op, gdtype, tables, MakePre(d.rescale, d.clip_value, 0.f, 0.f),
+    JAX_MPS_RETURN_IF_ERROR(LaunchSqNorm(s, op, gdtype, tables, MakePre(d.rescale, d.clip_value, 0.f, 0.f),
                                          Ptr<const float>(grad_scale), int_sq));
   }
   auto launch = [&](auto ptag, auto gtag) {
@@ -235,13 +234,12 @@ ffi::Error Cuda::OptimSqNorm(Cuda::Ctx s, const SqNormDesc& d, Buf grad_scale, c
     t.size[t.count] = int64_t(grads[l].element_count());
     t.g[t.count++] = grads[l].untyped_data();
   }
-  const cuda::Ctx& ctx = s;
   ffi::Error err;
-  double* acc = static_cast<double*>(Workspace(ctx, sizeof(double), op, &err));
+  double* acc = static_cast<double*>(Workspace(s, sizeof(double), op, &err));
   if (!acc) return err;
   JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(acc, 0, sizeof(double), s));
   if (!tables.empty())
-    JAX_MPS_RETURN_IF_ERROR(LaunchSqNorm(ctx, op, grads[0].element_type(), tables,
+    JAX_MPS_RETURN_IF_ERROR(LaunchSqNorm(s, op, grads[0].element_type(), tables,
                                          MakePre(d.rescale, d.clip_value, 0.f, 0.f), Ptr<const float>(grad_scale),
                                          acc));
   ToFloat<<<1, 1, 0, s>>>(acc, Ptr<float>(out));
