@@ -79,14 +79,15 @@ class custom_vjp:
         return self._f(*args)
 
 
-def kernel(target: str, specs, *args, **attrs):
-    """One runtime call on exactly these shapes (no vmap or sharding rule); returns a list."""
+def kernel(target: str, specs, *args, aliases=None, **attrs):
+    """One runtime call on exactly these shapes (no vmap or sharding rule); returns a list.
+    aliases: {operand index: result index} for results written into an operand's buffer."""
     attrs = {k: _attr(v) for k, v in attrs.items()}
     # Inside shard_map (checked types) a call's operands must vary over the same mesh axes, and
     # its results vary over them too (ffi_call's results would otherwise be typed invariant).
     axes = tuple(sorted(frozenset().union(*(_varying(x) for x in args)), key=str))
     args = [_as_varying(x, axes) for x in args]
-    outs = jax.ffi.ffi_call(target, list(specs))(*args, **attrs)
+    outs = jax.ffi.ffi_call(target, list(specs), input_output_aliases=aliases)(*args, **attrs)
     return [_as_varying(o, axes) for o in outs]
 
 

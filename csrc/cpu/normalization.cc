@@ -112,10 +112,12 @@ void MeanVar(const float* x, const NormView& v, std::vector<double>& mean, std::
 }
 
 // The gradient w.r.t. the pre-activation z: dz, or (fused ReLU) dz = mask > 0 ? dz : 0 with
-// mask = y, so that BN + ReLU costs no extra pass over memory.
+// mask = y, so that BN + ReLU costs no extra pass over memory. Rows are `ld` apart (dy and y may
+// be channel slices of a concatenation's buffers).
 struct PreGrad {
   const float* dz;
   const float* mask;  // nullptr: none
+  int64_t ld;
 };
 
 template <bool kMask>
@@ -134,8 +136,8 @@ void GradSumsT(const float* x, PreGrad pg, const float* m, const NormView& v, st
   for (int64_t t = 0; t < T; ++t) {
     const int64_t g = t / K, k = t % K, s0 = v.S * k / K, s1 = v.S * (k + 1) / K;
     const float* __restrict xg = x + g * v.S * C;
-    const float* __restrict dg = pg.dz + g * v.S * C;
-    const float* __restrict kg = kMask ? pg.mask + g * v.S * C : nullptr;
+    const float* __restrict dg = pg.dz + g * v.S * pg.ld;
+    const float* __restrict kg = kMask ? pg.mask + g * v.S * pg.ld : nullptr;
     const float* mg = m + g * C;
     float ba[kTile], bb[kTile];
     for (int64_t c0 = 0; c0 < C; c0 += kTile) {
@@ -146,8 +148,8 @@ void GradSumsT(const float* x, PreGrad pg, const float* m, const NormView& v, st
         std::fill(bb, bb + ct, 0.f);
         for (int64_t r = r0; r < std::min(r0 + B, s1); ++r) {
           const float* xr = xg + r * C + c0;
-          const float* dr = dg + r * C + c0;
-          const float* kr = kMask ? kg + r * C + c0 : nullptr;
+          const float* dr = dg + r * pg.ld + c0;
+          const float* kr = kMask ? kg + r * pg.ld + c0 : nullptr;
           for (int64_t c = 0; c < ct; ++c) {
             const float dz = Dz<kMask>(dr, kr, c);
             ba[c] += dz;
@@ -177,18 +179,18 @@ void GradSums(const float* x, PreGrad pg, const float* m, const NormView& v, std
   pg.mask ? GradSumsT<true>(x, pg, m, v, sdz, sdzx) : GradSumsT<false>(x, pg, m, v, sdz, sdzx);
 }
 
-// out = ((x - m) - ml) * a + b, with m, ml, a, b per (g, c). The mean is split in two floats
-// (m + ml) so that a large common offset does not cost the output its precision.
+// out = ((x - m) - ml) * a + b, with m, ml, a, b per (g, c); out's rows are `ldo` apart. The mean
+// is split in two floats (m + ml) so that a large common offset does not cost the output its precision.
 template <bool kRelu>
 void AffineT(const float* __restrict x, const NormView& v, const float* m, const float* ml, const float* a,
-             const float* b, float* __restrict out) {
+             const float* b, float* __restrict out, int64_t ldo) {
   const int64_t C = v.C;
 #pragma omp parallel for schedule(static) if (v.rows() * C >= kParMin)
   for (int64_t r = 0; r < v.rows(); ++r) {
     const int64_t g = r / v.S;
     const float *mr = m + g * C, *lr = ml + g * C, *ar = a + g * C, *br = b + g * C;
     const float* xr = x + r * C;
-    float* o = out + r * C;
+    float* o = out + r * ldo;
     for (int64_t c = 0; c < C; ++c) {
       const float z = ((xr[c] - mr[c]) - lr[c]) * ar[c] + br[c];
       o[c] = kRelu ? std::max(z, 0.f) : z;
@@ -197,8 +199,17 @@ void AffineT(const float* __restrict x, const NormView& v, const float* m, const
 }
 
 void Affine(const float* x, const NormView& v, const float* m, const float* ml, const float* a, const float* b,
-            float* out, bool relu = false) {
-  relu ? AffineT<true>(x, v, m, ml, a, b, out) : AffineT<false>(x, v, m, ml, a, b, out);
+            float* out, bool relu = false, int64_t ldo = 0) {
+  if (!ldo) ldo = v.C;
+  relu ? AffineT<true>(x, v, m, ml, a, b, out, ldo) : AffineT<false>(x, v, m, ml, a, b, out, ldo);
+}
+
+// An element-wise pass over rows of C that are `ld` apart: f(offset of the row's first element, count).
+template <class F>
+void Rows(const NormView& v, int64_t ld, F&& f) {
+  if (ld == v.C) return f(int64_t(0), v.rows() * v.C);
+#pragma omp parallel for schedule(static) if (v.rows() * v.C >= kParMin)
+  for (int64_t r = 0; r < v.rows(); ++r) f(r * ld, v.C);
 }
 
 // dx = a * dz + b * (x - m) + d, with a, b, m, d per (g, c); dx = a * dz when b is null (inference:
@@ -211,8 +222,8 @@ void GradInputT(const float* x, PreGrad pg, const NormView& v, const float* a, c
   for (int64_t r = 0; r < v.rows(); ++r) {
     const int64_t g = r / v.S;
     const float* ar = a + g * C;
-    const float* zr = pg.dz + r * C;
-    const float* kr = kMask ? pg.mask + r * C : nullptr;
+    const float* zr = pg.dz + r * pg.ld;
+    const float* kr = kMask ? pg.mask + r * pg.ld : nullptr;
     float* o = dx + r * C;
     if (kAffineOnly) {
       for (int64_t c = 0; c < C; ++c) o[c] = ar[c] * Dz<kMask>(zr, kr, c);
@@ -244,7 +255,7 @@ void AffineCoeffs(const NormView& v, const float* scale, const float* bias, cons
     }
 }
 
-// y = act((x - mean) * scale * rstd + bias).
+// y = act((x - mean) * scale * rstd + bias), into channels [v.off, v.off + C) of rows v.yld() apart.
 void NormForward(const float* x, const NormView& v, const std::vector<double>& mean, const float* scale,
                  const float* bias, const std::vector<double>& rstd, Act act, float alpha, float* y) {
   std::vector<float> a, b, m(mean.size()), ml(mean.size());
@@ -253,27 +264,34 @@ void NormForward(const float* x, const NormView& v, const std::vector<double>& m
     ml[i] = static_cast<float>(mean[i] - m[i]);
   }
   AffineCoeffs(v, scale, bias, rstd, a, b);
-  Affine(x, v, m.data(), ml.data(), a.data(), b.data(), y, act == Act::kRelu);
-  if (act != Act::kRelu) ActForward(act, alpha, v.rows() * v.C, y, y);
+  y += v.off;
+  Affine(x, v, m.data(), ml.data(), a.data(), b.data(), y, act == Act::kRelu, v.yld());
+  if (act != Act::kRelu) Rows(v, v.yld(), [&](int64_t o, int64_t n) { ActForward(act, alpha, n, y + o, y + o); });
 }
 
 // dz = dy * act'(z): dy itself without activation; otherwise written into `dx` (which the
 // gradient pass then overwrites in place). `s` is y when from_output, else x (z is recomputed).
+// dy (and y) are channels [v.off, v.off + C) of rows v.yld() apart.
 PreGrad PreActGrad(const float* x, const float* s, const float* dy, const NormView& v,
                    const std::vector<float>& mean, const float* scale, const float* bias,
                    const std::vector<double>& rstd, Act act, float alpha, bool from_output, float* dx) {
-  const int64_t n = v.rows() * v.C;
-  if (act == Act::kNone) return {dy, nullptr};
-  if (act == Act::kRelu && from_output) return {dy, s};
+  const int64_t n = v.rows() * v.C, ld = v.yld(), C = v.C;
+  dy += v.off;
+  if (act == Act::kNone) return {dy, nullptr, ld};
+  if (act == Act::kRelu && from_output) return {dy, s + v.off, ld};
   if (from_output) {
-    ActBackward(act, alpha, n, s, dy, dx, true);
+    s += v.off;
+    Rows(v, ld, [&](int64_t o, int64_t k) { ActBackward(act, alpha, k, s + o, dy + o, dx + o / ld * C, true); });
   } else {
     std::vector<float> z(n), a, b, zero(mean.size(), 0.f);
     AffineCoeffs(v, scale, bias, rstd, a, b);
     Affine(x, v, mean.data(), zero.data(), a.data(), b.data(), z.data());
-    ActBackward(act, alpha, n, z.data(), dy, dx, false);
+    Rows(v, ld, [&](int64_t o, int64_t k) {
+      const int64_t d = o / ld * C;
+      ActBackward(act, alpha, k, z.data() + d, dy + o, dx + d, false);
+    });
   }
-  return {dx, nullptr};
+  return {dx, nullptr, C};
 }
 
 std::vector<double> Rstd(const float* var, int64_t C, float eps) {
@@ -436,7 +454,7 @@ ffi::Error Cpu::InstanceNormBwd(Ctx, const NormView& v, Buf x, Buf scale, Buf me
   const float* sc = scf.get();
   const float* rs = rf.get();
   std::vector<double> sdz, sdzx;
-  GradSums(xf.get(), {dyf.get(), nullptr}, mf.get(), v, sdz, sdzx);
+  GradSums(xf.get(), {dyf.get(), nullptr, v.C}, mf.get(), v, sdz, sdzx);
   std::vector<float> a(v.stats()), b(v.stats()), d(v.stats());
   std::vector<double> ds(C, 0.0), db(C, 0.0);
   const double S = static_cast<double>(v.S);
@@ -453,7 +471,7 @@ ffi::Error Cpu::InstanceNormBwd(Ctx, const NormView& v, Buf x, Buf scale, Buf me
     dsf.get()[c] = static_cast<float>(ds[c]);
     dbf.get()[c] = static_cast<float>(db[c]);
   }
-  GradInput(xf.get(), {dyf.get(), nullptr}, v, a.data(), b.data(), mf.get(), d.data(), dxf.get());
+  GradInput(xf.get(), {dyf.get(), nullptr, v.C}, v, a.data(), b.data(), mf.get(), d.data(), dxf.get());
   return ffi::Error::Success();
 }
 

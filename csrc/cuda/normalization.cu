@@ -13,6 +13,15 @@
 namespace jax_mps::cuda {
 namespace {
 
+// Where batch norm's y (forward) and y / dy (backward) live: channels [off, off + C) of rows ld
+// apart (a channel slice of a concatenation's buffer; ld = C, off = 0 when dense).
+struct Rows {
+  int64_t ld, off;
+  __device__ __forceinline__ int64_t at(int64_t e, int64_t C) const { return ld == C ? e + off : e / C * ld + off + e % C; }
+};
+inline Rows YRows(const NormView& v) { return {v.yld(), v.off}; }
+inline Rows Dense(const NormView& v) { return {v.C, 0}; }
+
 // Per-(g, c) coefficients of the element-wise passes, in scratch.
 struct Coef {
   double* m;  // mean (G*C)
@@ -73,21 +82,22 @@ __global__ void GivenStatsK(int64_t C, float eps, const T* scale, const T* bias,
 
 // y = act((x - m) * a + b), per (g, c).
 template <typename T>
-__global__ void AffineK(int64_t G, int64_t S, int64_t C, Act act, float alpha, const T* x, Coef k, T* y) {
+__global__ void AffineK(int64_t G, int64_t S, int64_t C, Act act, float alpha, const T* x, Coef k, T* y, Rows yr) {
   JAX_MPS_GRID_STRIDE(e, G * S * C) {
     const int64_t gc = (e / (S * C)) * C + e % C;
     const float z = float(double(Ld(x[e])) - k.m[gc]) * k.a[gc] + k.b[gc];
-    y[e] = St<T>(ActF(act, alpha, z));
+    y[yr.at(e, C)] = St<T>(ActF(act, alpha, z));
   }
 }
 
-// The gradient w.r.t. the pre-activation z at element e (z recomputed from x unless from_output).
+// The gradient w.r.t. the pre-activation z at element e of x, ey of dy and y (z recomputed from
+// x unless from_output).
 template <typename T>
-__device__ __forceinline__ float Dz(int64_t e, int64_t gc, Act act, float alpha, bool from_output, const T* x,
-                                    const T* s, const T* dy, const Coef& k) {
-  const float g = Ld(dy[e]);
+__device__ __forceinline__ float Dz(int64_t e, int64_t ey, int64_t gc, Act act, float alpha, bool from_output,
+                                    const T* x, const T* s, const T* dy, const Coef& k) {
+  const float g = Ld(dy[ey]);
   if (act == Act::kNone) return g;
-  if (from_output) return ActGFromOutput(act, alpha, Ld(s[e]), g);
+  if (from_output) return ActGFromOutput(act, alpha, Ld(s[ey]), g);
   const float z = float(double(Ld(x[e])) - k.m[gc]) * k.a[gc] + k.b[gc];
   return ActG(act, alpha, z, g);
 }
@@ -95,13 +105,13 @@ __device__ __forceinline__ float Dz(int64_t e, int64_t gc, Act act, float alpha,
 // sums[2 * gc] += sum dz, sums[2 * gc + 1] += sum dz * (x - m).
 template <typename T>
 __global__ void GradSumsK(int64_t S, int64_t C, Act act, float alpha, bool from_output, const T* x, const T* s,
-                          const T* dy, Coef k, double* sums) {
+                          const T* dy, Rows yr, Coef k, double* sums) {
   const int64_t c = int64_t(blockIdx.x) * kColX + threadIdx.x, g = blockIdx.z, gc = g * C + c;
   double sd = 0.0, sdx = 0.0;
   if (c < C)
     for (int64_t r = int64_t(blockIdx.y) * kColY + threadIdx.y; r < S; r += int64_t(gridDim.y) * kColY) {
       const int64_t e = (g * S + r) * C + c;
-      const double dz = Dz(e, gc, act, alpha, from_output, x, s, dy, k);
+      const double dz = Dz(e, (g * S + r) * yr.ld + yr.off + c, gc, act, alpha, from_output, x, s, dy, k);
       sd += dz;
       sdx += dz * (double(Ld(x[e])) - k.m[gc]);
     }
@@ -113,10 +123,10 @@ __global__ void GradSumsK(int64_t S, int64_t C, Act act, float alpha, bool from_
 // passes gb = gd = nullptr: dx = a * dz alone, so a NaN x whose dz is 0 (relu) gives 0, as in jax.
 template <typename T>
 __global__ void GradInputK(int64_t G, int64_t S, int64_t C, Act act, float alpha, bool from_output, const T* x,
-                           const T* s, const T* dy, Coef k, const float* gb, const float* gd, T* dx) {
+                           const T* s, const T* dy, Rows yr, Coef k, const float* gb, const float* gd, T* dx) {
   JAX_MPS_GRID_STRIDE(e, G * S * C) {
     const int64_t gc = (e / (S * C)) * C + e % C;
-    const float dz = Dz(e, gc, act, alpha, from_output, x, s, dy, k);
+    const float dz = Dz(e, yr.at(e, C), gc, act, alpha, from_output, x, s, dy, k);
     float g = k.a[gc] * dz;
     if (gb) g += gb[gc] * float(double(Ld(x[e])) - k.m[gc]) + gd[gc];
     dx[e] = St<T>(g);
@@ -220,11 +230,13 @@ template <typename T, typename CoefPass>
 void BnGradients(cudaStream_t s, const NormView& v, ffi::AnyBuffer x, ffi::AnyBuffer sy, ffi::AnyBuffer dy,
                  const Work& w, ffi::AnyBuffer dx, bool inference, CoefPass&& coef) {
   GradSumsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, s>>>(v.S, v.C, v.act, v.alpha, v.from_output, Ptr<const T>(x),
-                                                          Ptr<const T>(sy), Ptr<const T>(dy), w.k, w.sums);
+                                                          Ptr<const T>(sy), Ptr<const T>(dy), YRows(v), w.k,
+                                                          w.sums);
   coef();
   GradInputK<T><<<Blocks(x.element_count()), 256, 0, s>>>(1, v.S, v.C, v.act, v.alpha, v.from_output,
-                                                          Ptr<const T>(x), Ptr<const T>(sy), Ptr<const T>(dy), w.k,
-                                                          inference ? nullptr : w.gb, w.gd, Ptr<T>(dx));
+                                                          Ptr<const T>(x), Ptr<const T>(sy), Ptr<const T>(dy),
+                                                          YRows(v), w.k, inference ? nullptr : w.gb, w.gd,
+                                                          Ptr<T>(dx));
 }
 
 // ---- local response norm across the last axis (one thread per element; windows are short) ----
@@ -286,7 +298,8 @@ ffi::Error Cuda::BatchNormFwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, 
     StatsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, s>>>(v.S, v.C, Ptr<const T>(x), w.sums);
     FinishStatsK<T><<<Blocks(v.C), 256, 0, s>>>(1, v.S, v.C, v.eps, w.sums, Ptr<const T>(scale), Ptr<const T>(bias),
                                                Ptr<T>(mean), Ptr<T>(var), Ptr<T>(rstd), w.k);
-    AffineK<T><<<Blocks(x.element_count()), 256, 0, s>>>(1, v.S, v.C, v.act, v.alpha, Ptr<const T>(x), w.k, Ptr<T>(y));
+    AffineK<T><<<Blocks(x.element_count()), 256, 0, s>>>(1, v.S, v.C, v.act, v.alpha, Ptr<const T>(x), w.k, Ptr<T>(y),
+                                                         YRows(v));
     return LaunchStatus(op);
   });
 }
@@ -321,7 +334,8 @@ ffi::Error Cuda::BatchNormInferenceFwd(Cuda::Ctx s, const NormView& v, Buf x, Bu
     using T = decltype(t);
     GivenStatsK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, v.eps, Ptr<const T>(scale), Ptr<const T>(bias), Ptr<const T>(mean),
                                               Ptr<const T>(var), w.k);
-    AffineK<T><<<Blocks(x.element_count()), 256, 0, s>>>(1, v.S, v.C, v.act, v.alpha, Ptr<const T>(x), w.k, Ptr<T>(y));
+    AffineK<T><<<Blocks(x.element_count()), 256, 0, s>>>(1, v.S, v.C, v.act, v.alpha, Ptr<const T>(x), w.k, Ptr<T>(y),
+                                                         YRows(v));
     return LaunchStatus(op);
   });
 }
@@ -358,7 +372,7 @@ ffi::Error Cuda::InstanceNormFwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scal
     FinishStatsK<T><<<Blocks(v.stats()), 256, 0, s>>>(v.G, v.S, v.C, v.eps, w.sums, Ptr<const T>(scale),
                                                      Ptr<const T>(bias), Ptr<T>(mean), nullptr, Ptr<T>(rstd), w.k);
     AffineK<T><<<Blocks(x.element_count()), 256, 0, s>>>(v.G, v.S, v.C, Act::kNone, 0.f, Ptr<const T>(x), w.k,
-                                                         Ptr<T>(y));
+                                                         Ptr<T>(y), Dense(v));
     return LaunchStatus(op);
   });
 }
@@ -376,12 +390,13 @@ ffi::Error Cuda::InstanceNormBwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scal
                                                     Ptr<const T>(rstd), w.k);
     if (v.G > 0)
       GradSumsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, s>>>(v.S, v.C, Act::kNone, 0.f, false, Ptr<const T>(x),
-                                                              nullptr, Ptr<const T>(dy), w.k, w.sums);
+                                                              nullptr, Ptr<const T>(dy), Dense(v), w.k, w.sums);
     InBwdCoefK<T><<<Blocks(v.C), 256, 0, s>>>(v.G, v.C, double(v.S), w.sums, Ptr<const T>(scale), Ptr<const T>(rstd),
                                              w.gb, w.gd, Ptr<T>(dscale), Ptr<T>(dbias));
     if (x.element_count() > 0)
       GradInputK<T><<<Blocks(x.element_count()), 256, 0, s>>>(v.G, v.S, v.C, Act::kNone, 0.f, false, Ptr<const T>(x),
-                                                              nullptr, Ptr<const T>(dy), w.k, w.gb, w.gd, Ptr<T>(dx));
+                                                              nullptr, Ptr<const T>(dy), Dense(v), w.k, w.gb, w.gd,
+                                                              Ptr<T>(dx));
     return LaunchStatus(op);
   });
 }

@@ -41,6 +41,10 @@ inline int64_t Numel(ffi::Span<const int64_t> d) {
   return n;
 }
 
+inline bool SameDims(ffi::Span<const int64_t> a, ffi::Span<const int64_t> b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin());
+}
+
 inline std::string DimsStr(ffi::Span<const int64_t> d) {
   std::ostringstream os;
   os << "(";

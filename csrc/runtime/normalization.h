@@ -14,6 +14,10 @@ struct NormView {
   Act act = Act::kNone;  // fused activation (batch norm)
   float alpha = 0.f;
   bool from_output = false;  // backward: s is the output y (else x; z is recomputed)
+  // Batch norm's y (forward) and y / dy (backward) may be the channel slice [off, off + C) of a
+  // (..., ld) buffer: an in-place channel concatenation (mps.graph) has each branch write its part.
+  int64_t ld = 0, off = 0;  // ld 0: dense rows of C
+  int64_t yld() const { return ld ? ld : C; }
   int64_t rows() const { return G * S; }
   int64_t stats() const { return G * C; }
 };
@@ -88,12 +92,33 @@ inline ffi::Error CheckChannels(const char* op, const NormView& v, std::initiali
   return ffi::Error::Success();
 }
 
+// `b` (named `name`) is x's shape but for its last axis, ld >= offset + C: batch norm reads or
+// writes channels [offset, offset + C) of it. float32 only (a converted copy would not be in place).
+inline ffi::Error SetSlice(const char* op, const char* name, const ffi::AnyBuffer& b, const ffi::AnyBuffer& x,
+                           int64_t offset, NormView* v) {
+  auto d = b.dimensions(), xd = x.dimensions();
+  JAX_MPS_CHECK(b.element_type() == ffi::F32 && x.element_type() == ffi::F32, op,
+                ": a channel slice needs float32 x and ", name);
+  bool lead = d.size() == xd.size();
+  for (size_t i = 0; lead && i + 1 < d.size(); ++i) lead = d[i] == xd[i];
+  JAX_MPS_CHECK(lead, op, ": ", name, " must have x's shape but for the last axis, got ", DimsStr(d), " for x ",
+                DimsStr(xd));
+  JAX_MPS_CHECK(offset >= 0 && offset + v->C <= d.back(), op, ": channels [", offset, ", ", offset + v->C,
+                ") must lie within ", name, "'s ", d.back());
+  v->ld = d.back();
+  v->off = offset;
+  return ffi::Error::Success();
+}
+
 // ---- batch_norm_fwd (training): y = act((x - mean) * rstd * scale + bias); mean, biased var, rstd (C,) ----
+// batch_norm_fwd_slice writes y into channels [offset, offset + C) of a (..., Ctot) result and
+// leaves the rest unwritten; batch_norm_fwd_into does so in `dst`, which the result aliases
+// (input_output_aliases), so that a chain of calls fills one concatenated buffer.
 template <class B>
-ffi::Error BatchNormFwd(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer bias,
-                        ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> mean,
-                        ffi::Result<ffi::AnyBuffer> var, ffi::Result<ffi::AnyBuffer> rstd, float eps, int64_t act,
-                        float alpha) {
+ffi::Error BatchNormFwdAt(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer bias,
+                          ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> mean,
+                          ffi::Result<ffi::AnyBuffer> var, ffi::Result<ffi::AnyBuffer> rstd, float eps, int64_t act,
+                          float alpha, int64_t offset) {
   const char* op = "batch_norm";
   NormView v;
   JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "x", x));
@@ -101,8 +126,18 @@ ffi::Error BatchNormFwd(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer sc
   JAX_MPS_RETURN_IF_ERROR(SetNormAttrs(op, eps, act, alpha, 0, &v));
   JAX_MPS_RETURN_IF_ERROR(CheckChannels(op, v, {"scale", "bias", "result mean", "result var", "result rstd"},
                                         {&scale, &bias, &*mean, &*var, &*rstd}));
-  JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "y", *y, x));
+  if (offset < 0)
+    JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "y", *y, x));
+  else
+    JAX_MPS_RETURN_IF_ERROR(SetSlice(op, "y", *y, x, offset, &v));
   return Guard(op, [&] { return B::BatchNormFwd(ctx, v, x, scale, bias, *y, *mean, *var, *rstd); });
+}
+template <class B>
+ffi::Error BatchNormFwd(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer bias,
+                        ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> mean,
+                        ffi::Result<ffi::AnyBuffer> var, ffi::Result<ffi::AnyBuffer> rstd, float eps, int64_t act,
+                        float alpha) {
+  return BatchNormFwdAt<B>(ctx, x, scale, bias, y, mean, var, rstd, eps, act, alpha, -1);
 }
 template <class B>
 auto BatchNormFwdBinding() {
@@ -111,14 +146,51 @@ auto BatchNormFwdBinding() {
       .template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>().template Attr<float>("epsilon")
       .template Attr<int64_t>("act").template Attr<float>("alpha");
 }
+template <class B>
+ffi::Error BatchNormFwdSlice(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer bias,
+                             ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> mean,
+                             ffi::Result<ffi::AnyBuffer> var, ffi::Result<ffi::AnyBuffer> rstd, float eps,
+                             int64_t act, float alpha, int64_t offset) {
+  JAX_MPS_CHECK(offset >= 0, "batch_norm: channel offset must be >= 0, got ", offset);
+  return BatchNormFwdAt<B>(ctx, x, scale, bias, y, mean, var, rstd, eps, act, alpha, offset);
+}
+template <class B>
+auto BatchNormFwdSliceBinding() {
+  return BatchNormFwdBinding<B>().template Attr<int64_t>("offset");
+}
+template <class B>
+ffi::Error BatchNormFwdInto(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer bias,
+                            ffi::AnyBuffer dst, ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> mean,
+                            ffi::Result<ffi::AnyBuffer> var, ffi::Result<ffi::AnyBuffer> rstd, float eps,
+                            int64_t act, float alpha, int64_t offset) {
+  const char* op = "batch_norm";
+  JAX_MPS_CHECK(dst.element_type() == y->element_type() && SameDims(dst.dimensions(), y->dimensions()), op,
+                ": dst must be the result's shape and dtype, got ", DimsStr(dst.dimensions()), " for ",
+                DimsStr(y->dimensions()));
+  // Aliased, XLA hands over dst's memory as the result's (copying dst first where it is still read).
+  if (dst.untyped_data() != y->untyped_data())
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "batch_norm: dst and the result must be aliased "
+                                                        "(input_output_aliases={3: 0})");
+  return BatchNormFwdSlice<B>(ctx, x, scale, bias, y, mean, var, rstd, eps, act, alpha, offset);
+}
+template <class B>
+auto BatchNormFwdIntoBinding() {
+  return ffi::Ffi::Bind().Ctx<typename B::CtxTag>().template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>()
+      .template Arg<ffi::AnyBuffer>().template Arg<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>()
+      .template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>()
+      .template Attr<float>("epsilon").template Attr<int64_t>("act").template Attr<float>("alpha")
+      .template Attr<int64_t>("offset");
+}
 
 // ---- batch_norm_bwd: dx, dscale, dbias from the saved stats, s (y or x), dy and the mean/var cotangents ----
+// batch_norm_bwd_slice: dy (and s = y when from_output) are channels [offset, offset + C) of
+// (..., Ctot) buffers: the concatenation's cotangent and output.
 template <class B>
-ffi::Error BatchNormBwd(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer bias,
-                        ffi::AnyBuffer mean, ffi::AnyBuffer rstd, ffi::AnyBuffer s, ffi::AnyBuffer dy,
-                        ffi::AnyBuffer dmean, ffi::AnyBuffer dvar, ffi::Result<ffi::AnyBuffer> dx,
-                        ffi::Result<ffi::AnyBuffer> dscale, ffi::Result<ffi::AnyBuffer> dbias, int64_t act,
-                        float alpha, int64_t from_output) {
+ffi::Error BatchNormBwdAt(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer bias,
+                          ffi::AnyBuffer mean, ffi::AnyBuffer rstd, ffi::AnyBuffer s, ffi::AnyBuffer dy,
+                          ffi::AnyBuffer dmean, ffi::AnyBuffer dvar, ffi::Result<ffi::AnyBuffer> dx,
+                          ffi::Result<ffi::AnyBuffer> dscale, ffi::Result<ffi::AnyBuffer> dbias, int64_t act,
+                          float alpha, int64_t from_output, int64_t offset) {
   const char* op = "batch_norm_bwd";
   NormView v;
   JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "x", x));
@@ -126,12 +198,32 @@ ffi::Error BatchNormBwd(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer sc
   JAX_MPS_RETURN_IF_ERROR(SetNormAttrs(op, 0.f, act, alpha, from_output, &v));
   JAX_MPS_RETURN_IF_ERROR(CheckChannels(op, v, {"scale", "bias", "mean", "rstd", "dmean", "dvar", "result dscale", "result dbias"},
                                         {&scale, &bias, &mean, &rstd, &dmean, &dvar, &*dscale, &*dbias}));
-  JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "y", s, x));
-  JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "dy", dy, x));
   JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "dx", *dx, x));
+  if (offset < 0) {
+    JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "y", s, x));
+    JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "dy", dy, x));
+  } else {
+    JAX_MPS_RETURN_IF_ERROR(SetSlice(op, "dy", dy, x, offset, &v));
+    if (v.from_output) {
+      JAX_MPS_CHECK(SameDims(s.dimensions(), dy.dimensions()) && s.element_type() == dy.element_type(), op,
+                    ": y must be dy's shape and dtype, got ", DimsStr(s.dimensions()), " for ",
+                    DimsStr(dy.dimensions()));
+    } else {
+      JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "x (as s)", s, x));  // z is recomputed from x
+    }
+  }
   return Guard(op, [&] {
     return B::BatchNormBwd(ctx, v, x, scale, bias, mean, rstd, s, dy, dmean, dvar, *dx, *dscale, *dbias);
   });
+}
+template <class B>
+ffi::Error BatchNormBwd(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer bias,
+                        ffi::AnyBuffer mean, ffi::AnyBuffer rstd, ffi::AnyBuffer s, ffi::AnyBuffer dy,
+                        ffi::AnyBuffer dmean, ffi::AnyBuffer dvar, ffi::Result<ffi::AnyBuffer> dx,
+                        ffi::Result<ffi::AnyBuffer> dscale, ffi::Result<ffi::AnyBuffer> dbias, int64_t act,
+                        float alpha, int64_t from_output) {
+  return BatchNormBwdAt<B>(ctx, x, scale, bias, mean, rstd, s, dy, dmean, dvar, dx, dscale, dbias, act, alpha,
+                           from_output, -1);
 }
 template <class B>
 auto BatchNormBwdBinding() {
@@ -141,6 +233,20 @@ auto BatchNormBwdBinding() {
       .template Arg<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>()
       .template Ret<ffi::AnyBuffer>().template Attr<int64_t>("act").template Attr<float>("alpha")
       .template Attr<int64_t>("from_output");
+}
+template <class B>
+ffi::Error BatchNormBwdSlice(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer scale, ffi::AnyBuffer bias,
+                             ffi::AnyBuffer mean, ffi::AnyBuffer rstd, ffi::AnyBuffer s, ffi::AnyBuffer dy,
+                             ffi::AnyBuffer dmean, ffi::AnyBuffer dvar, ffi::Result<ffi::AnyBuffer> dx,
+                             ffi::Result<ffi::AnyBuffer> dscale, ffi::Result<ffi::AnyBuffer> dbias, int64_t act,
+                             float alpha, int64_t from_output, int64_t offset) {
+  JAX_MPS_CHECK(offset >= 0, "batch_norm_bwd: channel offset must be >= 0, got ", offset);
+  return BatchNormBwdAt<B>(ctx, x, scale, bias, mean, rstd, s, dy, dmean, dvar, dx, dscale, dbias, act, alpha,
+                           from_output, offset);
+}
+template <class B>
+auto BatchNormBwdSliceBinding() {
+  return BatchNormBwdBinding<B>().template Attr<int64_t>("offset");
 }
 
 // ---- batch_norm_inference_fwd: y = act((x - mean) / sqrt(var + eps) * scale + bias) ----

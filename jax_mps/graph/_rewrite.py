@@ -30,6 +30,8 @@ from .. import normalization as _norm
 from .. import pooling as _pool
 from .._validate import FULL_FLOAT32
 from . import _activations as A
+from .._validate import activation_code
+from ._concat import concat_in_place
 from ._report import Report
 
 _FLOATS = (jnp.float32, jnp.float16, jnp.bfloat16)
@@ -59,6 +61,7 @@ class Node:
     x: Any = None             # act: its input
     extra: Any = None         # per-kind data
     emit_at: int = -1         # where the node is emitted (default: its last equation)
+    group: Any = None         # the in-place concatenation that emits it (bn / bnx), if any
 
     def at(self):
         return self.emit_at if self.emit_at >= 0 else max(self.idxs)
@@ -143,7 +146,8 @@ class Rewriter:
                 node = self._avg_pool(i, taken)
             elif name == "custom_vjp_call" and self.opts.fuse:
                 t = mps_target(e)
-                if t and t[0] == "jax_mps_batch_norm_fwd" and int(t[1].get("act", 1)) == 0:
+                if t and t[0] == "jax_mps_batch_norm_fwd" and int(t[1].get("act", 1)) == 0 \
+                        and not _has_collective(e):  # axis_name statistics: rebinding would drop them
                     node = Node("bn", [i], e.outvars[0], i, extra=float(t[1]["epsilon"]))
             if node is not None and node.kind in ("conv", "dense", "bn") and self.opts.fuse:
                 self._fuse(node, taken)
@@ -152,6 +156,7 @@ class Rewriter:
                 node = self._standalone_act(i, taken)
             if node is not None:
                 claim(node)
+        self.groups = self._concat_groups(taken, jaxpr) if self.opts.concat else {}
         return taken, nodes
 
     # ---- batch norm written out (flax.linen / nnx BatchNorm in training mode, fast variance)
@@ -467,6 +472,109 @@ class Rewriter:
         idxs, out, spec, desc = m
         return Node("act", idxs, out, i, act=spec, act_desc=desc, x=x)
 
+    # ---- in-place channel concatenations (see _concat.py)
+
+    def _node_outputs(self, node):
+        outs = [node.out]
+        if node.kind == "bn":
+            outs += self.eqns[node.anchor].outvars[1:3]
+        elif node.kind == "bnx":
+            outs += [node.extra["mean"], node.extra["var"]]
+        return outs
+
+    def _node_inputs(self, node):
+        if node.kind == "bnx":  # (its equations also read broadcasts of its own statistics)
+            return [node.extra[k] for k in ("x", "scale", "bias") if node.extra[k] is not None]
+        inner = {v for k in node.idxs for v in self.eqns[k].outvars}
+        ins = [v for k in node.idxs for v in self.eqns[k].invars if _is_var(v) and v not in inner]
+        # what the emission reads besides (the sources of the broadcasts that the equations read)
+        extra = [node.x, node.bias] + ([node.bias_from[1]] if node.bias_from and node.bias_from[0] == "source" else [])
+        return ins + [v for v in extra if v is not None and _is_var(v)]
+
+    def _concat_groups(self, taken, jaxpr):
+        """{concatenate eqn index: Group} for the last-axis float32 concatenates that a batch norm
+        feeding only them can write in place, checked to be schedulable (see _schedule)."""
+        groups = {}
+        if any(e.effects for e in self.eqns):  # the schedule may reorder equations: only pure ones
+            return groups
+        for i, e in enumerate(self.eqns):
+            if e.primitive.name != "concatenate" or e.params["dimension"] != e.outvars[0].aval.ndim - 1 \
+                    or e.outvars[0].aval.dtype != jnp.float32:
+                continue
+            members = []
+            for v in e.invars:
+                n = taken.get(self.prod.get(v, -1)) if _is_var(v) else None
+                if n is not None and n.kind in ("bn", "bnx") and n.out is v and n.group is None \
+                        and self.uses.get(v) == [i] and v.aval.dtype == jnp.float32:
+                    members.append(("bn", n))
+                else:
+                    members.append(("copy", v))
+            if any(k == "bn" for k, _ in members):
+                g = Group(i, members)
+                for k, n in members:
+                    if k == "bn":
+                        n.group = g
+                groups[i] = g
+        while groups:
+            _, stuck = self._schedule(taken, groups, jaxpr)
+            bad = [groups[k] for k in stuck if k in groups]
+            if not bad:
+                break
+            for g in bad:
+                self._ungroup(g, groups, "a branch depends on another member's statistics")
+        return groups
+
+    def _ungroup(self, g, groups, why):
+        for k, n in g.members:
+            if k == "bn":
+                n.group = None
+        del groups[g.index]
+        g.why = why
+
+    def _schedule(self, taken, groups, jaxpr):
+        """(order, stuck): the equations / nodes / groups in an order that gives each its inputs.
+        Jaxpr order, except that a grouped batch norm is emitted by its concatenation (later), so
+        the equations reading its statistics (running averages) wait for that; `stuck` lists
+        what could never run (a group whose inputs hang on its own members)."""
+        avail = set(jaxpr.invars) | set(jaxpr.constvars)
+        order, pending = [], []
+
+        def item(i):
+            node = taken.get(i)
+            if i in groups:
+                g = groups[i]
+                ins = [v for k, m in g.members for v in (self._node_inputs(m) if k == "bn" else [m]) if _is_var(v)]
+                return ins, [v for k, m in g.members if k == "bn" for v in self._node_outputs(m)] + \
+                    list(self.eqns[i].outvars)
+            if node is not None:
+                return self._node_inputs(node), self._node_outputs(node)
+            e = self.eqns[i]
+            return [v for v in e.invars if _is_var(v)], list(e.outvars)
+
+        def run(i):
+            ins, outs = item(i)
+            if all(v in avail for v in ins):
+                order.append(i)
+                avail.update(outs)
+                return True
+            return False
+
+        for i in range(len(self.eqns)):
+            node = taken.get(i)
+            if node is not None and (i != node.at() or node.group is not None):
+                continue
+            if not run(i):
+                pending.append(i)
+                continue
+            progress = bool(pending)
+            while progress:
+                progress = False
+                for k in list(pending):
+                    if run(k):
+                        pending.remove(k)
+                        progress = True
+        return order, pending
+
     # ------------------------------------------------------------------ emission
 
     def run(self, jaxpr, consts, args, where=""):
@@ -482,33 +590,25 @@ class Rewriter:
         scal = {v: np.asarray(c).reshape(()) for v, c in zip(jaxpr.constvars, consts)
                 if not isinstance(c, jax.core.Tracer) and np.size(c) == 1 and np.ndim(c) == 0}
         taken, _ = self.plan(jaxpr, scal)
-        eqns = self.eqns
+        eqns, groups = self.eqns, self.groups
+        order = self._schedule(taken, groups, jaxpr)[0] if groups else \
+            [i for i in range(len(eqns)) if i not in taken or i == taken[i].at()]
         concat_src = {}
-        for i, e in enumerate(eqns):
+        for i in order:
+            e = eqns[i]
+            # plan state is per jaxpr; nested rewrites replace it, so keep ours
+            saved = (self.eqns, self.uses, self.prod, self.cs, self.groups)
+            if i in groups:
+                self._emit_group(groups[i], read, env, where, concat_src)
+                self.eqns, self.uses, self.prod, self.cs, self.groups = saved
+                continue
             node = taken.get(i)
             if node is not None:
-                if i != node.at():
-                    continue
-                # plan state is per jaxpr; nested rewrites replace it, so keep ours
-                saved = (self.eqns, self.uses, self.prod, self.cs)
-                outs = self._emit(node, read, where)
-                self.eqns, self.uses, self.prod, self.cs = saved
-                if outs is None:
-                    for k in sorted(node.idxs):
-                        self._default(eqns[k], read, env)
-                else:
-                    env[node.out] = outs[0]
-                    if node.kind == "bn":
-                        bn = eqns[node.anchor]
-                        env[bn.outvars[1]], env[bn.outvars[2]] = outs[1], outs[2]
-                    if node.kind == "bnx":
-                        env[node.extra["mean"]], env[node.extra["var"]] = outs[1], outs[2]
-                    if node.kind in ("conv", "dense", "bn", "bnx"):
-                        concat_src[node.out] = node.kind
+                self._emit_node(node, read, env, where, concat_src)
+                self.eqns, self.uses, self.prod, self.cs, self.groups = saved
                 continue
-            saved = (self.eqns, self.uses, self.prod, self.cs)
             outs = self._nested(e, read, where)
-            self.eqns, self.uses, self.prod, self.cs = saved
+            self.eqns, self.uses, self.prod, self.cs, self.groups = saved
             if outs is not None:
                 for v, o in zip(e.outvars, outs):
                     env[v] = o
@@ -516,6 +616,63 @@ class Rewriter:
             self._note(e, concat_src, where)
             self._default(e, read, env)
         return [read(v) for v in jaxpr.outvars]
+
+    def _emit_node(self, node, read, env, where, concat_src):
+        outs = self._emit(node, read, where)
+        if outs is None:
+            for k in sorted(node.idxs):
+                self._default(self.eqns[k], read, env)
+            return
+        env[node.out] = outs[0]
+        if node.kind == "bn":
+            bn = self.eqns[node.anchor]
+            env[bn.outvars[1]], env[bn.outvars[2]] = outs[1], outs[2]
+        if node.kind == "bnx":
+            env[node.extra["mean"]], env[node.extra["var"]] = outs[1], outs[2]
+        if node.kind in ("conv", "dense", "bn", "bnx"):
+            concat_src[node.out] = node.kind
+
+    def _bn_args(self, node, read):
+        """(x, scale, bias, epsilon) of a bn / bnx node."""
+        if node.kind == "bn":
+            x, scale, bias = (read(v) for v in self.eqns[node.anchor].invars)
+            return x, scale, bias, node.extra
+        ex = node.extra
+        x = read(ex["x"])
+        c = x.shape[-1]
+        scale = jnp.ones((c,), x.dtype) if ex["scale"] is None else read(ex["scale"])
+        bias = jnp.zeros((c,), x.dtype) if ex["bias"] is None else read(ex["bias"])
+        return x, scale, bias, ex["eps"]
+
+    def _emit_group(self, g, read, env, where, concat_src):
+        e = self.eqns[g.index]
+        layout, arrays = [], []
+        try:
+            for k, m in g.members:
+                if k == "bn":
+                    x, scale, bias, eps = self._bn_args(m, read)
+                    layout.append(("bn", eps) + activation_code(m.act, "batch_norm"))
+                    arrays += [x, scale.astype(x.dtype), bias.astype(x.dtype)]
+                else:
+                    layout.append(("copy",))
+                    arrays.append(jnp.asarray(read(m)))
+            out, stats = concat_in_place(layout, arrays)
+        except (ValueError, TypeError) as err:  # each member on its own, then XLA's concatenate
+            for k, m in g.members:
+                if k == "bn":
+                    self._emit_node(m, read, env, where, concat_src)
+            self.report.add(where, "concatenate", "left to XLA", f"in-place writing rejected: {err}")
+            self._default(e, read, env)
+            return
+        bns = [m for k, m in g.members if k == "bn"]
+        for m, (mean, var) in zip(bns, stats):
+            for v, o in zip(self._node_outputs(m)[1:], (mean, var)):
+                env[v] = o
+            self._report_bn(m, where, " into its channel slice")
+        env[e.outvars[0]] = out
+        self.report.add(where, "concatenate", "concat eliminated",
+                        f"{len(g.members)} inputs -> (..., {out.shape[-1]}): {len(bns)} batch norms write their "
+                        f"channel slice, {len(g.members) - len(bns)} copied in place")
 
     def _default(self, e, read, env):
         with e.ctx.manager:
@@ -537,9 +694,10 @@ class Rewriter:
             ins = [v for v in e.invars if _is_var(v)]
             srcs = [concat_src.get(v) for v in ins]
             if d == e.outvars[0].aval.ndim - 1 and any(srcs):
+                why = "concat=False" if not self.opts.concat else \
+                    "no input is a float32 batch norm read only by it (batch norms write in place)"
                 self.report.add(where, name, "left to XLA",
-                                f"channel concat of {sum(1 for s in srcs if s)}/{len(srcs)} runtime outputs: "
-                                "in-place writing needs the runtime's output-aliasing support (not built)")
+                                f"channel concat of {sum(1 for s in srcs if s)}/{len(srcs)} runtime outputs: {why}")
             else:
                 self.report.add(where, name, "left to XLA", "not a channel concat of runtime outputs")
         elif name == "custom_vjp_call":
@@ -579,6 +737,14 @@ class Rewriter:
             return jnp.broadcast_to(jnp.reshape(read(node.bias), (-1,)), (how[1],))
         return jnp.broadcast_to(jnp.reshape(read(how[1]), (-1,)), (how[2],))
 
+    def _report_bn(self, node, where, slot=""):
+        act = f" + {node.act_desc}" if node.act else ""
+        if node.kind == "bnx":
+            self.report.add(where, "batch norm (written out)", "fused" if node.act else "converted",
+                            f"mps.batch_norm{act} ({len(node.idxs)} ops){slot}")
+        else:
+            self.report.add(where, "batch_norm", "fused", f"mps.batch_norm{act}{slot}")
+
     def _emit(self, node, read, where):
         e = self.eqns[node.anchor]
         name = e.primitive.name
@@ -589,22 +755,10 @@ class Rewriter:
                 self.report.add(where, self._act_label(node), "converted", f"-> mps.{_spec_name(node.act)}"
                                 f" ({node.act_desc})")
                 return [y]
-            if node.kind == "bnx":
-                ex = node.extra
-                x = read(ex["x"])
-                c = x.shape[-1]
-                scale = jnp.ones((c,), x.dtype) if ex["scale"] is None else read(ex["scale"])
-                bias = jnp.zeros((c,), x.dtype) if ex["bias"] is None else read(ex["bias"])
-                outs = _norm.batch_norm(x, scale, bias, epsilon=ex["eps"], activation=node.act)
-                self.report.add(where, "batch norm (written out)", "fused" if node.act else "converted",
-                                "mps.batch_norm" + (f" + {node.act_desc}" if node.act else "")
-                                + f" ({len(node.idxs)} ops)")
-                return list(outs)
-            if node.kind == "bn":
-                x, scale, bias = (read(v) for v in e.invars)
-                outs = _norm.batch_norm(x, scale, bias, epsilon=node.extra, activation=node.act)
-                self.report.add(where, "batch_norm", "fused", f"mps.batch_norm + {node.act_desc}"
-                                if node.act else "mps.batch_norm")
+            if node.kind in ("bn", "bnx"):
+                x, scale, bias, eps = self._bn_args(node, read)
+                outs = _norm.batch_norm(x, scale, bias, epsilon=eps, activation=node.act)
+                self._report_bn(node, where)
                 return list(outs)
             bias = self._bias_value(node, read) if node.bias is not None else None
             if node.kind == "conv":
@@ -631,6 +785,26 @@ class Rewriter:
         e = self.eqns[node.anchor]
         return e.params.get("name", e.primitive.name) if len(node.idxs) == 1 else \
             f"{len(node.idxs)} element-wise ops"
+
+
+@dataclasses.dataclass(eq=False)
+class Group:
+    index: int      # the concatenate equation
+    members: list   # ("bn", Node) | ("copy", var or literal), in channel order
+    why: str = ""   # why it was dropped, if it was
+
+
+def _has_collective(eqn):
+    stack = [eqn]
+    while stack:
+        e = stack.pop()
+        if e.primitive.name.startswith(("psum", "pmean", "pmax", "pmin", "all_gather", "all_to_all", "ppermute")):
+            return True
+        for p in e.params.values():
+            body = getattr(p, "jaxpr", p)
+            if isinstance(body, jcore.Jaxpr):
+                stack.extend(body.eqns)
+    return False
 
 
 def _bind(prim, params, args):
