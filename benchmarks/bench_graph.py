@@ -6,7 +6,7 @@
 1. The Flax NNX MNIST CNN of examples/train_flax_nnx.py (batch 128): plain vs optimized.
 2. InceptionV3 written in plain flax.linen (conv without bias + BatchNorm in training mode + relu,
    Inception blocks with channel concatenations): plain vs optimized vs optimized with
-   fuse=False, concat=False (convert only), to show what each pass adds.
+   concat=False vs fuse=False, concat=False (convert only), to show what each pass adds.
 Each step is one jitted value_and_grad + optax Adam update; all variants run in one process,
 interleaved, and the median over rounds is reported.
 """
@@ -48,6 +48,7 @@ def inception_steps(args):
         return step
 
     steps = {"plain XLA": make(loss), "optimized": make(mps.graph.optimize(loss)),
+             "optimized concat=False": make(mps.graph.optimize(loss, concat=False)),
              "optimized fuse=False concat=False": make(mps.graph.optimize(loss, fuse=False, concat=False))}
     state = (params, stats, opt.init(params))
     if args.explain:

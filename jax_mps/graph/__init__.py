@@ -91,8 +91,10 @@ def optimize(fn, *, convert=True, fuse=True, concat=True):
       the runtime's list become jax_mps primitives.
     fuse: conv/dense + per-channel bias add + activation become one call; batch norm followed by
       an activation becomes one call.
-    concat: channel concatenations of runtime outputs written in place (needs the runtime's
-      output-aliasing support; until then they are reported and left to XLA).
+    concat: a last-axis (channel) concatenation fed by float32 batch norms (fused or not) is
+      written in place: each batch norm writes its channel slice of one buffer (the runtime's
+      output aliasing), the other inputs are copied into theirs, the backward reads the slices;
+      no `concatenate` remains. Concatenations without a batch-norm input stay XLA's.
     """
     if not callable(fn):
         raise TypeError(f"optimize: `fn` must be callable, got {type(fn).__name__}")
