@@ -75,18 +75,29 @@ def _is_var(v):
     return not isinstance(v, jcore.Literal)
 
 
-def mps_target(eqn):
-    """(target, attributes) of the first jax_mps ffi_call inside a custom_vjp_call, else None."""
+def _walk(eqn):
+    """eqn and every equation of the bodies nested in it."""
     stack = [eqn]
     while stack:
         e = stack.pop()
-        if e.primitive.name == "ffi_call" and str(e.params.get("target_name", "")).startswith("jax_mps_"):
-            return e.params["target_name"], dict(e.params.get("attributes", ()))
+        yield e
         for p in e.params.values():
             body = getattr(p, "jaxpr", p)
             if isinstance(body, jcore.Jaxpr):
-                stack.extend(body.eqns)
+                stack.extend(reversed(body.eqns))
+
+
+def mps_target(eqn):
+    """(target, attributes) of the first jax_mps ffi_call inside a custom_vjp_call, else None."""
+    for e in _walk(eqn):
+        if e.primitive.name == "ffi_call" and str(e.params.get("target_name", "")).startswith("jax_mps_"):
+            return e.params["target_name"], dict(e.params.get("attributes", ()))
     return None
+
+
+def _has_collective(eqn):
+    return any(e.primitive.name.startswith(("psum", "pmean", "pmax", "pmin", "all_gather", "all_to_all", "ppermute"))
+               for e in _walk(eqn))
 
 
 def _spec_name(spec):
@@ -792,19 +803,6 @@ class Group:
     index: int      # the concatenate equation
     members: list   # ("bn", Node) | ("copy", var or literal), in channel order
     why: str = ""   # why it was dropped, if it was
-
-
-def _has_collective(eqn):
-    stack = [eqn]
-    while stack:
-        e = stack.pop()
-        if e.primitive.name.startswith(("psum", "pmean", "pmax", "pmin", "all_gather", "all_to_all", "ppermute")):
-            return True
-        for p in e.params.values():
-            body = getattr(p, "jaxpr", p)
-            if isinstance(body, jcore.Jaxpr):
-                stack.extend(body.eqns)
-    return False
 
 
 def _bind(prim, params, args):
