@@ -330,6 +330,7 @@ def bench_inception(batch, size, dtype):
         import inception_v3 as ex
         policy, opt = mps.mixed_precision.Policy(dtype), mps.optim.adam(1e-3)
 
+        @mps.graph.optimize  # as examples/inception_v3.py: the blocks' concatenations written in place
         def loss_fn(p, x, y):
             return mps.softmax_cross_entropy(ex.inception_v3(ex._Net(p, 1.0, dtype), x), y)
 

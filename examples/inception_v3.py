@@ -169,6 +169,12 @@ def main(argv=None):
         logits = inception_v3(_Net(params, args.width_multiplier, dtype), x, args.num_classes)
         return mps.softmax_cross_entropy(logits, y)
 
+    if mesh is None:
+        # The graph API's concat pass: each block's batch norms write their channel slices of the
+        # block's output in place (no concatenate). Not under a mesh: an in-place concatenation
+        # runs unpartitioned there (XLA gathers its inputs).
+        loss_fn = mps.graph.optimize(loss_fn)
+
     @partial(jax.jit, donate_argnums=0)
     def train_step(state, batch):
         params, opt_state = state

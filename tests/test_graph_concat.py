@@ -202,3 +202,29 @@ def test_nnx_block_with_concat():
                  g(loss)(params, rest))
     r = mps.graph.explain(loss, params, rest, x)
     assert [row[2] for row in r.rows if row[1] == "concatenate"] == ["concat eliminated"], str(r)
+
+
+def test_jax_mps_block_with_nested_concat():
+    """A block written with jax_mps itself (batch norms with their relu already fused) and an
+    Inception-E-like nested concatenation: both concatenations become one in-place group."""
+    def conv_bn(x, p):
+        y = mps.conv2d(x, p["w"], padding="SAME")
+        return mps.batch_norm(y, p["s"], p["b"], epsilon=1e-3, activation="relu")[0]
+
+    def block(ps, x):
+        a = conv_bn(x, ps[0])
+        b = jnp.concatenate([conv_bn(x, ps[1]), conv_bn(x, ps[2])], -1)
+        return jnp.concatenate([a, b, mps.max_pool2d(x, 3, 1, "SAME")], -1)
+
+    ps = [{"w": _rand(10 * k, (3, 3, 3, c), 0.3), "s": _rand(10 * k + 1, (c,)), "b": _rand(10 * k + 2, (c,))}
+          for k, c in enumerate((2, 3, 4))]
+    x = _rand(3, (2, 6, 6, 3))
+    ct = _rand(4, (2, 6, 6, 12))
+    loss = lambda ps, x: jnp.vdot(block(ps, x), ct)
+    fast = mps.graph.optimize(loss)
+    assert_close(jax.jit(fast)(ps, x), loss(ps, x), 1e-5, 1e-5, "forward")
+    jax.tree.map(lambda a, b: assert_close(a, b, 1e-5, 1e-5, "grad"), jax.jit(jax.grad(fast, (0, 1)))(ps, x),
+                 jax.grad(loss, (0, 1))(ps, x))
+    r = mps.graph.explain(loss, ps, x)
+    assert [row[2] for row in r.rows if row[1] == "concatenate"] == ["concat eliminated"] * 2, str(r)
+    assert "stablehlo.concatenate" not in jax.jit(jax.grad(fast)).lower(ps, x).as_text()

@@ -59,7 +59,7 @@ class Node:
     act: Any = None           # activation spec for jax_mps, or None
     act_desc: str = ""
     x: Any = None             # act: its input
-    extra: Any = None         # per-kind data
+    extra: dict = dataclasses.field(default_factory=dict)  # per-kind data
     emit_at: int = -1         # where the node is emitted (default: its last equation)
     group: Any = None         # the in-place concatenation that emits it (bn / bnx), if any
 
@@ -159,7 +159,7 @@ class Rewriter:
                 t = mps_target(e)
                 if t and t[0] == "jax_mps_batch_norm_fwd" and int(t[1].get("act", 1)) == 0 \
                         and not _has_collective(e):  # axis_name statistics: rebinding would drop them
-                    node = Node("bn", [i], e.outvars[0], i, extra=float(t[1]["epsilon"]))
+                    node = Node("bn", [i], e.outvars[0], i, extra={"eps": float(t[1]["epsilon"])})
             if node is not None and node.kind in ("conv", "dense", "bn") and self.opts.fuse:
                 self._fuse(node, taken)
             if node is None and self.opts.convert and (name in A.ELEMENTWISE or name in A._WRAPPERS) \
@@ -504,43 +504,80 @@ class Rewriter:
 
     def _concat_groups(self, taken, jaxpr):
         """{concatenate eqn index: Group} for the last-axis float32 concatenates that a batch norm
-        feeding only them can write in place, checked to be schedulable (see _schedule)."""
+        feeding only them can write in place, checked to be schedulable (see _schedule). A
+        concatenate read only by another one joins it (Inception-E's nested concatenations); a
+        jax_mps batch_norm with its activation already fused becomes a member as it is."""
         groups = {}
         if any(e.effects for e in self.eqns):  # the schedule may reorder equations: only pure ones
             return groups
-        for i, e in enumerate(self.eqns):
-            if e.primitive.name != "concatenate" or e.params["dimension"] != e.outvars[0].aval.ndim - 1 \
-                    or e.outvars[0].aval.dtype != jnp.float32:
+        last = lambda j: self.eqns[j].primitive.name == "concatenate" and \
+            self.eqns[j].params["dimension"] == self.eqns[j].outvars[0].aval.ndim - 1 and \
+            self.eqns[j].outvars[0].aval.dtype == jnp.float32
+        absorbed = set()
+
+        def flat(i):  # [(input, the concatenate reading it)], nested ones expanded
+            out = []
+            for v in self.eqns[i].invars:
+                j = self.prod.get(v, -1) if _is_var(v) else -1
+                if j >= 0 and j not in taken and last(j) and self.uses.get(v) == [i]:
+                    absorbed.add(j)
+                    out += flat(j)
+                else:
+                    out.append((v, i))
+            return out
+
+        for i in reversed(range(len(self.eqns))):  # outer concatenations first: they absorb inner ones
+            if i in absorbed or not last(i):
                 continue
-            members = []
-            for v in e.invars:
-                n = taken.get(self.prod.get(v, -1)) if _is_var(v) else None
+            members, inner = [], set(absorbed)
+            for v, reader in flat(i):
+                n = self._prefused_bn(v, taken) if _is_var(v) else None
                 if n is not None and n.kind in ("bn", "bnx") and n.out is v and n.group is None \
-                        and self.uses.get(v) == [i] and v.aval.dtype == jnp.float32:
+                        and self.uses.get(v) == [reader] and v.aval.dtype == jnp.float32:
                     members.append(("bn", n))
                 else:
                     members.append(("copy", v))
-            if any(k == "bn" for k, _ in members):
-                g = Group(i, members)
-                for k, n in members:
-                    if k == "bn":
-                        n.group = g
-                groups[i] = g
+            if not any(k == "bn" for k, _ in members):
+                absorbed = inner  # a plain concatenation absorbs nothing
+                continue
+            g = Group(i, members, sorted(absorbed - inner))
+            for k, n in members:
+                if k == "bn":
+                    n.group = g
+                    taken.setdefault(n.anchor, n)
+            groups[i] = g
         while groups:
             _, stuck = self._schedule(taken, groups, jaxpr)
             bad = [groups[k] for k in stuck if k in groups]
             if not bad:
                 break
             for g in bad:
-                self._ungroup(g, groups, "a branch depends on another member's statistics")
+                self._ungroup(g, groups, taken)
         return groups
 
-    def _ungroup(self, g, groups, why):
+    def _prefused_bn(self, v, taken):
+        """The node that produces v; for an untaken jax_mps batch_norm call (its activation fused
+        by the caller), a bn node made for the group."""
+        j = self.prod.get(v, -1)
+        if j in taken:
+            return taken[j]
+        e = self.eqns[j] if j >= 0 else None
+        if e is None or e.primitive.name != "custom_vjp_call" or e.outvars[0] is not v or _has_collective(e):
+            return None
+        t = mps_target(e)
+        if not t or t[0] != "jax_mps_batch_norm_fwd":
+            return None
+        a = t[1]
+        return Node("bn", [j], v, j, extra={"eps": float(a["epsilon"]), "act": (int(a["act"]), float(a["alpha"])),
+                                             "prefused": True})
+
+    def _ungroup(self, g, groups, taken):
         for k, n in g.members:
             if k == "bn":
                 n.group = None
+                if n.extra.get("prefused"):
+                    del taken[n.anchor]  # back to the equation it was
         del groups[g.index]
-        g.why = why
 
     def _schedule(self, taken, groups, jaxpr):
         """(order, stuck): the equations / nodes / groups in an order that gives each its inputs.
@@ -549,6 +586,7 @@ class Rewriter:
         what could never run (a group whose inputs hang on its own members)."""
         avail = set(jaxpr.invars) | set(jaxpr.constvars)
         order, pending = [], []
+        inner = {j for g in groups.values() for j in g.absorbed}
 
         def item(i):
             node = taken.get(i)
@@ -572,7 +610,7 @@ class Rewriter:
 
         for i in range(len(self.eqns)):
             node = taken.get(i)
-            if node is not None and (i != node.at() or node.group is not None):
+            if i in inner or node is not None and (i != node.at() or node.group is not None):
                 continue
             if not run(i):
                 pending.append(i)
@@ -629,7 +667,7 @@ class Rewriter:
         return [read(v) for v in jaxpr.outvars]
 
     def _emit_node(self, node, read, env, where, concat_src):
-        outs = self._emit(node, read, where)
+        outs = None if node.extra.get("prefused") else self._emit(node, read, where)
         if outs is None:
             for k in sorted(node.idxs):
                 self._default(self.eqns[k], read, env)
@@ -647,7 +685,7 @@ class Rewriter:
         """(x, scale, bias, epsilon) of a bn / bnx node."""
         if node.kind == "bn":
             x, scale, bias = (read(v) for v in self.eqns[node.anchor].invars)
-            return x, scale, bias, node.extra
+            return x, scale, bias, node.extra["eps"]
         ex = node.extra
         x = read(ex["x"])
         c = x.shape[-1]
@@ -662,7 +700,9 @@ class Rewriter:
             for k, m in g.members:
                 if k == "bn":
                     x, scale, bias, eps = self._bn_args(m, read)
-                    layout.append(("bn", eps) + activation_code(m.act, "batch_norm"))
+                    act = m.extra["act"] if m.act is None and m.kind == "bn" and "act" in m.extra else \
+                        activation_code(m.act, "batch_norm")
+                    layout.append(("bn", eps) + tuple(act))
                     arrays += [x, scale.astype(x.dtype), bias.astype(x.dtype)]
                 else:
                     layout.append(("copy",))
@@ -672,8 +712,9 @@ class Rewriter:
             for k, m in g.members:
                 if k == "bn":
                     self._emit_node(m, read, env, where, concat_src)
-            self.report.add(where, "concatenate", "left to XLA", f"in-place writing rejected: {err}")
-            self._default(e, read, env)
+            for j in g.absorbed + [g.index]:
+                self.report.add(where, "concatenate", "left to XLA", f"in-place writing rejected: {err}")
+                self._default(self.eqns[j], read, env)
             return
         bns = [m for k, m in g.members if k == "bn"]
         for m, (mean, var) in zip(bns, stats):
@@ -681,6 +722,8 @@ class Rewriter:
                 env[v] = o
             self._report_bn(m, where, " into its channel slice")
         env[e.outvars[0]] = out
+        for _ in g.absorbed:
+            self.report.add(where, "concatenate", "concat eliminated", "nested: joins the concatenation it feeds")
         self.report.add(where, "concatenate", "concat eliminated",
                         f"{len(g.members)} inputs -> (..., {out.shape[-1]}): {len(bns)} batch norms write their "
                         f"channel slice, {len(g.members) - len(bns)} copied in place")
@@ -750,7 +793,9 @@ class Rewriter:
 
     def _report_bn(self, node, where, slot=""):
         act = f" + {node.act_desc}" if node.act else ""
-        if node.kind == "bnx":
+        if node.extra.get("prefused"):
+            self.report.add(where, "batch_norm", "already jax_mps", f"jax_mps_batch_norm_fwd{slot}")
+        elif node.kind == "bnx":
             self.report.add(where, "batch norm (written out)", "fused" if node.act else "converted",
                             f"mps.batch_norm{act} ({len(node.idxs)} ops){slot}")
         else:
@@ -802,7 +847,7 @@ class Rewriter:
 class Group:
     index: int      # the concatenate equation
     members: list   # ("bn", Node) | ("copy", var or literal), in channel order
-    why: str = ""   # why it was dropped, if it was
+    absorbed: list = dataclasses.field(default_factory=list)  # nested concatenates it writes too
 
 
 def _bind(prim, params, args):
