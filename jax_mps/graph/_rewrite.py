@@ -28,9 +28,8 @@ from .. import activations as _act
 from .. import conv as _conv
 from .. import normalization as _norm
 from .. import pooling as _pool
-from .._validate import FULL_FLOAT32
+from .._validate import FULL_FLOAT32, activation_code
 from . import _activations as A
-from .._validate import activation_code
 from ._concat import concat_in_place
 from ._report import Report
 
@@ -167,7 +166,7 @@ class Rewriter:
                 node = self._standalone_act(i, taken)
             if node is not None:
                 claim(node)
-        self.groups = self._concat_groups(taken, jaxpr) if self.opts.concat else {}
+        self.groups, self.order = self._concat_groups(taken, jaxpr) if self.opts.concat else ({}, None)
         return taken, nodes
 
     # ---- batch norm written out (flax.linen / nnx BatchNorm in training mode, fast variance)
@@ -503,13 +502,14 @@ class Rewriter:
         return ins + [v for v in extra if v is not None and _is_var(v)]
 
     def _concat_groups(self, taken, jaxpr):
-        """{concatenate eqn index: Group} for the last-axis float32 concatenates that a batch norm
-        feeding only them can write in place, checked to be schedulable (see _schedule). A
+        """({concatenate eqn index: Group}, their emission order from _schedule, or None without
+        groups) for the last-axis float32 concatenates that a batch norm feeding only them can write
+        in place, checked to be schedulable. A
         concatenate read only by another one joins it (Inception-E's nested concatenations); a
         jax_mps batch_norm with its activation already fused becomes a member as it is."""
         groups = {}
         if any(e.effects for e in self.eqns):  # the schedule may reorder equations: only pure ones
-            return groups
+            return groups, None
         last = lambda j: self.eqns[j].primitive.name == "concatenate" and \
             self.eqns[j].params["dimension"] == self.eqns[j].outvars[0].aval.ndim - 1 and \
             self.eqns[j].outvars[0].aval.dtype == jnp.float32
@@ -547,13 +547,13 @@ class Rewriter:
                     taken.setdefault(n.anchor, n)
             groups[i] = g
         while groups:
-            _, stuck = self._schedule(taken, groups, jaxpr)
+            order, stuck = self._schedule(taken, groups, jaxpr)
             bad = [groups[k] for k in stuck if k in groups]
             if not bad:
-                break
+                return groups, order
             for g in bad:
                 self._ungroup(g, groups, taken)
-        return groups
+        return groups, None
 
     def _prefused_bn(self, v, taken):
         """The node that produces v; for an untaken jax_mps batch_norm call (its activation fused
@@ -640,24 +640,23 @@ class Rewriter:
                 if not isinstance(c, jax.core.Tracer) and np.size(c) == 1 and np.ndim(c) == 0}
         taken, _ = self.plan(jaxpr, scal)
         eqns, groups = self.eqns, self.groups
-        order = self._schedule(taken, groups, jaxpr)[0] if groups else \
-            [i for i in range(len(eqns)) if i not in taken or i == taken[i].at()]
+        order = self.order if groups else [i for i in range(len(eqns)) if i not in taken or i == taken[i].at()]
         concat_src = {}
         for i in order:
             e = eqns[i]
             # plan state is per jaxpr; nested rewrites replace it, so keep ours
-            saved = (self.eqns, self.uses, self.prod, self.cs, self.groups)
+            saved = (self.eqns, self.uses, self.prod, self.cs)
             if i in groups:
                 self._emit_group(groups[i], read, env, where, concat_src)
-                self.eqns, self.uses, self.prod, self.cs, self.groups = saved
+                self.eqns, self.uses, self.prod, self.cs = saved
                 continue
             node = taken.get(i)
             if node is not None:
                 self._emit_node(node, read, env, where, concat_src)
-                self.eqns, self.uses, self.prod, self.cs, self.groups = saved
+                self.eqns, self.uses, self.prod, self.cs = saved
                 continue
             outs = self._nested(e, read, where)
-            self.eqns, self.uses, self.prod, self.cs, self.groups = saved
+            self.eqns, self.uses, self.prod, self.cs = saved
             if outs is not None:
                 for v, o in zip(e.outvars, outs):
                     env[v] = o
@@ -700,8 +699,7 @@ class Rewriter:
             for k, m in g.members:
                 if k == "bn":
                     x, scale, bias, eps = self._bn_args(m, read)
-                    act = m.extra["act"] if m.act is None and m.kind == "bn" and "act" in m.extra else \
-                        activation_code(m.act, "batch_norm")
+                    act = m.extra.get("act") or activation_code(m.act, "batch_norm")  # prefused: its own
                     layout.append(("bn", eps) + tuple(act))
                     arrays += [x, scale.astype(x.dtype), bias.astype(x.dtype)]
                 else:
