@@ -12,6 +12,7 @@
 #include "cpu/eltwise.h"
 #include "cpu/f32.h"
 #include "cpu/kernel_util.h"
+#include "cpu/winograd.h"
 
 namespace jax_mps::cpu {
 namespace {
@@ -429,6 +430,8 @@ ffi::Error Cpu::ConvFwd(Ctx, const ConvDesc& c, Buf x, Buf w, Buf b, Buf y) {
   if (y.element_count() == 0) return ffi::Error::Success();
   F32In xf(x), wf(w), bf(b);
   F32Out yf(y);
+  if (UseWinograd(c) && WinogradFwd(c, xf.get(), wf.get(), c.has_bias ? bf.get() : nullptr, yf.get()))
+    return ffi::Error::Success();
   static PlanCache<ConvPlan> cache;
   auto plan = cache.Get(ConvKey(0, c, c.has_bias, c.act, c.alpha), [&] {
     ConvPlan p;
@@ -464,6 +467,8 @@ ffi::Error Cpu::ConvBwdData(Ctx, const ConvDesc& c, Buf s, Buf dy, Buf w, Buf dx
   }
   F32In sf(s), dyf(dy), wf(w);
   const float* sp = SavedOrNull(sf, c);
+  if (UseWinograd(c) && WinogradBwdData(c, ActGrad(c, dy.element_count(), sp, dyf.get()), wf.get(), dxf.get()))
+    return ffi::Error::Success();
   if (UseIm2Col(c)) {
     Im2ColBwdData(c, sp, dyf.get(), wf.get(), c.act, c.alpha, c.from_output, dxf.get());
     return ffi::Error::Success();
@@ -500,6 +505,9 @@ ffi::Error Cpu::ConvBwdWeights(Ctx, const ConvDesc& c, Buf x, Buf s, Buf dy, Buf
   }
   F32In xf(x), sf(s), dyf(dy);
   const float* sp = SavedOrNull(sf, c);
+  if (UseWinograd(c) && WinogradBwdWeights(c, xf.get(), ActGrad(c, dy.element_count(), sp, dyf.get()), dwf.get(),
+                                           c.has_bias ? dbf.get() : nullptr))
+    return ffi::Error::Success();
   if (UseIm2Col(c)) {
     Im2ColBwdWeights(c, xf.get(), sp, dyf.get(), c.act, c.alpha, c.from_output, dwf.get(),
                      c.has_bias ? dbf.get() : nullptr);
