@@ -64,6 +64,11 @@ CONV1D = [
     ((2, 7, 5), (2, 5, 3), 4, "VALID", 1, 1, False, "gelu"),
     ((1, 8, 6), (3, 1, 6), 1, (2, 1), 2, 6, True, "tanh"),        # depthwise, bare (lo, hi) pair
     ((2, 5, 3), (7, 3, 2), 2, ((4, -1),), 1, 1, True, "softsign"),  # kernel > L, negative hi
+    # windows tiling the input (stride = kernel, the activity model's first layer): a dense layer
+    ((3, 20, 6), (5, 6, 8), 5, "VALID", 1, 1, True, "relu"),
+    ((2, 12, 2), (4, 2, 3), 4, "VALID", 1, 1, False, ("elu", {"alpha": 0.5})),
+    ((2, 13, 2), (4, 2, 3), 4, "VALID", 1, 1, True, "relu"),       # a trailing sample left over
+    ((2, 12, 2), (4, 2, 3), 4, ((0, 3),), 1, 1, True, None),        # high padding never reached
 ]
 
 
