@@ -30,6 +30,8 @@ CONV2D = [
     ((1, 6, 5, 6), (3, 3, 1, 6), 1, "SAME", 1, 6, True, "gelu"),             # depthwise
     ((2, 7, 7, 6), (3, 3, 3, 4), 1, "VALID", 2, 2, True, ("leaky_relu", {"alpha": 0.2})),
     ((2, 5, 9, 9), (1, 3, 3, 6), (1, 2), ((3, 4), (0, 2)), 1, 3, True, "sigmoid"),  # large explicit pad
+    ((2, 3, 4, 512), (1, 1, 512, 6), 1, "SAME", 1, 1, True, "relu"),     # 1x1 over 512+ channels: dense
+    ((1, 3, 2, 520), (1, 1, 520, 3), 1, "VALID", 1, 1, False, "tanh"),
     ((1, 3, 4, 2), (5, 5, 2, 3), 1, 2, 1, 1, True, "softsign"),               # kernel > input dims
     ((2, 6, 6, 5), (3, 3, 5, 7), 1, ((-1, 2), (1, -1)), (2, 1), 1, True, "elu"),  # negative pad crops
     ((1, 10, 3, 4), (4, 1, 4, 4), (2, 1), "SAME", (2, 1), 1, False, "softplus"),
