@@ -12,7 +12,7 @@ import jax_mps as mps
 import reference as ref
 from helpers import check_fwd_and_grads
 
-pytestmark = pytest.mark.skipif("cpu" not in mps.backends(), reason="the CPU backend's own kernels")
+pytestmark = pytest.mark.cpu_only
 
 TOL = dict(rtol=2e-4, atol=2e-4)
 
