@@ -33,6 +33,18 @@ def test_exact_mask_and_grad(shape, rate, k):
     assert_close(dx, np.where(keep, np.asarray(g) / (1 - rate), 0.0), rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("n", [4096 + 3, 70_001])  # several 512-element chunks and a tail; threads past 32k
+def test_grad_many_chunks_nan(n):
+    # The backward applies the mask per byte: a dropped element's gradient is 0 even where g is NaN.
+    key, rate = jax.random.key(11), 0.4
+    keep = ref.dropout_keep_mask(jax.random.key_data(key), n, rate)
+    g = np.asarray(_x((n,), 5)).copy()
+    g[::7] = np.nan
+    _, vjp = jax.vjp(lambda v: mps.dropout(key, v, rate), _x((n,), 4))
+    (dx,) = vjp(jnp.asarray(g))
+    assert_close(dx, np.where(keep, g / (1 - rate), 0.0), rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("rate", [0.1, 0.5, 0.9])
 def test_keep_fraction(rate):
     n = 200_000

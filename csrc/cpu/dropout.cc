@@ -3,6 +3,7 @@
 // (bit j of byte b <-> element 8b + j) for the backward pass.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "cpu/backend.h"
 #include "cpu/f32.h"
@@ -66,6 +67,41 @@ JAX_MPS_CLONES void DropoutChunk(int64_t ch, int64_t n, uint64_t block0, uint32_
   }
 }
 
+// Lane masks of the 8 elements of each mask byte: all ones where the element is kept.
+struct ByteLanes {
+  uint32_t m[256][8];
+  ByteLanes() {
+    for (int b = 0; b < 256; ++b)
+      for (int j = 0; j < 8; ++j) m[b][j] = (b >> j) & 1 ? ~0u : 0u;
+  }
+};
+
+// dx = keep ? g * scale : 0 for elements [ch * kChunk, ...): a dropped element is +0 even where g is
+// NaN (jnp.where's gradient), so the mask is applied as a bitwise AND, which vectorises (a
+// per-element bit shift did not: ~3 ns an element).
+JAX_MPS_CLONES void DropoutBwdChunk(int64_t ch, int64_t n, float scale, const uint8_t* mp, const float* gp,
+                                    float* dp) {
+  static const ByteLanes lanes;
+  const int64_t i0 = ch * kChunk, cnt = std::min<int64_t>(kChunk, n - i0), full = cnt / 8;
+  for (int64_t b = 0; b < full; ++b) {
+    const uint32_t* __restrict m = lanes.m[mp[i0 / 8 + b]];
+    const float* __restrict gc = gp + i0 + 8 * b;
+    float* __restrict dc = dp + i0 + 8 * b;
+#pragma omp simd
+    for (int j = 0; j < 8; ++j) {
+      uint32_t v;
+      const float f = gc[j] * scale;
+      std::memcpy(&v, &f, 4);
+      v &= m[j];
+      std::memcpy(&dc[j], &v, 4);
+    }
+  }
+  for (int64_t e = 8 * full; e < cnt; ++e) {
+    const float v = gp[i0 + e] * scale;
+    dp[i0 + e] = (mp[(i0 + e) >> 3] >> (e & 7)) & 1 ? v : 0.f;
+  }
+}
+
 }  // namespace
 }  // namespace jax_mps::cpu
 
@@ -98,22 +134,13 @@ ffi::Error Cpu::DropoutFwd(Ctx, const DropoutDesc& d, Buf key, Buf x, Buf y, Buf
 
 ffi::Error Cpu::DropoutBwd(Ctx, const DropoutDesc& d, Buf mask, Buf g, Buf dx) {
   const int64_t n = d.n;
-  const float scale = d.scale;
   const uint8_t* mp = static_cast<const uint8_t*>(mask.untyped_data());
   F32In gf(g);
   F32Out df(dx);
   const float* gp = gf.get();
   float* dp = df.get();
   const int64_t nchunks = (n + kChunk - 1) / kChunk;
-  ParallelFor(nchunks, n, [&](int64_t ch) {
-    const int64_t i0 = ch * kChunk, cnt = std::min<int64_t>(kChunk, n - i0);
-    const uint8_t* mc = mp + i0 / 8;
-#pragma omp simd
-    for (int64_t e = 0; e < cnt; ++e) {
-      const float v = gp[i0 + e] * scale;
-      dp[i0 + e] = (mc[e >> 3] >> (e & 7)) & 1 ? v : 0.f;
-    }
-  });
+  ParallelFor(nchunks, n, [&](int64_t ch) { DropoutBwdChunk(ch, n, d.scale, mp, gp, dp); });
   return ffi::Error::Success();
 }
 

@@ -13,6 +13,7 @@
 #include "cpu/backend.h"
 #include "cpu/eltwise.h"
 #include "cpu/f32.h"
+#include "cpu/kernel_util.h"
 
 namespace jax_mps::cpu {
 namespace {
@@ -20,7 +21,7 @@ namespace {
 constexpr int64_t kTile = 256;           // channels per tile (block accumulators live on the stack)
 constexpr int64_t kBlockElems = 16384;   // elements of one row block (64 KiB: stays in L2)
 constexpr int64_t kMaxBlockRows = 256;   // float block sums stay short (accuracy)
-constexpr int64_t kParMin = 1 << 15;     // elements below which one thread does it all
+constexpr int64_t kParMin = 1 << 15;         // elements below which one thread does it all
 constexpr int64_t kChunkMin = 1 << 13;   // least elements per parallel chunk
 
 int Threads(int64_t elems) { return elems < kParMin ? 1 : omp_get_max_threads(); }
@@ -37,7 +38,7 @@ int64_t ChunksPerGroup(const NormView& v) {
 int64_t BlockRows(int64_t ct) { return std::clamp<int64_t>(kBlockElems / ct, 1, kMaxBlockRows); }
 
 // Mean and M2 (sum of squared deviations) per channel over rows [s0, s1) of x (row stride C).
-void ChunkMeanM2(const float* __restrict x, int64_t C, int64_t s0, int64_t s1, double* mean, double* m2) {
+JAX_MPS_CLONES void ChunkMeanM2(const float* __restrict x, int64_t C, int64_t s0, int64_t s1, double* mean, double* m2) {
   float bs[kTile], bd[kTile], bq[kTile];
   for (int64_t c0 = 0; c0 < C; c0 += kTile) {
     const int64_t ct = std::min(kTile, C - c0), B = BlockRows(ct);
@@ -126,6 +127,37 @@ inline float Dz(const float* dz, const float* mask, int64_t i) {
   return kMask ? (mask[i] > 0.f ? d : 0.f) : d;
 }
 
+// Sums of dz and dz * (x - m) over rows [s0, s1) of one group (per-ISA clone: the caller's parallel
+// loop body would otherwise be compiled for baseline x86-64 only).
+template <bool kMask>
+JAX_MPS_CLONES void GroupGradSums(const float* __restrict xg, const float* __restrict dg, const float* __restrict kg,
+                                  int64_t ld, const float* mg, int64_t C, int64_t s0, int64_t s1, double* pa,
+                                  double* pb) {
+  float ba[kTile], bb[kTile];
+  for (int64_t c0 = 0; c0 < C; c0 += kTile) {
+    const int64_t ct = std::min(kTile, C - c0), B = BlockRows(ct);
+    const float* mc = mg + c0;
+    for (int64_t r0 = s0; r0 < s1; r0 += B) {
+      std::fill(ba, ba + ct, 0.f);
+      std::fill(bb, bb + ct, 0.f);
+      for (int64_t r = r0; r < std::min(r0 + B, s1); ++r) {
+        const float* xr = xg + r * C + c0;
+        const float* dr = dg + r * ld + c0;
+        const float* kr = kMask ? kg + r * ld + c0 : nullptr;
+        for (int64_t c = 0; c < ct; ++c) {
+          const float dz = Dz<kMask>(dr, kr, c);
+          ba[c] += dz;
+          bb[c] += dz * (xr[c] - mc[c]);
+        }
+      }
+      for (int64_t c = 0; c < ct; ++c) {
+        pa[c0 + c] += ba[c];
+        pb[c0 + c] += bb[c];
+      }
+    }
+  }
+}
+
 // Per-(g, c) sums of dz and of dz * (x - m) over the S rows of each group, in double.
 template <bool kMask>
 void GradSumsT(const float* x, PreGrad pg, const float* m, const NormView& v, std::vector<double>& sdz,
@@ -134,34 +166,9 @@ void GradSumsT(const float* x, PreGrad pg, const float* m, const NormView& v, st
   std::vector<double> pa(T * C, 0.0), pb(T * C, 0.0);
 #pragma omp parallel for schedule(static) if (T > 1)
   for (int64_t t = 0; t < T; ++t) {
-    const int64_t g = t / K, k = t % K, s0 = v.S * k / K, s1 = v.S * (k + 1) / K;
-    const float* __restrict xg = x + g * v.S * C;
-    const float* __restrict dg = pg.dz + g * v.S * pg.ld;
-    const float* __restrict kg = kMask ? pg.mask + g * v.S * pg.ld : nullptr;
-    const float* mg = m + g * C;
-    float ba[kTile], bb[kTile];
-    for (int64_t c0 = 0; c0 < C; c0 += kTile) {
-      const int64_t ct = std::min(kTile, C - c0), B = BlockRows(ct);
-      const float* mc = mg + c0;
-      for (int64_t r0 = s0; r0 < s1; r0 += B) {
-        std::fill(ba, ba + ct, 0.f);
-        std::fill(bb, bb + ct, 0.f);
-        for (int64_t r = r0; r < std::min(r0 + B, s1); ++r) {
-          const float* xr = xg + r * C + c0;
-          const float* dr = dg + r * pg.ld + c0;
-          const float* kr = kMask ? kg + r * pg.ld + c0 : nullptr;
-          for (int64_t c = 0; c < ct; ++c) {
-            const float dz = Dz<kMask>(dr, kr, c);
-            ba[c] += dz;
-            bb[c] += dz * (xr[c] - mc[c]);
-          }
-        }
-        for (int64_t c = 0; c < ct; ++c) {
-          pa[t * C + c0 + c] += ba[c];
-          pb[t * C + c0 + c] += bb[c];
-        }
-      }
-    }
+    const int64_t g = t / K, k = t % K;
+    GroupGradSums<kMask>(x + g * v.S * C, pg.dz + g * v.S * pg.ld, kMask ? pg.mask + g * v.S * pg.ld : nullptr,
+                         pg.ld, m + g * C, C, v.S * k / K, v.S * (k + 1) / K, &pa[t * C], &pb[t * C]);
   }
   sdz.assign(v.stats(), 0.0);
   sdzx.assign(v.stats(), 0.0);
@@ -179,23 +186,41 @@ void GradSums(const float* x, PreGrad pg, const float* m, const NormView& v, std
   pg.mask ? GradSumsT<true>(x, pg, m, v, sdz, sdzx) : GradSumsT<false>(x, pg, m, v, sdz, sdzx);
 }
 
-// out = ((x - m) - ml) * a + b, with m, ml, a, b per (g, c); out's rows are `ldo` apart. The mean
-// is split in two floats (m + ml) so that a large common offset does not cost the output its precision.
+// Rows [r0, r1) of a row-wise pass, in parallel chunks when the pass is large.
+template <class F>
+void RowChunks(const NormView& v, F&& f) {
+  const int64_t rows = v.rows();
+  const int nt = Threads(rows * v.C);
+  if (nt <= 1) return f(int64_t(0), rows);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int i = 0; i < nt; ++i) f(rows * i / nt, rows * (i + 1) / nt);
+}
+
+// out = ((x - m) - ml) * a + b, with m, ml, a, b per (g, c), for rows [r0, r1); out's rows are `ldo`
+// apart. The mean is split in two floats (m + ml) so that a large common offset does not cost the
+// output its precision.
 template <bool kRelu>
-void AffineT(const float* __restrict x, const NormView& v, const float* m, const float* ml, const float* a,
-             const float* b, float* __restrict out, int64_t ldo) {
-  const int64_t C = v.C;
-#pragma omp parallel for schedule(static) if (v.rows() * C >= kParMin)
-  for (int64_t r = 0; r < v.rows(); ++r) {
-    const int64_t g = r / v.S;
-    const float *mr = m + g * C, *lr = ml + g * C, *ar = a + g * C, *br = b + g * C;
+JAX_MPS_CLONES void AffineRows(const float* __restrict x, int64_t S, int64_t C, int64_t r0, int64_t r1,
+                               const float* m, const float* ml, const float* a, const float* b,
+                               float* __restrict out, int64_t ldo) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t g = r / S;
+    const float *__restrict mr = m + g * C, *__restrict lr = ml + g * C, *__restrict ar = a + g * C,
+                            *__restrict br = b + g * C;
     const float* xr = x + r * C;
     float* o = out + r * ldo;
+#pragma omp simd
     for (int64_t c = 0; c < C; ++c) {
       const float z = ((xr[c] - mr[c]) - lr[c]) * ar[c] + br[c];
       o[c] = kRelu ? std::max(z, 0.f) : z;
     }
   }
+}
+
+template <bool kRelu>
+void AffineT(const float* x, const NormView& v, const float* m, const float* ml, const float* a, const float* b,
+             float* out, int64_t ldo) {
+  RowChunks(v, [&](int64_t r0, int64_t r1) { AffineRows<kRelu>(x, v.S, v.C, r0, r1, m, ml, a, b, out, ldo); });
 }
 
 void Affine(const float* x, const NormView& v, const float* m, const float* ml, const float* a, const float* b,
@@ -212,27 +237,36 @@ void Rows(const NormView& v, int64_t ld, F&& f) {
   for (int64_t r = 0; r < v.rows(); ++r) f(r * ld, v.C);
 }
 
+template <bool kMask, bool kAffineOnly>
+JAX_MPS_CLONES void GradInputRows(const float* x, const float* dz, const float* mask, int64_t ld, int64_t S,
+                                  int64_t C, int64_t r0, int64_t r1, const float* a, const float* b, const float* m,
+                                  const float* d, float* dx) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t g = r / S;
+    const float* __restrict ar = a + g * C;
+    const float* zr = dz + r * ld;  // dx may alias it (same index only: simd-safe)
+    const float* __restrict kr = kMask ? mask + r * ld : nullptr;
+    float* o = dx + r * C;  // may alias dz
+    if (kAffineOnly) {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) o[c] = ar[c] * Dz<kMask>(zr, kr, c);
+      continue;
+    }
+    const float *__restrict br = b + g * C, *__restrict mr = m + g * C, *__restrict dr = d + g * C;
+    const float* __restrict xr = x + r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) o[c] = ar[c] * Dz<kMask>(zr, kr, c) + br[c] * (xr[c] - mr[c]) + dr[c];
+  }
+}
+
 // dx = a * dz + b * (x - m) + d, with a, b, m, d per (g, c); dx = a * dz when b is null (inference:
 // x enters only through dz, so a NaN x whose dz a fused relu zeroed gives 0, as jax). dx may alias dz.
 template <bool kMask, bool kAffineOnly>
 void GradInputT(const float* x, PreGrad pg, const NormView& v, const float* a, const float* b, const float* m,
                 const float* d, float* dx) {
-  const int64_t C = v.C;
-#pragma omp parallel for schedule(static) if (v.rows() * C >= kParMin)
-  for (int64_t r = 0; r < v.rows(); ++r) {
-    const int64_t g = r / v.S;
-    const float* ar = a + g * C;
-    const float* zr = pg.dz + r * pg.ld;
-    const float* kr = kMask ? pg.mask + r * pg.ld : nullptr;
-    float* o = dx + r * C;
-    if (kAffineOnly) {
-      for (int64_t c = 0; c < C; ++c) o[c] = ar[c] * Dz<kMask>(zr, kr, c);
-      continue;
-    }
-    const float *br = b + g * C, *mr = m + g * C, *dr = d + g * C;
-    const float* xr = x + r * C;
-    for (int64_t c = 0; c < C; ++c) o[c] = ar[c] * Dz<kMask>(zr, kr, c) + br[c] * (xr[c] - mr[c]) + dr[c];
-  }
+  RowChunks(v, [&](int64_t r0, int64_t r1) {
+    GradInputRows<kMask, kAffineOnly>(x, pg.dz, pg.mask, pg.ld, v.S, v.C, r0, r1, a, b, m, d, dx);
+  });
 }
 
 void GradInput(const float* x, PreGrad pg, const NormView& v, const float* a, const float* b, const float* m,
