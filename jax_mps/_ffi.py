@@ -66,8 +66,8 @@ class custom_vjp:
         self._nondiff = frozenset(nondiff_argnums)
         functools.update_wrapper(self, fun)
 
-    def defvjp(self, fwd, bwd):
-        self._f.defvjp(fwd, bwd)
+    def defvjp(self, fwd, bwd, symbolic_zeros=False):
+        self._f.defvjp(fwd, bwd, symbolic_zeros=symbolic_zeros)
 
     def __call__(self, *args):
         diff = [i for i in range(len(args)) if i not in self._nondiff]

@@ -16,6 +16,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from . import _ffi
 from ._sharding import SUM, Rule
@@ -29,6 +30,7 @@ __all__ = ["conv2d", "conv1d", "conv_transpose2d", "dense"]
 _FWD = Rule((0, None, None), (0,))
 _BWD_DATA = Rule((0, 0, None), (0,))
 _BWD_WEIGHTS = Rule((0, 0, 0), (SUM, SUM))
+_ACT_RELU = activation_code("relu", "conv")[0]
 
 
 # cfg = (family, out_shape, attrs): all static; attrs is a tuple of (name, value) pairs that
@@ -41,24 +43,38 @@ def _op(x, w, b, cfg):
 
 
 def _op_fwd(x, w, b, cfg):
+    # symbolic_zeros: the arguments come wrapped with whether each is differentiated; whether dx is
+    # wanted (x is not the model's input) rides along as a static marker in the residuals.
+    dx_marker = () if x.perturbed else None
+    x, w, b = x.value, w.value, b.value
     family, out_shape, attrs = cfg
     a = dict(attrs)
     if grad_from_output(a["act"], a["alpha"]):
         y = _op(x, w, b, cfg)
-        return y, (x, w, b, y)
+        return y, (x, w, b, y, dx_marker)
     # The derivative needs the pre-activation z: keep it, apply the activation as its own pass.
     z = _ffi.call(f"jax_mps_{family}_fwd", _ffi.spec(out_shape, x.dtype), x, w, b,
                   fold=[True, False, False], shard=_FWD, **{**a, "act": ACT_NONE, "alpha": 0.0})
     y = _ffi.call("jax_mps_activation_fwd", _ffi.spec(z.shape, z.dtype), z, fold=[True], shard=Rule((0,), (0,)),
                   act=a["act"], alpha=a["alpha"])
-    return y, (x, w, b, z)
+    return y, (x, w, b, z, dx_marker)
 
 
 def _op_bwd(cfg, res, g):
     family, _, attrs = cfg
-    x, w, b, s = res
+    x, w, b, s, dx_marker = res
+    if isinstance(g, SymbolicZero):  # the output does not reach the loss
+        return jnp.zeros_like(x), jnp.zeros_like(w), jnp.zeros_like(b)
     a = dict(attrs)
-    a["from_output"] = int(grad_from_output(a["act"], a["alpha"]))
+    from_output = grad_from_output(a["act"], a["alpha"])
+    if dx_marker is not None and a["act"] != ACT_NONE and (not from_output or a["act"] == _ACT_RELU):
+        # Both passes run: dz = dy * act'(.) is formed once for them (each would form it again
+        # otherwise), from the saved pre-activation, or for relu from y (y > 0 exactly where the
+        # pre-activation is). With dx unused (the model's input) the weights pass forms it itself.
+        g = _ffi.call("jax_mps_activation_bwd", _ffi.spec(g.shape, g.dtype), s, g, fold=[True, True],
+                      shard=Rule((0, 0), (0,)), act=a["act"], alpha=a["alpha"])
+        a["act"], a["alpha"], from_output = ACT_NONE, 0.0, False
+    a["from_output"] = int(from_output)
     if a["act"] == ACT_NONE:
         s = g  # unused by the kernels; avoids keeping an extra buffer alive
     dx = _ffi.call(f"jax_mps_{family}_bwd_data", _ffi.spec(x.shape, x.dtype), s, g, w,
@@ -69,7 +85,7 @@ def _op_bwd(cfg, res, g):
     return dx, dw, db
 
 
-_op.defvjp(_op_fwd, _op_bwd)
+_op.defvjp(_op_fwd, _op_bwd, symbolic_zeros=True)
 
 
 def _common(op, x, w, b, activation, accumulate, cout):

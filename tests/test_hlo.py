@@ -57,3 +57,17 @@ def test_grad_scale_unscales_inside_the_optimizer_call():
         call = next(line for line in texts["stablehlo"].splitlines() if "@jax_mps_optim_step_fwd" in line)
         operand_types = call.rsplit(":", 1)[1].split("->")[0]
         assert "tensor<7xf16>" in operand_types and "tensor<2x3xf16>" in operand_types, call
+
+
+def test_activation_gradient_formed_once():
+    # With dx wanted, dz = dy * relu'(y) is one call that both backward passes read (act 0 there);
+    # on the model's input (no dx) the weights pass forms it itself and there is no extra call.
+    x, w, b = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4)) * 0.1, jnp.zeros(4)
+    f = lambda x, w, b: jnp.sum(mps.conv2d(x, w, b, activation="relu") ** 2)
+    both = jax.jit(jax.grad(f, argnums=(0, 1, 2))).lower(x, w, b).as_text()
+    assert both.count("@jax_mps_activation_bwd") == 1
+    for t in ("conv_bwd_data", "conv_bwd_weights"):
+        call = next(line for line in both.splitlines() if f"@jax_mps_{t}" in line)
+        assert re.search(r"\bact = 0 ", call), call
+    weights_only = jax.jit(jax.grad(f, argnums=(1, 2))).lower(x, w, b).as_text()
+    assert "@jax_mps_activation_bwd" not in weights_only and "@jax_mps_conv_bwd_data" not in weights_only
