@@ -33,6 +33,7 @@ CONV2D = [
     ((2, 3, 4, 512), (1, 1, 512, 6), 1, "SAME", 1, 1, True, "relu"),     # 1x1 over 512+ channels: dense
     ((1, 3, 2, 520), (1, 1, 520, 3), 1, "VALID", 1, 1, False, "tanh"),
     ((4, 64, 65, 32), (1, 1, 32, 64), 1, "SAME", 1, 1, True, "relu"),  # relu grad over 1M+: threaded
+    ((8, 64, 65, 16), (1, 1, 16, 8), 1, "VALID", 1, 1, True, "sigmoid"),  # 1x1 over 32k+ pixels: dense
     ((1, 3, 4, 2), (5, 5, 2, 3), 1, 2, 1, 1, True, "softsign"),               # kernel > input dims
     ((2, 6, 6, 5), (3, 3, 5, 7), 1, ((-1, 2), (1, -1)), (2, 1), 1, True, "elu"),  # negative pad crops
     ((1, 10, 3, 4), (4, 1, 4, 4), (2, 1), "SAME", (2, 1), 1, False, "softplus"),
