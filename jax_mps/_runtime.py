@@ -40,6 +40,11 @@ except ImportError as e:  # pragma: no cover - only without a build
         "jax_mps: the compiled runtime (_jax_mps_cpu) is not installed; run "
         "`python -m pip install .` (or tools/dev_build.sh and PYTHONPATH=build/dev)") from e
 
+# Keep freed memory mapped so that XLA's per-step buffers reuse their pages (csrc/cpu/module.cc);
+# JAX_MPS_RETAIN_MEMORY=0 leaves glibc's malloc as it is.
+if os.environ.get("JAX_MPS_RETAIN_MEMORY", "1") != "0":
+    _core.retain_freed_memory()
+
 # The contract's constants (activation / loss / reduction / optimizer / RNN codes, the
 # gradient-from-output rule, workspace sizes), defined once in csrc/runtime/ and exported by every
 # backend module alike: read them from here, never as literals.

@@ -121,3 +121,30 @@ def test_scratch_shrinks_after_small_calls():
     assert r["after_one"] >= r["peak"] // 2, r  # one small call keeps it (no churn between sizes)
     assert r["settled"] < 2 << 20, r  # many small calls give it back
     assert r["again"] >= r["peak"] // 2, r
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
+                    reason="glibc only")
+def test_freed_memory_is_retained():
+    # XLA allocates a step's buffers afresh on its own threads: with the setting, a 64 MiB block
+    # malloc'd on a thread comes from the heap (kept mapped when freed), not from an mmap of its
+    # own that free unmaps; JAX_MPS_RETAIN_MEMORY=0 leaves glibc as it is.
+    code = """
+        import ctypes, json, threading
+        import jax_mps
+        libc = ctypes.CDLL(None)
+        class Info(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                        "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+        libc.mallinfo2.restype = Info
+        libc.malloc.restype = ctypes.c_void_p
+        out = {}
+        def work():
+            p = libc.malloc(64 << 20)
+            out["mmapped"] = libc.mallinfo2().hblkhd
+            libc.free(ctypes.c_void_p(p))
+        t = threading.Thread(target=work); t.start(); t.join()
+        print(json.dumps(out))
+    """
+    assert _run(code, {})["mmapped"] < (64 << 20)
+    assert _run(code, {"JAX_MPS_RETAIN_MEMORY": "0"})["mmapped"] >= (64 << 20)
