@@ -26,8 +26,8 @@ def test_conv_im2col_backward():  # small-channel conv: im2col chunks spread ove
                         lambda *a: ref.conv_conv2d(*a, activation="tanh"), (x, w), rtol=2e-4, atol=2e-4)
 
 
-def test_batch_norm_large():  # > 2^15 elements: parallel statistics and gradient sums
-    x, s, b = _n((16, 16, 16, 12)), _n((12,), 1), _n((12,), 2)
+def test_batch_norm_large():  # > 2^19 elements: parallel statistics and gradient sums
+    x, s, b = _n((16, 32, 32, 36)), _n((36,), 1), _n((36,), 2)
     check_fwd_and_grads(lambda *a: mps.batch_norm(*a)[0], lambda *a: ref.norm_batch_norm(*a)[0], (x, s, b),
                         rtol=2e-4, atol=2e-4)
 
@@ -38,7 +38,7 @@ def test_pooling_large():  # > 2^20 window reads
     check_fwd_and_grads(lambda a: mps.avg_pool2d(a, 3, 1, "SAME"), lambda a: ref.pool_avg(a, 3, 1, "SAME"), (x,))
 
 
-def test_dropout_large():  # > 2^15 elements: chunks over threads; the mask must not depend on them
+def test_dropout_large():  # > 2^18 elements: chunks over threads; the mask must not depend on them
     key = jax.random.key(3)
     x = jnp.ones((300_001,), jnp.float32)
     y = mps.dropout(key, x, 0.25)
@@ -46,8 +46,8 @@ def test_dropout_large():  # > 2^15 elements: chunks over threads; the mask must
     assert_close(y, np.where(keep, 1 / 0.75, 0.0), 1e-6, 0)
 
 
-def test_softmax_cross_entropy_large():  # N * D > 2^15: rows over threads
-    x, labels = _n((256, 300)), jnp.asarray(np.random.default_rng(1).integers(0, 300, 256), jnp.int32)
+def test_softmax_cross_entropy_large():  # N * D > 2^18: rows over threads
+    x, labels = _n((1024, 300)), jnp.asarray(np.random.default_rng(1).integers(0, 300, 1024), jnp.int32)
     check_fwd_and_grads(lambda a: mps.softmax_cross_entropy(a, labels),
                         lambda a: ref.loss_softmax_cross_entropy(a, labels), (x,), rtol=2e-4, atol=1e-5)
 

@@ -21,7 +21,9 @@ namespace jax_mps::cpu {
 #define JAX_MPS_CLONES
 #endif
 
-constexpr int64_t kParallelMin = 32768;  // elements below which threads cost more than they save
+// Elements below which threads cost more than they save: waking a sleeping OpenMP worker costs
+// ~50 us a parallel region on a 2-vCPU VM (see normalization.cc's kParMin).
+constexpr int64_t kParallelMin = 1 << 18;
 
 // Runs fn(i) for i in [0, n): OpenMP threads only when `work` is large, and no parallel region at
 // all otherwise (even a one-thread region costs microseconds, which dominate small batches).
