@@ -19,6 +19,7 @@ ACTIVATION_ALPHA = {
 
 
 ACT_NONE = contract.ACTIVATIONS["none"]
+ACT_RELU = contract.ACTIVATIONS["relu"]
 
 
 # jax.default_matmul_precision values (legacy names and dot-algorithm presets) that ask for full

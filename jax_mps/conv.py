@@ -20,7 +20,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from . import _ffi
 from ._sharding import SUM, Rule
-from ._validate import (ACT_NONE, activation_code, check_float, check_rank, grad_from_output, int_tuple,
+from ._validate import (ACT_NONE, ACT_RELU, activation_code, check_float, check_rank, grad_from_output, int_tuple,
                         matmul_precision, padding_pairs)
 
 __all__ = ["conv2d", "conv1d", "conv_transpose2d", "dense"]
@@ -30,7 +30,6 @@ __all__ = ["conv2d", "conv1d", "conv_transpose2d", "dense"]
 _FWD = Rule((0, None, None), (0,))
 _BWD_DATA = Rule((0, 0, None), (0,))
 _BWD_WEIGHTS = Rule((0, 0, 0), (SUM, SUM))
-_ACT_RELU = activation_code("relu", "conv")[0]
 
 
 # cfg = (family, out_shape, attrs): all static; attrs is a tuple of (name, value) pairs that
@@ -67,7 +66,7 @@ def _op_bwd(cfg, res, g):
         return jnp.zeros_like(x), jnp.zeros_like(w), jnp.zeros_like(b)
     a = dict(attrs)
     from_output = grad_from_output(a["act"], a["alpha"])
-    if dx_marker is not None and a["act"] != ACT_NONE and (not from_output or a["act"] == _ACT_RELU):
+    if dx_marker is not None and a["act"] != ACT_NONE and (not from_output or a["act"] == ACT_RELU):
         # Both passes run: dz = dy * act'(.) is formed once for them (each would form it again
         # otherwise), from the saved pre-activation, or for relu from y (y > 0 exactly where the
         # pre-activation is). With dx unused (the model's input) the weights pass forms it itself.

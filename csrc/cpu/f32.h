@@ -53,9 +53,9 @@ class F32In {
 
 class F32Out {
  public:
-  // A float32 result is written in place; XLA's buffers are mostly fresh pages of a per-run mmap,
-  // so large ones are advised into 2 MiB pages first (InceptionV3's training step at batch 8
-  // otherwise takes ~175k page faults a step).
+  // A float32 result is written in place. Where XLA's buffers are fresh pages every step (malloc
+  // not retaining freed memory: JAX_MPS_RETAIN_MEMORY=0, or not glibc), large ones are advised into
+  // 2 MiB pages first (InceptionV3's training step at batch 8: 176k -> 90k page faults a step).
   explicit F32Out(const ffi::AnyBuffer& b) : buf_(b) {
     if (b.element_type() == ffi::F32) {
       p_ = static_cast<float*>(b.untyped_data());

@@ -236,8 +236,9 @@ void Affine(const float* x, const NormView& v, const float* m, const float* ml, 
 template <class F>
 void Rows(const NormView& v, int64_t ld, F&& f) {
   if (ld == v.C) return f(int64_t(0), v.rows() * v.C);
-#pragma omp parallel for schedule(static) if (v.rows() * v.C >= kParMin)
-  for (int64_t r = 0; r < v.rows(); ++r) f(r * ld, v.C);
+  RowChunks(v, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) f(r * ld, v.C);
+  });
 }
 
 template <bool kMask, bool kAffineOnly>

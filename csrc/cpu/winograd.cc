@@ -269,8 +269,9 @@ int Mode() {
 
 // Where it pays, measured against oneDNN's direct convolutions (forward, data and weights passes
 // each) on InceptionV3's layers and others: from 35x35 images at batch 8 on and with 64x32
-// channels or more, or 32x32 over many tiles. Fewer tiles leave the batched GEMMs too short; fewer channels leave the
-// transforms (linear in the channels, where the GEMMs are quadratic) dominating.
+// channels or more, or 32x32 over many tiles. Fewer tiles leave the batched GEMMs too short;
+// fewer channels leave the transforms (linear in the channels, where the GEMMs are quadratic)
+// dominating.
 bool UseWinograd(const ConvDesc& c) {
   const int mode = Mode();
   if (mode == 0 || c.transpose || c.groups != 1 || c.kh != 3 || c.kw != 3 || c.sh != 1 || c.sw != 1 || c.dh != 1 ||
