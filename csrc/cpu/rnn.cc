@@ -475,7 +475,11 @@ void Forward(const RnnDesc& d, const float* x, const float* h0, const float* c0,
           const int64_t r = t * sT + b0 * sB;
           float* g = ws + r * W;
           float* yo = Y + r * DH + k * H;
-          rec(h, a);
+          // A zero initial state (the default) makes the first step's GEMM the biases alone.
+          if (s == 0 && std::all_of(h, h + m * H, [](float v) { return v == 0.f; }))
+            for (int64_t b = 0; b < m; ++b) std::memcpy(a + b * GH, bias, GH * sizeof(float));
+          else
+            rec(h, a);
           switch (d.cell) {
             case Cell::kLstm: LstmFwdStep(m, H, t, len + b0, g, sB * W, a, h, c, yo, sB * DH); break;
             case Cell::kGru: GruFwdStep(m, H, t, len + b0, g, sB * W, a, p.b_ih + 2 * H, h, yo, sB * DH); break;
