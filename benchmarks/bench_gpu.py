@@ -1,8 +1,11 @@
 """Whole training steps side by side in one process: jax_mps vs XLA-native JAX vs PyTorch, on the
 GPU (issue 15) or, with --cpu, the CPU steps of issue 14 at full size.
 
-Each case: warm-up steps, then the median of --steps steps, each timed to completion (block on
-the JAX results / torch.cuda.synchronize). Writes NAME.json and NAME.md (--name, default gpu)
+Each case: every implementation's warm-up steps, then the median of --steps steps, each timed to
+completion (block on the JAX results / torch.cuda.synchronize). On the GPU the implementations run
+one after the other (each frees its memory first); on the CPU (--rounds, default 10) they take
+turns, a slice of the steps each per round, so that the machine's slow drifts (a shared VM moves
+10-30%) fall on every implementation alike rather than on whichever ran during them. Writes NAME.json and NAME.md (--name, default gpu)
 into --out (default benchmarks/results). Cases a backend cannot run (e.g. jax.experimental.rnn
 off cuDNN, or a target the CUDA backend does not implement yet) are recorded with the error
 instead of a time. Every JAX training step must trace once (checked).
@@ -25,7 +28,10 @@ import sys
 import time
 
 ap = argparse.ArgumentParser()
-ap.add_argument("--steps", type=int, default=20)
+ap.add_argument("--steps", type=int, default=None,
+                help="timed steps per implementation (default 20; --cpu: MNIST CNN 100, activity 300, InceptionV3 20)")
+ap.add_argument("--rounds", type=int, default=None,
+                help="interleave the implementations in this many rounds (default: 10 with --cpu, else 1 = one after the other)")
 ap.add_argument("--warmup", type=int, default=3)
 ap.add_argument("--only", default=None, help="default: lenet,activity,lstm,inception (--cpu: mnist_cnn,activity,inception)")
 ap.add_argument("--inception-batch", type=int, default=128)
@@ -40,6 +46,7 @@ if args.cpu_smoke or args.cpu:
     os.environ["JAX_PLATFORMS"] = "cpu"
 if args.cpu_smoke:
     args.steps, args.warmup = 2, 1
+args.rounds = args.rounds or (10 if args.cpu else 1)
 args.name = args.name or ("cpu_steps" if args.cpu else "gpu")
 args.only = args.only or ("mnist_cnn,activity,inception" if args.cpu else "lenet,activity,lstm,inception")
 # XLA would otherwise take 75% of the GPU up front and leave PyTorch's InceptionV3 short.
@@ -68,35 +75,91 @@ SIZES = {  # case -> sizes; the smoke run keeps the structure, shrinks the numbe
 }
 INCEPTION_DTYPES = (jnp.float32,) if args.cpu else (jnp.float32, jnp.bfloat16)
 TORCH = "PyTorch" if CPU else "PyTorch (cuDNN)"
+CPU_STEPS = {"mnist_cnn": 100, "activity": 300, "inception": 20}  # --cpu: timed steps per implementation
 RESULTS = []
 
 
-def median_ms(step, sync):
-    for _ in range(args.warmup):
-        sync(step())
-    times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        sync(step())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+class Timer:
+    """One implementation's step, warmed up on creation; run(n) -> the seconds of n more steps.
+    `check` (optional) runs after the timing and raises if the steps were not what they claim."""
+
+    def __init__(self, step, sync, check=None):
+        self.step, self.sync, self.check = step, sync, check
+        for _ in range(args.warmup):
+            sync(step())
+
+    def run(self, n):
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            self.sync(self.step())
+            times.append(time.perf_counter() - t0)
+        return times
 
 
-def record(case, impl, fn, batch=None):
-    """fn() -> ms or (ms, note). `batch` (images per step) adds images/s to the markdown."""
-    extra = {"batch": batch} if batch else {}
-    try:
-        out = fn()
-        ms, note = out if isinstance(out, tuple) else (out, None)
-        RESULTS.append({"case": case, "impl": impl, "ms": ms, **extra, **({"note": note} if note else {})})
-        print(f"{case:42s} {impl:26s} {ms:9.3f} ms", flush=True)
-    except Exception as e:  # a backend that cannot run the case: keep the reason, go on
-        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        RESULTS.append({"case": case, "impl": impl, "ms": None, "error": msg, **extra})
-        print(f"{case:42s} {impl:26s}   n/a  ({msg})", flush=True)
-    gc.collect()  # the case's buffers go before the next one's; PyTorch's cache back to the device
+def _error(e):
+    return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+
+
+def _free():
+    gc.collect()  # the buffers go before the next implementation's; PyTorch's cache back to the device
     if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
         sys.modules["torch"].cuda.empty_cache()
+
+
+def record(case, key, impls, batch=None):
+    """impls: [(impl, fn)], fn() -> Timer or (Timer, note). Times each implementation's steps
+    (--steps, or the case key's default), one after the other or interleaved in --rounds rounds;
+    records the medians. `batch` (images per step) adds images/s to the markdown."""
+    steps = args.steps or (CPU_STEPS[key] if args.cpu else 20)
+    extra = {"batch": batch} if batch else {}
+    timers, notes, times = {}, {}, {}
+
+    def fail(impl, e):  # a backend that cannot run the case: keep the reason, go on
+        RESULTS.append({"case": case, "impl": impl, "ms": None, "error": _error(e), **extra})
+        print(f"{case:42s} {impl:26s}   n/a  ({_error(e)})", flush=True)
+
+    def done(impl):
+        try:
+            if timers[impl].check:
+                timers[impl].check()
+            ms = statistics.median(times[impl]) * 1e3
+        except Exception as e:
+            return fail(impl, e)
+        RESULTS.append({"case": case, "impl": impl, "ms": ms, "steps": len(times[impl]), **extra,
+                        **({"note": notes[impl]} if notes.get(impl) else {})})
+        print(f"{case:42s} {impl:26s} {ms:9.3f} ms", flush=True)
+
+    for impl, fn in impls:
+        try:
+            out = fn()
+            timers[impl], notes[impl] = out if isinstance(out, tuple) else (out, None)
+            times[impl] = [] if args.rounds > 1 else timers[impl].run(steps)
+        except Exception as e:
+            timers.pop(impl, None)
+            fail(impl, e)
+            _free()
+            continue
+        if args.rounds == 1:
+            done(impl)
+            del timers[impl]
+            _free()
+    if args.rounds > 1:
+        per = -(-steps // args.rounds)
+        for r in range(args.rounds):
+            order = list(timers)
+            for impl in order[r % len(order):] + order[:r % len(order)]:  # each leads in turn
+                if impl in times:
+                    try:
+                        times[impl] += timers[impl].run(per)
+                    except Exception as e:
+                        del times[impl]
+                        fail(impl, e)
+        for impl in list(timers):
+            if impl in times:
+                done(impl)
+        timers.clear()
+        _free()
 
 
 def jsync(x):
@@ -104,7 +167,7 @@ def jsync(x):
 
 
 def time_state_step(step, state, batch):
-    """Median ms of `state, loss = step(state, batch)` jitted with the state donated; the step
+    """A Timer of `state, loss = step(state, batch)` jitted with the state donated; the step
     must trace once (a retrace per step would time the compiler)."""
     traces = [0]
 
@@ -117,10 +180,11 @@ def time_state_step(step, state, batch):
     def run():
         st[0], loss = f(st[0], batch)
         return loss
-    ms = median_ms(run, jsync)
-    if traces[0] != 1:
-        raise RuntimeError(f"the step was traced {traces[0]} times")
-    return ms
+
+    def check():
+        if traces[0] != 1:
+            raise RuntimeError(f"the step was traced {traces[0]} times")
+    return Timer(run, jsync, check)
 
 
 def optax_step(loss_fn, opt):
@@ -141,7 +205,7 @@ def torch_env():
     return torch, dev, (lambda _: torch.cuda.synchronize()) if dev == "cuda" else (lambda _: None)
 
 
-def torch_train_ms(net, opt, x, y, sync, autocast=None):
+def torch_train_timer(net, opt, x, y, sync, autocast=None):
     """One PyTorch training step: zero_grad, forward (under `autocast`, a dtype), cross entropy, step."""
     import torch
 
@@ -152,7 +216,7 @@ def torch_train_ms(net, opt, x, y, sync, autocast=None):
         loss.backward()
         opt.step()
         return loss
-    return median_ms(run, sync)
+    return Timer(run, sync)
 
 
 # ---- LeNet-5 (28x28x1, Adam) ----
@@ -181,9 +245,7 @@ def bench_lenet(batch):
         p, opt = xm.lenet_init(jax.random.key(0)), optax.adam(1e-3)
         return time_state_step(optax_step(xm.lenet_loss, opt), (p, opt.init(p)), (x, y))
 
-    record(case, "jax_mps", mps_case)
-    record(case, "XLA native", xla_case)
-    record(case, TORCH, lambda: torch_lenet(batch))
+    record(case, "lenet", [("jax_mps", mps_case), ("XLA native", xla_case), (TORCH, lambda: torch_lenet(batch))])
 
 
 def torch_mnist_step_ms(torch, net, batch, dev, sync):
@@ -191,7 +253,7 @@ def torch_mnist_step_ms(torch, net, batch, dev, sync):
     opt = torch.optim.Adam(net.parameters(), 1e-3, fused=True)
     x = torch.randn(batch, 1, 28, 28, device=dev)
     y = torch.randint(0, 10, (batch,), device=dev)
-    return torch_train_ms(net, opt, x, y, sync)
+    return torch_train_timer(net, opt, x, y, sync)
 
 
 def torch_lenet(batch):
@@ -224,9 +286,9 @@ def bench_mnist_cnn(batch):
         p = xm.cnn_init(jax.random.key(0))
         return time_state_step(step, (p, opt.init(p), jax.random.key(1)), (x, y))
 
-    record(case, "jax_mps", lambda: jax_case(mm.cnn_mps, mps.optim.adam(1e-3), True))
-    record(case, "XLA native", lambda: jax_case(xm.cnn_loss, optax.adam(1e-3), False))
-    record(case, TORCH, lambda: torch_mnist_cnn(batch))
+    record(case, "mnist_cnn", [("jax_mps", lambda: jax_case(mm.cnn_mps, mps.optim.adam(1e-3), True)),
+                               ("XLA native", lambda: jax_case(xm.cnn_loss, optax.adam(1e-3), False)),
+                               (TORCH, lambda: torch_mnist_cnn(batch))])
 
 
 def torch_mnist_cnn(batch):
@@ -270,11 +332,10 @@ def bench_activity(batch):
         params, bn_stats = xm.activity_init(jax.random.PRNGKey(0), cudnn)
         return time_state_step(step, (params, bn_stats, opt.init(params), jax.random.PRNGKey(1)), (x, labels))
 
-    record(case, "jax_mps", mps_case)
-    record(case, "XLA native", lambda: xla_case(False))
+    impls = [("jax_mps", mps_case), ("XLA native", lambda: xla_case(False))]
     if not args.cpu:  # cuDNN only
-        record(case, "XLA jax.experimental.rnn", lambda: xla_case(True))
-    record(case, TORCH, lambda: torch_activity(batch, lr))
+        impls.append(("XLA jax.experimental.rnn", lambda: xla_case(True)))
+    record(case, "activity", impls + [(TORCH, lambda: torch_activity(batch, lr))])
 
 
 def torch_activity(batch, lr):
@@ -284,7 +345,7 @@ def torch_activity(batch, lr):
     opt = torch.optim.Adam(net.parameters(), lr, fused=True)
     x = torch.randn(batch, 6, 2000, device=dev)
     y = torch.randint(0, xm.ACT_CLASSES, (batch,), device=dev).repeat_interleave(xm.ACT_STEPS)
-    return torch_train_ms(net, opt, x, y, sync)
+    return torch_train_timer(net, opt, x, y, sync)
 
 
 # ---- LSTM forward + backward (one layer, batch-major input) ----
@@ -295,14 +356,15 @@ def bench_lstm(T, B, I, H):
 
     def grad_case(loss, params):
         f = jax.jit(jax.grad(loss, argnums=(0, 1)))
-        return median_ms(lambda: f(params, x), jsync)
+        return Timer(lambda: f(params, x), jsync)
 
     params = mps.init_lstm(jax.random.key(0), I, H)
-    record(case, "jax_mps", lambda: grad_case(lambda p, x: jnp.sum(mps.lstm(x, p)[0]), params))
-    record(case, "XLA lax.scan", lambda: grad_case(lambda p, x: jnp.sum(xm.scan_lstm(p[0][0], x)), params))
-    record(case, "XLA jax.experimental.rnn", lambda: grad_case(
-        lambda w, x: jnp.sum(xm.cudnn_lstm(w, x, H)), xm.init_cudnn_lstm(jax.random.key(0), I, H)))
-    record(case, TORCH, lambda: torch_lstm(T, B, I, H))
+    record(case, "lstm", [
+        ("jax_mps", lambda: grad_case(lambda p, x: jnp.sum(mps.lstm(x, p)[0]), params)),
+        ("XLA lax.scan", lambda: grad_case(lambda p, x: jnp.sum(xm.scan_lstm(p[0][0], x)), params)),
+        ("XLA jax.experimental.rnn", lambda: grad_case(
+            lambda w, x: jnp.sum(xm.cudnn_lstm(w, x, H)), xm.init_cudnn_lstm(jax.random.key(0), I, H))),
+        (TORCH, lambda: torch_lstm(T, B, I, H))])
 
 
 def torch_lstm(T, B, I, H):
@@ -314,7 +376,7 @@ def torch_lstm(T, B, I, H):
         y, _ = net(x)
         y.sum().backward()
         return y
-    return median_ms(run, sync)
+    return Timer(run, sync)
 
 
 # ---- InceptionV3 (299x299x3, 1000 classes, Adam), float32 and bfloat16 ----
@@ -356,9 +418,8 @@ def bench_inception(batch, size, dtype):
             return (optax.apply_updates(params, u), stats, s), loss
         return time_state_step(step, (v["params"], v["batch_stats"], opt.init(v["params"])), (x, y))
 
-    record(case, "jax_mps", mps_case, batch)
-    record(case, "XLA native", xla_case, batch)
-    record(case, TORCH, lambda: torch_inception(x_np, y_np, dtype), batch)
+    record(case, "inception", [("jax_mps", mps_case), ("XLA native", xla_case),
+                               (TORCH, lambda: torch_inception(x_np, y_np, dtype))], batch)
 
 
 def torch_inception(x_np, y_np, dtype):
@@ -370,14 +431,14 @@ def torch_inception(x_np, y_np, dtype):
     x = torch.from_numpy(x_np).permute(0, 3, 1, 2).to(dev).contiguous(memory_format=torch.channels_last)
     y = torch.from_numpy(y_np).long().to(dev)
     bf16 = jnp.dtype(dtype) == jnp.bfloat16
-    ms = torch_train_ms(net, opt, x, y, sync, torch.bfloat16 if bf16 else None)
-    return ms, f"{source}, channels_last" + (", autocast bfloat16" if bf16 else "")
+    timer = torch_train_timer(net, opt, x, y, sync, torch.bfloat16 if bf16 else None)
+    return timer, f"{source}, channels_last" + (", autocast bfloat16" if bf16 else "")
 
 
 def write():
     os.makedirs(args.out, exist_ok=True)
     meta = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__, "backends": mps.backends(),
-            "steps": args.steps, "warmup": args.warmup, "cpu_smoke": SMOKE}
+            "warmup": args.warmup, "rounds": args.rounds, "cpu_smoke": SMOKE}
     try:
         import torch
         meta["torch"] = torch.__version__
@@ -389,8 +450,10 @@ def write():
     order = ["jax_mps", "XLA native", "XLA lax.scan", "XLA jax.experimental.rnn", TORCH]
     impls = sorted(dict.fromkeys(r["impl"] for r in RESULTS), key=lambda i: order.index(i) if i in order else 99)
     where = "CPU smoke run" if SMOKE else f"CPU ({os.cpu_count()} cores)" if CPU else "GPU"
-    lines = [f"{where}: {meta['device']}, jax {meta['jax']}, median of {args.steps} "
-             f"steps after {args.warmup} warm-up (ms; lower is better; ratio = other / jax_mps; "
+    steps = sorted({r["steps"] for r in RESULTS if r.get("steps")})
+    how = f"interleaved in {args.rounds} rounds" if args.rounds > 1 else "one implementation after the other"
+    lines = [f"{where}: {meta['device']}, jax {meta['jax']}, median of {'/'.join(map(str, steps))} steps "
+             f"after {args.warmup} warm-up, {how} (ms; lower is better; ratio = other / jax_mps; "
              f"img/s for InceptionV3)", "",
              "| case | " + " | ".join(impls) + " |", "|---" * (len(impls) + 1) + "|"]
     for c in cases:
