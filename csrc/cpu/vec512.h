@@ -6,6 +6,7 @@
 // GCC 12 warns inside its own unmasked AVX-512 intrinsics (_mm512_undefined_ps operands).
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 #pragma GCC diagnostic pop
 
