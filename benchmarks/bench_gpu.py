@@ -469,7 +469,8 @@ def write():
             else:
                 cell = f"{r['ms']:.3f}" + (f" ({r['ms'] / base:.2f}x)" if i != "jax_mps" and base else "")
                 if r.get("batch"):
-                    cell += f", {r['batch'] / r['ms'] * 1e3:.0f} img/s"
+                    ips = r["batch"] / r["ms"] * 1e3
+                    cell += f", {ips:.0f} img/s" if ips >= 100 else f", {ips:.3g} img/s"
                 cells.append(cell)
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     notes = [f"- {r['case']}, {r['impl']}: {r['note']}" for r in RESULTS if r.get("note")]
