@@ -19,6 +19,8 @@ fi
 cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DJAX_MPS_CUDA=ON \
   -DPython_EXECUTABLE="$(command -v "$PY")"
 cmake --build build/gpu -j"$(nproc)"
+# Each pytest-xdist worker would otherwise take 75% of the GPU up front (-n 8 on an 80 GB card: OOM).
+export XLA_PYTHON_CLIENT_PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}
 # The source tree too: the example tests run examples/*.py in a subprocess.
 export PYTHONPATH=$PWD:$PWD/build/gpu${PYTHONPATH:+:$PYTHONPATH}
 JAX_MPS_TEST_BACKENDS=${JAX_MPS_TEST_BACKENDS:-cuda} "$PY" -m pytest tests -q -rfE "$@"
