@@ -1,8 +1,11 @@
 // AVX-512 versions of the transcendental element-wise functions, for kernels whose generic loops
 // GCC vectorises poorly (the LSTM cell: five exps and five divisions an element ran at ~12 cycles
-// an element; these take ~7). Callers check HasAvx512() and keep a generic path.
+// an element; these take ~7). Callers check HasAvx512() and keep a generic path, which
+// JAX_MPS_NO_AVX512=1 selects on AVX-512 machines too (tests/test_isa.py runs both).
 #pragma once
 #if defined(__x86_64__)
+#include <cstdlib>
+#include <cstring>
 // GCC 12 warns inside its own unmasked AVX-512 intrinsics (_mm512_undefined_ps operands).
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -16,7 +19,10 @@
 namespace jax_mps::cpu {
 
 inline bool HasAvx512() {
-  static const bool has = __builtin_cpu_supports("avx512f");
+  static const bool has = [] {
+    const char* off = std::getenv("JAX_MPS_NO_AVX512");
+    return __builtin_cpu_supports("avx512f") && !(off && off[0] && std::strcmp(off, "0") != 0);
+  }();
   return has;
 }
 
