@@ -191,7 +191,6 @@ ffi::Error Cpu::DropoutFwd(Ctx, const DropoutDesc& d, Buf key, Buf x, Buf y, Buf
   float* yp = yf.get();
   uint8_t* mp = static_cast<uint8_t*>(mask.untyped_data());
   const int64_t nchunks = (n + kChunk - 1) / kChunk;
-  // Philox costs ~1.7 ns an element on one thread (~15x a memory-bound pass): weighted as such.
 #if defined(__x86_64__)
   if (HasAvx512Bmi2()) {
     // ~0.3 ns an element: weighted as a memory-bound pass.
@@ -201,6 +200,7 @@ ffi::Error Cpu::DropoutFwd(Ctx, const DropoutDesc& d, Buf key, Buf x, Buf y, Buf
     return ffi::Error::Success();
   }
 #endif
+  // The generic Philox costs ~1.7 ns an element on one thread (~15x a memory-bound pass): weighted as such.
   ParallelFor(nchunks, 4 * n, [&](int64_t ch) {
     DropoutChunk(ch, n, offset / 4, k0, k1, k2, k3, keep_all, thr32, sc, xp, yp, mp);
   });
