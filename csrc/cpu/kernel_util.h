@@ -45,21 +45,24 @@ JAX_MPS_ALWAYS_INLINE float BitsToFloat(int32_t b) {
   return f;
 }
 
-// exp with Cephes' range reduction exp(x) = 2^n exp(r) and polynomial (~1 ulp), branch-free so
-// loops calling it vectorise. 2^n is applied as two factors, so results are right from FLT_MAX
+// Cephes' expf: exp(x) = 2^n exp(r), n = round(x log2 e), r = x - n ln 2 with ln 2 taken as
+// kExpLn2Hi - kExpLn2Lo, and exp(r) = 1 + r + r^2 P(r), P's coefficients highest first. Shared by
+// FastExp and vec512.h's ExpNonPos512.
+constexpr float kExpLog2e = 1.44269504088896341f, kExpLn2Hi = 0.693359375f, kExpLn2Lo = 2.12194440e-4f;
+constexpr float kExpP[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                            4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+
+// exp with Cephes' range reduction and polynomial above (~1 ulp), branch-free so loops calling it
+// vectorise. 2^n is applied as two factors, so results are right from FLT_MAX
 // down into the denormals (as XLA's exp); beyond them exact 0 / inf; NaN stays NaN.
 JAX_MPS_ALWAYS_INLINE float FastExp(float x) {
   float xc = x > 88.8f ? 88.8f : x;
   xc = xc < -104.f ? -104.f : xc;
   xc = x != x ? 0.f : xc;  // no float->int conversion of NaN below
-  const float n = (xc * 1.44269504088896341f + 12582912.f) - 12582912.f;  // 1.5 * 2^23: round to nearest
-  const float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
+  const float n = (xc * kExpLog2e + 12582912.f) - 12582912.f;  // 1.5 * 2^23: round to nearest
+  const float r = xc - n * kExpLn2Hi + n * kExpLn2Lo;
+  float p = kExpP[0];
+  for (int q = 1; q < 6; ++q) p = p * r + kExpP[q];
   p = p * r * r + r + 1.f;
   const int32_t ni = static_cast<int32_t>(n), n1 = ni >> 1, n2 = ni - n1;  // each in [-75, 64]
   const float e = p * BitsToFloat((n1 + 127) << 23) * BitsToFloat((n2 + 127) << 23);

@@ -6,6 +6,8 @@
 #if defined(__x86_64__)
 #include <cstdlib>
 #include <cstring>
+
+#include "cpu/kernel_util.h"
 // GCC 12 warns inside its own unmasked AVX-512 intrinsics (_mm512_undefined_ps operands).
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -26,21 +28,17 @@ inline bool HasAvx512() {
   return has;
 }
 
-// exp(x) for x <= 0 (NaN: any finite value; callers restore NaN): Cephes' range reduction and
-// polynomial as FastExp, the power of two applied by vscalefps (right down through the denormals;
+// exp(x) for x <= 0 (NaN: any finite value; callers restore NaN): kernel_util.h's Cephes range
+// reduction and polynomial (FastExp's), the power of two applied by vscalefps (right down through the denormals;
 // below -104 the result rounds to 0).
 JAX_MPS_AVX512_INLINE __m512 ExpNonPos512(__m512 x) {
   const __m512 xc = _mm512_max_ps(x, _mm512_set1_ps(-104.f));  // NaN -> -104
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(kExpLog2e)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
-  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kExpLn2Hi), xc);
+  r = _mm512_fmadd_ps(n, _mm512_set1_ps(kExpLn2Lo), r);
+  __m512 p = _mm512_set1_ps(kExpP[0]);
+  for (int q = 1; q < 6; ++q) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpP[q]));
   p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.f)));
   return _mm512_scalef_ps(p, n);
 }
