@@ -109,57 +109,52 @@ def _free():
 
 def record(case, key, impls, batch=None):
     """impls: [(impl, fn)], fn() -> Timer or (Timer, note). Times each implementation's steps
-    (--steps, or the case key's default), one after the other or interleaved in --rounds rounds;
-    records the medians. `batch` (images per step) adds images/s to the markdown."""
+    (--steps, or the case key's default): with --rounds 1 one after the other, each freeing its
+    memory first, else all set up and taking turns; records the medians. `batch` (images per
+    step) adds images/s to the markdown."""
     steps = args.steps or (CPU_STEPS[key] if args.cpu else 20)
     extra = {"batch": batch} if batch else {}
+    for group in ([[i] for i in impls] if args.rounds == 1 else [impls]):
+        _time(case, group, steps, extra)
+        _free()
+
+
+def _time(case, impls, steps, extra):
+    """Sets up `impls` and runs --rounds rounds of a slice of `steps` each (each implementation
+    leading in turn); an implementation that fails is recorded with its error and drops out."""
     timers, notes, times = {}, {}, {}
 
     def fail(impl, e):  # a backend that cannot run the case: keep the reason, go on
+        times.pop(impl, None)
         RESULTS.append({"case": case, "impl": impl, "ms": None, "error": _error(e), **extra})
         print(f"{case:42s} {impl:26s}   n/a  ({_error(e)})", flush=True)
-
-    def done(impl):
-        try:
-            if timers[impl].check:
-                timers[impl].check()
-            ms = statistics.median(times[impl]) * 1e3
-        except Exception as e:
-            return fail(impl, e)
-        RESULTS.append({"case": case, "impl": impl, "ms": ms, "steps": len(times[impl]), **extra,
-                        **({"note": notes[impl]} if notes.get(impl) else {})})
-        print(f"{case:42s} {impl:26s} {ms:9.3f} ms", flush=True)
 
     for impl, fn in impls:
         try:
             out = fn()
             timers[impl], notes[impl] = out if isinstance(out, tuple) else (out, None)
-            times[impl] = [] if args.rounds > 1 else timers[impl].run(steps)
+            times[impl] = []
         except Exception as e:
-            timers.pop(impl, None)
             fail(impl, e)
-            _free()
+    per = -(-steps // args.rounds)
+    for r in range(args.rounds):
+        order = list(times)
+        for impl in order[r % len(order):] + order[:r % len(order)] if order else []:
+            try:
+                times[impl] += timers[impl].run(per)
+            except Exception as e:
+                fail(impl, e)
+    for impl in list(times):
+        try:
+            if timers[impl].check:
+                timers[impl].check()
+        except Exception as e:
+            fail(impl, e)
             continue
-        if args.rounds == 1:
-            done(impl)
-            del timers[impl]
-            _free()
-    if args.rounds > 1:
-        per = -(-steps // args.rounds)
-        for r in range(args.rounds):
-            order = list(timers)
-            for impl in order[r % len(order):] + order[:r % len(order)]:  # each leads in turn
-                if impl in times:
-                    try:
-                        times[impl] += timers[impl].run(per)
-                    except Exception as e:
-                        del times[impl]
-                        fail(impl, e)
-        for impl in list(timers):
-            if impl in times:
-                done(impl)
-        timers.clear()
-        _free()
+        ms = statistics.median(times[impl]) * 1e3
+        RESULTS.append({"case": case, "impl": impl, "ms": ms, "steps": len(times[impl]), **extra,
+                        **({"note": notes[impl]} if notes.get(impl) else {})})
+        print(f"{case:42s} {impl:26s} {ms:9.3f} ms", flush=True)
 
 
 def jsync(x):
