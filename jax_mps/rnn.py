@@ -81,12 +81,14 @@ def _activation_code(activation, op):
 # ----------------------------------------------------------------------------- the runtime call
 
 # prec: the float32 GEMM precision code, read once at trace time so both passes use it.
-@partial(_ffi.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4, 5))
-def _core(cell, L, D, H, tm, prec, x, h0, c0, lens, weights):
-    return _core_fwd(cell, L, D, H, tm, prec, x, h0, c0, lens, weights)[0]
+# sg: whether the initial state's gradient is wanted (0 when it is the implicit zeros: the backward
+# then skips each chain's last recurrent GEMM and returns zeros for it).
+@partial(_ffi.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4, 5, 6))
+def _core(cell, L, D, H, tm, prec, sg, x, h0, c0, lens, weights):
+    return _core_fwd(cell, L, D, H, tm, prec, sg, x, h0, c0, lens, weights)[0]
 
 
-def _core_fwd(cell, L, D, H, tm, prec, x, h0, c0, lens, weights):
+def _core_fwd(cell, L, D, H, tm, prec, sg, x, h0, c0, lens, weights):
     T, B = (x.shape[0], x.shape[1]) if tm else (x.shape[1], x.shape[0])
     specs = (_ffi.spec(x.shape[:2] + (D * H,), x.dtype), _ffi.spec(h0.shape, h0.dtype),
              _ffi.spec(c0.shape, c0.dtype), _ffi.spec((_workspace_size(cell, L, D, H, T, B),), jnp.float32))
@@ -100,14 +102,14 @@ def _core_fwd(cell, L, D, H, tm, prec, x, h0, c0, lens, weights):
     return (y, hn, cn), (x, h0, c0, lens, weights, ws)
 
 
-def _core_bwd(cell, L, D, H, tm, prec, res, g):
+def _core_bwd(cell, L, D, H, tm, prec, sg, res, g):
     x, h0, c0, lens, weights, ws = res
     dy, dhn, dcn = g
     specs = [_ffi.spec(a.shape, a.dtype) for a in (x, h0, c0) + tuple(weights)]
     xb, cb = int(tm), (1 if c0.ndim == 3 else None)
     rule = Rule((xb, 1, cb, 0, 0, xb, 1, cb) + (None,) * len(weights), (xb, 1, cb) + (SUM,) * len(weights))
     out = _ffi.call("jax_mps_rnn_bwd", specs, x, h0, c0, lens, ws, dy, dhn, dcn, *weights, shard=rule, cell=cell,
-                    num_layers=L, num_dirs=D, hidden=H, time_major=tm, precision=prec)
+                    num_layers=L, num_dirs=D, hidden=H, time_major=tm, precision=prec, state_grads=sg)
     return out[0], out[1], out[2], None, tuple(out[3:])
 
 
@@ -196,10 +198,11 @@ def _run(cell, x, params, h0, c0, seq_lengths, time_major, op):
     gates = _GATES[cell]
     L, D, H, weights = _flatten_params(params, gates, x.shape[2], op)
     shape = (L * D, B, H)
+    sg = int(h0 is not None or c0 is not None)
     h0 = _state("h0", h0, shape, x.dtype, op)
     c0 = _state("c0", c0, shape, x.dtype, op) if cell == _LSTM else jnp.zeros((0,), x.dtype)
     lens = _lengths(seq_lengths, B, T, op)
-    return _core(cell, L, D, H, int(bool(time_major)), matmul_precision(), x, h0, c0, lens, weights)
+    return _core(cell, L, D, H, int(bool(time_major)), matmul_precision(), sg, x, h0, c0, lens, weights)
 
 
 # ----------------------------------------------------------------------------- public ops

@@ -34,6 +34,7 @@ LRN = dict(size=i64(3), alpha=f32(1e-4), beta=f32(0.75), k=f32(1))
 LOSS = dict(kind=i64(2), reduction=i64(2), param=f32(0))
 RNN = dict(cell=i64(0), num_layers=i64(1), num_dirs=i64(1), hidden=i64(2), time_major=i64(0),
            precision=i64(0))
+RNN_BWD = dict(RNN, state_grads=i64(1))
 RNN_W = [z((4, 8)), z((2, 8)), z((8,)), z((8,))]
 OPT = dict(rule=i64(0), n=i64(1), nslots=i64(0), write_updates=i64(0), b1=f32(0), b2=f32(0), ob1=f32(1),
            ob2=f32(1), eps=f32(0), momentum=f32(0), weight_decay=f32(0), nesterov=i64(0), amsgrad=i64(0),
@@ -99,7 +100,7 @@ BAD_RESULT = {
                 [sds((2, 3, 2)), sds((1, 2, 2)), sds((1, 2, 2)), sds((83,))], RNN),
     "rnn_bwd": ([z((2, 3, 4)), z((1, 2, 2)), z((1, 2, 2)), z((2,), S32), z((84,)), z((2, 3, 2)), z((1, 2, 2)),
                  z((1, 2, 2)), *RNN_W],
-                [sds((2, 3, 4)), sds((1, 2, 2)), sds((1, 2, 2)), sds((4, 8)), sds((2, 8)), sds((8,)), sds((7,))], RNN),
+                [sds((2, 3, 4)), sds((1, 2, 2)), sds((1, 2, 2)), sds((4, 8)), sds((2, 8)), sds((8,)), sds((7,))], RNN_BWD),
     "optim_step_fwd": ([*OPT_SCALARS, z((3,)), z((3,))], [sds((4,))], OPT),
     "optim_sqnorm_fwd": ([z(()), z((3,))], [sds((2,))], SQNORM),
 }
@@ -129,7 +130,7 @@ BAD_ATTR = {
     "rnn_bwd": ([z((2, 3, 4)), z((1, 2, 2)), z((1, 2, 2)), z((2,), S32), z((84,)), z((2, 3, 2)), z((1, 2, 2)),
                  z((1, 2, 2)), *RNN_W],
                 [sds((2, 3, 4)), sds((1, 2, 2)), sds((1, 2, 2)), sds((4, 8)), sds((2, 8)), sds((8,)), sds((8,))],
-                dict(RNN, precision=i64(-1))),
+                dict(RNN_BWD, state_grads=i64(2))),
     "optim_step_fwd": ([*OPT_SCALARS, z((3,)), z((3,))], [sds((3,))], dict(OPT, rule=i64(7))),
 }
 

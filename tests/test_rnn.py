@@ -108,6 +108,22 @@ def test_check_grads(cell):
     check_grads(f, args, order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "tanh", "relu"])
+def test_implicit_zero_state_backward(cell):
+    # Without h0 / c0 the backward skips each chain's last recurrent GEMM (dh0 is unread): the
+    # gradients of x and the weights are those of passing the zeros explicitly (dh0 computed).
+    params, x, _, _, lens = _case(cell, 2, True, 5, 4, 3, 4, False, "mixed", False, seed=5)
+    zeros = jnp.zeros((4, 4, 4), jnp.float32)
+
+    def loss(x, p, given):
+        state = dict(h0=zeros, c0=zeros if cell == "lstm" else None) if given else dict(h0=None, c0=None)
+        out = _run(cell, x, p, state["h0"], state["c0"], seq_lengths=lens)
+        return sum(jnp.sum(jnp.sin(o)) for o in jax.tree.leaves(out))
+
+    g = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
+    _tree_close(g(x, params, False), g(x, params, True), 1e-6, 1e-7, "grad")
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_packed_semantics(cell):
     # Outputs past each length are exactly zero; length 0 gives h_n = h0; the reverse direction of a

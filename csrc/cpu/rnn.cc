@@ -559,13 +559,22 @@ void Backward(const RnnDesc& d, const float* x, const int32_t* len, const std::v
             default:
               RnnBwdStep(m, H, t, len + b0, g, sB * W, d.cell == Cell::kRnnRelu, dyo, sB * DH, gx, sB * GH, dht, dhp);
           }
+          if (s == 0 && !d.state_grads) break;  // dh_{-1}: unread
           rec(gh, dhp);
           std::swap(dht, dhp);
         }
-        std::memcpy(dh0 + ld * B * H + b0 * H, dht, m * H * sizeof(float));
+        if (d.state_grads)
+          std::memcpy(dh0 + ld * B * H + b0 * H, dht, m * H * sizeof(float));
+        else
+          std::memset(dh0 + ld * B * H + b0 * H, 0, m * H * sizeof(float));
         if (local) Gemm('N', 'T', m * T, Il, GH, dgx + b0 * sB * GH, GH, p.w_ih, GH, beta, dX + b0 * sB * Il, Il);
       });
-      if (d.cell == Cell::kLstm) std::memcpy(dc0 + ld * B * H, dc, B * H * sizeof(float));
+      if (d.cell == Cell::kLstm) {
+        if (d.state_grads)
+          std::memcpy(dc0 + ld * B * H, dc, B * H * sizeof(float));
+        else
+          std::memset(dc0 + ld * B * H, 0, B * H * sizeof(float));
+      }
       if (!local) Gemm('N', 'T', rows, Il, GH, dgx, GH, p.w_ih, GH, beta, dX, Il);
       // Sums over every row; each result is written (beta = 0), never accumulated across calls.
       Parallel(nw, [&](int64_t i, int64_t n) {

@@ -420,11 +420,17 @@ ffi::Error Backward(const Ctx& s, const RnnDesc& d, ffi::AnyBuffer x, ffi::AnyBu
                                                                      dht, dc, dhp);
           return ffi::Error::Success();
         }));
+        if (st == 0 && !d.state_grads) break;  // dh_{-1}: unread
         JAX_MPS_RETURN_IF_ERROR(Gemm(op, hb, 'N', 'T', B, H, GH, dgh + t * sT * GH, sB * GH, w_hh, GH, 1.f, dhp, H));
         std::swap(dht, dhp);
       }
-      JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemcpyAsync(v[idh0] + ld * BH, dht, BH * sizeof(float),
-                                                       cudaMemcpyDeviceToDevice, s));
+      if (d.state_grads) {
+        JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemcpyAsync(v[idh0] + ld * BH, dht, BH * sizeof(float),
+                                                         cudaMemcpyDeviceToDevice, s));
+      } else {
+        JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(v[idh0] + ld * BH, 0, BH * sizeof(float), s));
+        if (lstm) JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(dc, 0, BH * sizeof(float), s));
+      }
       // The second direction adds its dx; the weight gradients are written, never accumulated.
       JAX_MPS_RETURN_IF_ERROR(Gemm(op, hb, 'N', 'T', rows, Il, GH, dgx, GH, w_ih, GH, k == 0 ? 0.f : 1.f, dX, Il));
       JAX_MPS_RETURN_IF_ERROR(Gemm(op, hb, 'T', 'N', Il, GH, rows, X, Il, dgx, GH, 0.f, dw_ih, GH));

@@ -16,6 +16,9 @@ struct RnnDesc {
   Cell cell;
   int64_t L, D, H, T, B, I;
   bool time_major;
+  // Backward only: whether dh0 / dc0 are wanted (0: the initial state was the implicit zeros, whose
+  // gradient nobody reads; the chains skip their last recurrent GEMM and write zeros).
+  bool state_grads = true;
   Precision precision = Precision::kDefault;  // of the float32 GEMMs (runtime/backend.h); the CPU ignores it
 
   int64_t G() const { return cell == Cell::kLstm ? 4 : cell == Cell::kGru ? 3 : 1; }
@@ -112,10 +115,12 @@ ffi::Error RnnBwd(typename B::Ctx ctx, ffi::AnyBuffer x, ffi::AnyBuffer h0, ffi:
                   ffi::AnyBuffer ws, ffi::AnyBuffer dy, ffi::AnyBuffer dhn, ffi::AnyBuffer dcn,
                   ffi::RemainingArgs w_list, ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::AnyBuffer> dh0,
                   ffi::Result<ffi::AnyBuffer> dc0, ffi::RemainingRets dw_list, int64_t cell, int64_t num_layers,
-                  int64_t num_dirs, int64_t hidden, int64_t time_major, int64_t precision) {
+                  int64_t num_dirs, int64_t hidden, int64_t time_major, int64_t precision, int64_t state_grads) {
   const char* op = "rnn_bwd";
   RnnDesc d;
   JAX_MPS_RETURN_IF_ERROR(MakeRnnDesc(cell, num_layers, num_dirs, hidden, time_major, precision, x.dimensions(), &d));
+  JAX_MPS_RETURN_IF_ERROR(CheckFlag(op, "state_grads", state_grads));
+  d.state_grads = state_grads != 0;
   Buffers w, dw;
   JAX_MPS_RETURN_IF_ERROR(DecodeAll(op, w_list, &w));
   JAX_MPS_RETURN_IF_ERROR(DecodeAll(op, dw_list, &dw));
@@ -142,7 +147,7 @@ auto RnnBwdBinding() {
       .RemainingArgs().template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>().template Ret<ffi::AnyBuffer>()
       .RemainingRets().template Attr<int64_t>("cell").template Attr<int64_t>("num_layers")
       .template Attr<int64_t>("num_dirs").template Attr<int64_t>("hidden").template Attr<int64_t>("time_major")
-      .template Attr<int64_t>("precision");
+      .template Attr<int64_t>("precision").template Attr<int64_t>("state_grads");
 }
 
 }  // namespace jax_mps
