@@ -130,7 +130,7 @@ BAD_ATTR = {
     "rnn_bwd": ([z((2, 3, 4)), z((1, 2, 2)), z((1, 2, 2)), z((2,), S32), z((84,)), z((2, 3, 2)), z((1, 2, 2)),
                  z((1, 2, 2)), *RNN_W],
                 [sds((2, 3, 4)), sds((1, 2, 2)), sds((1, 2, 2)), sds((4, 8)), sds((2, 8)), sds((8,)), sds((8,))],
-                dict(RNN_BWD, state_grads=i64(2))),
+                dict(RNN_BWD, precision=i64(-1))),
     "optim_step_fwd": ([*OPT_SCALARS, z((3,)), z((3,))], [sds((3,))], dict(OPT, rule=i64(7))),
 }
 
@@ -168,6 +168,12 @@ def test_inconsistent_result_is_an_error(name):
 def test_bad_attribute_is_an_error(name):
     with pytest.raises(Exception, match=OURS):
         _call(name, *BAD_ATTR[name])
+
+
+def test_rnn_bwd_state_grads_is_a_flag():
+    args, results, attrs = BAD_ATTR["rnn_bwd"]
+    with pytest.raises(Exception, match="state_grads must be 0 or 1"):
+        _call("rnn_bwd", args, results, dict(attrs, precision=i64(0), state_grads=i64(2)))
 
 
 @pytest.mark.parametrize("case", range(len(BAD_SCALAR)))
