@@ -121,6 +121,44 @@ def test_matches_optax(case):
             _close(getattr(s, ours), _find(s_ref, theirs), f"{case} {how} state.{ours}")
 
 
+# NaN / inf as optax treats them: a parameter only enters the update through a term that reads it
+# (an inf weight with plain Adam stays inf, never 0 * inf = NaN); jnp.maximum in AMSGrad's running
+# max keeps a NaN; `update` without params is the plain rule.
+NONFINITE_CASES = {**OPTAX_CASES,
+                   "amsgrad": (lambda: mps.optim.adam(1e-2, amsgrad=True), lambda: optax.amsgrad(1e-2),
+                               {"mu": "mu", "nu": "nu", "nu_max": "nu_max"})}
+
+
+@pytest.mark.parametrize("case", list(NONFINITE_CASES))
+def test_non_finite_like_optax(case):
+    make, make_ref, slots = NONFINITE_CASES[case]
+    opt, oref = make(), make_ref()
+    bad = [1.0, np.inf, -np.inf, np.nan, -2.0, 0.5, 3.0, -0.25]
+    params = {"w": jnp.asarray(bad, jnp.float32), "b": jnp.asarray([0.5, -1.0, 2.0], jnp.float32)}
+    grads = [{"w": jnp.full(8, 0.5, jnp.float32), "b": jnp.asarray([np.nan, 1.0, -1.0], jnp.float32)},
+             {"w": jnp.asarray(bad[::-1], jnp.float32), "b": jnp.asarray([0.25, np.inf, 0.5], jnp.float32)},
+             {"w": jnp.full(8, -0.5, jnp.float32), "b": jnp.asarray([1.0, 2.0, -np.inf], jnp.float32)}]
+    with np.errstate(invalid="ignore"):
+        p_ref, s_ref, s_upd = params, oref.init(params), opt.init(params)
+        p_app, s_app = jax.tree.map(jnp.copy, params), opt.init(params)
+        needs_params = case.startswith("adamw")
+        s_none, s_none_ref = opt.init(params), oref.init(params)
+        for g in grads:
+            u, s_upd = opt.update(g, s_upd, p_ref)
+            u_ref, s_ref = oref.update(g, s_ref, p_ref)
+            _close(u, u_ref, f"{case} updates")
+            p_app, s_app = opt.apply(p_app, g, s_app)
+            p_ref = optax.apply_updates(p_ref, u_ref)
+            _close(p_app, p_ref, f"{case} apply params")
+            if not needs_params:
+                u, s_none = opt.update(g, s_none)
+                u_ref, s_none_ref = oref.update(g, s_none_ref)
+                _close(u, u_ref, f"{case} updates without params")
+        for s, how in ((s_upd, "update"), (s_app, "apply")):
+            for ours, theirs in slots.items():
+                _close(getattr(s, ours), _find(s_ref, theirs), f"{case} {how} state.{ours}")
+
+
 # (rule, hyperparameters for both mps factory and the reference)
 REF_CASES = {
     "amsgrad": ("adam", dict(amsgrad=True)),
@@ -356,3 +394,29 @@ def test_runtime_validation():
     for operands, results, over in bad:
         with pytest.raises(Exception, match="optim"):
             jax.block_until_ready(_raw_step(operands, results, **over))
+
+
+def test_array_hyperparameters_and_inject_hyperparams():
+    # optax takes 0-d arrays for numbers; inject_hyperparams passes the learning rate traced.
+    params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.ones(4)}
+    g = jax.tree.map(lambda p: jnp.cos(3.0 * p), params)
+    a = mps.optim.adam(jnp.float32(0.1), b1=np.float32(0.8), eps=jnp.asarray(1e-6))
+    u, _ = a.update(g, a.init(params), params)
+    u_ref, _ = optax.adam(0.1, b1=0.8, eps=1e-6).update(g, optax.adam(0.1).init(params), params)
+    _close(u, u_ref, "array hyperparameters")
+    static = ("b1", "b2", "eps", "gradient_rescale", "regularization_scale")
+    opt = optax.inject_hyperparams(mps.optim.adam, static_args=static)(learning_rate=0.05)
+    oref = optax.inject_hyperparams(optax.adam)(learning_rate=0.05)
+    s, s_ref, p, p_ref = opt.init(params), oref.init(params), params, params
+    step, step_ref = jax.jit(opt.update), jax.jit(oref.update)
+    for i in range(3):
+        s.hyperparams["learning_rate"] = s_ref.hyperparams["learning_rate"] = jnp.float32(0.05 / (i + 1))
+        u, s = step(g, s, p)
+        u_ref, s_ref = step_ref(g, s_ref, p_ref)
+        p, p_ref = optax.apply_updates(p, u), optax.apply_updates(p_ref, u_ref)
+    _close(p, p_ref, "inject_hyperparams")
+    with pytest.raises(TypeError, match="static_args"):  # b1 traced: compiled into the kernel
+        jax.jit(optax.inject_hyperparams(mps.optim.adam)(learning_rate=0.05).update)(
+            g, optax.inject_hyperparams(mps.optim.adam)(learning_rate=0.05).init(params), params)
+    with pytest.raises(ValueError, match="learning_rate"):
+        mps.optim.sgd(jnp.float32(-1.0))

@@ -47,13 +47,19 @@ struct Pre {
   float rescale, lo, hi, nscale, l1, l2;
 };
 
+// The parameter joins only through a term that is on (l1 / l2 > 0): 0 * inf would turn an inf or
+// NaN parameter into a NaN update where optax, not reading it, keeps the gradient's value.
 inline float Prep(float g, float p, Pre c) {
   g = g * c.rescale;
   g = std::min(std::max(g, c.lo), c.hi);
   g = g * c.nscale;
-  const float sg = float(p > 0.f) - float(p < 0.f);
-  return g + (c.l2 * p + c.l1 * sg);
+  const float sg = p > 0.f ? 1.f : p < 0.f ? -1.f : p;  // jnp.sign: NaN stays NaN
+  const float l2 = c.l2 > 0.f ? c.l2 * p : 0.f, l1 = c.l1 > 0.f ? c.l1 * sg : 0.f;
+  return g + (l2 + l1);
 }
+
+// jnp.maximum: NaN if either is NaN (std::max would keep the other).
+inline float NanMax(float a, float b) { return (a != a || b != b) ? a + b : std::max(a, b); }
 
 template <typename P>
 double SqNorm(const std::vector<Leaf>& leaves, const std::vector<Chunk>& chunks, const Pre& c) {
@@ -77,7 +83,7 @@ double SqNorm(const std::vector<Leaf>& leaves, const std::vector<Chunk>& chunks,
 // Per-rule hyperparameters resolved for this step.
 struct Hyper {
   float nlr;                 // -learning_rate
-  float keep;                // 1: out = p + delta (apply); 0: out = delta (optax updates)
+  bool keep;                 // out = p + delta (apply), else delta (optax updates; p unread)
   float b1, ob1, b2, ob2;    // adam b1/b2, rmsprop decay in b2; ob = 1 - b rounded from the
                              // caller's double (as optax), not from float b
   float bc1, bc2;            // adam bias corrections 1 - b^t
@@ -99,7 +105,8 @@ JAX_MPS_CLONES void StepChunk(const Leaf& L, int64_t b, int64_t e, const Pre& c,
   float* __restrict o1 = L.s_out[1];
   float* __restrict o2 = L.s_out[2];
   const Pre pre = c;
-  const float nlr = h.nlr, keep = h.keep, b1 = h.b1, ob1 = h.ob1, b2 = h.b2, ob2 = h.ob2;
+  const bool keep = h.keep;
+  const float nlr = h.nlr, b1 = h.b1, ob1 = h.ob1, b2 = h.b2, ob2 = h.ob2;
   // The bias corrections as reciprocals: a vector division costs ~5x a multiply (Adam had three
   // and a square root an element); the results move by at most an ulp.
   const float ibc1 = 1.f / h.bc1, ibc2 = 1.f / h.bc2, eps = h.eps, mom = h.mom, wd = h.wd;
@@ -126,11 +133,11 @@ JAX_MPS_CLONES void StepChunk(const Leaf& L, int64_t b, int64_t e, const Pre& c,
       o1[i] = v;
       float vh = v * ibc2;
       if constexpr (kAms) {
-        vh = std::max(a2[i], vh);
+        vh = NanMax(a2[i], vh);
         o2[i] = vh;
       }
       float u = (m * ibc1) / (std::sqrt(vh) + eps);
-      d = nlr * (u + wd * pv);
+      d = nlr * (wd > 0.f ? u + wd * pv : u);
     } else {  // optax.rmsprop: scale_by_rms / scale_by_stddev, lr, then trace
       float v = ob2 * (gv * gv) + b2 * a0[i];
       o0[i] = v;
@@ -149,7 +156,7 @@ JAX_MPS_CLONES void StepChunk(const Leaf& L, int64_t b, int64_t e, const Pre& c,
         d = t;
       }
     }
-    out[i] = St<P>(keep * pv + d);
+    out[i] = St<P>(keep ? pv + d : d);
   }
 }
 
@@ -242,7 +249,7 @@ ffi::Error Cpu::OptimStep(Ctx, const OptimDesc& d, Buf lr, Buf count, Buf sqnorm
   }
   Hyper h;
   h.nlr = -static_cast<const float*>(lr.untyped_data())[0];
-  h.keep = d.write_updates ? 0.f : 1.f;
+  h.keep = !d.write_updates;
   h.b1 = d.b1; h.ob1 = d.ob1;
   h.b2 = d.b2; h.ob2 = d.ob2;
   // As optax: 1 - b**count in float32.

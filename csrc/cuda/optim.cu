@@ -73,7 +73,6 @@ __global__ void StepK(LeafTable t, StepArgs a, const float* lr, const int32_t* c
                       const float* grad_scale, const double* int_sq) {
   const Pre pre = WithScale(a.pre, grad_scale);
   const float nlr = -lr[0];
-  const float keep = a.write_updates ? 0.f : 1.f;
   const float tc = float(count[0]);
   const float bc1 = 1.f - powf(a.b1, tc), bc2 = 1.f - powf(a.b2, tc);  // as optax: 1 - b**count in float32
   float nscale = 1.f;
@@ -89,8 +88,10 @@ __global__ void StepK(LeafTable t, StepArgs a, const float* lr, const int32_t* c
     float *o0 = t.s_out[0][l], *o1 = t.s_out[1][l], *o2 = t.s_out[2][l];
     JAX_MPS_GRID_STRIDE(i, t.size[l]) {
       const float pv = Ld(p[i]);
-      const float sg = float(pv > 0.f) - float(pv < 0.f);
-      const float gv = Clip(Ld(g[i]), pre) * nscale + (pre.l2 * pv + pre.l1 * sg);
+      // As the CPU: the parameter joins only through a term that is on (0 * inf is NaN).
+      const float sg = pv > 0.f ? 1.f : pv < 0.f ? -1.f : pv;  // jnp.sign: NaN stays NaN
+      const float l2 = pre.l2 > 0.f ? pre.l2 * pv : 0.f, l1 = pre.l1 > 0.f ? pre.l1 * sg : 0.f;
+      const float gv = Clip(Ld(g[i]), pre) * nscale + (l2 + l1);
       float d;
       if (a.rule == OptRule::kSgd) {
         float u = gv;
@@ -107,10 +108,12 @@ __global__ void StepK(LeafTable t, StepArgs a, const float* lr, const int32_t* c
         o1[i] = v;
         float vh = v / bc2;
         if (a.ams) {
-          vh = a2[i] < vh ? vh : a2[i];  // std::max, as the CPU (NaN in the running max stays)
+          const float prev = a2[i];  // jnp.maximum, as the CPU: NaN if either is NaN
+          vh = (prev != prev || vh != vh) ? prev + vh : fmaxf(prev, vh);
           o2[i] = vh;
         }
-        d = nlr * ((m / bc1) / (sqrtf(vh) + a.eps) + a.wd * pv);
+        const float u = (m / bc1) / (sqrtf(vh) + a.eps);
+        d = nlr * (a.wd > 0.f ? u + a.wd * pv : u);
       } else {
         const float v = a.ob2 * (gv * gv) + a.b2 * a0[i];
         o0[i] = v;
@@ -129,7 +132,7 @@ __global__ void StepK(LeafTable t, StepArgs a, const float* lr, const int32_t* c
           d = tr;
         }
       }
-      out[i] = St<P>(keep * pv + d);
+      out[i] = St<P>(a.write_updates ? d : pv + d);  // updates: p unread (0 * inf)
     }
   }
 }
