@@ -81,6 +81,8 @@ def _key_data(key):
 
 def dropout(key, x, rate, *, deterministic=False):
     """Zero each element of x with probability `rate` and scale the kept ones by 1 / (1 - rate)."""
+    if isinstance(rate, (str, bytes)):  # float("0.5") would take it
+        raise TypeError(f"dropout: `rate` must be a float in [0, 1], got {type(rate).__name__} {rate!r}")
     try:
         r = float(rate)
     except (TypeError, jax.errors.ConcretizationTypeError):

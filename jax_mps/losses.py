@@ -232,5 +232,6 @@ def hinge_loss(pred, target, *, weights=None, reduction="mean"):
 
 def kl_divergence(log_pred, target, *, weights=None, reduction="mean"):
     """sum over the non-batch axes of target * (log(target) - log_pred), 0 where target == 0
-    (torch KLDivLoss with log_target=False)."""
+    (torch KLDivLoss with log_target=False); its gradient w.r.t. target is NaN there, as optax's
+    and torch's."""
     return _elementwise(_KL, log_pred, target, weights, reduction, 0.0, "kl_divergence", "log_pred", "target")

@@ -118,6 +118,8 @@ def test_bad_input():
             mps.dropout(key, x, rate)
     with pytest.raises(ValueError, match="rate"):
         jax.jit(lambda r: mps.dropout(key, x, r))(0.5)
+    with pytest.raises(TypeError, match="rate"):
+        mps.dropout(key, x, "0.5")
     with pytest.raises(TypeError, match="float32"):
         mps.dropout(key, jnp.ones((2, 3), jnp.int32), 0.5)
     with pytest.raises(TypeError, match="key"):

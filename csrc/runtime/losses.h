@@ -129,7 +129,8 @@ JAX_MPS_HD inline ElemGrad ElemLossGrad(LossKind k, float p, float t, float delt
       const float v = 1.f - t * p;
       return {v > 0.f ? -t : (v == 0.f ? -0.5f * t : 0.f), 0.f};
     }
-    case LossKind::kKL: return {-t, t == 0.f ? 0.f : std::log(t) - p + 1.f};
+    // d/dt of xlogy(t, t) at t == 0 is NaN in optax and torch alike (log t + t / t); so here.
+    case LossKind::kKL: return {-t, t == 0.f ? __builtin_nanf("") : std::log(t) - p + 1.f};
     default: return {0.f, 0.f};
   }
 }
