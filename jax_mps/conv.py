@@ -236,9 +236,8 @@ def conv_transpose2d(x, w, b=None, *, stride=1, padding="SAME", dilation=1, acti
     y = _op(x, w, b, ("conv", (x.shape[0],) + tuple(out) + (cout,), attrs))
     if all(e == (0, 0) for e in extra):
         return y
-    # crop where padding was negative
-    y = y[:, max(-extra[0][0], 0):y.shape[1] - max(-extra[0][1], 0),
-          max(-extra[1][0], 0):y.shape[2] - max(-extra[1][1], 0)]
+    # Grow first, then crop where padding was negative: a crop on one side may reach into the
+    # rows grown on the other.
     grow = [(max(lo, 0), max(hi, 0)) for lo, hi in extra]
     if any(g for pair in grow for g in pair):
         from .activations import activation as _activation
@@ -251,7 +250,8 @@ def conv_transpose2d(x, w, b=None, *, stride=1, padding="SAME", dilation=1, acti
         H, W = h + grow[0][0] + grow[0][1], wd + grow[1][0] + grow[1][1]
         y = jnp.broadcast_to(fill, (n, H, W, cout)).at[:, grow[0][0]:grow[0][0] + h,
                                                        grow[1][0]:grow[1][0] + wd].set(y)
-    return y
+    return y[:, max(-extra[0][0], 0):y.shape[1] - max(-extra[0][1], 0),
+             max(-extra[1][0], 0):y.shape[2] - max(-extra[1][1], 0)]
 
 
 def dense(x, w, b=None, *, activation=None, accumulate=None):

@@ -45,6 +45,9 @@ CONV2D = [
     ((2, 8, 7, 3), (5, 5, 3, 4), (1, 2), "SAME", 1, 1, False, "relu"),
     ((1, 4, 3, 33), (2, 3, 33, 3), (2, 1), "SAME", 1, 1, True, "relu"),      # Cin >= 32: oneDNN backward
     ((2, 5, 4, 32), (3, 3, 32, 5), 1, ((2, 0), (1, 3)), (1, 2), 1, False, "gelu"),
+    # the input cropped away entirely: every output is act(b), and dy still reaches b
+    ((1, 4, 1, 2), (3, 1, 2, 2), 1, ((2, 1), (-1, 3)), 1, 1, True, ("leaky_relu", {"alpha": 0.2})),
+    ((2, 3, 2, 3), (2, 2, 3, 4), 1, ((-3, 2), (1, 1)), 1, 1, True, None),
 ]
 
 
@@ -73,6 +76,7 @@ CONV1D = [
     ((2, 12, 2), (4, 2, 3), 4, "VALID", 1, 1, False, ("elu", {"alpha": 0.5})),
     ((2, 13, 2), (4, 2, 3), 4, "VALID", 1, 1, True, "relu"),       # a trailing sample left over
     ((2, 12, 2), (4, 2, 3), 4, ((0, 3),), 1, 1, True, None),        # high padding never reached
+    ((2, 0, 3), (1, 3, 2), 1, ((2, 2),), 1, 1, True, "relu"),         # no input: padding only
 ]
 
 
@@ -95,6 +99,11 @@ CONVT = [
     ((2, 4, 4, 3), (3, 3, 3, 2), 2, 1, 1, True, "tanh"),            # int padding
     ((1, 4, 5, 2), (3, 2, 2, 5), 1, ((3, -1), (-1, 4)), 1, True, ("leaky_relu", {"alpha": 0.1})),
     ((1, 3, 3, 3), (1, 1, 3, 2), 4, ((0, 0), (5, 5)), 1, False, None),  # padding beyond the kernel
+    # a crop on one side larger than the core output, the other side grown: grow, then crop
+    ((1, 1, 3, 1), (1, 1, 1, 2), 1, ((0, 0), (6, -4)), 1, True, None),
+    ((1, 1, 3, 2), (1, 1, 2, 1), 1, ((0, 0), (-4, 6)), 1, True, "relu"),
+    ((1, 1, 2, 2), (2, 2, 2, 3), (1, 3), ((1, 5), (5, -2)), (1, 2), True, "tanh"),
+    ((1, 3, 1, 2), (4, 1, 2, 2), 2, ((3, 3), (-2, 5)), (2, 1), True, None),
 ]
 
 

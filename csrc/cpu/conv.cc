@@ -447,6 +447,16 @@ bool AsDense(const ConvDesc& c, DenseDesc* d) {
   return true;
 }
 
+// db (n) = column sums of dz (rows, n).
+void BiasGrad(const float* dz, int64_t rows, int64_t n, float* db) {
+  std::fill(db, db + n, 0.f);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = dz + r * n;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) db[j] += row[j];
+  }
+}
+
 // The saved activation operand (ignored, and possibly any size, when there is no activation).
 const float* SavedOrNull(const F32In& s, const FusedDesc& f) { return f.act == Act::kNone ? nullptr : s.get(); }
 
@@ -534,7 +544,11 @@ ffi::Error Cpu::ConvBwdWeights(Ctx ctx, const ConvDesc& c, Buf x, Buf s, Buf dy,
   F32Out dwf(dw), dbf(db);
   if (dy.element_count() == 0 || x.element_count() == 0) {
     std::memset(dwf.get(), 0, dw.element_count() * sizeof(float));
-    if (c.has_bias) std::memset(dbf.get(), 0, db.element_count() * sizeof(float));
+    if (c.has_bias) {  // no input (padding only): every output is act(b), so dy still reaches b
+      F32In sf(s), dyf(dy);
+      const int64_t n = dy.element_count();
+      BiasGrad(n ? ActGrad(c, n, SavedOrNull(sf, c), dyf.get()) : nullptr, n / c.oc, c.oc, dbf.get());
+    }
     return ffi::Error::Success();
   }
   F32In xf(x), sf(s), dyf(dy);
@@ -609,16 +623,7 @@ ffi::Error Cpu::DenseBwdWeights(Ctx, const DenseDesc& d, Buf x, Buf s, Buf dy, B
   const float* dz = ActGrad(d, dy.element_count(), SavedOrNull(sf, d), dyf.get());
   auto p = GetMatmul(d.k, d.m, d.n, true, false, false, Act::kNone, 0.f);  // x^T @ dz
   RunMatmul(p, xf.get(), dz, nullptr, dwf.get());
-  if (d.has_bias) {
-    float* dbp = dbf.get();
-    const int64_t n = d.n;
-    std::fill(dbp, dbp + n, 0.f);
-    for (int64_t r = 0; r < d.m; ++r) {
-      const float* row = dz + r * n;
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) dbp[j] += row[j];
-    }
-  }
+  if (d.has_bias) BiasGrad(dz, d.m, d.n, dbf.get());
   return ffi::Error::Success();
 }
 

@@ -465,6 +465,15 @@ ffi::Error ConvBwdDataImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer s, ffi::An
   });
 }
 
+// db (n) = column sums of dz (rows, n), accumulated in double in acc (n).
+template <typename T>
+ffi::Error BiasGrad(const char* op, const Ctx& ctx, int64_t rows, int64_t n, const T* dz, double* acc, T* db) {
+  JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(acc, 0, n * sizeof(double), ctx.stream));
+  ColSumK<T><<<ColGrid(rows, n), dim3(kColX, kColY), 0, ctx.stream>>>(rows, n, dz, acc);
+  CastK<T><<<Blocks(n), 256, 0, ctx.stream>>>(n, acc, db);
+  return LaunchStatus(op);
+}
+
 // dw, db from x, the saved activation operand s and dy.
 ffi::Error ConvBwdWeightsImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer x, ffi::AnyBuffer s, ffi::AnyBuffer dy,
                               ffi::AnyBuffer dw, ffi::AnyBuffer db) {
@@ -478,8 +487,26 @@ ffi::Error ConvBwdWeightsImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer x, ffi:
     const int64_t nw = dw.element_count();
     if (dy.element_count() == 0 || x.element_count() == 0) {
       ZeroK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(nw, Ptr<T>(dw));
-      if (c.has_bias) ZeroK<T><<<Blocks(c.oc), 256, 0, ctx.stream>>>(c.oc, Ptr<T>(db));
-      return LaunchStatus(op);
+      if (!c.has_bias) return LaunchStatus(op);
+      const int64_t ny = dy.element_count();
+      if (ny == 0) {
+        ZeroK<T><<<Blocks(c.oc), 256, 0, ctx.stream>>>(c.oc, Ptr<T>(db));
+        return LaunchStatus(op);
+      }
+      // No input (padding only): every output is act(b), so dy still reaches b.
+      const bool act = c.act != Act::kNone;
+      Carve cv;
+      const size_t o_dz = cv.Add(act ? ny * sizeof(T) : 0), o_acc = cv.Add(c.oc * sizeof(double));
+      ffi::Error err;
+      char* ws = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
+      if (!ws) return err;
+      const T* dz = Ptr<const T>(dy);
+      if (act) {
+        T* q = reinterpret_cast<T*>(ws + o_dz);
+        DzK<T><<<Blocks(ny), 256, 0, ctx.stream>>>(ny, c.act, c.alpha, c.from_output, Ptr<const T>(s), dz, q);
+        dz = q;
+      }
+      return BiasGrad<T>(op, ctx, ny / c.oc, c.oc, dz, reinterpret_cast<double*>(ws + o_acc), Ptr<T>(db));
     }
     ConvWork<T> k;
     JAX_MPS_RETURN_IF_ERROR(MakeConvWork<T>(op, ctx, c, dt, 2, nw, nullptr, &s, &dy, c.has_bias, &k));
@@ -489,12 +516,7 @@ ffi::Error ConvBwdWeightsImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer x, ffi:
     JAX_MPS_RETURN_IF_ERROR(RunConv(op, k.h, k.plan.get(), 2, fx, fdy, k.wk, k.algo, k.algo_size));
     FilterK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(c.kh, c.kw, dw.dimensions()[2], c.oc, c.transpose, false, k.wk,
                                                     Ptr<T>(dw));
-    if (c.has_bias) {
-      JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(k.acc, 0, c.oc * sizeof(double), ctx.stream));
-      const int64_t rows = dy.element_count() / c.oc;
-      ColSumK<T><<<ColGrid(rows, c.oc), dim3(kColX, kColY), 0, ctx.stream>>>(rows, c.oc, k.dz, k.acc);
-      CastK<T><<<Blocks(c.oc), 256, 0, ctx.stream>>>(c.oc, k.acc, Ptr<T>(db));
-    }
+    if (c.has_bias) return BiasGrad<T>(op, ctx, dy.element_count() / c.oc, c.oc, k.dz, k.acc, Ptr<T>(db));
     return LaunchStatus(op);
   });
 }
@@ -691,12 +713,7 @@ ffi::Error DenseBwdWeightsImpl(Ctx ctx, const DenseDesc& d, ffi::AnyBuffer x, ff
     }
     // dw^T (N, K) = dz^T (N, M) @ x (M, K): x is stored as a column-major (K, M).
     JAX_MPS_RETURN_IF_ERROR(RunMatmul(op, ctx, h, p.get(), dz, x.untyped_data(), dw.untyped_data(), nullptr, ws + o_ws));
-    if (d.has_bias) {
-      double* acc = reinterpret_cast<double*>(ws + o_acc);
-      JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(acc, 0, d.n * sizeof(double), ctx.stream));
-      ColSumK<T><<<ColGrid(d.m, d.n), dim3(kColX, kColY), 0, ctx.stream>>>(d.m, d.n, dz, acc);
-      CastK<T><<<Blocks(d.n), 256, 0, ctx.stream>>>(d.n, acc, Ptr<T>(db));
-    }
+    if (d.has_bias) return BiasGrad<T>(op, ctx, d.m, d.n, dz, reinterpret_cast<double*>(ws + o_acc), Ptr<T>(db));
     return LaunchStatus(op);
   });
 }
