@@ -133,11 +133,11 @@ class BatchNorm(nnx.BatchNorm):
         return y
 
 
-def _first(*xs):
+def _first(*xs, what="a mode flag (use_running_average / deterministic)"):
     for x in xs:
         if x is not None:
             return x
-    raise ValueError("missing a mode flag (use_running_average / deterministic)")
+    raise ValueError(f"missing {what}")
 
 
 class Dropout(nnx.Dropout):
@@ -150,7 +150,8 @@ class Dropout(nnx.Dropout):
             return inputs
         if self.broadcast_dims:
             return super().__call__(inputs, deterministic=deterministic, rngs=rngs)
-        rngs = _first(rngs, self.rngs)
+        rngs = _first(rngs, self.rngs, what="rngs: `deterministic` is False, but no `rngs` argument was given "
+                                             "to the constructor or the call")
         if isinstance(rngs, rnglib.Rngs):
             key = rngs[self.rng_collection]()
         elif isinstance(rngs, rnglib.RngStream):
@@ -219,7 +220,8 @@ class RNN(nnx.RNN):
                "functions, inputs (B, T, F) or (T, B, F)) the whole sequence is one runtime call "
                "(mps.lstm / mps.gru). With seq_lengths, outputs past a sequence's length are zero "
                "(Flax leaves the values its scan computed there); the carry is the last valid step's, "
-               "as Flax's.")
+               "as Flax's, and the initial carry for a length-0 sequence (Flax's indexing takes "
+               "the last step's there).")
 
     def __call__(self, inputs, *, initial_carry=None, seq_lengths=None, return_carry=None, time_major=None,
                  reverse=None, keep_order=None, rngs=None):

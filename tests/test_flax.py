@@ -102,6 +102,8 @@ def test_dropout():
     np.testing.assert_allclose(np.asarray(g), np.asarray(y3) * 2, rtol=1e-6)
     assert (d(x, deterministic=True) == x).all()
     b = mf.Dropout(0.5, broadcast_dims=(1,), rngs=nnx.Rngs(0))(x)  # Flax's own code: one mask per row
+    with pytest.raises(ValueError, match="no `rngs`"):
+        mf.Dropout(0.5)(x)
     assert all(len(set(np.asarray(r).tolist())) == 1 for r in b[:10])
 
 

@@ -348,6 +348,8 @@ def test_bad_options():
         mps.graph.optimize(lax_cnn, fuse=1)
     with pytest.raises(TypeError, match="callable"):
         mps.graph.optimize(3)
+    with pytest.raises(TypeError, match="callable"):
+        mps.graph.explain(3, jnp.ones(3))
 
 
 # ---------------------------------------------------------------- HLO of optimized training steps

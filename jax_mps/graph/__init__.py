@@ -121,5 +121,7 @@ def optimize(fn, *, convert=True, fuse=True, concat=True):
 def explain(fn, *example_args, convert=True, fuse=True, concat=True, **example_kwargs):
     """Report of what `optimize(fn, ...)` does to each op of `fn` traced at `example_args`
     (arrays or jax.ShapeDtypeStruct). `str(report)` is a table; `report.counts` the totals."""
+    if not callable(fn):
+        raise TypeError(f"explain: `fn` must be callable, got {type(fn).__name__}")
     opts = _check_options(convert=convert, fuse=fuse, concat=concat)
     return _trace(fn, opts, example_args, example_kwargs)[2]
