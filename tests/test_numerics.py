@@ -531,3 +531,18 @@ def test_wide_integer_seq_lengths(dtype):
         assert np.all(np.asarray(y[1, 1:]) == 0)
         with pytest.raises(TypeError, match="int32"):
             jax.jit(lambda lens: mps.lstm(x, LSTM, seq_lengths=lens))(jnp.array([3, 1], dtype))
+
+
+def test_batch_norm_non_finite_statistics():
+    # mean as jnp.mean: +-inf for infs of one sign, NaN for mixed signs or a NaN; var and y NaN there.
+    x = np.random.default_rng(0).standard_normal((2, 5, 5, 5)).astype(np.float32)
+    x[0, 1, 2, 1] = np.inf
+    x[1, 3, 0, 2] = -np.inf
+    x[0, 0, 0, 3], x[1, 1, 1, 3] = np.inf, -np.inf
+    x[1, 4, 4, 4] = np.nan
+    y, mean, var = mps.batch_norm(jnp.asarray(x), jnp.ones(5), jnp.zeros(5))
+    with np.errstate(invalid="ignore"):
+        want_mean, want_var = x.reshape(-1, 5).mean(0), x.reshape(-1, 5).var(0)
+    assert_same(mean, want_mean, "mean")
+    assert_same(var, want_var, "var")
+    assert np.array_equal(np.isnan(np.asarray(y)).any(axis=(0, 1, 2)), [False, True, True, True, True])

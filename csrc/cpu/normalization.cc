@@ -111,7 +111,16 @@ void MeanVar(const float* x, const NormView& v, std::vector<double>& mean, std::
       }
       n = nn;
     }
-    for (int64_t c = 0; c < C; ++c) q[c] /= static_cast<double>(v.S);
+    for (int64_t c = 0; c < C; ++c) {
+      q[c] /= static_cast<double>(v.S);
+      // Non-finite input: the shifted sums give NaN where jnp.mean's plain sum gives +-inf (infs of
+      // one sign, no NaN); take the plain sum there, as CUDA's kernels do (rare, so not vectorised).
+      if (!std::isfinite(mu[c])) {
+        double sum = 0.0;
+        for (int64_t r = 0; r < v.S; ++r) sum += x[(g * v.S + r) * C + c];
+        mu[c] = sum / static_cast<double>(v.S);
+      }
+    }
   }
 }
 
