@@ -53,6 +53,15 @@ __global__ void DzK(int64_t n, Act act, float alpha, bool from_output, const T* 
   }
 }
 
+// dz = act'(.) * dy (n elements) into buf, or dy itself when there is no activation.
+template <typename T>
+const T* FormDz(const Ctx& ctx, const FusedDesc& f, int64_t n, const ffi::AnyBuffer& s, const T* dy, char* buf) {
+  if (f.act == Act::kNone) return dy;
+  T* q = reinterpret_cast<T*>(buf);
+  DzK<T><<<Blocks(n), 256, 0, ctx.stream>>>(n, f.act, f.alpha, f.from_output, Ptr<const T>(s), dy, q);
+  return q;
+}
+
 template <typename T>
 __global__ void ColSumK(int64_t rows, int64_t c, const T* v, double* acc) {
   const int64_t j = int64_t(blockIdx.x) * kColX + threadIdx.x;
@@ -400,12 +409,7 @@ ffi::Error MakeConvWork(const char* op, const Ctx& ctx, const ConvDesc& c, ffi::
   if (w)
     FilterK<T><<<Blocks(nw), 256, 0, ctx.stream>>>(c.kh, c.kw, w->dimensions()[2], c.oc, c.transpose, true,
                                                     Ptr<const T>(*w), k->wk);
-  k->dz = dy ? Ptr<const T>(*dy) : nullptr;
-  if (act) {
-    T* q = reinterpret_cast<T*>(ws + o_dz);
-    DzK<T><<<Blocks(ny), 256, 0, ctx.stream>>>(ny, c.act, c.alpha, c.from_output, Ptr<const T>(*s), k->dz, q);
-    k->dz = q;
-  }
+  k->dz = dy ? (act ? FormDz<T>(ctx, c, ny, *s, Ptr<const T>(*dy), ws + o_dz) : Ptr<const T>(*dy)) : nullptr;
   return ffi::Error::Success();
 }
 
@@ -500,12 +504,7 @@ ffi::Error ConvBwdWeightsImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer x, ffi:
       ffi::Error err;
       char* ws = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
       if (!ws) return err;
-      const T* dz = Ptr<const T>(dy);
-      if (act) {
-        T* q = reinterpret_cast<T*>(ws + o_dz);
-        DzK<T><<<Blocks(ny), 256, 0, ctx.stream>>>(ny, c.act, c.alpha, c.from_output, Ptr<const T>(s), dz, q);
-        dz = q;
-      }
+      const T* dz = FormDz<T>(ctx, c, ny, s, Ptr<const T>(dy), ws + o_dz);
       return BiasGrad<T>(op, ctx, ny / c.oc, c.oc, dz, reinterpret_cast<double*>(ws + o_acc), Ptr<T>(db));
     }
     ConvWork<T> k;
@@ -664,13 +663,7 @@ ffi::Error DenseBwdDataImpl(Ctx ctx, const DenseDesc& d, ffi::AnyBuffer s, ffi::
     ffi::Error err;
     char* ws = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
     if (!ws) return err;
-    const T* dz = Ptr<const T>(dy);
-    if (act) {
-      T* q = reinterpret_cast<T*>(ws + o_dz);
-      DzK<T><<<Blocks(d.m * d.n), 256, 0, ctx.stream>>>(d.m * d.n, d.act, d.alpha, d.from_output, Ptr<const T>(s), dz,
-                                                       q);
-      dz = q;
-    }
+    const T* dz = FormDz<T>(ctx, d, d.m * d.n, s, Ptr<const T>(dy), ws + o_dz);
     // dx^T (K, M) = w (K, N) @ dz^T (N, M): w is stored as a column-major (N, K).
     JAX_MPS_RETURN_IF_ERROR(RunMatmul(op, ctx, h, p.get(), w.untyped_data(), dz, dx.untyped_data(), nullptr, ws + o_ws));
     return LaunchStatus(op);
@@ -704,13 +697,7 @@ ffi::Error DenseBwdWeightsImpl(Ctx ctx, const DenseDesc& d, ffi::AnyBuffer x, ff
     ffi::Error err;
     char* ws = static_cast<char*>(Workspace(ctx, cv.total, op, &err));
     if (!ws) return err;
-    const T* dz = Ptr<const T>(dy);
-    if (act) {
-      T* q = reinterpret_cast<T*>(ws + o_dz);
-      DzK<T><<<Blocks(d.m * d.n), 256, 0, ctx.stream>>>(d.m * d.n, d.act, d.alpha, d.from_output, Ptr<const T>(s), dz,
-                                                       q);
-      dz = q;
-    }
+    const T* dz = FormDz<T>(ctx, d, d.m * d.n, s, Ptr<const T>(dy), ws + o_dz);
     // dw^T (N, K) = dz^T (N, M) @ x (M, K): x is stored as a column-major (K, M).
     JAX_MPS_RETURN_IF_ERROR(RunMatmul(op, ctx, h, p.get(), dz, x.untyped_data(), dw.untyped_data(), nullptr, ws + o_ws));
     if (d.has_bias) return BiasGrad<T>(op, ctx, d.m, d.n, dz, reinterpret_cast<double*>(ws + o_acc), Ptr<T>(db));
