@@ -175,10 +175,9 @@ def test_flax_pools_and_activations():
     x = _rand(0, (2, 8, 8, 300))
     acts = [jax.nn.relu, jax.nn.relu6, lambda v: jax.nn.leaky_relu(v, 0.1), lambda v: jax.nn.elu(v, 0.5),
             jax.nn.sigmoid, jax.nn.hard_sigmoid, jnp.tanh, jax.nn.softplus, jax.nn.soft_sign,
-            lambda v: jax.nn.gelu(v, approximate=False), jax.nn.gelu, lambda v: jnp.maximum(v, 0.0),
-            lambda v: jnp.where(v > 0, v, 0.3 * v)]
+            lambda v: jax.nn.gelu(v, approximate=False), jax.nn.gelu, lambda v: jnp.where(v >= 0, v, 0.3 * v)]
     names = ["relu", "relu6", "leaky_relu(alpha=0.1)", "elu(alpha=0.5)", "sigmoid", "hard_sigmoid", "tanh",
-             "softplus", "softsign", "gelu", "gelu(approximate=True)", "relu", "leaky_relu(alpha=0.3)"]
+             "softplus", "softsign", "gelu", "gelu(approximate=True)", "leaky_relu(alpha=0.3)"]
     for act, name in zip(acts, names):
         f = lambda x: nn.avg_pool(nn.max_pool(act(x), (2, 2), (2, 2)), (3, 3), padding="SAME")
         _check(f, (x,), (0,), rtol=1e-3, atol=1e-4)
@@ -413,3 +412,56 @@ def test_hlo_flax_training_steps():
     for text in (shlo, hlo):
         for op in ("convolution", "reduce_window", "select_and_scatter"):
             assert op not in text, op
+
+
+@jax.custom_vjp
+def _reverse_grad(x):
+    return x
+
+
+_reverse_grad.defvjp(lambda x: (x, None), lambda _, g: (-g,))
+
+
+@jax.custom_jvp
+def _straight_through_relu(x):
+    return jnp.maximum(x, 0.0)
+
+
+_straight_through_relu.defjvp(lambda p, t: (_straight_through_relu(p[0]), t[0]))
+
+# Element-wise code that agrees with an activation on ordinary values (or on values only) but not
+# at ties, tiny / huge magnitudes, inf or NaN, or not in its gradient rule: left exactly as written.
+LOOKALIKES = {
+    "stop_gradient": lambda x: lax.stop_gradient(x) * x,
+    "custom_vjp identity": _reverse_grad,
+    "custom_jvp relu": _straight_through_relu,
+    "clip(-30, 30)": lambda x: jnp.clip(20 * x, -30, 30),
+    "maximum(x, 1e-6)": lambda x: jnp.log(jnp.maximum(x, 1e-6)),
+    "sigmoid + 1e-6": lambda x: jnp.log(jax.nn.sigmoid(x * 50) + 1e-6),
+    "softplus + 1e-6": lambda x: jnp.log(jax.nn.softplus(x * 50) + 1e-6),
+    "nan_to_num": jnp.nan_to_num,
+    "maximum(x, 0)": lambda x: jnp.maximum(x, 0.0),       # gradient 0.5 at 0 (jax.nn.relu's: 0)
+    "where(x > 0)": lambda x: jnp.where(x > 0, x, 0.1 * x),  # gradient 0.1 at 0 (jax.nn.leaky_relu's: 1)
+    "clip(0, 6)": lambda x: jnp.clip(x, 0.0, 6.0),
+}
+
+
+@pytest.mark.parametrize("name", list(LOOKALIKES))
+def test_lookalike_activations_stay(name):
+    f = LOOKALIKES[name]
+    x = _rand(0, (16, 32), 4.0).at[0, :4].set(0.0).at[1, :3].set(jnp.array([jnp.nan, jnp.inf, -jnp.inf]))
+    fast = mps.graph.optimize(f)
+    r = mps.graph.explain(f, x)
+    assert not any(row[2] in ("converted", "fused") and row[1] != "custom_jvp_call" and "relu" in row[3]
+                   and name in ("maximum(x, 0)", "custom_jvp relu") for row in r.rows), str(r)
+    np.testing.assert_allclose(np.asarray(fast(x)), np.asarray(f(x)), rtol=1e-5, atol=0)
+    g = lambda h: jax.grad(lambda v: jnp.sum(jnp.where(jnp.isfinite(x), h(v), 0.0)))(x)
+    np.testing.assert_allclose(np.asarray(g(fast)), np.asarray(g(f)), rtol=1e-4, atol=1e-5)
+
+
+def test_dense_then_stop_gradient_is_not_fused():
+    x, w = _rand(0, (8, 16)), _rand(1, (16, 300))
+    f = lambda x, w: lax.stop_gradient(x @ w) * (x @ w)
+    _check(f, (x, w), (0, 1))
+    r = mps.graph.explain(f, x, w)
+    assert not any("leaky" in row[3] for row in r.rows), str(r)

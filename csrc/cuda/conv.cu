@@ -413,15 +413,10 @@ ffi::Error MakeConvWork(const char* op, const Ctx& ctx, const ConvDesc& c, ffi::
   return ffi::Error::Success();
 }
 
-ffi::Error ConvFwdImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
-                       ffi::AnyBuffer y) {
-  const char* op = c.transpose ? "conv_transpose_fwd" : "conv_fwd";
-  const ffi::DataType dt = x.element_type();
-  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&w, &y}));
-  if (c.has_bias) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&b}));
-  if (y.element_count() == 0) return ffi::Error::Success();
-  return DispatchFloat(op, dt, [&](auto tag) -> ffi::Error {
-    using T = decltype(tag);
+// The convolution of ConvFwdImpl (x non-empty), bias and activation not applied.
+template <typename T>
+ffi::Error ConvFwdCore(const char* op, Ctx ctx, const ConvDesc& c, ffi::DataType dt, ffi::AnyBuffer x,
+                       ffi::AnyBuffer w, ffi::AnyBuffer y) {
     ConvWork<T> k;
     const int kind = c.transpose ? 1 : 0;
     JAX_MPS_RETURN_IF_ERROR(MakeConvWork<T>(op, ctx, c, dt, kind, w.element_count(), &w, nullptr, nullptr, false, &k));
@@ -432,6 +427,23 @@ ffi::Error ConvFwdImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer x, ffi::AnyBuf
       JAX_MPS_RETURN_IF_ERROR(
           RunConv(op, k.h, k.plan.get(), 1, k.wk, x.untyped_data(), k.XOut(y.untyped_data()), k.algo, k.algo_size));
       k.Crop(ctx.stream, Ptr<T>(y));
+    }
+  return ffi::Error::Success();
+}
+
+ffi::Error ConvFwdImpl(Ctx ctx, const ConvDesc& c, ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
+                       ffi::AnyBuffer y) {
+  const char* op = c.transpose ? "conv_transpose_fwd" : "conv_fwd";
+  const ffi::DataType dt = x.element_type();
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&w, &y}));
+  if (c.has_bias) JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&b}));
+  if (y.element_count() == 0) return ffi::Error::Success();
+  return DispatchFloat(op, dt, [&](auto tag) -> ffi::Error {
+    using T = decltype(tag);
+    if (x.element_count() == 0) {  // padding only (cuDNN rejects empty operands): y = act(b)
+      ZeroK<T><<<Blocks(y.element_count()), 256, 0, ctx.stream>>>(y.element_count(), Ptr<T>(y));
+    } else {
+      JAX_MPS_RETURN_IF_ERROR(ConvFwdCore<T>(op, ctx, c, dt, x, w, y));
     }
     if (c.has_bias || c.act != Act::kNone)
       BiasActK<T><<<Blocks(y.element_count()), 256, 0, ctx.stream>>>(

@@ -5,6 +5,12 @@ primitives; a user may write `jnp.maximum(x, 0.0)` or `jnp.where(x > 0, x, 0.2 *
 one pattern per spelling, a candidate (a set of shape-free element-wise equations fed by one
 variable and scalar constants) is evaluated on fixed probe points and compared with every
 activation of the runtime's list; parameters (leaky_relu's and elu's alpha) are read off the probe.
+A match is then checked against the runtime's own kernel, values and gradients, at the points
+where spellings that agree on the grid part ways (ties such as 0 and 6, tiny and huge magnitudes,
++-inf, NaN): `jnp.maximum(x, 1e-6)`, `jnp.clip(x, -30, 30)` or `jnp.maximum(x, 0)` (gradient 0.5 at
+0, jax.nn.relu's is 0) stay with XLA. User `custom_jvp`/`custom_vjp` functions and `stop_gradient`
+end a candidate (their gradient rules are not the chain's); jax's own custom_jvp
+functions (jax.nn.relu, relu6, jnp.logaddexp) are replayed as themselves.
 Results are cached per candidate structure, so a model's repeated blocks are probed once.
 """
 from __future__ import annotations
@@ -21,16 +27,25 @@ from jax.extend import core as jcore
 ELEMENTWISE = frozenset("""
     abs add sub mul div neg max min pow integer_pow exp exp2 expm1 log log1p tanh logistic erf erfc
     sqrt rsqrt sign select_n ge gt le lt eq ne and or not convert_element_type square clamp
-    copy copy_p stop_gradient
+    copy copy_p
 """.split())
-_WRAPPERS = ("jit", "pjit", "custom_jvp_call", "custom_vjp_call", "closed_call")
+_WRAPPERS = ("jit", "pjit", "custom_jvp_call", "closed_call")
+# jax's own custom_jvp functions met in activations (jax.nn.relu / relu6: gradient 0 at the kinks;
+# jax.nn.softplus is jnp.logaddexp(x, 0)), replayed by calling them.
+_JAX_CUSTOM = {"relu": jax.nn.relu, "relu6": jax.nn.relu6, "logaddexp": jnp.logaddexp}
 
-_P = np.concatenate([np.linspace(-7.0, 7.0, 141), [0.0, 1e-3, -1e-3, 20.0, -20.0, 3.0 - 1e-3, -3.0 + 1e-3]])
+_GRID = np.concatenate([np.linspace(-7.0, 7.0, 141), [0.0, 1e-3, -1e-3, 20.0, -20.0, 3.0 - 1e-3, -3.0 + 1e-3]])
+_FINITE = np.array([0.0, -0.0, 3.0, -3.0, 6.0, 1e-7, -1e-7, 1e-12, -1e-12, 1e-30, -1e-30, 60.0, -60.0,
+                    90.0, -90.0, 120.0, -120.0, 1e4, -1e4])
+_P = np.concatenate([_GRID, _FINITE, [1e30, -1e30, np.inf, -np.inf, np.nan]])
+_N_GRAD = len(_GRID) + len(_FINITE)  # gradients are compared where both sides are finite numbers
+# Cotangents of several magnitudes and signs: a custom rule that clips or scales them shows.
+_CT = np.resize(np.array([1.0, -3.0, 0.5, 1000.0, -0.01]), _P.shape)
 _erf = np.vectorize(math.erf)
 
 
 def _ref(name, a):
-    p = _P
+    p = _GRID
     if name == "relu":
         return np.maximum(p, 0)
     if name == "relu6":
@@ -63,13 +78,14 @@ _ORDER = ("relu", "relu6", "leaky_relu", "elu", "sigmoid", "hard_sigmoid", "tanh
 def _identify(f, dtype):
     """(activation spec for jax_mps, description) for probe outputs f, or None."""
     tol_r, tol_a = (2e-5, 2e-6) if dtype == jnp.float32 else (2e-2, 2e-3)
-    i_m2 = int(np.argmin(np.abs(_P + 2.0)))
-    i_m7 = int(np.argmin(np.abs(_P + 7.0)))
+    f = f[:len(_GRID)]
+    i_m2 = int(np.argmin(np.abs(_GRID + 2.0)))
+    i_m7 = int(np.argmin(np.abs(_GRID + 7.0)))
     for name in _ORDER:
         a = 0.0
         if name == "leaky_relu":
             a = float(f[i_m2] / -2.0)
-            if a == 0.0:
+            if a in (0.0, 1.0):  # 1: the identity, nothing to run
                 continue
         elif name == "elu":
             a = float(f[i_m7] / np.expm1(-7.0))
@@ -116,6 +132,11 @@ def _replay(eqns, env, consts):
             outs = outs if e.primitive.multiple_results else [outs]
         elif name == "broadcast_in_dim" and np.ndim(ins[0]) == 0:
             outs = [jnp.broadcast_to(ins[0], _P.shape)]
+        elif name == "custom_jvp_call":
+            fn = _jax_custom(e)
+            if fn is None:
+                raise _NotElementwise
+            outs = [fn(*ins)]
         elif name in _WRAPPERS:
             body = e.params.get("jaxpr") or e.params.get("call_jaxpr")
             body = body.jaxpr if hasattr(body, "jaxpr") else body
@@ -129,6 +150,40 @@ def _replay(eqns, env, consts):
         for v, o in zip(e.outvars, outs):
             env[v] = o
     return env
+
+
+def _jax_custom(e):
+    """The _JAX_CUSTOM function that a custom_jvp_call is a call of, else None (a user's rule)."""
+    info = getattr(e.params["call_jaxpr"].jaxpr, "debug_info", None)
+    src = (getattr(info, "func_src_info", None) or "").replace("\\", "/")
+    name = src.split(" ", 1)[0]
+    return _JAX_CUSTOM.get(name) if "/jax/_src/" in src else None
+
+
+def _same(got, want, rtol, atol):
+    """Element-wise: equal, both NaN, within rtol/atol, or both below the dtype's normal range."""
+    tiny = np.finfo(np.float32).tiny
+    with np.errstate(invalid="ignore"):
+        ok = (got == want) | (np.isnan(got) & np.isnan(want)) | (np.abs(got - want) <= rtol * np.abs(want) + atol)
+    return bool(np.all(ok | ((np.abs(got) < tiny) & (np.abs(want) < tiny))))
+
+
+def _runtime_agrees(spec, f, df, dtype):
+    """Whether the runtime's activation `spec` gives the candidate's values f and gradients df."""
+    from .. import activations as _act
+    name, params = (spec, {}) if isinstance(spec, str) else spec
+    p = jnp.asarray(_P, dtype)
+    r, vjp = jax.vjp(lambda v: _act.activation(v, name, **params), p)
+    dr = vjp(jnp.asarray(_CT, dtype))[0]
+    r, dr = np.asarray(r, np.float64), np.asarray(dr, np.float64)[:_N_GRAD]
+    half = dtype != jnp.float32
+    # Values at the special points: a few ulps apart at most; gradients: the same rule (0 vs 0.5 at a tie, 1 vs 0 past a
+    # clip), not the last bits (jax's sigmoid'(20) rounds to 0, the runtime's is 2e-9).
+    g = len(_GRID)  # (the grid's values were matched already, with an absolute tolerance)
+    vals = _same(f[g:], r[g:], *((4e-2, 1e-5) if half else (1e-3, 0.0)))
+    ct = _CT[:_N_GRAD]  # per unit cotangent, so that the tolerances mean the same for each
+    grads = _same(df[:_N_GRAD] / ct, dr / ct, *((0.1, 2e-2) if half else (1e-3, 1e-4)))
+    return vals and grads
 
 
 def read_lit(v):
@@ -162,9 +217,12 @@ def probe(eqns, x_var, out_var, consts, key):
     dtype = x_var.aval.dtype
     try:
         with jax.ensure_compile_time_eval():
-            env = _replay(eqns, {x_var: jnp.asarray(_P, dtype)}, consts)
-            f = np.asarray(env[out_var], np.float64)
-        res = _identify(f, dtype) if f.shape == _P.shape else None
+            f, vjp = jax.vjp(lambda p: _replay(eqns, {x_var: p}, consts)[out_var], jnp.asarray(_P, dtype))
+            df = np.asarray(vjp(jnp.asarray(_CT, f.dtype))[0], np.float64)
+            f = np.asarray(f, np.float64)
+            res = _identify(f, dtype) if f.shape == _P.shape else None
+            if res is not None and not _runtime_agrees(res[0], f, df, dtype):
+                res = None
     except (_NotElementwise, TypeError, ValueError):
         res = None
     _cache[key] = res
