@@ -15,13 +15,23 @@ from ._validate import ACT_NONE, activation_code, check_float, check_shape, grad
 __all__ = ["batch_norm", "batch_norm_inference", "instance_norm", "local_response_norm"]
 
 
-def _vec(x, c):
-    return _ffi.spec((c,), x.dtype)
+def _vec(v):
+    """The result spec of a per-channel operand's gradient: its shape and dtype."""
+    return _ffi.spec(v.shape, v.dtype)
 
 
-def _from_output(code, alpha):
-    # Without an activation the backward needs neither y nor z: keep nothing extra.
-    return code != ACT_NONE and grad_from_output(code, alpha)
+def _stat(*shape):
+    # Statistics that the backward reads (mean, rstd) stay float32 whatever x's dtype: rounded to
+    # bfloat16 they would shift every normalized value and dx with them.
+    return _ffi.spec(shape, jnp.float32)
+
+
+def _from_output(code, alpha, dtype):
+    # Without an activation the backward needs neither y nor z: keep nothing extra. A half y is
+    # the output rounded, and the derivative at a kink would be read off the wrong side of it
+    # (relu6: z = 5.9995 rounds to y = 6): there z is recomputed in float32 from x and the
+    # float32 statistics instead.
+    return code != ACT_NONE and grad_from_output(code, alpha) and dtype == jnp.float32
 
 
 # ---- batch norm, training mode ----
@@ -94,18 +104,18 @@ def _bn(x, scale, bias, eps, code, alpha, axes):
 def _bn_fwd(x, scale, bias, eps, code, alpha, axes):
     c = x.shape[-1]
     y, mean, var, rstd = _ffi.composite(_bn_fwd_body(eps, code, alpha),
-                                        (_ffi.spec(x.shape, x.dtype), _vec(x, c), _vec(x, c), _vec(x, c)),
+                                        (_ffi.spec(x.shape, x.dtype), _stat(c), _stat(c), _stat(c)),
                                         x, scale, bias, shard=_BN_FWD, axes=axes)
     # y is kept only when the activation's derivative is a function of it; otherwise z is recomputed.
-    return (y, mean, var), (x, scale, bias, mean, rstd, y if _from_output(code, alpha) else None)
+    return (y, mean.astype(x.dtype), var.astype(x.dtype)), \
+        (x, scale, bias, mean, rstd, y if _from_output(code, alpha, x.dtype) else None)
 
 
 def _bn_bwd(eps, code, alpha, axes, res, cts):
     x, scale, bias, mean, rstd, y = res
     gy, gmean, gvar = cts
-    c = x.shape[-1]
-    return _ffi.composite(_bn_bwd_body(code, alpha, y is not None, axes is not None), (_ffi.spec(x.shape, x.dtype), _vec(x, c),
-                                                                      _vec(x, c)),
+    return _ffi.composite(_bn_bwd_body(code, alpha, y is not None, axes is not None),
+                          (_ffi.spec(x.shape, x.dtype), _vec(scale), _vec(bias)),
                           x, scale, bias, mean, rstd, x if y is None else y, gy, gmean, gvar, shard=_BN_BWD,
                           axes=axes)
 
@@ -129,12 +139,14 @@ def _check_x(x, op, min_rank, layout):
 
 
 def _params(x, op, **vs):
+    # A parameter in x's dtype or float32 is used as it is (float32 ones with half x are not
+    # rounded); any other (the other half type) is widened to float32.
     out = []
     for name, v in vs.items():
         v = jnp.asarray(v)
         check_float(name, v, op)
         check_shape(name, v, (x.shape[-1],), op)
-        out.append(v.astype(x.dtype))
+        out.append(v if v.dtype in (x.dtype, jnp.float32) else v.astype(jnp.float32))
     return out
 
 
@@ -171,13 +183,13 @@ def _bni(x, scale, bias, mean, var, eps, code, alpha):
 
 def _bni_fwd(x, scale, bias, mean, var, eps, code, alpha):
     y = _bni(x, scale, bias, mean, var, eps, code, alpha)
-    return y, (x, scale, bias, mean, var, y if _from_output(code, alpha) else None)
+    return y, (x, scale, bias, mean, var, y if _from_output(code, alpha, x.dtype) else None)
 
 
 def _bni_bwd(eps, code, alpha, res, g):
     x, scale, bias, mean, var, y = res
-    c = _vec(x, x.shape[-1])
-    return _ffi.call("jax_mps_batch_norm_inference_bwd", (_ffi.spec(x.shape, x.dtype), c, c, c, c),
+    return _ffi.call("jax_mps_batch_norm_inference_bwd",
+                     (_ffi.spec(x.shape, x.dtype), _vec(scale), _vec(bias), _vec(mean), _vec(var)),
                      x, scale, bias, mean, var, x if y is None else y, g,
                      shard=Rule((0, None, None, None, None, 0, 0), (0, SUM, SUM, SUM, SUM)), epsilon=eps, act=code, alpha=alpha, from_output=y is not None)
 
@@ -207,17 +219,16 @@ def _in(x, scale, bias, eps):
 
 
 def _in_fwd(x, scale, bias, eps):
-    st = _ffi.spec((x.shape[0], x.shape[-1]), x.dtype)
+    st = _stat(x.shape[0], x.shape[-1])
     y, mean, rstd = _ffi.call("jax_mps_instance_norm_fwd", (_ffi.spec(x.shape, x.dtype), st, st), x, scale, bias,
                               fold=[True, False, False], shard=Rule((0, None, None), (0, 0, 0)), epsilon=eps)
-    return y, (x, scale, mean, rstd)
+    return y, (x, scale, bias, mean, rstd)
 
 
 def _in_bwd(eps, res, g):
-    x, scale, mean, rstd = res
-    c = _vec(x, x.shape[-1])
-    return _ffi.call("jax_mps_instance_norm_bwd", (_ffi.spec(x.shape, x.dtype), c, c), x, scale, mean, rstd, g,
-                     shard=Rule((0, None, 0, 0, 0), (0, SUM, SUM)))
+    x, scale, bias, mean, rstd = res  # bias: only its dtype, for dbias's
+    return _ffi.call("jax_mps_instance_norm_bwd", (_ffi.spec(x.shape, x.dtype), _vec(scale), _vec(bias)),
+                     x, scale, mean, rstd, g, shard=Rule((0, None, 0, 0, 0), (0, SUM, SUM)))
 
 
 _in.defvjp(_in_fwd, _in_bwd)

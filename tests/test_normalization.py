@@ -157,6 +157,36 @@ def test_local_response_norm_check_grads():
                 modes=["rev"], atol=1e-2, rtol=1e-2)
 
 
+@pytest.mark.parametrize("special", [1e10, 1e18, np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("size", [3, 5])
+def test_local_response_norm_one_special_channel(special, size):
+    # A huge, inf or NaN channel reaches only the channels whose window holds it, forward and
+    # backward (a running window sum carried it into every later channel: inf - inf, or the
+    # huge square's cancellation). jnp's reference gives NaN exactly where we must.
+    c, j = 16, 5
+    x = _arr((2, 3, c), 0).at[..., j].set(special)
+    w = _arr((2, 3, c), 1)
+    f = lambda x: mps.local_response_norm(x, size, 0.5, 0.75, 1.0)  # noqa: E731
+    r = lambda x: ref.norm_local_response_norm(x, size, 0.5, 0.75, 1.0)  # noqa: E731
+    vjp = lambda fn, x: jax.grad(lambda x: jnp.sum(fn(x) * w.astype(x.dtype)))(x)  # noqa: E731
+    y, g = jax.jit(f)(x), jax.jit(lambda x: vjp(f, x))(x)
+    assert_close(y, jax.jit(r)(x), **TOL)
+    assert_close(g, jax.jit(lambda x: vjp(r, x))(x), **TOL)
+    far = np.abs(np.arange(c) - j) > size // 2
+    far_g = np.abs(np.arange(c) - j) > 2 * (size // 2)  # dx_j reads the windows of j's window
+    assert np.all(np.isfinite(np.asarray(y)[..., far])) and np.all(np.isfinite(np.asarray(g)[..., far_g]))
+    if np.isfinite(special):
+        # Relative accuracy down to the tiny values around the huge channel, against the
+        # reference in float64 (float32's own gradient there underflows to denormals).
+        with jax.enable_x64(True):
+            x64, w64 = (jnp.asarray(np.asarray(a, np.float64)) for a in (x, w))
+            r64 = lambda x: ref.norm_local_response_norm(x, size, 0.5, 0.75, 1.0)  # noqa: E731
+            y64 = np.asarray(r64(x64))
+            g64 = np.asarray(jax.grad(lambda x: jnp.sum(r64(x) * w64))(x64))
+        assert_close(y, y64, rtol=1e-5, atol=0)
+        assert_close(g, g64, rtol=2e-4, atol=1e-7 * np.abs(g64[..., far_g]).max())
+
+
 # ---- transformations, dtypes ----
 
 def test_jit_value_and_grad():
@@ -306,3 +336,85 @@ def test_cpp_validates():
         jax.ffi.ffi_call("jax_mps_local_response_norm_bwd", y)(x, jnp.ones((2, 3)), size=np.int64(3),
                                                                alpha=np.float32(1e-4), beta=np.float32(0.75),
                                                                k=np.float32(1))
+
+
+# ---- half precision: float32 statistics and pre-activation in the backward ----
+
+def test_half_activation_derivative_from_float32_preactivation():
+    # z = 6 - 2^-11 < 6, but its float16 output is exactly 6: relu6's derivative must come from z.
+    x = jnp.full((1, 1), 6.0, jnp.float16)
+    one, zero = jnp.ones(1, jnp.float16), jnp.zeros(1, jnp.float16)
+    mean = jnp.full((1,), 2.0 ** -11, jnp.float16)
+    f = lambda x: mps.batch_norm_inference(x, one, zero, mean, one, epsilon=0.0, activation="relu6")  # noqa
+    assert float(f(x)[0, 0]) == 6.0
+    assert float(jax.grad(lambda x: f(x).astype(jnp.float32).sum())(x)[0, 0]) == 1.0
+
+
+@pytest.mark.parametrize("dt", [jnp.float16, jnp.bfloat16])
+@pytest.mark.parametrize("train", [True, False])
+def test_half_activation_near_kink(dt, train):
+    # z spread within a few output ulps of relu6's kink at 6: which side each z is on decides the
+    # gradient, and the output rounding would move many of them onto the kink.
+    x = _arr((64, 8), 3).astype(dt)
+    s, b = jnp.full((8,), 0.01), jnp.full((8,), 6.0)
+    m, v = _stats(8)
+    if train:
+        f = lambda x, s, b: mps.batch_norm(x, s, b, activation="relu6")[0]  # noqa: E731
+        r = lambda x, s, b: ref.norm_batch_norm(x, s, b, activation="relu6")[0]  # noqa: E731
+    else:
+        f = lambda x, s, b: mps.batch_norm_inference(x, s, b, m, v, activation="relu6")  # noqa: E731
+        r = lambda x, s, b: ref.norm_batch_norm_inference(x, s, b, m, v, activation="relu6")  # noqa: E731
+    w = _arr((64, 8), 4).astype(dt).astype(jnp.float32)  # the same cotangent on both sides
+    gx, gs, gb = jax.grad(lambda *a: jnp.sum(f(*a).astype(jnp.float32) * w), argnums=(0, 1, 2))(x, s, b)
+    rx, rs, rb = jax.grad(lambda *a: jnp.sum(r(*a) * w), argnums=(0, 1, 2))(x.astype(jnp.float32), s, b)
+    assert gs.dtype == gb.dtype == jnp.float32  # float32 parameters stay float32 with half x
+    assert_close(gb, rb, rtol=1e-5, atol=1e-5)
+    assert_close(gs, rs, rtol=1e-3, atol=1e-3 * float(jnp.abs(rs).max()))
+    assert_close(gx.astype(jnp.float32), rx, rtol=2e-2, atol=1e-2 * float(jnp.abs(rx).max()))
+
+
+@pytest.mark.parametrize("which", ["batch_norm", "instance_norm"])
+def test_half_backward_statistics_float32(which):
+    # bfloat16 x around 100 +- 2: the backward's mean and rstd rounded to bfloat16 (ulp 0.5 at 100)
+    # shifted dx by several % of its size; in float32 only dx's own rounding remains (~0.4%).
+    x = _arr((8, 16, 12), 5, loc=100.0, scale=2.0).astype(jnp.bfloat16)
+    s, b = _params(12)
+    # A cotangent with a mean (as sum(y) has): the mean's error enters dx through sum(dz).
+    w = (1.0 + _arr(x.shape, 6)).astype(jnp.bfloat16).astype(jnp.float32)
+    if which == "batch_norm":
+        f, r = (lambda x: mps.batch_norm(x, s, b)[0]), (lambda x: ref.norm_batch_norm(x, s, b)[0])
+    else:
+        f, r = (lambda x: mps.instance_norm(x, s, b)), (lambda x: ref.norm_instance_norm(x, s, b))
+    g = jax.grad(lambda x: jnp.sum(f(x).astype(jnp.float32) * w))(x)
+    want = jax.grad(lambda x: jnp.sum(r(x) * w))(x.astype(jnp.float32))
+    assert g.dtype == jnp.bfloat16
+    assert_close(g.astype(jnp.float32), want, rtol=0, atol=1e-2 * float(jnp.abs(want).max()))
+
+
+@pytest.mark.parametrize("dt", [jnp.float16, jnp.bfloat16])
+def test_half_x_float32_params(dt):
+    # float32 scale / bias / mean / var with half x are used unrounded and get float32 gradients
+    # (not half ones widened); a parameter of the other half type is widened; outputs are x's dtype.
+    x = _arr((6, 5, 7), 7, loc=0.5).astype(dt)
+    xf = x.astype(jnp.float32)
+    s, b = _params(7)
+    m, v = _stats(7)
+    w = _arr(x.shape, 8).astype(dt).astype(jnp.float32)  # the same cotangent on both sides
+    y, mean, var = mps.batch_norm(x, s, b)
+    assert y.dtype == mean.dtype == var.dtype == dt
+    assert_close(y.astype(jnp.float32), ref.norm_batch_norm(xf, s, b)[0], rtol=1e-2, atol=1e-2)
+    other = jnp.bfloat16 if dt == jnp.float16 else jnp.float16
+    cases = [(lambda *a: mps.batch_norm(*a)[0], lambda *a: ref.norm_batch_norm(*a)[0], (x, s, b)),
+             (mps.batch_norm_inference, ref.norm_batch_norm_inference, (x, s, b.astype(other), m, v)),
+             (mps.instance_norm, ref.norm_instance_norm, (x, s, b.astype(dt)))]
+    for fn, rf, args in cases:
+        out = fn(*args)
+        assert out.dtype == dt
+        assert_close(out.astype(jnp.float32), rf(xf, *args[1:]), rtol=1e-2, atol=1e-2)
+        grads = jax.grad(lambda *a: jnp.sum(fn(*a).astype(jnp.float32) * w), argnums=range(1, len(args)))(*args)
+        want = jax.grad(lambda *a: jnp.sum(rf(xf, *a) * w), argnums=range(len(args) - 1))(
+            *(a.astype(jnp.float32) for a in args[1:]))
+        for gp, wp, a in zip(grads, want, args[1:]):
+            assert gp.dtype == a.dtype
+            tol = 1e-4 if a.dtype == jnp.float32 else 1e-2  # float32 gradients are not rounded to half
+            assert_close(gp.astype(jnp.float32), wp, rtol=tol, atol=tol * float(jnp.abs(wp).max()))

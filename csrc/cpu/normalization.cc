@@ -350,43 +350,69 @@ std::vector<double> Rstd(const float* var, int64_t C, float eps) {
 // ---- local response norm across the last axis ----
 // y_c = x_c * s_c^-beta, s_c = k + alpha/size * sum_{|c'-c| <= size/2} x_c'^2.
 // dx_j = dy_j s_j^-beta - 2 alpha beta / size * x_j * sum_{|c-j| <= size/2} dy_c x_c s_c^(-beta-1).
-// Window sums come from prefix sums in double (exact enough, O(C) per row).
+// Every window is summed directly (O(C * size), vectorised over c), in double: a running or
+// prefix sum would carry a huge channel's cancellation, or an inf / NaN channel's inf - inf, into
+// every later channel of the row.
 
-void LrnRun(const LrnDesc& p, const float* xp, const float* dy, float* out) {
-  const int64_t C = p.C, rows = p.rows, n = rows * C, h = p.size / 2;
-  if (n == 0) return;
-  const float beta = p.beta, k = p.k;
-  const double coef = static_cast<double>(p.alpha) / static_cast<double>(p.size);
-  auto window = [&](const std::vector<double>& pre, int64_t c) {
-    return pre[std::min(C, c + h + 1)] - pre[std::max<int64_t>(0, c - h)];
-  };
-#pragma omp parallel if (n >= kParMin)
-  {
-    std::vector<double> pre(C + 1), pre2(dy ? C + 1 : 0);
-    std::vector<float> sb(C), pb(C);
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* xr = xp + r * C;
-      float* o = out + r * C;
-      pre[0] = 0.0;
-      for (int64_t c = 0; c < C; ++c) pre[c + 1] = pre[c] + static_cast<double>(xr[c]) * xr[c];
-      for (int64_t c = 0; c < C; ++c) {
-        sb[c] = static_cast<float>(k + coef * window(pre, c));
-        pb[c] = std::pow(sb[c], -beta);
-      }
-      if (!dy) {
-        for (int64_t c = 0; c < C; ++c) o[c] = xr[c] * pb[c];
-        continue;
-      }
-      const float* gr = dy + r * C;
-      pre2[0] = 0.0;
-      for (int64_t c = 0; c < C; ++c)
-        pre2[c + 1] = pre2[c] + static_cast<double>(gr[c]) * xr[c] * pb[c] / sb[c];
-      const double f = 2.0 * coef * beta;
-      for (int64_t c = 0; c < C; ++c)
-        o[c] = static_cast<float>(gr[c] * pb[c] - f * xr[c] * window(pre2, c));
-    }
+// w[c] = sum_{d < size} v[c + d], c < C: the windows of a row stored at v + size/2 between
+// size/2 zeros on either side.
+JAX_MPS_ALWAYS_INLINE void WindowSums(const double* __restrict v, int64_t C, int64_t size, double* __restrict w) {
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) w[c] = v[c];
+  for (int64_t d = 1; d < size; ++d) {
+    const double* __restrict vd = v + d;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) w[c] += vd[c];
   }
+}
+
+// Rows [r0, r1): y (dy null) or dx (dy given) into out.
+JAX_MPS_CLONES void LrnRows(const LrnDesc& p, const float* __restrict x, const float* __restrict dy,
+                            float* __restrict out, int64_t r0, int64_t r1) {
+  const int64_t C = p.C, h = p.size / 2;
+  const float beta = p.beta;
+  const double k = p.k, coef = static_cast<double>(p.alpha) / static_cast<double>(p.size), f = 2.0 * coef * beta;
+  std::vector<double> pad(C + 2 * h, 0.0), win(C);  // pad's h zeros at either end stay zero
+  std::vector<float> sb(C), pb(C);
+  double* v = pad.data() + h;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* __restrict xr = x + r * C;
+    float* __restrict o = out + r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) v[c] = static_cast<double>(xr[c]) * xr[c];
+    WindowSums(pad.data(), C, p.size, win.data());
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) sb[c] = static_cast<float>(k + coef * win[c]);
+    if (beta == 0.75f) {  // the usual beta: s^-3/4 = r sqrt(r), r = 1/sqrt(s), vectorised (powf is not)
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        const double rs = 1.0 / std::sqrt(static_cast<double>(sb[c]));
+        pb[c] = static_cast<float>(rs * std::sqrt(rs));
+      }
+    } else {
+      for (int64_t c = 0; c < C; ++c) pb[c] = std::pow(sb[c], -beta);
+    }
+    if (!dy) {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) o[c] = xr[c] * pb[c];
+      continue;
+    }
+    const float* __restrict gr = dy + r * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) v[c] = static_cast<double>(gr[c]) * xr[c] * pb[c] / sb[c];
+    WindowSums(pad.data(), C, p.size, win.data());
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) o[c] = static_cast<float>(gr[c] * pb[c] - f * xr[c] * win[c]);
+  }
+}
+
+void LrnRun(const LrnDesc& p, const float* x, const float* dy, float* out) {
+  const int64_t rows = p.rows, n = rows * p.C;
+  if (n == 0) return;
+  const int nt = Threads(n);
+  if (nt <= 1) return LrnRows(p, x, dy, out, 0, rows);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int i = 0; i < nt; ++i) LrnRows(p, x, dy, out, rows * i / nt, rows * (i + 1) / nt);
 }
 
 }  // namespace

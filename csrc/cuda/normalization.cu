@@ -5,6 +5,9 @@
 // into statistics/coefficients; one element-wise pass writes y (or dx). The mean is kept in
 // double so that x - mean keeps its precision under a large common offset (as on the CPU).
 // Fused activations follow cuda/act.cuh; the pre-activation is recomputed where needed.
+// Per-channel operands and results (parameters, statistics, their gradients) are x's dtype or
+// float32: the statistics the backward reads stay float32 for half x, float32 parameters are
+// used as they are.
 #include "cuda/act.cuh"
 #include "cuda/backend.h"
 #include "cuda/common.cuh"
@@ -21,6 +24,34 @@ struct Rows {
 };
 inline Rows YRows(const NormView& v) { return {v.yld(), v.off}; }
 inline Rows Dense(const NormView& v) { return {v.C, 0}; }
+
+// A per-channel operand or result of x's dtype T or float32 (p null: a result not wanted).
+template <typename T>
+struct Vec {
+  void* p;
+  bool f32;
+  __device__ __forceinline__ float operator[](int64_t i) const {
+    return f32 ? static_cast<const float*>(p)[i] : Ld(static_cast<const T*>(p)[i]);
+  }
+  __device__ __forceinline__ void set(int64_t i, float v) const {
+    if (f32)
+      static_cast<float*>(p)[i] = v;
+    else
+      static_cast<T*>(p)[i] = St<T>(v);
+  }
+};
+template <typename T>
+Vec<T> V(ffi::AnyBuffer b) {
+  return {b.untyped_data(), b.element_type() == ffi::F32};
+}
+
+ffi::Error ChanDtype(const char* op, const ffi::AnyBuffer& x, std::initializer_list<const ffi::AnyBuffer*> bs) {
+  for (const ffi::AnyBuffer* b : bs)
+    JAX_MPS_CHECK(b->element_type() == x.element_type() || b->element_type() == ffi::F32, op,
+                  ": every per-channel operand must be ", DtypeName(x.element_type()), " like x or float32, got ",
+                  DtypeName(b->element_type()));
+  return ffi::Error::Success();
+}
 
 // Per-(g, c) coefficients of the element-wise passes, in scratch.
 struct Coef {
@@ -52,31 +83,31 @@ __global__ void StatsK(int64_t S, int64_t C, const T* x, double* sums) {
 
 // From the sums: mean / var / rstd outputs (nullptr: not wanted) and the forward coefficients.
 template <typename T>
-__global__ void FinishStatsK(int64_t G, int64_t S, int64_t C, float eps, const double* sums, const T* scale,
-                             const T* bias, T* mean_out, T* var_out, T* rstd_out, Coef k) {
+__global__ void FinishStatsK(int64_t G, int64_t S, int64_t C, float eps, const double* sums, Vec<T> scale,
+                             Vec<T> bias, Vec<T> mean_out, Vec<T> var_out, Vec<T> rstd_out, Coef k) {
   JAX_MPS_GRID_STRIDE(i, G * C) {
     const int64_t c = i % C;
     const double m = sums[2 * i] / double(S);
     double var = sums[2 * i + 1] / double(S) - m * m;
     if (var < 0.0) var = 0.0;
     const double r = 1.0 / sqrt(var + double(eps));
-    if (mean_out) mean_out[i] = St<T>(float(m));
-    if (var_out) var_out[i] = St<T>(float(var));
-    if (rstd_out) rstd_out[i] = St<T>(float(r));
+    if (mean_out.p) mean_out.set(i, float(m));
+    if (var_out.p) var_out.set(i, float(var));
+    if (rstd_out.p) rstd_out.set(i, float(r));
     k.m[i] = m;
-    k.a[i] = float(double(Ld(scale[c])) * r);
-    k.b[i] = Ld(bias[c]);
+    k.a[i] = float(double(scale[c]) * r);
+    k.b[i] = bias[c];
   }
 }
 
 // Inference: coefficients from the given statistics.
 template <typename T>
-__global__ void GivenStatsK(int64_t C, float eps, const T* scale, const T* bias, const T* mean, const T* var, Coef k) {
+__global__ void GivenStatsK(int64_t C, float eps, Vec<T> scale, Vec<T> bias, Vec<T> mean, Vec<T> var, Coef k) {
   JAX_MPS_GRID_STRIDE(c, C) {
-    const double r = 1.0 / sqrt(double(Ld(var[c])) + double(eps));
-    k.m[c] = Ld(mean[c]);
-    k.a[c] = float(double(Ld(scale[c])) * r);
-    k.b[c] = Ld(bias[c]);
+    const double r = 1.0 / sqrt(double(var[c]) + double(eps));
+    k.m[c] = mean[c];
+    k.a[c] = float(double(scale[c]) * r);
+    k.b[c] = bias[c];
   }
 }
 
@@ -135,67 +166,67 @@ __global__ void GradInputK(int64_t G, int64_t S, int64_t C, Act act, float alpha
 
 // Batch-norm training backward coefficients (exact paths through the mean and var outputs).
 template <typename T>
-__global__ void BnBwdCoefK(int64_t C, double M, const double* sums, const T* scale, const T* rstd, const T* dmean,
-                           const T* dvar, float* gb, float* gd, T* dscale, T* dbias) {
+__global__ void BnBwdCoefK(int64_t C, double M, const double* sums, Vec<T> scale, Vec<T> rstd, Vec<T> dmean,
+                           Vec<T> dvar, float* gb, float* gd, Vec<T> dscale, Vec<T> dbias) {
   JAX_MPS_GRID_STRIDE(c, C) {
-    const double r = Ld(rstd[c]), g = Ld(scale[c]), sdz = sums[2 * c], sdzx = sums[2 * c + 1];
-    dbias[c] = St<T>(float(sdz));
-    dscale[c] = St<T>(float(r * sdzx));
-    gb[c] = float((-g * r * r * r * sdzx + 2.0 * double(Ld(dvar[c]))) / M);
-    gd[c] = float((-g * r * sdz + double(Ld(dmean[c]))) / M);
+    const double r = rstd[c], g = scale[c], sdz = sums[2 * c], sdzx = sums[2 * c + 1];
+    dbias.set(c, float(sdz));
+    dscale.set(c, float(r * sdzx));
+    gb[c] = float((-g * r * r * r * sdzx + 2.0 * double(dvar[c])) / M);
+    gd[c] = float((-g * r * sdz + double(dmean[c])) / M);
   }
 }
 
 template <typename T>
-__global__ void BniBwdCoefK(int64_t C, float eps, const double* sums, const T* scale, const T* var, T* dscale,
-                            T* dbias, T* dmean, T* dvar) {
+__global__ void BniBwdCoefK(int64_t C, float eps, const double* sums, Vec<T> scale, Vec<T> var, Vec<T> dscale,
+                            Vec<T> dbias, Vec<T> dmean, Vec<T> dvar) {
   JAX_MPS_GRID_STRIDE(c, C) {
-    const double r = 1.0 / sqrt(double(Ld(var[c])) + double(eps)), g = Ld(scale[c]);
+    const double r = 1.0 / sqrt(double(var[c]) + double(eps)), g = scale[c];
     const double sdz = sums[2 * c], sdzx = sums[2 * c + 1];
-    dbias[c] = St<T>(float(sdz));
-    dscale[c] = St<T>(float(r * sdzx));
-    dmean[c] = St<T>(float(-g * r * sdz));
-    dvar[c] = St<T>(float(-0.5 * g * r * r * r * sdzx));
+    dbias.set(c, float(sdz));
+    dscale.set(c, float(r * sdzx));
+    dmean.set(c, float(-g * r * sdz));
+    dvar.set(c, float(-0.5 * g * r * r * r * sdzx));
   }
 }
 
 // Instance norm backward: per-(g, c) coefficients, and dscale / dbias summed over g in order.
 template <typename T>
-__global__ void InBwdCoefK(int64_t G, int64_t C, double S, const double* sums, const T* scale, const T* rstd,
-                           float* gb, float* gd, T* dscale, T* dbias) {
+__global__ void InBwdCoefK(int64_t G, int64_t C, double S, const double* sums, Vec<T> scale, Vec<T> rstd,
+                           float* gb, float* gd, Vec<T> dscale, Vec<T> dbias) {
   JAX_MPS_GRID_STRIDE(c, C) {
-    const double g = Ld(scale[c]);
+    const double g = scale[c];
     double ds = 0.0, db = 0.0;
     for (int64_t n = 0; n < G; ++n) {
       const int64_t i = n * C + c;
-      const double r = Ld(rstd[i]), sdz = sums[2 * i], sdzx = sums[2 * i + 1];
+      const double r = rstd[i], sdz = sums[2 * i], sdzx = sums[2 * i + 1];
       ds += r * sdzx;
       db += sdz;
       gb[i] = float(-g * r * r * r * sdzx / S);
       gd[i] = float(-g * r * sdz / S);
     }
-    dscale[c] = St<T>(float(ds));
-    dbias[c] = St<T>(float(db));
+    dscale.set(c, float(ds));
+    dbias.set(c, float(db));
   }
 }
 
 // Instance norm: coefficients from the saved per-(g, c) mean and rstd.
 template <typename T>
-__global__ void SavedStatsK(int64_t G, int64_t C, const T* scale, const T* mean, const T* rstd, Coef k) {
+__global__ void SavedStatsK(int64_t G, int64_t C, Vec<T> scale, Vec<T> mean, Vec<T> rstd, Coef k) {
   JAX_MPS_GRID_STRIDE(i, G * C) {
-    k.m[i] = Ld(mean[i]);
-    k.a[i] = Ld(scale[i % C]) * Ld(rstd[i]);
+    k.m[i] = mean[i];
+    k.a[i] = scale[i % C] * rstd[i];
     k.b[i] = 0.f;
   }
 }
 
 // Batch norm backward: coefficients from the saved mean and rstd.
 template <typename T>
-__global__ void SavedBnStatsK(int64_t C, const T* scale, const T* bias, const T* mean, const T* rstd, Coef k) {
+__global__ void SavedBnStatsK(int64_t C, Vec<T> scale, Vec<T> bias, Vec<T> mean, Vec<T> rstd, Coef k) {
   JAX_MPS_GRID_STRIDE(c, C) {
-    k.m[c] = Ld(mean[c]);
-    k.a[c] = Ld(scale[c]) * Ld(rstd[c]);
-    k.b[c] = Ld(bias[c]);
+    k.m[c] = mean[c];
+    k.a[c] = scale[c] * rstd[c];
+    k.b[c] = bias[c];
   }
 }
 
@@ -240,6 +271,8 @@ void BnGradients(cudaStream_t s, const NormView& v, ffi::AnyBuffer x, ffi::AnyBu
 }
 
 // ---- local response norm across the last axis (one thread per element; windows are short) ----
+// Each window is summed directly, never as a running sum, which would carry an inf / NaN or huge
+// channel (inf - inf, cancellation) into every later channel of the row.
 // y_c = x_c * s_c^-beta, s_c = k + alpha/size * sum_{|c'-c| <= size/2} x_c'^2.
 // dx_j = dy_j s_j^-beta - 2 alpha beta / size * x_j * sum_{|c-j| <= size/2} dy_c x_c s_c^(-beta-1).
 
@@ -290,14 +323,15 @@ using namespace cuda;  // NOLINT: the kernels above
 ffi::Error Cuda::BatchNormFwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, Buf bias, Buf y, Buf mean, Buf var,
                               Buf rstd) {
   const char* op = "batch_norm";
-  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&scale, &bias, &y, &mean, &var, &rstd}));
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&y}));
+  JAX_MPS_RETURN_IF_ERROR(ChanDtype(op, x, {&scale, &bias, &mean, &var, &rstd}));
   Work w;
   JAX_MPS_RETURN_IF_ERROR(MakeWork(s, op, v.C, &w));
   return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
     using T = decltype(t);
     StatsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, s>>>(v.S, v.C, Ptr<const T>(x), w.sums);
-    FinishStatsK<T><<<Blocks(v.C), 256, 0, s>>>(1, v.S, v.C, v.eps, w.sums, Ptr<const T>(scale), Ptr<const T>(bias),
-                                               Ptr<T>(mean), Ptr<T>(var), Ptr<T>(rstd), w.k);
+    FinishStatsK<T><<<Blocks(v.C), 256, 0, s>>>(1, v.S, v.C, v.eps, w.sums, V<T>(scale), V<T>(bias), V<T>(mean),
+                                               V<T>(var), V<T>(rstd), w.k);
     AffineK<T><<<Blocks(x.element_count()), 256, 0, s>>>(1, v.S, v.C, v.act, v.alpha, Ptr<const T>(x), w.k, Ptr<T>(y),
                                                          YRows(v));
     return LaunchStatus(op);
@@ -307,18 +341,16 @@ ffi::Error Cuda::BatchNormFwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, 
 ffi::Error Cuda::BatchNormBwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, Buf bias, Buf mean, Buf rstd, Buf sy,
                               Buf dy, Buf dmean, Buf dvar, Buf dx, Buf dscale, Buf dbias) {
   const char* op = "batch_norm_bwd";
-  JAX_MPS_RETURN_IF_ERROR(
-      SameDtype(op, x, {&scale, &bias, &mean, &rstd, &sy, &dy, &dmean, &dvar, &dx, &dscale, &dbias}));
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&sy, &dy, &dx}));
+  JAX_MPS_RETURN_IF_ERROR(ChanDtype(op, x, {&scale, &bias, &mean, &rstd, &dmean, &dvar, &dscale, &dbias}));
   Work w;
   JAX_MPS_RETURN_IF_ERROR(MakeWork(s, op, v.C, &w));
   return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
     using T = decltype(t);
-    SavedBnStatsK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, Ptr<const T>(scale), Ptr<const T>(bias), Ptr<const T>(mean),
-                                                Ptr<const T>(rstd), w.k);
+    SavedBnStatsK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, V<T>(scale), V<T>(bias), V<T>(mean), V<T>(rstd), w.k);
     BnGradients<T>(s, v, x, sy, dy, w, dx, false, [&] {
-      BnBwdCoefK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, double(v.S), w.sums, Ptr<const T>(scale), Ptr<const T>(rstd),
-                                               Ptr<const T>(dmean), Ptr<const T>(dvar), w.gb, w.gd, Ptr<T>(dscale),
-                                               Ptr<T>(dbias));
+      BnBwdCoefK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, double(v.S), w.sums, V<T>(scale), V<T>(rstd), V<T>(dmean),
+                                               V<T>(dvar), w.gb, w.gd, V<T>(dscale), V<T>(dbias));
     });
     return LaunchStatus(op);
   });
@@ -327,13 +359,13 @@ ffi::Error Cuda::BatchNormBwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, 
 ffi::Error Cuda::BatchNormInferenceFwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, Buf bias, Buf mean, Buf var,
                                        Buf y) {
   const char* op = "batch_norm_inference";
-  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&scale, &bias, &mean, &var, &y}));
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&y}));
+  JAX_MPS_RETURN_IF_ERROR(ChanDtype(op, x, {&scale, &bias, &mean, &var}));
   Work w;
   JAX_MPS_RETURN_IF_ERROR(MakeWork(s, op, v.C, &w));
   return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
     using T = decltype(t);
-    GivenStatsK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, v.eps, Ptr<const T>(scale), Ptr<const T>(bias), Ptr<const T>(mean),
-                                              Ptr<const T>(var), w.k);
+    GivenStatsK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, v.eps, V<T>(scale), V<T>(bias), V<T>(mean), V<T>(var), w.k);
     AffineK<T><<<Blocks(x.element_count()), 256, 0, s>>>(1, v.S, v.C, v.act, v.alpha, Ptr<const T>(x), w.k, Ptr<T>(y),
                                                          YRows(v));
     return LaunchStatus(op);
@@ -343,17 +375,16 @@ ffi::Error Cuda::BatchNormInferenceFwd(Cuda::Ctx s, const NormView& v, Buf x, Bu
 ffi::Error Cuda::BatchNormInferenceBwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, Buf bias, Buf mean, Buf var,
                                        Buf sy, Buf dy, Buf dx, Buf dscale, Buf dbias, Buf dmean, Buf dvar) {
   const char* op = "batch_norm_inference_bwd";
-  JAX_MPS_RETURN_IF_ERROR(
-      SameDtype(op, x, {&scale, &bias, &mean, &var, &sy, &dy, &dx, &dscale, &dbias, &dmean, &dvar}));
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&sy, &dy, &dx}));
+  JAX_MPS_RETURN_IF_ERROR(ChanDtype(op, x, {&scale, &bias, &mean, &var, &dscale, &dbias, &dmean, &dvar}));
   Work w;
   JAX_MPS_RETURN_IF_ERROR(MakeWork(s, op, v.C, &w));
   return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
     using T = decltype(t);
-    GivenStatsK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, v.eps, Ptr<const T>(scale), Ptr<const T>(bias), Ptr<const T>(mean),
-                                              Ptr<const T>(var), w.k);
+    GivenStatsK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, v.eps, V<T>(scale), V<T>(bias), V<T>(mean), V<T>(var), w.k);
     BnGradients<T>(s, v, x, sy, dy, w, dx, true, [&] {
-      BniBwdCoefK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, v.eps, w.sums, Ptr<const T>(scale), Ptr<const T>(var),
-                                                Ptr<T>(dscale), Ptr<T>(dbias), Ptr<T>(dmean), Ptr<T>(dvar));
+      BniBwdCoefK<T><<<Blocks(v.C), 256, 0, s>>>(v.C, v.eps, w.sums, V<T>(scale), V<T>(var), V<T>(dscale),
+                                                V<T>(dbias), V<T>(dmean), V<T>(dvar));
     });
     return LaunchStatus(op);
   });
@@ -362,15 +393,16 @@ ffi::Error Cuda::BatchNormInferenceBwd(Cuda::Ctx s, const NormView& v, Buf x, Bu
 ffi::Error Cuda::InstanceNormFwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, Buf bias, Buf y, Buf mean,
                                  Buf rstd) {
   const char* op = "instance_norm";
-  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&scale, &bias, &y, &mean, &rstd}));
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&y}));
+  JAX_MPS_RETURN_IF_ERROR(ChanDtype(op, x, {&scale, &bias, &mean, &rstd}));
   if (v.stats() == 0) return ffi::Error::Success();
   Work w;
   JAX_MPS_RETURN_IF_ERROR(MakeWork(s, op, v.stats(), &w));
   return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
     using T = decltype(t);
     StatsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, s>>>(v.S, v.C, Ptr<const T>(x), w.sums);
-    FinishStatsK<T><<<Blocks(v.stats()), 256, 0, s>>>(v.G, v.S, v.C, v.eps, w.sums, Ptr<const T>(scale),
-                                                     Ptr<const T>(bias), Ptr<T>(mean), nullptr, Ptr<T>(rstd), w.k);
+    FinishStatsK<T><<<Blocks(v.stats()), 256, 0, s>>>(v.G, v.S, v.C, v.eps, w.sums, V<T>(scale), V<T>(bias),
+                                                     V<T>(mean), Vec<T>{nullptr, false}, V<T>(rstd), w.k);
     AffineK<T><<<Blocks(x.element_count()), 256, 0, s>>>(v.G, v.S, v.C, Act::kNone, 0.f, Ptr<const T>(x), w.k,
                                                          Ptr<T>(y), Dense(v));
     return LaunchStatus(op);
@@ -380,19 +412,19 @@ ffi::Error Cuda::InstanceNormFwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scal
 ffi::Error Cuda::InstanceNormBwd(Cuda::Ctx s, const NormView& v, Buf x, Buf scale, Buf mean, Buf rstd, Buf dy, Buf dx,
                                  Buf dscale, Buf dbias) {
   const char* op = "instance_norm_bwd";
-  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&scale, &mean, &rstd, &dy, &dx, &dscale, &dbias}));
+  JAX_MPS_RETURN_IF_ERROR(SameDtype(op, x, {&dy, &dx}));
+  JAX_MPS_RETURN_IF_ERROR(ChanDtype(op, x, {&scale, &mean, &rstd, &dscale, &dbias}));
   if (v.C == 0) return ffi::Error::Success();
   Work w;
   JAX_MPS_RETURN_IF_ERROR(MakeWork(s, op, std::max<int64_t>(v.stats(), 1), &w));
   return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
     using T = decltype(t);
-    SavedStatsK<T><<<Blocks(v.stats()), 256, 0, s>>>(v.G, v.C, Ptr<const T>(scale), Ptr<const T>(mean),
-                                                    Ptr<const T>(rstd), w.k);
+    SavedStatsK<T><<<Blocks(v.stats()), 256, 0, s>>>(v.G, v.C, V<T>(scale), V<T>(mean), V<T>(rstd), w.k);
     if (v.G > 0)
       GradSumsK<T><<<ColGrid3(v), dim3(kColX, kColY), 0, s>>>(v.S, v.C, Act::kNone, 0.f, false, Ptr<const T>(x),
                                                               nullptr, Ptr<const T>(dy), Dense(v), w.k, w.sums);
-    InBwdCoefK<T><<<Blocks(v.C), 256, 0, s>>>(v.G, v.C, double(v.S), w.sums, Ptr<const T>(scale), Ptr<const T>(rstd),
-                                             w.gb, w.gd, Ptr<T>(dscale), Ptr<T>(dbias));
+    InBwdCoefK<T><<<Blocks(v.C), 256, 0, s>>>(v.G, v.C, double(v.S), w.sums, V<T>(scale), V<T>(rstd), w.gb, w.gd,
+                                             V<T>(dscale), V<T>(dbias));
     if (x.element_count() > 0)
       GradInputK<T><<<Blocks(x.element_count()), 256, 0, s>>>(v.G, v.S, v.C, Act::kNone, 0.f, false, Ptr<const T>(x),
                                                               nullptr, Ptr<const T>(dy), Dense(v), w.k, w.gb, w.gd,
