@@ -177,8 +177,8 @@ def _runtime_agrees(spec, f, df, dtype):
     dr = vjp(jnp.asarray(_CT, dtype))[0]
     r, dr = np.asarray(r, np.float64), np.asarray(dr, np.float64)[:_N_GRAD]
     half = dtype != jnp.float32
-    # Values at the special points: a few ulps apart at most; gradients: the same rule (0 vs 0.5 at a tie, 1 vs 0 past a
-    # clip), not the last bits (jax's sigmoid'(20) rounds to 0, the runtime's is 2e-9).
+    # Values at the special points: a few ulps apart at most; gradients: the same rule (0 vs 0.5
+    # at a tie, 1 vs 0 past a clip), not the last bits (jax's sigmoid'(20) is 0, the runtime's 2e-9).
     g = len(_GRID)  # (the grid's values were matched already, with an absolute tolerance)
     vals = _same(f[g:], r[g:], *((4e-2, 1e-5) if half else (1e-3, 0.0)))
     ct = _CT[:_N_GRAD]  # per unit cotangent, so that the tolerances mean the same for each
