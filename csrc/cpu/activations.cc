@@ -141,6 +141,10 @@ void ActBackward(Act act, float alpha, int64_t n, const float* s, const float* d
 
 namespace {
 
+// Sums along a long axis: float partial sums of kSumBlock terms, added in double (one float sum
+// over 200k terms drifts by ~1e-5 relative; jax's pairwise reduction does not).
+constexpr int64_t kSumBlock = 1024;
+
 // Softmax / log-softmax over axis 1 of x viewed as (outer, axis, inner), as jax.nn: shifted by
 // the axis max, and a slice holding NaN or +inf (or all -inf: -inf - -inf) is all NaN (oneDNN's
 // max drops NaN, and it gave [0, NaN, 0] for a +inf row). Vectorised over the axis when inner
@@ -159,42 +163,54 @@ JAX_MPS_CLONES void SoftmaxRows(int64_t rows, int64_t a, const float* x, float* 
       std::fill(yr, yr + a, NAN);
       continue;
     }
-    float sum = 0.f;
+    double sum = 0.0;
     if (log) {
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < a; ++j) sum += FastExp(xr[j] - m);
-      const float ls = std::log(sum);
+      for (int64_t j0 = 0; j0 < a; j0 += kSumBlock) {
+        float part = 0.f;
+        const int64_t j1 = std::min(a, j0 + kSumBlock);
+#pragma omp simd reduction(+ : part)
+        for (int64_t j = j0; j < j1; ++j) part += FastExp(xr[j] - m);
+        sum += part;
+      }
+      const float ls = static_cast<float>(std::log(sum));
 #pragma omp simd
       for (int64_t j = 0; j < a; ++j) yr[j] = (xr[j] - m) - ls;
     } else {
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < a; ++j) {
-        const float e = FastExp(xr[j] - m);
-        yr[j] = e;
-        sum += e;
+      for (int64_t j0 = 0; j0 < a; j0 += kSumBlock) {
+        float part = 0.f;
+        const int64_t j1 = std::min(a, j0 + kSumBlock);
+#pragma omp simd reduction(+ : part)
+        for (int64_t j = j0; j < j1; ++j) {
+          const float e = FastExp(xr[j] - m);
+          yr[j] = e;
+          part += e;
+        }
+        sum += part;
       }
+      const float fs = static_cast<float>(sum);
 #pragma omp simd
-      for (int64_t j = 0; j < a; ++j) yr[j] = yr[j] / sum;
+      for (int64_t j = 0; j < a; ++j) yr[j] = yr[j] / fs;
     }
   }
 }
 
-// One outer slice (a, in) with in > 1; m, s: scratch of `in` floats each.
-JAX_MPS_CLONES void SoftmaxStrided(int64_t a, int64_t in, const float* x, float* y, bool log, float* m, float* s) {
+// One outer slice (a, in) with in > 1; m, s: scratch of `in` each (s in double: a column's sum
+// runs over all a rows one at a time).
+JAX_MPS_CLONES void SoftmaxStrided(int64_t a, int64_t in, const float* x, float* y, bool log, float* m, double* s) {
   std::fill(m, m + in, -INFINITY);
-  std::fill(s, s + in, 0.f);  // first the NaN count, then the sum
+  std::fill(s, s + in, 0.0);  // first the NaN count, then the sum
   for (int64_t k = 0; k < a; ++k) {
     const float* xr = x + k * in;
 #pragma omp simd
     for (int64_t i = 0; i < in; ++i) {
       m[i] = xr[i] > m[i] ? xr[i] : m[i];
-      s[i] += xr[i] != xr[i] ? 1.f : 0.f;
+      s[i] += xr[i] != xr[i] ? 1.0 : 0.0;
     }
   }
 #pragma omp simd
   for (int64_t i = 0; i < in; ++i) {
-    m[i] = (s[i] > 0.f || std::fabs(m[i]) == INFINITY) ? NAN : m[i];  // NaN m makes the slice NaN
-    s[i] = 0.f;
+    m[i] = (s[i] > 0.0 || std::fabs(m[i]) == INFINITY) ? NAN : m[i];  // NaN m makes the slice NaN
+    s[i] = 0.0;
   }
   for (int64_t k = 0; k < a; ++k) {
     const float* xr = x + k * in;
@@ -212,7 +228,8 @@ JAX_MPS_CLONES void SoftmaxStrided(int64_t a, int64_t in, const float* x, float*
     const float* xr = x + k * in;
     float* yr = y + k * in;
 #pragma omp simd
-    for (int64_t i = 0; i < in; ++i) yr[i] = log ? (xr[i] - m[i]) - s[i] : yr[i] / s[i];
+    for (int64_t i = 0; i < in; ++i)
+      yr[i] = log ? (xr[i] - m[i]) - static_cast<float>(s[i]) : yr[i] / static_cast<float>(s[i]);
   }
 }
 
@@ -226,17 +243,17 @@ void SoftmaxForward(int64_t o, int64_t a, int64_t in, const float* x, float* y, 
     return;
   }
   ParallelFor(o, o * a * in * 8, [&](int64_t r) {
-    thread_local ScratchBuffer<float> buf;
-    float* m = buf.get(2 * in);
-    SoftmaxStrided(a, in, x + r * a * in, y + r * a * in, log, m, m + in);
+    thread_local ScratchBuffer<float> mb;
+    thread_local ScratchBuffer<double> sb;
+    SoftmaxStrided(a, in, x + r * a * in, y + r * a * in, log, mb.get(in), sb.get(in));
   });
 }
 
 // The gradient from the output y, as jax's rules: softmax dx = y * (g - sum(y g)); log-softmax
 // dx = g - exp(y) * sum(g) (NaN slices stay NaN through y).
 JAX_MPS_CLONES void SoftmaxGradSlice(int64_t a, int64_t in, const float* y, const float* g, float* dx, bool log,
-                                     float* acc) {
-  std::fill(acc, acc + in, 0.f);
+                                     double* acc) {
+  std::fill(acc, acc + in, 0.0);
   for (int64_t k = 0; k < a; ++k) {
     const float* yr = y + k * in;
     const float* gr = g + k * in;
@@ -248,7 +265,10 @@ JAX_MPS_CLONES void SoftmaxGradSlice(int64_t a, int64_t in, const float* y, cons
     const float* gr = g + k * in;
     float* dr = dx + k * in;
 #pragma omp simd
-    for (int64_t i = 0; i < in; ++i) dr[i] = log ? gr[i] - FastExp(yr[i]) * acc[i] : yr[i] * (gr[i] - acc[i]);
+    for (int64_t i = 0; i < in; ++i) {
+      const float c = static_cast<float>(acc[i]);
+      dr[i] = log ? gr[i] - FastExp(yr[i]) * c : yr[i] * (gr[i] - c);
+    }
   }
 }
 
@@ -257,9 +277,15 @@ JAX_MPS_CLONES void SoftmaxGradRows(int64_t rows, int64_t a, const float* y, con
     const float* yr = y + r * a;
     const float* gr = g + r * a;
     float* dr = dx + r * a;
-    float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t j = 0; j < a; ++j) acc += log ? gr[j] : yr[j] * gr[j];
+    double sum = 0.0;
+    for (int64_t j0 = 0; j0 < a; j0 += kSumBlock) {
+      float part = 0.f;
+      const int64_t j1 = std::min(a, j0 + kSumBlock);
+#pragma omp simd reduction(+ : part)
+      for (int64_t j = j0; j < j1; ++j) part += log ? gr[j] : yr[j] * gr[j];
+      sum += part;
+    }
+    const float acc = static_cast<float>(sum);
 #pragma omp simd
     for (int64_t j = 0; j < a; ++j) dr[j] = log ? gr[j] - FastExp(yr[j]) * acc : yr[j] * (gr[j] - acc);
   }
@@ -275,7 +301,7 @@ void SoftmaxBackward(int64_t o, int64_t a, int64_t in, const float* y, const flo
     return;
   }
   ParallelFor(o, o * a * in * 4, [&](int64_t r) {
-    thread_local ScratchBuffer<float> buf;
+    thread_local ScratchBuffer<double> buf;
     const int64_t off = r * a * in;
     SoftmaxGradSlice(a, in, y + off, g + off, dx + off, log, buf.get(in));
   });

@@ -63,9 +63,9 @@ __global__ void SoftmaxFwdK(int64_t lines, int64_t a, int64_t in, const T* x, T*
   m = WarpMax(m);  // NaN wins
   // As jax.nn (and the CPU): a line holding NaN or +inf, or all -inf, is all NaN.
   if (isinf(m)) m = NAN;
-  float s = 0.f;
-  for (int64_t j = lane; j < a; j += 32) s += expf(Ld(x[base + j * in]) - m);
-  s = WarpSum(s);
+  double ls_acc = 0.0;  // a lane's terms in double: a/32 float additions drift on long axes
+  for (int64_t j = lane; j < a; j += 32) ls_acc += expf(Ld(x[base + j * in]) - m);
+  const float s = WarpSum(float(ls_acc));
   const float ls = logf(s);
   for (int64_t j = lane; j < a; j += 32) {
     const float z = Ld(x[base + j * in]) - m;
@@ -79,12 +79,12 @@ __global__ void SoftmaxBwdK(int64_t lines, int64_t a, int64_t in, const T* y, co
   const int lane = threadIdx.x & 31;
   if (line >= lines) return;
   const int64_t base = (line / in) * a * in + line % in;
-  float s = 0.f;
+  double acc = 0.0;  // (as the forward's sum)
   for (int64_t j = lane; j < a; j += 32) {
     const float g = Ld(dy[base + j * in]);
-    s += kLog ? g : g * Ld(y[base + j * in]);
+    acc += kLog ? g : g * Ld(y[base + j * in]);
   }
-  s = WarpSum(s);
+  const float s = WarpSum(float(acc));
   for (int64_t j = lane; j < a; j += 32) {
     const float g = Ld(dy[base + j * in]), v = Ld(y[base + j * in]);
     dx[base + j * in] = St<T>(kLog ? g - expf(v) * s : v * (g - s));

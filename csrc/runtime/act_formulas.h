@@ -37,9 +37,10 @@ JAX_MPS_HDI float GeluTanhArg(float x) {
 
 template <class M> JAX_MPS_HDI float Forward(Act act, float x, float alpha) {
   switch (act) {
-    case Act::kRelu: return x < 0.f ? 0.f : x;  // NaN stays NaN (jnp.maximum)
+    // NaN stays NaN (jnp.maximum); -0 and negative subnormals (compared as 0 under DAZ) give +0.
+    case Act::kRelu: return x > 0.f ? x : (x != x ? x : 0.f);
     case Act::kRelu6: {
-      const float v = x < 0.f ? 0.f : x;
+      const float v = x > 0.f ? x : (x != x ? x : 0.f);
       return v > 6.f ? 6.f : v;
     }
     case Act::kLeakyRelu: return x >= 0.f ? x : alpha * x;
