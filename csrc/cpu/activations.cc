@@ -145,6 +145,20 @@ namespace {
 // over 200k terms drifts by ~1e-5 relative; jax's pairwise reduction does not).
 constexpr int64_t kSumBlock = 1024;
 
+// sum over j < a of term(j) (term may also store what it computes).
+template <class F>
+JAX_MPS_ALWAYS_INLINE double BlockSum(int64_t a, F&& term) {
+  double sum = 0.0;
+  for (int64_t j0 = 0; j0 < a; j0 += kSumBlock) {
+    float part = 0.f;
+    const int64_t j1 = std::min(a, j0 + kSumBlock);
+#pragma omp simd reduction(+ : part)
+    for (int64_t j = j0; j < j1; ++j) part += term(j);
+    sum += part;
+  }
+  return sum;
+}
+
 // Softmax / log-softmax over axis 1 of x viewed as (outer, axis, inner), as jax.nn: shifted by
 // the axis max, and a slice holding NaN or +inf (or all -inf: -inf - -inf) is all NaN (oneDNN's
 // max drops NaN, and it gave [0, NaN, 0] for a +inf row). Vectorised over the axis when inner
@@ -163,31 +177,12 @@ JAX_MPS_CLONES void SoftmaxRows(int64_t rows, int64_t a, const float* x, float* 
       std::fill(yr, yr + a, NAN);
       continue;
     }
-    double sum = 0.0;
     if (log) {
-      for (int64_t j0 = 0; j0 < a; j0 += kSumBlock) {
-        float part = 0.f;
-        const int64_t j1 = std::min(a, j0 + kSumBlock);
-#pragma omp simd reduction(+ : part)
-        for (int64_t j = j0; j < j1; ++j) part += FastExp(xr[j] - m);
-        sum += part;
-      }
-      const float ls = static_cast<float>(std::log(sum));
+      const float ls = static_cast<float>(std::log(BlockSum(a, [&](int64_t j) { return FastExp(xr[j] - m); })));
 #pragma omp simd
       for (int64_t j = 0; j < a; ++j) yr[j] = (xr[j] - m) - ls;
     } else {
-      for (int64_t j0 = 0; j0 < a; j0 += kSumBlock) {
-        float part = 0.f;
-        const int64_t j1 = std::min(a, j0 + kSumBlock);
-#pragma omp simd reduction(+ : part)
-        for (int64_t j = j0; j < j1; ++j) {
-          const float e = FastExp(xr[j] - m);
-          yr[j] = e;
-          part += e;
-        }
-        sum += part;
-      }
-      const float fs = static_cast<float>(sum);
+      const float fs = static_cast<float>(BlockSum(a, [&](int64_t j) { return yr[j] = FastExp(xr[j] - m); }));
 #pragma omp simd
       for (int64_t j = 0; j < a; ++j) yr[j] = yr[j] / fs;
     }
@@ -277,15 +272,7 @@ JAX_MPS_CLONES void SoftmaxGradRows(int64_t rows, int64_t a, const float* y, con
     const float* yr = y + r * a;
     const float* gr = g + r * a;
     float* dr = dx + r * a;
-    double sum = 0.0;
-    for (int64_t j0 = 0; j0 < a; j0 += kSumBlock) {
-      float part = 0.f;
-      const int64_t j1 = std::min(a, j0 + kSumBlock);
-#pragma omp simd reduction(+ : part)
-      for (int64_t j = j0; j < j1; ++j) part += log ? gr[j] : yr[j] * gr[j];
-      sum += part;
-    }
-    const float acc = static_cast<float>(sum);
+    const float acc = static_cast<float>(BlockSum(a, [&](int64_t j) { return log ? gr[j] : yr[j] * gr[j]; }));
 #pragma omp simd
     for (int64_t j = 0; j < a; ++j) dr[j] = log ? gr[j] - FastExp(yr[j]) * acc : yr[j] * (gr[j] - acc);
   }

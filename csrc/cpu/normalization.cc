@@ -198,14 +198,18 @@ void GradSums(const float* x, PreGrad pg, const float* m, const NormView& v, std
   pg.mask ? GradSumsT<true>(x, pg, m, v, sdz, sdzx) : GradSumsT<false>(x, pg, m, v, sdz, sdzx);
 }
 
-// Rows [r0, r1) of a row-wise pass, in parallel chunks when the pass is large.
+// Rows [r0, r1) of a row-wise pass over rows of C, in parallel chunks when the pass is large.
 template <class F>
-void RowChunks(const NormView& v, F&& f) {
-  const int64_t rows = v.rows();
-  const int nt = Threads(rows * v.C);
+void RowChunks(int64_t rows, int64_t C, F&& f) {
+  const int nt = Threads(rows * C);
   if (nt <= 1) return f(int64_t(0), rows);
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int i = 0; i < nt; ++i) f(rows * i / nt, rows * (i + 1) / nt);
+}
+
+template <class F>
+void RowChunks(const NormView& v, F&& f) {
+  RowChunks(v.rows(), v.C, f);
 }
 
 // out = ((x - m) - ml) * a + b, with m, ml, a, b per (g, c), for rows [r0, r1); out's rows are `ldo`
@@ -407,12 +411,8 @@ JAX_MPS_CLONES void LrnRows(const LrnDesc& p, const float* __restrict x, const f
 }
 
 void LrnRun(const LrnDesc& p, const float* x, const float* dy, float* out) {
-  const int64_t rows = p.rows, n = rows * p.C;
-  if (n == 0) return;
-  const int nt = Threads(n);
-  if (nt <= 1) return LrnRows(p, x, dy, out, 0, rows);
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int i = 0; i < nt; ++i) LrnRows(p, x, dy, out, rows * i / nt, rows * (i + 1) / nt);
+  if (p.rows * p.C == 0) return;
+  RowChunks(p.rows, p.C, [&](int64_t r0, int64_t r1) { LrnRows(p, x, dy, out, r0, r1); });
 }
 
 }  // namespace

@@ -63,9 +63,9 @@ __global__ void SoftmaxFwdK(int64_t lines, int64_t a, int64_t in, const T* x, T*
   m = WarpMax(m);  // NaN wins
   // As jax.nn (and the CPU): a line holding NaN or +inf, or all -inf, is all NaN.
   if (isinf(m)) m = NAN;
-  double ls_acc = 0.0;  // a lane's terms in double: a/32 float additions drift on long axes
-  for (int64_t j = lane; j < a; j += 32) ls_acc += expf(Ld(x[base + j * in]) - m);
-  const float s = WarpSum(float(ls_acc));
+  double sum = 0.0;  // a lane's terms in double: a/32 float additions drift on long axes
+  for (int64_t j = lane; j < a; j += 32) sum += expf(Ld(x[base + j * in]) - m);
+  const float s = WarpSum(float(sum));
   const float ls = logf(s);
   for (int64_t j = lane; j < a; j += 32) {
     const float z = Ld(x[base + j * in]) - m;

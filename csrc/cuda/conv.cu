@@ -417,17 +417,17 @@ ffi::Error MakeConvWork(const char* op, const Ctx& ctx, const ConvDesc& c, ffi::
 template <typename T>
 ffi::Error ConvFwdCore(const char* op, Ctx ctx, const ConvDesc& c, ffi::DataType dt, ffi::AnyBuffer x,
                        ffi::AnyBuffer w, ffi::AnyBuffer y) {
-    ConvWork<T> k;
-    const int kind = c.transpose ? 1 : 0;
-    JAX_MPS_RETURN_IF_ERROR(MakeConvWork<T>(op, ctx, c, dt, kind, w.element_count(), &w, nullptr, nullptr, false, &k));
-    if (!c.transpose) {  // Y = F(X = x)
-      JAX_MPS_RETURN_IF_ERROR(RunConv(op, k.h, k.plan.get(), 0, k.PadX(ctx.stream, Ptr<const T>(x)), k.wk,
-                                      y.untyped_data(), k.algo, k.algo_size));
-    } else {  // y = X = data gradient of F at Y = x
-      JAX_MPS_RETURN_IF_ERROR(
-          RunConv(op, k.h, k.plan.get(), 1, k.wk, x.untyped_data(), k.XOut(y.untyped_data()), k.algo, k.algo_size));
-      k.Crop(ctx.stream, Ptr<T>(y));
-    }
+  ConvWork<T> k;
+  const int kind = c.transpose ? 1 : 0;
+  JAX_MPS_RETURN_IF_ERROR(MakeConvWork<T>(op, ctx, c, dt, kind, w.element_count(), &w, nullptr, nullptr, false, &k));
+  if (!c.transpose) {  // Y = F(X = x)
+    JAX_MPS_RETURN_IF_ERROR(RunConv(op, k.h, k.plan.get(), 0, k.PadX(ctx.stream, Ptr<const T>(x)), k.wk,
+                                    y.untyped_data(), k.algo, k.algo_size));
+  } else {  // y = X = data gradient of F at Y = x
+    JAX_MPS_RETURN_IF_ERROR(
+        RunConv(op, k.h, k.plan.get(), 1, k.wk, x.untyped_data(), k.XOut(y.untyped_data()), k.algo, k.algo_size));
+    k.Crop(ctx.stream, Ptr<T>(y));
+  }
   return ffi::Error::Success();
 }
 

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
+from .. import activations as _act
+
 # Primitives whose parameters do not depend on the operand shape, so a candidate can be replayed
 # on the probe vector. Anything else ends a candidate.
 ELEMENTWISE = frozenset("""
@@ -170,7 +172,6 @@ def _same(got, want, rtol, atol):
 
 def _runtime_agrees(spec, f, df, dtype):
     """Whether the runtime's activation `spec` gives the candidate's values f and gradients df."""
-    from .. import activations as _act
     name, params = (spec, {}) if isinstance(spec, str) else spec
     p = jnp.asarray(_P, dtype)
     r, vjp = jax.vjp(lambda v: _act.activation(v, name, **params), p)

@@ -161,8 +161,7 @@ class Rewriter:
                     node = Node("bn", [i], e.outvars[0], i, extra={"eps": float(t[1]["epsilon"])})
             if node is not None and node.kind in ("conv", "dense", "bn") and self.opts.fuse:
                 self._fuse(node, taken)
-            if node is None and self.opts.convert and (name in A.ELEMENTWISE or name in A._WRAPPERS) \
-                    and not (name == "custom_vjp_call" and mps_target(e)):
+            if node is None and self.opts.convert and self._elementwise_eqn(e):
                 node = self._standalone_act(i, taken)
             if node is not None:
                 claim(node)
@@ -392,12 +391,7 @@ class Rewriter:
         return None
 
     def _elementwise_eqn(self, e):
-        n = e.primitive.name
-        if n in A.ELEMENTWISE:
-            return True
-        if n in A._WRAPPERS:
-            return n != "custom_vjp_call" or not mps_target(e)
-        return False
+        return e.primitive.name in A.ELEMENTWISE or e.primitive.name in A._WRAPPERS
 
     def _find_activation(self, x, after, taken, fused):
         """(eqn indices, out var, spec, description) of an activation of `x` starting after `after`."""
