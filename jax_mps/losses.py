@@ -14,7 +14,7 @@ import numpy as np
 from . import _ffi
 from ._runtime import contract
 from ._sharding import Rule
-from ._validate import check_float, check_rank, check_shape, int32_ids
+from ._validate import check_float, check_rank, check_shape, int32_ids, static_real
 
 __all__ = [
     "softmax_cross_entropy", "sigmoid_cross_entropy", "mean_squared_error", "mean_absolute_error",
@@ -172,9 +172,7 @@ def softmax_cross_entropy(logits, labels, *, weights=None, label_smoothing=0.0, 
     n, c = logits.shape
     if c < 1:
         raise ValueError(f"{op}: `logits` must have at least one class, got shape {logits.shape}")
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float, np.number)) \
-            or not 0.0 <= float(label_smoothing) <= 1.0:
-        raise ValueError(f"{op}: `label_smoothing` must be a float in [0, 1], got {label_smoothing!r}")
+    label_smoothing = static_real("label_smoothing", label_smoothing, op, lambda v: 0.0 <= v <= 1.0, " in [0, 1]")
     labels = jnp.asarray(labels) if not isinstance(labels, jax.Array) else labels
     if jnp.issubdtype(labels.dtype, jnp.integer):
         check_shape("labels", labels, (n,), op)
@@ -193,7 +191,7 @@ def softmax_cross_entropy(logits, labels, *, weights=None, label_smoothing=0.0, 
                              f"(probabilities), got {labels.shape}")
         labels = labels.astype(logits.dtype)
     w = _weights(weights, n, logits.dtype, op)
-    return _loss(logits, labels, w, _SOFTMAX_CE, red, float(label_smoothing))
+    return _loss(logits, labels, w, _SOFTMAX_CE, red, label_smoothing)
 
 
 def sigmoid_cross_entropy(logits, labels, *, weights=None, reduction="mean"):
@@ -217,9 +215,8 @@ def mean_absolute_error(pred, target, *, weights=None, reduction="mean"):
 
 def huber_loss(pred, target, *, delta=1.0, weights=None, reduction="mean"):
     """0.5 r^2 where |r| <= delta, else delta * (|r| - delta / 2), with r = pred - target (torch/optax)."""
-    if isinstance(delta, bool) or not isinstance(delta, (int, float, np.number)) or not 0 < float(delta) < np.inf:
-        raise ValueError(f"huber_loss: `delta` must be a positive float, got {delta!r}")
-    return _elementwise(_HUBER, pred, target, weights, reduction, float(delta), "huber_loss")
+    delta = static_real("delta", delta, "huber_loss", lambda v: v > 0, " > 0")
+    return _elementwise(_HUBER, pred, target, weights, reduction, delta, "huber_loss")
 
 
 def hinge_loss(pred, target, *, weights=None, reduction="mean"):

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import _ffi
 from ._sharding import SUM, Rule
-from ._validate import ACT_NONE, activation_code, check_float, check_shape, grad_from_output
+from ._validate import ACT_NONE, activation_code, check_float, check_shape, grad_from_output, static_real
 
 __all__ = ["batch_norm", "batch_norm_inference", "instance_norm", "local_response_norm"]
 
@@ -124,10 +124,7 @@ _bn.defvjp(_bn_fwd, _bn_bwd)
 
 
 def _epsilon(epsilon, op):
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(epsilon) or epsilon < 0:
-        raise ValueError(f"{op}: `epsilon` must be a finite number >= 0, got {epsilon!r}")
-    return float(epsilon)
+    return static_real("epsilon", epsilon, op, lambda v: v >= 0, " >= 0")
 
 
 def _check_x(x, op, min_rank, layout):
@@ -269,13 +266,6 @@ def _lrn_bwd(size, alpha, beta, k, x, g):
 _lrn.defvjp(_lrn_fwd, _lrn_bwd)
 
 
-def _real(name, v, op, ok, what):
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) \
-            or not ok(v):
-        raise ValueError(f"{op}: `{name}` must be a finite number{what}, got {v!r}")
-    return float(v)
-
-
 def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=1.0):
     """Across-channel LRN over the last axis (Caffe/torch):
     y_c = x_c / (k + alpha/size * sum_{|c'-c| <= size//2} x_c'^2)^beta."""
@@ -283,9 +273,9 @@ def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=1.0):
     x = _check_x(x, op, 1, "(..., C)")
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1 or size % 2 == 0:
         raise ValueError(f"{op}: `size` must be a positive odd int, got {size!r}")
-    alpha = _real("alpha", alpha, op, lambda v: v >= 0, " >= 0")
-    beta = _real("beta", beta, op, lambda v: True, "")
-    k = _real("k", k, op, lambda v: v > 0, " > 0")
+    alpha = static_real("alpha", alpha, op, lambda v: v >= 0, " >= 0")
+    beta = static_real("beta", beta, op)
+    k = static_real("k", k, op, lambda v: v > 0, " > 0")
     if x.size == 0:
         return x
     # Rank 1 gets a leading row axis so that vmap folding stacks rows, never channels.

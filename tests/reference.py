@@ -327,8 +327,17 @@ def _rnn_cell_step(cell, xt, h, c, p):
         r, z = jax.nn.sigmoid(ir + hr), jax.nn.sigmoid(iz + hz)
         n = jnp.tanh(inn + r * hn)
         return (1 - z) * n + z * h, c
-    act = jnp.tanh if cell == "tanh" else jax.nn.relu
+    act = jnp.tanh if cell == "tanh" else _torch_relu
     return act(gi + gh), c
+
+
+@jax.custom_jvp
+def _torch_relu(x):
+    """torch's relu as its RNNs differentiate it: the gradient passes where the output is NaN."""
+    return jnp.maximum(x, 0)
+
+
+_torch_relu.defjvps(lambda t, y, x: jnp.where(y <= 0, 0, t))
 
 
 def rnn_reference(cell, x, params, h0=None, c0=None, seq_lengths=None, time_major=False):

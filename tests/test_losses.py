@@ -201,6 +201,11 @@ def test_bad_input():
         mps.softmax_cross_entropy(x, jnp.array([0, -1, 1]))
     with pytest.raises(ValueError, match="label_smoothing"):
         mps.softmax_cross_entropy(x, jnp.array([0, 1, 1]), label_smoothing=1.5)
+    # Concrete 0-d arrays are accepted as the numbers they hold.
+    ids = jnp.array([0, 1, 1])
+    assert_close(mps.softmax_cross_entropy(x, ids, label_smoothing=jnp.array(0.1)),
+                 mps.softmax_cross_entropy(x, ids, label_smoothing=0.1))
+    assert_close(mps.huber_loss(x, 2 * x, delta=np.float32(0.5)), mps.huber_loss(x, 2 * x, delta=0.5))
     with pytest.raises(ValueError, match="log_pred"):
         mps.kl_divergence(jnp.float32(0), jnp.float32(0))
 

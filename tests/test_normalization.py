@@ -303,6 +303,16 @@ def test_bad_input():
         mps.local_response_norm(x, beta=float("inf"))
     with pytest.raises(ValueError, match="rank >= 1"):
         mps.local_response_norm(jnp.float32(1.0))
+    # Concrete 0-d arrays are numbers too (np.float32, jnp.array); a traced one cannot be compiled in.
+    want = mps.batch_norm(x, s, b, epsilon=1e-3)[0]
+    for eps in (np.float32(1e-3), np.array(1e-3), jnp.array(1e-3)):
+        assert_close(mps.batch_norm(x, s, b, epsilon=eps)[0], want)
+    assert_close(mps.local_response_norm(x, alpha=jnp.array(1e-4), beta=np.array(0.75), k=jnp.float32(1)),
+                 mps.local_response_norm(x))
+    with pytest.raises(TypeError, match="epsilon.*static"):
+        jax.jit(lambda e: mps.batch_norm(x, s, b, epsilon=e)[0])(1e-3)
+    with pytest.raises(ValueError, match="epsilon"):
+        mps.batch_norm(x, s, b, epsilon=jnp.ones(2))
 
 
 def test_cpp_validates():

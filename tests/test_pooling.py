@@ -92,6 +92,32 @@ def test_bilinear_matches_torch_values():
     assert_close(mps.upsample2d(x, 2)[0, :, :, 0], np.repeat(np.repeat(np.arange(4.0).reshape(2, 2), 2, 0), 2, 1))
 
 
+nan, inf = np.nan, np.inf
+
+
+# torch.nn.functional.interpolate(..., mode="bilinear", align_corners=False) on the CPU, forward and
+# the gradient of a cotangent of ones with inf at [1, 1]: an inf reaches only the outputs that read
+# it (zero-weight taps included: 0 * inf is NaN), and at scale 1 it stays where it is.
+@pytest.mark.parametrize("scale,want_y,want_dx", [
+    ((1, 1), [[1, 2, 3], [4, nan, 6], [7, 8, 9]], [[1, 1, 1], [1, nan, 1], [1, 1, 1]]),
+    ((1, 2), [[1, 1.25, 1.75, 2.25, 2.75, 3], [nan, nan, nan, nan, nan, 6], [7, 7.25, 7.75, 8.25, 8.75, 9]],
+     [[2, 2, 2], [nan, nan, 2], [2, 2, 2]]),
+    ((2, 1), [[1, nan, 3], [1.75, nan, 3.75], [3.25, nan, 5.25], [4.75, nan, 6.75], [6.25, nan, 8.25], [7, 8, 9]],
+     [[2, nan, 2], [2, nan, 2], [2, 2, 2]]),
+])
+def test_bilinear_non_finite_as_torch(scale, want_y, want_dx):
+    x = jnp.array([[1.0, 2, 3], [4, inf, 6], [7, 8, 9]]).reshape(1, 3, 3, 1)
+    y, vjp = jax.vjp(lambda x: mps.upsample2d(x, scale, "bilinear"), x)
+    np.testing.assert_allclose(np.asarray(y[0, :, :, 0]), want_y)
+    g = np.ones(y.shape, np.float32)
+    g[0, 1, 1, 0] = inf
+    np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(g))[0][0, :, :, 0]), want_dx)
+    # Scale 3's second tap weighs 1.5e-8 (torch's fma-rounded source index), not 0: inf, not NaN.
+    x = jnp.array([inf, inf, 0.25, nan]).reshape(1, 1, 4, 1)
+    want = [[nan] * 12, [nan] + [inf] * 6 + [nan] * 5]
+    np.testing.assert_allclose(np.asarray(mps.upsample2d(x, (2, 3), "bilinear")[0, :, :, 0]), want)
+
+
 def test_check_grads():
     x = _x((2, 5, 6, 3))
     opts = dict(order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
@@ -115,9 +141,16 @@ def test_max_ties_and_special_values():
     assert float(mps.max_pool2d(x, 2, padding="SAME")[0, 0, 0, 0]) == -np.inf
     g = jax.grad(lambda x: mps.max_pool2d(x, 2).sum())(x)
     assert_close(g[0, :, :, 0], [[1.0, 0.0], [0.0, 0.0]])
-    # NaN propagates.
+    # NaN propagates, and the gradient goes to the last NaN of the window (torch's argmax).
     x = jnp.array([1.0, jnp.nan, 3.0, 0.0]).reshape(1, 2, 2, 1)
     assert np.isnan(float(mps.max_pool2d(x, 2)[0, 0, 0, 0]))
+    x = jnp.array([1.0, jnp.nan, 3.0, jnp.nan, 2.0, 5.0]).reshape(1, 1, 6, 1)
+    for c in (1, 6, 37):  # the specialised, the 16/4-lane and the 1..3-lane channel blocks
+        xc = jnp.tile(x, (1, 1, 1, c))
+        g = jax.grad(lambda x: mps.max_pool2d(x, (1, 6)).sum())(xc)
+        np.testing.assert_array_equal(np.asarray(g[0, 0]), np.tile([[0, 0, 0, 1, 0, 0]], (c, 1)).T)
+        g = jax.grad(lambda x: mps.max_pool1d(x, 4, 2).sum())(xc[:, 0])
+        np.testing.assert_array_equal(np.asarray(g[0]), np.tile([[0, 0, 0, 2, 0, 0]], (c, 1)).T)
 
 
 # Non-overlapping windows (stride >= window) take the scatter backward: exact tiling, leftover

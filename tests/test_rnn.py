@@ -95,6 +95,15 @@ def test_matches_reference(cell, cfg):
     _check(cell, params, x, h0, c0, lens, tm)
 
 
+def test_relu_nan_as_torch():
+    # A NaN input poisons its sample's outputs and the weight gradients; torch's relu RNN passes
+    # the gradient through a NaN activation, so the sample's dx stays finite (jax.nn.relu's: 0).
+    params, x, h0, c0, lens = _case("relu", 1, False, 5, 3, 3, 4, False, None, False, seed=11)
+    x = x.at[0, 2, 1].set(jnp.nan)
+    _check("relu", params, x, h0, c0, lens, False)
+    dx = jax.grad(lambda x: mps.rnn(x, params, activation="relu")[0].sum())(x)
+    assert np.isfinite(np.asarray(dx)).all()
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "tanh", "relu"])
 def test_check_grads(cell):
     params, x, h0, c0, lens = _case(cell, 2, True, 3, 2, 3, 2, True, None, False, seed=3)

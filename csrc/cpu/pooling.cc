@@ -2,7 +2,7 @@
 // Own kernels: at the small channel counts of conv nets (6, 16, ...) oneDNN's nhwc pooling and
 // its workspace layout buy nothing. Windows are reduced in registers, channels innermost. Max
 // pooling's forward for the backward pass also writes an int32 argmax (spatial index ih * W + iw
-// per (n, c)); ties go to the first maximum in window order, NaN wins (the first NaN).
+// per (n, c)); ties go to the first maximum in window order, NaN wins (the last NaN, as torch).
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -55,12 +55,12 @@ inline void Store(float* p, V4 v, int64_t r) {
   else _mm_store_ss(p, v);
   if (r == 3) _mm_store_ss(p + 2, _mm_movehl_ps(v, v));
 }
-// The running max m takes x where x > m, or x is NaN and m is not (the first NaN wins); the argmax
+// The running max m takes x where x > m or x is NaN (the last NaN wins, as in torch); the argmax
 // bits a take sv there when Idx.
 template <bool Idx>
 inline void MaxStep(V4 x, V4 sv, V4* m, V4* a) {
-  // !(x <= m) is x > m or either is NaN; masking with "m is a number" keeps the first NaN.
-  const __m128 t = _mm_and_ps(_mm_cmpnle_ps(x, *m), _mm_cmpord_ps(*m, *m));
+  // x > m, or x is NaN (m NaN and x a number keeps m).
+  const __m128 t = _mm_or_ps(_mm_cmpgt_ps(x, *m), _mm_cmpunord_ps(x, x));
   *m = _mm_or_ps(_mm_and_ps(t, x), _mm_andnot_ps(t, *m));
   if constexpr (Idx) *a = _mm_or_ps(_mm_and_ps(t, sv), _mm_andnot_ps(t, *a));
 }
@@ -105,7 +105,7 @@ template <bool Idx>
 inline void MaxStep(V4 x, V4 sv, V4* m, V4* a) {
   for (int l = 0; l < 4; ++l) {
     const float v = x.f[l], cur = m->f[l];
-    if ((v > cur) | ((v != v) & (cur == cur))) {
+    if ((v > cur) | (v != v)) {
       m->f[l] = v;
       if constexpr (Idx) a->f[l] = sv.f[l];
     }

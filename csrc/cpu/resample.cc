@@ -1,7 +1,10 @@
 // 2-D upsampling of NHWC by integer factors on the CPU: nearest (torch 'nearest': source
 // index dst / scale) and bilinear (torch align_corners=False: src = (dst + 0.5) / scale - 0.5,
-// clamped at 0, neighbour clamped at the last row/column). Own kernels, channels innermost.
+// clamped at 0, neighbour clamped at the last row/column, and the element itself at scale 1).
+// Zero-weight taps are multiplied like the others (0 * inf is NaN, as in torch). Own kernels,
+// channels innermost.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <string_view>
 #include <vector>
@@ -28,11 +31,15 @@ Taps MakeTaps(int64_t in, int64_t scale) {
   t.l1.resize(out);
   const float r = 1.f / static_cast<float>(scale);
   for (int64_t o = 0; o < out; ++o) {
-    float src = r * (static_cast<float>(o) + 0.5f) - 0.5f;
+    // One rounding (fma), as torch's compiled kernel: at scale 3 the second tap's weight is then
+    // 1.5e-8, not 0, which decides inf against NaN next to an inf.
+    float src = std::fma(r, static_cast<float>(o) + 0.5f, -0.5f);
     if (src < 0.f) src = 0.f;
     int64_t i0 = std::min<int64_t>(static_cast<int64_t>(src), in - 1);
     t.i0[o] = i0;
-    t.i1[o] = i0 + (i0 < in - 1 ? 1 : 0);
+    // At scale 1 the (weight 0) neighbour is the element itself, as torch's: an inf or NaN stays
+    // where it is instead of reaching the next row/column through 0 * inf.
+    t.i1[o] = i0 + (scale > 1 && i0 < in - 1 ? 1 : 0);
     t.l1[o] = src - static_cast<float>(i0);
   }
   return t;

@@ -405,7 +405,7 @@ void RnnBwdStep(int64_t B, int64_t H, int64_t t, const int32_t* len, const float
     for (int64_t j = 0; j < H; ++j) {
       float out = g[j];
       float dht = dh[j] + dyo[j];
-      d[j] = relu ? (out > 0.f ? dht : 0.f) : dht * (1.f - out * out);
+      d[j] = relu ? (out <= 0.f ? 0.f : dht) : dht * (1.f - out * out);  // relu: a NaN passes dht (torch)
       dn[j] = 0.f;
     }
   }

@@ -2,7 +2,7 @@
 // per output element (channels fastest, so a warp reads contiguous channels). Backward passes
 // gather: each input element sums the windows that hold it, so dx is written once, without
 // atomics or a zero fill. Max pooling's argmax (spatial index ih * W + iw, first maximum in window
-// order wins, NaN wins) is the CPU kernel's.
+// order wins, the last NaN wins) is the CPU kernel's.
 #include "cuda/backend.h"
 #include "cuda/common.cuh"
 
@@ -23,14 +23,12 @@ __global__ void MaxFwdK(Geo g, const T* x, T* y, int32_t* idx) {
     const int64_t w0 = ws > 0 ? ws : 0, w1 = ws + g.kw < g.w ? ws + g.kw : g.w;
     float m = -INFINITY;
     int32_t a = int32_t(h0 * g.w + w0);
-    bool nan = false;
     for (int64_t ih = h0; ih < h1; ++ih)
       for (int64_t iw = w0; iw < w1; ++iw) {
         const float v = Ld(x[((n * g.h + ih) * g.w + iw) * g.c + k]);
-        if (!nan && (v > m || v != v)) {
+        if (v > m || v != v) {  // the last NaN wins, as in torch
           m = v;
           a = int32_t(ih * g.w + iw);
-          nan = v != v;
         }
       }
     y[o] = St<T>(m);

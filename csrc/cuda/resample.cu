@@ -1,7 +1,8 @@
 // 2-D upsampling of NHWC by integer factors on CUDA, with the CPU kernel's definitions: nearest
 // (source index dst / scale) and bilinear (torch align_corners=False: src = (dst + 0.5) / scale
-// - 0.5 clamped at 0, neighbour clamped at the last row/column). Backward passes gather (each
-// input element sums the outputs that read it), so dx is written once without atomics.
+// - 0.5 clamped at 0, neighbour clamped at the last row/column, the element itself at scale 1).
+// Backward passes gather (each input element sums the outputs that read it), so dx is written once
+// without atomics.
 #include "cuda/backend.h"
 #include "cuda/common.cuh"
 
@@ -10,21 +11,26 @@ namespace {
 
 // Tap of output o along an axis of `in` inputs: rows i0, i1 with weights 1 - l1, l1.
 __device__ __forceinline__ void Tap(int64_t o, int64_t in, int64_t scale, int64_t* i0, int64_t* i1, float* l1) {
-  float src = (1.f / float(scale)) * (float(o) + 0.5f) - 0.5f;
+  float src = __fmaf_rn(1.f / float(scale), float(o) + 0.5f, -0.5f);  // one rounding, as resample.cc
   if (src < 0.f) src = 0.f;
   int64_t a = int64_t(src);
   if (a > in - 1) a = in - 1;
   *i0 = a;
-  *i1 = a + (a < in - 1 ? 1 : 0);
+  *i1 = a + (scale > 1 && a < in - 1 ? 1 : 0);  // scale 1: the element itself (resample.cc)
   *l1 = src - float(a);
 }
 
-// Weight with which output o reads input x along one axis.
-__device__ __forceinline__ float TapWeight(int64_t o, int64_t x, int64_t in, int64_t scale) {
+// Weights of the taps of output o that read input x along one axis, into w; returns their count
+// (both taps of a clamped edge or of scale 1 read the same input). Zero weights are kept, so that
+// an inf cotangent gives NaN as the CPU's scatter (and torch) does.
+__device__ __forceinline__ int TapWeights(int64_t o, int64_t x, int64_t in, int64_t scale, float w[2]) {
   int64_t i0, i1;
   float l1;
   Tap(o, in, scale, &i0, &i1, &l1);
-  return (i0 == x ? 1.f - l1 : 0.f) + (i1 == x ? l1 : 0.f);
+  int n = 0;
+  if (i0 == x) w[n++] = 1.f - l1;
+  if (i1 == x) w[n++] = l1;
+  return n;
 }
 
 template <typename T>
@@ -61,12 +67,15 @@ __global__ void UpBwdK(Upsample2DDesc d, const T* dy, T* dx) {
       // Outputs reading input row y lie in [(y - 1) * s, (y + 2) * s) (plus the clamped edges).
       const int64_t i0 = (y - 1) * d.sh > 0 ? (y - 1) * d.sh : 0, i1 = (y + 2) * d.sh < oh ? (y + 2) * d.sh : oh;
       const int64_t j0 = (x - 1) * d.sw > 0 ? (x - 1) * d.sw : 0, j1 = (x + 2) * d.sw < ow ? (x + 2) * d.sw : ow;
+      float wh[2], ww[2];
       for (int64_t i = i0; i < i1; ++i) {
-        const float wh = TapWeight(i, y, d.h, d.sh);
-        if (wh == 0.f) continue;
-        for (int64_t j = j0; j < j1; ++j) {
-          const float ww = TapWeight(j, x, d.w, d.sw);
-          if (ww != 0.f) acc += wh * ww * Ld(g[(i * ow + j) * c]);
+        const int nh = TapWeights(i, y, d.h, d.sh, wh);
+        for (int64_t j = j0; j < j1 && nh; ++j) {
+          const int nw = TapWeights(j, x, d.w, d.sw, ww);
+          if (!nw) continue;
+          const float v = Ld(g[(i * ow + j) * c]);
+          for (int a = 0; a < nh; ++a)
+            for (int b = 0; b < nw; ++b) acc += wh[a] * ww[b] * v;
         }
       }
     }

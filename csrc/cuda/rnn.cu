@@ -253,7 +253,7 @@ __global__ void BwdStepK(int64_t B, int64_t H, int64_t T, int64_t t, const int32
       dn[e] = dht * z;
     } else {
       const float out = gr[j];
-      dx[j] = kCell == Cell::kRnnRelu ? (out > 0.f ? dht : 0.f) : dht * (1.f - out * out);
+      dx[j] = kCell == Cell::kRnnRelu ? (out <= 0.f ? 0.f : dht) : dht * (1.f - out * out);  // NaN: dht (torch)
       dn[e] = 0.f;
     }
   }
