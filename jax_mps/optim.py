@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from . import _ffi
 from ._runtime import contract  # (importing _runtime registers the targets)
 
 __all__ = ["sgd", "adam", "adamw", "rmsprop", "SgdState", "AdamState", "RmspropState"]
@@ -195,9 +196,9 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
             norm_mode = _NORM["internal"]
             if len(groups) > 1:  # the norm spans every group: sum each group's squared norm first
                 norm_mode = _NORM["external"]
-                parts = [jax.ffi.ffi_call(_SQNORM, jax.ShapeDtypeStruct((), jnp.float32))(
-                    gscale, *[g_leaves[i] for i in idx], rescale=attrs["rescale"], clip_value=attrs["clip_value"])
-                    for idx in groups.values()]
+                parts = [_ffi.call(_SQNORM, jax.ShapeDtypeStruct((), jnp.float32), gscale, *[g_leaves[i] for i in idx],
+                                   rescale=attrs["rescale"], clip_value=attrs["clip_value"])
+                         for idx in groups.values()]
                 sqnorm = sum(parts[1:], parts[0])
 
         out = [None] * len(p_leaves)
@@ -212,9 +213,12 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
             if not write_updates:  # in place: params and slots become the results
                 aliases = {4 + k: k for k in range(n)}
                 aliases.update({4 + (2 + s) * n + k: (1 + s) * n + k for s in range(nslots) for k in range(n)})
-            res = jax.ffi.ffi_call(_STEP, specs, input_output_aliases=aliases)(
-                rate, count_inc, sqnorm, gscale, *operands, n=np.int64(n), write_updates=np.int64(write_updates),
-                norm_mode=np.int64(norm_mode), **attrs)
+            # Through _ffi (no fold: under vmap, an ensemble's members step one after another).
+            res = _ffi.composite(
+                lambda axes, specs, *a, aliases=aliases, n=n: _ffi.kernel(
+                    _STEP, specs, *a, aliases=aliases, n=n, write_updates=write_updates, norm_mode=norm_mode,
+                    **attrs),
+                specs, rate, count_inc, sqnorm, gscale, *operands)
             for k, i in enumerate(idx):
                 out[i] = res[k]
                 for s in range(nslots):

@@ -313,6 +313,31 @@ def test_apply_donates_and_jits():
     assert jax.tree.structure(u) == jax.tree.structure(p3)
 
 
+@pytest.mark.parametrize("name", ["sgd_nesterov", "adamw_clip_norm"])
+def test_vmap_ensembles(name):
+    # An ensemble's members (vmapped params, grads and state) step one after another, each as optax.
+    mk = {"sgd_nesterov": lambda m: m.sgd(0.1, momentum=0.9, nesterov=True),
+          "adamw_clip_norm": lambda m: optax.chain(optax.clip_by_global_norm(0.5), optax.adamw(0.01, weight_decay=0.1))
+          if m is optax else m.adamw(0.01, weight_decay=0.1, clip_norm=0.5)}[name]
+    rng = np.random.default_rng(1)
+    params = {"w": jnp.asarray(rng.normal(size=(3, 4, 5)), jnp.float32),
+              "b": jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)}
+    grads = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params) for _ in range(3)]
+    ours, ref = mk(mps.optim), mk(optax)
+    s, sr = jax.vmap(ours.init)(params), jax.vmap(ref.init)(params)
+    p, pr, pa = params, params, jax.tree.map(jnp.copy, params)
+    sa = jax.vmap(ours.init)(params)
+    apply = jax.jit(jax.vmap(lambda p, g, s: ours.apply(p, g, s)))
+    for g in grads:
+        u, s = jax.jit(jax.vmap(ours.update))(g, s, p)
+        ur, sr = jax.vmap(ref.update)(g, sr, pr)
+        p, pr = optax.apply_updates(p, u), optax.apply_updates(pr, ur)
+        pa, sa = apply(pa, g, sa)
+        _close(u, ur, "vmap update")
+    _close(p, pr, "vmap params")
+    _close(pa, pr, "vmap apply")
+    assert s.count.shape == (3,) and int(s.count[0]) == 3
+
 def test_bad_input():
     params = _tree(big=False)
     opt = mps.optim.adam(0.1)
