@@ -61,6 +61,7 @@ def static_real(name: str, v, op: str, ok=lambda v: True, what: str = "") -> flo
         raise ValueError(f"{op}: `{name}` must be a finite number{what}, got {v!r}")
     return float(v)
 
+
 def check_rank(name: str, x, rank: int, layout: str, op: str) -> None:
     if jnp.ndim(x) != rank:
         raise ValueError(f"{op}: `{name}` must have rank {rank} {layout}, got shape {tuple(jnp.shape(x))}")
