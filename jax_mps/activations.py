@@ -92,6 +92,8 @@ def prelu(x, alpha):
     if x.ndim < 1:
         raise ValueError(f"prelu: `x` must have rank >= 1 (..., C), got shape {x.shape}")
     check_shape("alpha", alpha, (x.shape[-1],), "prelu")
+    if x.ndim == 1:  # a leading row axis, so that vmap folds into rows, never into the channels
+        return _prelu(x[None], alpha.astype(x.dtype))[0]
     return _prelu(x, alpha.astype(x.dtype))
 
 

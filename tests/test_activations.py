@@ -49,6 +49,18 @@ def test_prelu(shape):
     check_grads(mps.prelu, (x, alpha), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
 
 
+def test_prelu_vmap_rank1():
+    # vmap over rows of a rank-1 x keeps the channel axis whole (the mapped axis becomes rows).
+    x, alpha = _x((4, 3)), jnp.array([0.1, -0.2, 0.3])
+    for f, r in ((mps.prelu, ref.prelu), (lambda x, a: mps.activation(x, "prelu", alpha=a), ref.prelu)):
+        assert_close(jax.vmap(lambda v: f(v, alpha))(x), r(x, alpha))
+        g = jax.vmap(jax.grad(lambda v, a: f(v, a).sum(), argnums=(0, 1)), in_axes=(0, None))(x, alpha)
+        gr = jax.vmap(jax.grad(lambda v, a: r(v, a).sum(), argnums=(0, 1)), in_axes=(0, None))(x, alpha)
+        assert_close(g[0], gr[0])
+        assert_close(g[1], gr[1])
+        assert_close(jax.vmap(lambda v: f(v, alpha), in_axes=1, out_axes=1)(x.T), r(x, alpha).T)
+
+
 @pytest.mark.parametrize("fn", ["softmax", "log_softmax"])
 @pytest.mark.parametrize("shape,axis", [((5,), 0), ((3, 7), -1), ((3, 7), 0), ((2, 3, 4), 1), ((1, 1, 9), -1)])
 def test_softmax(fn, shape, axis):
