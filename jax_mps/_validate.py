@@ -47,14 +47,19 @@ def check_float(name: str, x, op: str) -> None:
         raise TypeError(f"{op}: `{name}` must be float32, float16 or bfloat16, got {dtype}")
 
 
+def scalar_array(v) -> bool:
+    """A real (float or integer) 0-d NumPy / JAX array, concrete or traced."""
+    return (isinstance(v, (np.ndarray, jax.Array)) and v.ndim == 0
+            and (jnp.issubdtype(v.dtype, jnp.floating) or jnp.issubdtype(v.dtype, jnp.integer)))
+
+
 def static_real(name: str, v, op: str, ok=lambda v: True, what: str = "") -> float:
     """A finite real attribute compiled into the kernel: a Python / NumPy number or a concrete 0-d
     real array (np.float32(1e-5), jnp.array(1e-5)), as a float; `ok(v)` must hold."""
     if isinstance(v, jax.core.Tracer):
         raise TypeError(f"{op}: `{name}` must be a static number (it is compiled into the kernel), "
                         "got a traced value")
-    if isinstance(v, (np.ndarray, jax.Array)) and v.ndim == 0 and v.dtype != np.bool_ \
-            and (jnp.issubdtype(v.dtype, jnp.floating) or jnp.issubdtype(v.dtype, jnp.integer)):
+    if scalar_array(v):
         v = v.item()
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) \
             or not np.isfinite(v) or not ok(v):

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from . import _ffi
+from ._validate import scalar_array  # optax takes array hyperparameters (inject_hyperparams)
 from ._runtime import contract  # (importing _runtime registers the targets)
 
 __all__ = ["sgd", "adam", "adamw", "rmsprop", "SgdState", "AdamState", "RmspropState"]
@@ -60,16 +61,10 @@ class Optimizer(optax.GradientTransformation):
 
 # --------------------------------------------------------------------------- validation
 
-def _scalar_array(v):
-    """A real 0-d numpy / JAX array (optax takes array hyperparameters, e.g. from inject_hyperparams)."""
-    return (isinstance(v, (np.ndarray, jax.Array)) and v.ndim == 0
-            and (jnp.issubdtype(v.dtype, jnp.floating) or jnp.issubdtype(v.dtype, jnp.integer)))
-
-
 def _check_lr(learning_rate):
     if callable(learning_rate):
         return learning_rate
-    if isinstance(learning_rate, jax.core.Tracer) and _scalar_array(learning_rate):
+    if isinstance(learning_rate, jax.core.Tracer) and scalar_array(learning_rate):
         return learning_rate  # traced (optax.inject_hyperparams under jit): an operand of the kernel
     return _check_num("learning_rate", learning_rate, lo=0.0,
                       what="a float, a scalar array or an optax schedule (callable)")
@@ -79,7 +74,7 @@ def _check_num(name, v, *, lo=None, hi=None, lo_open=False, hi_open=False, what=
     if isinstance(v, jax.core.Tracer):
         raise TypeError(f"{name} must be concrete: it is compiled into the fused kernel, got a traced value "
                         "(with optax.inject_hyperparams, name it in static_args; only learning_rate may be traced)")
-    if _scalar_array(v):
+    if scalar_array(v):
         v = v.item()
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be {what}, got {type(v).__name__}")

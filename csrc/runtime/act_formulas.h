@@ -28,6 +28,10 @@ template <class M> JAX_MPS_HDI float TanhGrad(float x) {
   const float e = M::Exp(-2.f * fabsf(x)), d = 1.f + e;
   return 4.f * e / (d * d);
 }
+// max(x, 0) as jnp.maximum: NaN stays NaN; -0 and negative subnormals (compared as 0 under DAZ)
+// give +0.
+JAX_MPS_HDI float Relu(float x) { return x > 0.f ? x : (x != x ? x : 0.f); }
+
 // gelu_tanh's u = sqrt(2/pi) (x + 0.044715 x^3), with x clamped where sigmoid(2u) is already 0 or 1
 // (so x^3 never overflows).
 JAX_MPS_HDI float GeluTanhArg(float x) {
@@ -37,10 +41,9 @@ JAX_MPS_HDI float GeluTanhArg(float x) {
 
 template <class M> JAX_MPS_HDI float Forward(Act act, float x, float alpha) {
   switch (act) {
-    // NaN stays NaN (jnp.maximum); -0 and negative subnormals (compared as 0 under DAZ) give +0.
-    case Act::kRelu: return x > 0.f ? x : (x != x ? x : 0.f);
+    case Act::kRelu: return Relu(x);
     case Act::kRelu6: {
-      const float v = x > 0.f ? x : (x != x ? x : 0.f);
+      const float v = Relu(x);
       return v > 6.f ? 6.f : v;
     }
     case Act::kLeakyRelu: return x >= 0.f ? x : alpha * x;
