@@ -61,19 +61,29 @@ class Optimizer(optax.GradientTransformation):
 
 # --------------------------------------------------------------------------- validation
 
+def _traced(v):
+    return isinstance(v, jax.core.Tracer)
+
+
+def _on(v):
+    """Whether an option's term may be on: a traced value may be anything."""
+    return _traced(v) or v > 0.0
+
+
 def _check_lr(learning_rate):
     if callable(learning_rate):
         return learning_rate
-    if isinstance(learning_rate, jax.core.Tracer) and scalar_array(learning_rate):
-        return learning_rate  # traced (optax.inject_hyperparams under jit): an operand of the kernel
     return _check_num("learning_rate", learning_rate, lo=0.0,
                       what="a float, a scalar array or an optax schedule (callable)")
 
 
 def _check_num(name, v, *, lo=None, hi=None, lo_open=False, hi_open=False, what="a number"):
-    if isinstance(v, jax.core.Tracer):
-        raise TypeError(f"{name} must be concrete: it is compiled into the fused kernel, got a traced value "
-                        "(with optax.inject_hyperparams, name it in static_args; only learning_rate may be traced)")
+    """A concrete number as a float, range-checked; a traced 0-d array (optax.inject_hyperparams
+    under jit) as it is: the kernels read hyperparameters as data and, as optax, do not check them."""
+    if _traced(v):
+        if not scalar_array(v):
+            raise TypeError(f"{name} must be {what}, got a traced {v.dtype}{list(v.shape)}")
+        return v
     if scalar_array(v):
         v = v.item()
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
@@ -90,6 +100,12 @@ def _check_num(name, v, *, lo=None, hi=None, lo_open=False, hi_open=False, what=
     return v
 
 
+def _momentum_slot(raw, momentum):
+    """A momentum buffer exists for a nonzero Python number and for any array: optax.inject_hyperparams
+    passes arrays whose value may change between steps (0 then 0.9), so the state must not hinge on it."""
+    return isinstance(raw, (jax.Array, np.ndarray, np.generic)) or momentum != 0.0
+
+
 def _common(gradient_rescale, clip_value, clip_norm, regularization, regularization_scale):
     rescale = _check_num("gradient_rescale", gradient_rescale, lo=0.0)
     cv = 0.0 if clip_value is None else _check_num("clip_value", clip_value, lo=0.0, lo_open=True)
@@ -97,7 +113,7 @@ def _common(gradient_rescale, clip_value, clip_norm, regularization, regularizat
     if regularization not in (None, "l1", "l2"):
         raise ValueError(f'regularization must be None, "l1" or "l2", got {regularization!r}')
     scale = _check_num("regularization_scale", regularization_scale, lo=0.0)
-    return dict(rescale=rescale, clip_value=cv, clip_norm=cn,
+    return dict(rescale=rescale, clip_value=cv, clip_norm=cn, norm=clip_norm is not None,
                 l1=scale if regularization == "l1" else 0.0,
                 l2=scale if regularization == "l2" else 0.0)
 
@@ -120,19 +136,30 @@ def _same_tree(treedef, other, what):
 
 # --------------------------------------------------------------------------- the transformation
 
+def _one_minus(b):
+    """1 - b as optax forms it: in double and rounded once for a number, in float32 for an array."""
+    return 1.0 - b if _traced(b) else np.float32(1.0 - b)
+
+
 def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_params):
     lr = _check_lr(learning_rate)
     nslots = len(slot_names)
+    b1, b2 = hyper.get("b1", 0.0), hyper.get("b2", 0.0)
+    # The hp operand's entries but learning_rate and grad_scale (known at each step): numbers or,
+    # under optax.inject_hyperparams, traced scalars.
+    fixed = dict(rescale=common["rescale"], clip_value=common["clip_value"], clip_norm=common["clip_norm"],
+                 l1=common["l1"], l2=common["l2"], b1=b1, ob1=_one_minus(b1), b2=b2, ob2=_one_minus(b2),
+                 eps=hyper.get("eps", 0.0), momentum=hyper.get("momentum", 0.0),
+                 weight_decay=hyper.get("weight_decay", 0.0))
+    names = contract.OPTIM_HYPER
+    assert names[:2] == ["learning_rate", "grad_scale"], names  # the per-step entries lead
+    rest = [fixed[k] for k in names[2:]]
+    if not any(map(_traced, rest)):
+        rest = np.asarray(rest, np.float32)
     attrs = dict(rule=np.int64(_RULES[rule]), nslots=np.int64(nslots),
-                 b1=np.float32(hyper.get("b1", 0.0)), b2=np.float32(hyper.get("b2", 0.0)),
-                 ob1=np.float32(1.0 - hyper.get("b1", 0.0)), ob2=np.float32(1.0 - hyper.get("b2", 0.0)),
-                 eps=np.float32(hyper.get("eps", 0.0)), momentum=np.float32(hyper.get("momentum", 0.0)),
-                 weight_decay=np.float32(hyper.get("weight_decay", 0.0)),
                  nesterov=np.int64(hyper.get("nesterov", False)), amsgrad=np.int64(hyper.get("amsgrad", False)),
-                 centered=np.int64(hyper.get("centered", False)),
-                 rescale=np.float32(common["rescale"]), clip_value=np.float32(common["clip_value"]),
-                 clip_norm=np.float32(common["clip_norm"]), l1=np.float32(common["l1"]), l2=np.float32(common["l2"]))
-    needs_params = needs_params or common["l1"] > 0 or common["l2"] > 0
+                 centered=np.int64(hyper.get("centered", False)))
+    needs_params = needs_params or _on(common["l1"]) or _on(common["l2"])
     all_slots = state_cls._fields[1:]
 
     def init(params):
@@ -171,7 +198,7 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
                 raise ValueError(f"grads leaf {i}: shape {tuple(g.shape)} does not match param shape {tuple(p.shape)}")
         # Loss-scaled gradients (mixed_precision) are unscaled by the kernels themselves, so no
         # float32 copy of the gradients is written.
-        gscale = jnp.float32(1) if grad_scale is None else jnp.asarray(grad_scale, jnp.float32).reshape(())
+        gscale = 1.0 if grad_scale is None else jnp.asarray(grad_scale, jnp.float32).reshape(())
         # float32 params read float16 / bfloat16 grads in the kernel itself (mixed precision's
         # masters); any other mismatch is cast to the param dtype.
         g_leaves = [g if g.dtype == p.dtype or (p.dtype == jnp.float32 and g.dtype in _FLOATS) else g.astype(p.dtype)
@@ -179,7 +206,9 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
 
         count = jnp.asarray(state.count, jnp.int32)
         rate = lr(count) if callable(lr) else lr
-        rate = jnp.asarray(rate, jnp.float32).reshape(())
+        per_step = [jnp.reshape(rate, ()), gscale]
+        hp = (jnp.concatenate([jnp.stack(per_step).astype(jnp.float32), rest]) if isinstance(rest, np.ndarray)
+              else jnp.stack([jnp.asarray(v, jnp.float32) for v in per_step + rest]))
         count_inc = jnp.where(count < _INT32_MAX, count + 1, _INT32_MAX).astype(jnp.int32)
 
         groups: dict = {}
@@ -187,12 +216,11 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
             groups.setdefault((jnp.dtype(p.dtype), jnp.dtype(g_leaves[i].dtype)), []).append(i)
         norm_mode = _NORM["none"]
         sqnorm = jnp.zeros([], jnp.float32)
-        if common["clip_norm"] > 0:
+        if common["norm"]:
             norm_mode = _NORM["internal"]
             if len(groups) > 1:  # the norm spans every group: sum each group's squared norm first
                 norm_mode = _NORM["external"]
-                parts = [_ffi.call(_SQNORM, jax.ShapeDtypeStruct((), jnp.float32), gscale, *[g_leaves[i] for i in idx],
-                                   rescale=attrs["rescale"], clip_value=attrs["clip_value"])
+                parts = [_ffi.call(_SQNORM, jax.ShapeDtypeStruct((), jnp.float32), hp, *[g_leaves[i] for i in idx])
                          for idx in groups.values()]
                 sqnorm = sum(parts[1:], parts[0])
 
@@ -206,14 +234,14 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
                      + [jax.ShapeDtypeStruct(p_leaves[i].shape, jnp.float32) for _ in range(nslots) for i in idx])
             aliases = {}
             if not write_updates:  # in place: params and slots become the results
-                aliases = {4 + k: k for k in range(n)}
-                aliases.update({4 + (2 + s) * n + k: (1 + s) * n + k for s in range(nslots) for k in range(n)})
+                aliases = {3 + k: k for k in range(n)}
+                aliases.update({3 + (2 + s) * n + k: (1 + s) * n + k for s in range(nslots) for k in range(n)})
             # Through _ffi (no fold: under vmap, an ensemble's members step one after another).
             res = _ffi.composite(
                 lambda axes, specs, *a, aliases=aliases, n=n: _ffi.kernel(
                     _STEP, specs, *a, aliases=aliases, n=n, write_updates=write_updates, norm_mode=norm_mode,
                     **attrs),
-                specs, rate, count_inc, sqnorm, gscale, *operands)
+                specs, count_inc, sqnorm, hp, *operands)
             for k, i in enumerate(idx):
                 out[i] = res[k]
                 for s in range(nslots):
@@ -245,11 +273,11 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
 def sgd(learning_rate, momentum=0.0, nesterov=False, *, gradient_rescale=1.0, clip_value=None,
         clip_norm=None, regularization=None, regularization_scale=0.0) -> Optimizer:
     """SGD with optional (Nesterov) momentum; with defaults equals `optax.sgd`."""
-    momentum = _check_num("momentum", momentum, lo=0.0)
-    if nesterov and momentum == 0.0:
+    raw, momentum = momentum, _check_num("momentum", momentum, lo=0.0)
+    if nesterov and not _on(momentum):
         raise ValueError("sgd: nesterov=True needs momentum > 0")
     common = _common(gradient_rescale, clip_value, clip_norm, regularization, regularization_scale)
-    slots = ("trace",) if momentum != 0.0 else ()
+    slots = ("trace",) if _momentum_slot(raw, momentum) else ()
     return _make("sgd", SgdState, slots, learning_rate, dict(momentum=momentum, nesterov=bool(nesterov)),
                  common, False)
 
@@ -261,7 +289,7 @@ def _adam(learning_rate, b1, b2, eps, weight_decay, amsgrad, common):
     slots = ("mu", "nu", "nu_max") if amsgrad else ("mu", "nu")
     return _make("adam", AdamState, slots, learning_rate,
                  dict(b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, amsgrad=bool(amsgrad)),
-                 common, weight_decay > 0)
+                 common, _on(weight_decay))
 
 
 def adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8, amsgrad=False, *, gradient_rescale=1.0,
@@ -286,8 +314,8 @@ def rmsprop(learning_rate, decay=0.9, eps=1e-8, momentum=0.0, centered=False, *,
     `optax.rmsprop`); with defaults equals `optax.rmsprop`."""
     decay = _check_num("decay", decay, lo=0.0, hi=1.0)
     eps = _check_num("eps", eps, lo=0.0)
-    momentum = _check_num("momentum", momentum, lo=0.0)
+    raw, momentum = momentum, _check_num("momentum", momentum, lo=0.0)
     common = _common(gradient_rescale, clip_value, clip_norm, regularization, regularization_scale)
-    slots = ("nu",) + (("mu",) if centered else ()) + (("momentum",) if momentum != 0.0 else ())
+    slots = ("nu",) + (("mu",) if centered else ()) + (("momentum",) if _momentum_slot(raw, momentum) else ())
     return _make("rmsprop", RmspropState, slots, learning_rate,
                  dict(b2=decay, eps=eps, momentum=momentum, centered=bool(centered)), common, False)

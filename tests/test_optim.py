@@ -5,6 +5,7 @@ import optax
 import pytest
 
 import jax_mps as mps
+from jax_mps._runtime import contract
 import reference as ref
 from helpers import assert_close
 
@@ -383,13 +384,16 @@ def test_bad_input():
         mps.optim.sgd(0.1, nesterov=True)
 
 
+def _hp(**over):
+    values = dict(learning_rate=0.1, grad_scale=1.0, rescale=1.0, b1=0.9, ob1=0.1, b2=0.999, ob2=0.001, eps=1e-8)
+    values.update(over)
+    return jnp.asarray([values.get(k, 0.0) for k in contract.OPTIM_HYPER], jnp.float32)
+
+
 def _raw_step(operands, results, **over):
     attrs = dict(rule=np.int64(1), n=np.int64(1), nslots=np.int64(2), write_updates=np.int64(1),
-                 b1=np.float32(0.9), b2=np.float32(0.999), ob1=np.float32(0.1), ob2=np.float32(0.001),
-                 eps=np.float32(1e-8), momentum=np.float32(0), weight_decay=np.float32(0), nesterov=np.int64(0),
-                 amsgrad=np.int64(0), centered=np.int64(0), rescale=np.float32(1), clip_value=np.float32(0),
-                 clip_norm=np.float32(0), norm_mode=np.int64(0), l1=np.float32(0), l2=np.float32(0))
-    scalars = over.pop("scalars", (jnp.float32(0.1), jnp.int32(1), jnp.float32(0), jnp.float32(1)))
+                 nesterov=np.int64(0), amsgrad=np.int64(0), centered=np.int64(0), norm_mode=np.int64(0))
+    scalars = over.pop("scalars", (jnp.int32(1), jnp.float32(0), _hp()))
     attrs.update(over)
     return jax.ffi.ffi_call("jax_mps_optim_step_fwd", results)(*scalars, *operands, **attrs)
 
@@ -404,44 +408,93 @@ def test_runtime_validation():
         ([x, x, x], [jax.ShapeDtypeStruct(x.shape, x.dtype)] * 3, {}),                   # operand count
         ([x, x, x, x], [jax.ShapeDtypeStruct(x.shape, x.dtype)] * 3, {"nslots": np.int64(3)}),
         ([x, x, x, x], [jax.ShapeDtypeStruct(x.shape, x.dtype)] * 3, {"rule": np.int64(7)}),
+        ([x, x, x, x], [jax.ShapeDtypeStruct(x.shape, x.dtype)] * 3, {"nesterov": np.int64(1)}),  # adam
+        ([x, x, x], [jax.ShapeDtypeStruct(x.shape, x.dtype)] * 2,  # centered rmsprop has >= 2 slots
+         {"rule": np.int64(2), "centered": np.int64(1), "nslots": np.int64(1)}),
+        ([x, x, x, x], [jax.ShapeDtypeStruct(x.shape, x.dtype)] * 3, {"norm_mode": np.int64(3)}),
         # float32 params take float16 / bfloat16 grads (mixed precision); other pairings are errors
         ([x.astype(jnp.bfloat16), x.astype(jnp.float16), x, x],
          [jax.ShapeDtypeStruct(x.shape, jnp.bfloat16)] + [jax.ShapeDtypeStruct(x.shape, x.dtype)] * 2, {}),
         ([x, x.astype(jnp.bfloat16), x, x], [jax.ShapeDtypeStruct(x.shape, jnp.bfloat16)] * 3, {}),  # result
-        ([x, x, x, x], [jax.ShapeDtypeStruct(x.shape, x.dtype)] * 3, {"eps": np.float32(-1)}),
-        ([x, x, x, x], [jax.ShapeDtypeStruct(x.shape, x.dtype)] * 3, {"norm_mode": np.int64(1)}),
-        # grad_scale must be a float32 scalar
+        # the scalars: count int32, sqnorm float32, hp float32 with one entry per hyperparameter
         ([x, x, z, z], [jax.ShapeDtypeStruct(x.shape, x.dtype)] * 3,
-         {"scalars": (jnp.float32(0.1), jnp.int32(1), jnp.float32(0), jnp.ones(2))}),
+         {"scalars": (jnp.float32(1), jnp.float32(0), _hp())}),
         ([x, x, z, z], [jax.ShapeDtypeStruct(x.shape, x.dtype)] * 3,
-         {"scalars": (jnp.float32(0.1), jnp.int32(1), jnp.float32(0), jnp.float16(1))}),
+         {"scalars": (jnp.int32(1), jnp.ones(2), _hp())}),
+        ([x, x, z, z], [jax.ShapeDtypeStruct(x.shape, x.dtype)] * 3,
+         {"scalars": (jnp.int32(1), jnp.float32(0), _hp()[1:])}),
+        ([x, x, z, z], [jax.ShapeDtypeStruct(x.shape, x.dtype)] * 3,
+         {"scalars": (jnp.int32(1), jnp.float32(0), _hp().astype(jnp.float16))}),
     ]
     for operands, results, over in bad:
         with pytest.raises(Exception, match="optim"):
             jax.block_until_ready(_raw_step(operands, results, **over))
 
 
-def test_array_hyperparameters_and_inject_hyperparams():
-    # optax takes 0-d arrays for numbers; inject_hyperparams passes the learning rate traced.
+def test_array_hyperparameters():
+    # optax takes 0-d arrays for numbers.
     params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.ones(4)}
     g = jax.tree.map(lambda p: jnp.cos(3.0 * p), params)
     a = mps.optim.adam(jnp.float32(0.1), b1=np.float32(0.8), eps=jnp.asarray(1e-6))
     u, _ = a.update(g, a.init(params), params)
     u_ref, _ = optax.adam(0.1, b1=0.8, eps=1e-6).update(g, optax.adam(0.1).init(params), params)
     _close(u, u_ref, "array hyperparameters")
-    static = ("b1", "b2", "eps", "gradient_rescale", "regularization_scale")
-    opt = optax.inject_hyperparams(mps.optim.adam, static_args=static)(learning_rate=0.05)
-    oref = optax.inject_hyperparams(optax.adam)(learning_rate=0.05)
-    s, s_ref, p, p_ref = opt.init(params), oref.init(params), params, params
-    step, step_ref = jax.jit(opt.update), jax.jit(oref.update)
-    for i in range(3):
-        s.hyperparams["learning_rate"] = s_ref.hyperparams["learning_rate"] = jnp.float32(0.05 / (i + 1))
-        u, s = step(g, s, p)
-        u_ref, s_ref = step_ref(g, s_ref, p_ref)
-        p, p_ref = optax.apply_updates(p, u), optax.apply_updates(p_ref, u_ref)
-    _close(p, p_ref, "inject_hyperparams")
-    with pytest.raises(TypeError, match="static_args"):  # b1 traced: compiled into the kernel
-        jax.jit(optax.inject_hyperparams(mps.optim.adam)(learning_rate=0.05).update)(
-            g, optax.inject_hyperparams(mps.optim.adam)(learning_rate=0.05).init(params), params)
     with pytest.raises(ValueError, match="learning_rate"):
         mps.optim.sgd(jnp.float32(-1.0))
+    with pytest.raises(TypeError, match="momentum"):  # traced, but not a scalar
+        jax.jit(lambda m: mps.optim.sgd(0.1, momentum=m))(jnp.ones(2))
+
+
+# optax.inject_hyperparams passes every numeric hyperparameter traced under jit (the kernels read
+# them as data): trajectories equal optax's, also when a hyperparameter changes between steps
+# (momentum from 0: an array momentum always has its buffer).
+INJECT = [
+    (mps.optim.sgd, optax.sgd, dict(learning_rate=0.1, momentum=0.0), dict(momentum=0.9)),
+    (mps.optim.sgd, optax.sgd, dict(learning_rate=0.1, momentum=0.9, nesterov=True), dict(momentum=0.5)),
+    (mps.optim.adam, optax.adam, dict(learning_rate=0.05), dict(b1=0.8, b2=0.99, eps=1e-3)),
+    (mps.optim.adam, optax.amsgrad, dict(learning_rate=0.05, amsgrad=True), dict(b2=0.9)),
+    (mps.optim.adamw, optax.adamw, dict(learning_rate=0.05, weight_decay=1e-2), dict(weight_decay=0.1)),
+    (mps.optim.rmsprop, optax.rmsprop, dict(learning_rate=0.01, momentum=0.9, centered=True),
+     dict(decay=0.5, eps=1e-2, momentum=0.0)),
+]
+
+
+@pytest.mark.parametrize("make, make_ref, kw, later", INJECT, ids=lambda v: getattr(v, "__name__", ""))
+def test_inject_hyperparams(make, make_ref, kw, later):
+    params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.ones(4)}
+    ref_kw = {k: v for k, v in kw.items() if k != "amsgrad"}
+    opt, oref = optax.inject_hyperparams(make)(**kw), optax.inject_hyperparams(make_ref)(**ref_kw)
+    s, s_ref, p, p_ref = opt.init(params), oref.init(params), params, params
+    step, step_ref = jax.jit(opt.update), jax.jit(oref.update)
+    for i in range(5):
+        g = jax.tree.map(lambda x: jnp.cos(3.0 * x + i), p)
+        g_ref = jax.tree.map(lambda x: jnp.cos(3.0 * x + i), p_ref)
+        s.hyperparams["learning_rate"] = s_ref.hyperparams["learning_rate"] = jnp.float32(kw["learning_rate"] / (i + 1))
+        if i == 2:
+            for k, v in later.items():
+                s.hyperparams[k] = s_ref.hyperparams[k] = jnp.float32(v)
+        u, s = step(g, s, p)
+        u_ref, s_ref = step_ref(g_ref, s_ref, p_ref)
+        p, p_ref = optax.apply_updates(p, u), optax.apply_updates(p_ref, u_ref)
+    _close(p, p_ref, f"inject_hyperparams({make.__name__})")
+
+
+def test_inject_hyperparams_common_options():
+    # Rescale, clipping and L1/L2 traced equal the same numbers compiled in, over two dtype groups
+    # (the global norm summed across groups) and through apply.
+    params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "h": jnp.linspace(2.0, -1.0, 6).astype(jnp.bfloat16)}
+    g = jax.tree.map(lambda x: (jnp.cos(3.0 * x) * 2).astype(x.dtype), params)
+    kw = dict(learning_rate=0.1, momentum=0.9, gradient_rescale=0.5, clip_value=0.8, clip_norm=0.5,
+              regularization="l1", regularization_scale=0.01)
+    fixed = mps.optim.sgd(**kw)
+    injected = optax.inject_hyperparams(mps.optim.sgd)(**kw)
+    u, _ = jax.jit(injected.update)(g, injected.init(params), params)
+    u_ref, _ = fixed.update(g, fixed.init(params), params)
+    for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(u_ref)):
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    inner = jax.jit(lambda p, g, s, cn: mps.optim.adam(0.1, clip_norm=cn, gradient_rescale=cn).apply(p, g, s))
+    p1, _ = inner(params, g, mps.optim.adam(0.1).init(params), jnp.float32(0.5))
+    a = mps.optim.adam(0.1, clip_norm=0.5, gradient_rescale=0.5)
+    p2, _ = a.apply(params, g, a.init(params))
+    for x, y in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+        np.testing.assert_array_equal(np.asarray(x, np.float32), np.asarray(y, np.float32))

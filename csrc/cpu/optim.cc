@@ -174,7 +174,7 @@ void RunSteps(const std::vector<Leaf>& leaves, const std::vector<Chunk>& chunks,
 template <typename P, typename G>
 void Dispatch(const OptimDesc& d, const std::vector<Leaf>& leaves, const std::vector<Chunk>& chunks,
               const Pre& c, const Hyper& h) {
-  const bool mom = d.momentum != 0.f;
+  const bool mom = d.Momentum();
   switch (d.rule) {
     case OptRule::kSgd:
       if (!mom) return RunSteps<P, G, OptRule::kSgd, false, false, false, false>(leaves, chunks, c, h);
@@ -193,10 +193,12 @@ void Dispatch(const OptimDesc& d, const std::vector<Leaf>& leaves, const std::ve
   }
 }
 
-Pre MakePre(float rescale, float clip_value, float l1, float l2) {
-  const float inf = std::numeric_limits<float>::infinity();
-  return Pre{rescale, clip_value > 0.f ? -clip_value : -inf, clip_value > 0.f ? clip_value : inf,
-             1.f, l1, l2};
+// Gradient preprocessing from the hp operand (CPU buffers are host memory); grad_scale (1 / loss
+// scale) is folded into the rescale factor.
+Pre MakePre(const float* hp, bool regularize) {
+  const float inf = std::numeric_limits<float>::infinity(), cv = hp[kClipValue];
+  return Pre{hp[kGradScale] * hp[kRescale], cv > 0.f ? -cv : -inf, cv > 0.f ? cv : inf, 1.f,
+             regularize ? hp[kL1] : 0.f, regularize ? hp[kL2] : 0.f};
 }
 
 // The element type of each float dtype tag (runtime/backend.h DispatchFloat).
@@ -206,9 +208,6 @@ template <> struct Elem<F16Tag> { using T = _Float16; };
 template <> struct Elem<BF16Tag> { using T = BF16; };
 template <typename Tag> using ElemT = typename Elem<std::decay_t<Tag>>::T;
 
-// grad_scale (1 / loss scale) is folded into the rescale factor: CPU buffers are host memory.
-float GradScale(const ffi::AnyBuffer& grad_scale) { return static_cast<const float*>(grad_scale.untyped_data())[0]; }
-
 }  // namespace
 }  // namespace jax_mps::cpu
 
@@ -216,8 +215,9 @@ namespace jax_mps {
 
 using namespace cpu;
 
-ffi::Error Cpu::OptimStep(Ctx, const OptimDesc& d, Buf lr, Buf count, Buf sqnorm, Buf grad_scale,
-                          const Buffers& args, const Buffers& rets) {
+ffi::Error Cpu::OptimStep(Ctx, const OptimDesc& d, Buf count, Buf sqnorm, Buf hp_buf, const Buffers& args,
+                          const Buffers& rets) {
+  const float* hp = static_cast<const float*>(hp_buf.untyped_data());
   const int64_t n = d.n;
   std::vector<Leaf> leaves(n);
   const ffi::DataType dtype = n ? args[0].element_type() : ffi::F32;
@@ -237,7 +237,7 @@ ffi::Error Cpu::OptimStep(Ctx, const OptimDesc& d, Buf lr, Buf count, Buf sqnorm
   const int32_t t = static_cast<const int32_t*>(count.untyped_data())[0];
   if (d.rule == OptRule::kAdam) JAX_MPS_CHECK(t > 0, "optim: adam needs a step count >= 1, got ", t);
   const auto chunks = MakeChunks(leaves);
-  Pre c = MakePre(GradScale(grad_scale) * d.rescale, d.clip_value, d.l1, d.l2);
+  Pre c = MakePre(hp, true);
   if (d.norm_mode != NormMode::kNone) {
     double sq = double(static_cast<const float*>(sqnorm.untyped_data())[0]);
     if (d.norm_mode == NormMode::kInternal)
@@ -245,17 +245,17 @@ ffi::Error Cpu::OptimStep(Ctx, const OptimDesc& d, Buf lr, Buf count, Buf sqnorm
         sq = SqNorm<ElemT<decltype(tag)>>(leaves, chunks, c);
         return ffi::Error::Success();
       }));
-    c.nscale = NormScale(sq, d.clip_norm);
+    c.nscale = NormScale(sq, hp[kClipNorm]);
   }
   Hyper h;
-  h.nlr = -static_cast<const float*>(lr.untyped_data())[0];
+  h.nlr = -hp[kLr];
   h.keep = !d.write_updates;
-  h.b1 = d.b1; h.ob1 = d.ob1;
-  h.b2 = d.b2; h.ob2 = d.ob2;
+  h.b1 = hp[kB1]; h.ob1 = hp[kOb1];
+  h.b2 = hp[kB2]; h.ob2 = hp[kOb2];
   // As optax: 1 - b**count in float32.
-  h.bc1 = 1.f - std::pow(d.b1, float(t));
-  h.bc2 = 1.f - std::pow(d.b2, float(t));
-  h.eps = d.eps; h.mom = d.momentum; h.wd = d.weight_decay;
+  h.bc1 = 1.f - std::pow(h.b1, float(t));
+  h.bc2 = 1.f - std::pow(h.b2, float(t));
+  h.eps = hp[kEps]; h.mom = hp[kMomentum]; h.wd = hp[kWeightDecay];
   if (gdtype != dtype)  // float32 masters, low-precision gradients (checked in runtime/optim.h)
     return DispatchFloat("optim", gdtype, [&](auto tag) {
       Dispatch<float, ElemT<decltype(tag)>>(d, leaves, chunks, c, h);
@@ -267,12 +267,12 @@ ffi::Error Cpu::OptimStep(Ctx, const OptimDesc& d, Buf lr, Buf count, Buf sqnorm
   });
 }
 
-ffi::Error Cpu::OptimSqNorm(Ctx, const SqNormDesc& d, Buf grad_scale, const Buffers& grads, Buf out) {
+ffi::Error Cpu::OptimSqNorm(Ctx, Buf hp, const Buffers& grads, Buf out) {
   std::vector<Leaf> leaves(grads.size());
   for (size_t l = 0; l < grads.size(); ++l)
     leaves[l] = Leaf{int64_t(grads[l].element_count()), nullptr, grads[l].untyped_data(), nullptr, {}, {}};
   const auto chunks = MakeChunks(leaves);
-  const Pre c = MakePre(GradScale(grad_scale) * d.rescale, d.clip_value, 0.f, 0.f);
+  const Pre c = MakePre(static_cast<const float*>(hp.untyped_data()), false);
   double sq = 0.0;
   if (!grads.empty())
     JAX_MPS_RETURN_IF_ERROR(DispatchFloat("optim_sqnorm", grads[0].element_type(), [&](auto tag) {

@@ -2,8 +2,8 @@
 // kMaxLeaves leaves per launch; larger trees take ceil(n / kMaxLeaves) launches). The leaf table
 // travels as a kernel parameter, so no host-to-device copy is needed and the launch can be
 // captured in a CUDA graph. The rules are those of csrc/cpu/optim.cc (optax's arithmetic);
-// updates happen in place through the aliased buffers. lr, count, sqnorm and grad_scale are device
-// scalars, read by the kernels (no host read, no sync).
+// updates happen in place through the aliased buffers. count, sqnorm and the hyperparameters (hp)
+// are device data, read by the kernels (no host read, no sync).
 #include <algorithm>
 #include <vector>
 
@@ -33,9 +33,7 @@ struct Pre {
 struct StepArgs {
   OptRule rule;
   bool mom, nesterov, ams, centered, write_updates;
-  float b1, ob1, b2, ob2, eps, momentum, wd, clip_norm;
   NormMode norm_mode;
-  Pre pre;
 };
 
 // std::min(std::max(.)) as the CPU: a NaN gradient stays NaN (fminf / fmaxf would clip it to a bound).
@@ -44,15 +42,17 @@ __device__ __forceinline__ float Clip(float g, const Pre& c) {
   return c.hi < l ? c.hi : l;
 }
 
-// grad_scale (1 / loss scale) folds into the rescale factor, as on the CPU (same rounding).
-__device__ __forceinline__ Pre WithScale(Pre c, const float* grad_scale) {
-  c.rescale = grad_scale[0] * c.rescale;
-  return c;
+// Gradient preprocessing from hp, as the CPU's MakePre: grad_scale (1 / loss scale) folds into the
+// rescale factor (same rounding).
+__device__ __forceinline__ Pre MakePre(const float* hp, bool regularize) {
+  const float cv = hp[kClipValue];
+  return Pre{hp[kGradScale] * hp[kRescale], cv > 0.f ? -cv : -INFINITY, cv > 0.f ? cv : INFINITY,
+             regularize ? hp[kL1] : 0.f, regularize ? hp[kL2] : 0.f};
 }
 
 template <typename P>
-__global__ void SqNormK(LeafTable t, Pre pre, const float* grad_scale, double* acc) {
-  const Pre c = WithScale(pre, grad_scale);
+__global__ void SqNormK(LeafTable t, const float* hp, double* acc) {
+  const Pre c = MakePre(hp, false);
   double part = 0.0;
   for (int l = 0; l < t.count; ++l) {
     const P* g = static_cast<const P*>(t.g[l]);
@@ -69,16 +69,17 @@ __global__ void SqNormK(LeafTable t, Pre pre, const float* grad_scale, double* a
 
 // P: the params' dtype; G: the grads' (float32 params may take float16/bfloat16 grads: mixed precision).
 template <typename P, typename G>
-__global__ void StepK(LeafTable t, StepArgs a, const float* lr, const int32_t* count, const float* ext_sq,
-                      const float* grad_scale, const double* int_sq) {
-  const Pre pre = WithScale(a.pre, grad_scale);
-  const float nlr = -lr[0];
+__global__ void StepK(LeafTable t, StepArgs a, const int32_t* count, const float* ext_sq, const float* hp,
+                      const double* int_sq) {
+  const Pre pre = MakePre(hp, true);
+  const float nlr = -hp[kLr], b1 = hp[kB1], ob1 = hp[kOb1], b2 = hp[kB2], ob2 = hp[kOb2], eps = hp[kEps];
+  const float momentum = hp[kMomentum], wd = hp[kWeightDecay], clip_norm = hp[kClipNorm];
   const float tc = float(count[0]);
-  const float bc1 = 1.f - powf(a.b1, tc), bc2 = 1.f - powf(a.b2, tc);  // as optax: 1 - b**count in float32
+  const float bc1 = 1.f - powf(b1, tc), bc2 = 1.f - powf(b2, tc);  // as optax: 1 - b**count in float32
   float nscale = 1.f;
-  if (a.norm_mode != NormMode::kNone) {
+  if (a.norm_mode != NormMode::kNone) {  // NormScale's rule (runtime/optim.h)
     const float norm = sqrtf(a.norm_mode == NormMode::kExternal ? ext_sq[0] : float(int_sq[0]));
-    nscale = norm < a.clip_norm ? 1.f : a.clip_norm / norm;
+    nscale = clip_norm <= 0.f || norm < clip_norm ? 1.f : clip_norm / norm;
   }
   for (int l = 0; l < t.count; ++l) {
     const P* p = static_cast<const P*>(t.p[l]);
@@ -96,14 +97,14 @@ __global__ void StepK(LeafTable t, StepArgs a, const float* lr, const int32_t* c
       if (a.rule == OptRule::kSgd) {
         float u = gv;
         if (a.mom) {
-          const float tr = gv + a.momentum * a0[i];
+          const float tr = gv + momentum * a0[i];
           o0[i] = tr;
-          u = a.nesterov ? gv + a.momentum * tr : tr;
+          u = a.nesterov ? gv + momentum * tr : tr;
         }
         d = nlr * u;
       } else if (a.rule == OptRule::kAdam) {
-        const float m = a.ob1 * gv + a.b1 * a0[i];
-        const float v = a.ob2 * (gv * gv) + a.b2 * a1[i];
+        const float m = ob1 * gv + b1 * a0[i];
+        const float v = ob2 * (gv * gv) + b2 * a1[i];
         o0[i] = m;
         o1[i] = v;
         float vh = v / bc2;
@@ -112,22 +113,22 @@ __global__ void StepK(LeafTable t, StepArgs a, const float* lr, const int32_t* c
           vh = (prev != prev || vh != vh) ? prev + vh : fmaxf(prev, vh);
           o2[i] = vh;
         }
-        const float u = (m / bc1) / (sqrtf(vh) + a.eps);
-        d = nlr * (a.wd > 0.f ? u + a.wd * pv : u);
+        const float u = (m / bc1) / (sqrtf(vh) + eps);
+        d = nlr * (wd > 0.f ? u + wd * pv : u);
       } else {
-        const float v = a.ob2 * (gv * gv) + a.b2 * a0[i];
+        const float v = ob2 * (gv * gv) + b2 * a0[i];
         o0[i] = v;
         float den = v;
         if (a.centered) {
-          const float m = a.ob2 * gv + a.b2 * a1[i];
+          const float m = ob2 * gv + b2 * a1[i];
           o1[i] = m;
           den = v - m * m;
         }
-        d = nlr * (rsqrtf(den + a.eps) * gv);  // lax.rsqrt, as optax (XLA:GPU lowers it to rsqrt too)
+        d = nlr * (rsqrtf(den + eps) * gv);  // lax.rsqrt, as optax (XLA:GPU lowers it to rsqrt too)
         if (a.mom) {
           const float* ti = a.centered ? a2 : a1;
           float* to = a.centered ? o2 : o1;
-          const float tr = d + a.momentum * ti[i];
+          const float tr = d + momentum * ti[i];
           to[i] = tr;
           d = tr;
         }
@@ -137,10 +138,6 @@ __global__ void StepK(LeafTable t, StepArgs a, const float* lr, const int32_t* c
   }
 }
 
-Pre MakePre(float rescale, float clip_value, float l1, float l2) {
-  return Pre{rescale, clip_value > 0.f ? -clip_value : -INFINITY, clip_value > 0.f ? clip_value : INFINITY, l1, l2};
-}
-
 unsigned GridFor(const LeafTable& t) {
   int64_t total = 0;
   for (int l = 0; l < t.count; ++l) total += t.size[l];
@@ -148,11 +145,11 @@ unsigned GridFor(const LeafTable& t) {
 }
 
 // Squared norm of the (rescaled, value-clipped) gradients of `leaves` added to *acc (zeroed by the caller).
-ffi::Error LaunchSqNorm(const Ctx& ctx, const char* op, ffi::DataType dtype, std::vector<LeafTable>& tables, Pre c,
-                        const float* grad_scale, double* acc) {
+ffi::Error LaunchSqNorm(const Ctx& ctx, const char* op, ffi::DataType dtype, std::vector<LeafTable>& tables,
+                        const float* hp, double* acc) {
   return cuda::DispatchFloat(op, dtype, [&](auto tag) {
     using P = decltype(tag);
-    for (auto& t : tables) SqNormK<P><<<GridFor(t), 256, 0, ctx.stream>>>(t, c, grad_scale, acc);
+    for (auto& t : tables) SqNormK<P><<<GridFor(t), 256, 0, ctx.stream>>>(t, hp, acc);
     return LaunchStatus(op);
   });
 }
@@ -173,8 +170,8 @@ void AddLeaf(std::vector<LeafTable>& tables, int64_t l) {
 namespace jax_mps {
 using namespace cuda;  // NOLINT: the kernels above
 
-ffi::Error Cuda::OptimStep(Cuda::Ctx s, const OptimDesc& d, Buf lr, Buf count, Buf sqnorm, Buf grad_scale,
-                           const Buffers& args, const Buffers& rets) {
+ffi::Error Cuda::OptimStep(Cuda::Ctx s, const OptimDesc& d, Buf count, Buf sqnorm, Buf hp, const Buffers& args,
+                           const Buffers& rets) {
   const char* op = "optim";
   const int64_t n = d.n;
   if (n == 0) return ffi::Error::Success();
@@ -197,28 +194,23 @@ ffi::Error Cuda::OptimStep(Cuda::Ctx s, const OptimDesc& d, Buf lr, Buf count, B
   }
   StepArgs a;
   a.rule = d.rule;
-  a.mom = d.momentum != 0.f;
+  a.mom = d.Momentum();
   a.nesterov = d.nesterov; a.ams = d.amsgrad; a.centered = d.centered; a.write_updates = d.write_updates;
-  a.b1 = d.b1; a.ob1 = d.ob1; a.b2 = d.b2; a.ob2 = d.ob2; a.eps = d.eps; a.momentum = d.momentum;
-  a.wd = d.weight_decay;
-  a.clip_norm = d.clip_norm;
   a.norm_mode = d.norm_mode;
-  a.pre = MakePre(d.rescale, d.clip_value, d.l1, d.l2);
   double* int_sq = nullptr;
   if (d.norm_mode == NormMode::kInternal) {
     ffi::Error err;
     int_sq = static_cast<double*>(Workspace(s, sizeof(double), op, &err));
     if (!int_sq) return err;
     JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(int_sq, 0, sizeof(double), s));
-    JAX_MPS_RETURN_IF_ERROR(LaunchSqNorm(s, op, gdtype, tables, MakePre(d.rescale, d.clip_value, 0.f, 0.f),
-                                         Ptr<const float>(grad_scale), int_sq));
+    JAX_MPS_RETURN_IF_ERROR(LaunchSqNorm(s, op, gdtype, tables, Ptr<const float>(hp), int_sq));
   }
   auto launch = [&](auto ptag, auto gtag) {
     using P = decltype(ptag);
     using G = decltype(gtag);
     for (auto& t : tables)
-      StepK<P, G><<<GridFor(t), 256, 0, s>>>(t, a, Ptr<const float>(lr), Ptr<const int32_t>(count),
-                                             Ptr<const float>(sqnorm), Ptr<const float>(grad_scale), int_sq);
+      StepK<P, G><<<GridFor(t), 256, 0, s>>>(t, a, Ptr<const int32_t>(count), Ptr<const float>(sqnorm),
+                                             Ptr<const float>(hp), int_sq);
     return LaunchStatus(op);
   };
   if (gdtype == dtype)
@@ -227,7 +219,7 @@ ffi::Error Cuda::OptimStep(Cuda::Ctx s, const OptimDesc& d, Buf lr, Buf count, B
   return cuda::DispatchFloat(op, gdtype, [&](auto gtag) { return launch(float{}, gtag); });
 }
 
-ffi::Error Cuda::OptimSqNorm(Cuda::Ctx s, const SqNormDesc& d, Buf grad_scale, const Buffers& grads, Buf out) {
+ffi::Error Cuda::OptimSqNorm(Cuda::Ctx s, Buf hp, const Buffers& grads, Buf out) {
   const char* op = "optim_sqnorm";
   std::vector<LeafTable> tables;
   for (size_t l = 0; l < grads.size(); ++l) {
@@ -242,9 +234,7 @@ ffi::Error Cuda::OptimSqNorm(Cuda::Ctx s, const SqNormDesc& d, Buf grad_scale, c
   if (!acc) return err;
   JAX_MPS_CUDA_RETURN_IF_ERROR(op, cudaMemsetAsync(acc, 0, sizeof(double), s));
   if (!tables.empty())
-    JAX_MPS_RETURN_IF_ERROR(LaunchSqNorm(s, op, grads[0].element_type(), tables,
-                                         MakePre(d.rescale, d.clip_value, 0.f, 0.f), Ptr<const float>(grad_scale),
-                                         acc));
+    JAX_MPS_RETURN_IF_ERROR(LaunchSqNorm(s, op, grads[0].element_type(), tables, Ptr<const float>(hp), acc));
   ToFloat<<<1, 1, 0, s>>>(acc, Ptr<float>(out));
   return LaunchStatus(op);
 }

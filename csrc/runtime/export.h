@@ -87,6 +87,9 @@ inline void ExportContract(nb::module_& m, const std::vector<Target>& targets, c
   norm["internal"] = int64_t(NormMode::kInternal);
   norm["external"] = int64_t(NormMode::kExternal);
   m.attr("OPTIM_NORM_MODES") = norm;
+  nb::list hp;  // the order of the hp operand's entries
+  for (const char* name : kOptimHpNames) hp.append(name);
+  m.attr("OPTIM_HYPER") = hp;
 
   nb::dict cells;
   cells["lstm"] = int64_t(Cell::kLstm);
