@@ -4,7 +4,9 @@
 // cells and workspace size).
 // Included by each backend's module.cc; Python reads these from whichever module is loaded.
 #pragma once
+#include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nanobind/nanobind.h>
@@ -18,6 +20,14 @@
 namespace jax_mps {
 
 namespace nb = nanobind;
+
+// A contract enum as a Python dict name -> code.
+template <class E>
+nb::dict Codes(std::initializer_list<std::pair<const char*, E>> items) {
+  nb::dict d;
+  for (const auto& [name, code] : items) d[name] = static_cast<int64_t>(code);
+  return d;
+}
 
 // registrations() -> [(name, platform, capsule)], backend() -> (key, library versions), and the
 // contract's constants.
@@ -38,65 +48,36 @@ inline void ExportContract(nb::module_& m, const std::vector<Target>& targets, c
   m.def("plan_cache_entries", [] { return g_plan_cache_entries.load(); },
         "Plans held by all plan caches of this module together.");
 
-  nb::dict act;  // name -> code; the parameters each takes are Python's business (API.md)
-  act["none"] = int64_t(Act::kNone);
-  act["relu"] = int64_t(Act::kRelu);
-  act["relu6"] = int64_t(Act::kRelu6);
-  act["leaky_relu"] = int64_t(Act::kLeakyRelu);
-  act["elu"] = int64_t(Act::kElu);
-  act["sigmoid"] = int64_t(Act::kSigmoid);
-  act["hard_sigmoid"] = int64_t(Act::kHardSigmoid);
-  act["tanh"] = int64_t(Act::kTanh);
-  act["softplus"] = int64_t(Act::kSoftplus);
-  act["softsign"] = int64_t(Act::kSoftsign);
-  act["gelu"] = int64_t(Act::kGelu);
-  act["gelu_tanh"] = int64_t(Act::kGeluTanh);
-  m.attr("ACTIVATIONS") = act;
+  // Activation name -> code; the parameters each takes are Python's business (API.md).
+  m.attr("ACTIVATIONS") = Codes<Act>({{"none", Act::kNone}, {"relu", Act::kRelu}, {"relu6", Act::kRelu6},
+                                      {"leaky_relu", Act::kLeakyRelu}, {"elu", Act::kElu},
+                                      {"sigmoid", Act::kSigmoid}, {"hard_sigmoid", Act::kHardSigmoid},
+                                      {"tanh", Act::kTanh}, {"softplus", Act::kSoftplus},
+                                      {"softsign", Act::kSoftsign}, {"gelu", Act::kGelu},
+                                      {"gelu_tanh", Act::kGeluTanh}});
   m.def("act_grad_from_output", [](int64_t code, float alpha) {
     return ValidAct(code) && ActGradFromOutput(static_cast<Act>(code), alpha);
   }, "Whether activation `code` with `alpha` is differentiated from its output alone.");
 
-  nb::dict loss;
-  loss["softmax_cross_entropy"] = int64_t(LossKind::kSoftmaxCE);
-  loss["sigmoid_cross_entropy"] = int64_t(LossKind::kSigmoidCE);
-  loss["mse"] = int64_t(LossKind::kMSE);
-  loss["mae"] = int64_t(LossKind::kMAE);
-  loss["huber"] = int64_t(LossKind::kHuber);
-  loss["hinge"] = int64_t(LossKind::kHinge);
-  loss["kl_divergence"] = int64_t(LossKind::kKL);
-  m.attr("LOSSES") = loss;
-  nb::dict red;
-  red["none"] = int64_t(Reduction::kNone);
-  red["sum"] = int64_t(Reduction::kSum);
-  red["mean"] = int64_t(Reduction::kMean);
-  red["sum_by_nonzero_weights"] = int64_t(Reduction::kSumByNonzeroWeights);
-  m.attr("REDUCTIONS") = red;
+  m.attr("LOSSES") = Codes<LossKind>({{"softmax_cross_entropy", LossKind::kSoftmaxCE},
+                                      {"sigmoid_cross_entropy", LossKind::kSigmoidCE}, {"mse", LossKind::kMSE},
+                                      {"mae", LossKind::kMAE}, {"huber", LossKind::kHuber},
+                                      {"hinge", LossKind::kHinge}, {"kl_divergence", LossKind::kKL}});
+  m.attr("REDUCTIONS") = Codes<Reduction>({{"none", Reduction::kNone}, {"sum", Reduction::kSum},
+                                           {"mean", Reduction::kMean},
+                                           {"sum_by_nonzero_weights", Reduction::kSumByNonzeroWeights}});
+  m.attr("PRECISIONS") = Codes<Precision>({{"default", Precision::kDefault}, {"highest", Precision::kHighest}});
 
-  nb::dict prec;
-  prec["default"] = int64_t(Precision::kDefault);
-  prec["highest"] = int64_t(Precision::kHighest);
-  m.attr("PRECISIONS") = prec;
-
-  nb::dict rules;
-  rules["sgd"] = int64_t(OptRule::kSgd);
-  rules["adam"] = int64_t(OptRule::kAdam);
-  rules["rmsprop"] = int64_t(OptRule::kRmsprop);
-  m.attr("OPTIM_RULES") = rules;
-  nb::dict norm;
-  norm["none"] = int64_t(NormMode::kNone);
-  norm["internal"] = int64_t(NormMode::kInternal);
-  norm["external"] = int64_t(NormMode::kExternal);
-  m.attr("OPTIM_NORM_MODES") = norm;
+  m.attr("OPTIM_RULES") = Codes<OptRule>({{"sgd", OptRule::kSgd}, {"adam", OptRule::kAdam},
+                                          {"rmsprop", OptRule::kRmsprop}});
+  m.attr("OPTIM_NORM_MODES") = Codes<NormMode>({{"none", NormMode::kNone}, {"internal", NormMode::kInternal},
+                                                {"external", NormMode::kExternal}});
   nb::list hp;  // the order of the hp operand's entries
   for (const char* name : kOptimHpNames) hp.append(name);
   m.attr("OPTIM_HYPER") = hp;
 
-  nb::dict cells;
-  cells["lstm"] = int64_t(Cell::kLstm);
-  cells["gru"] = int64_t(Cell::kGru);
-  cells["rnn_tanh"] = int64_t(Cell::kRnnTanh);
-  cells["rnn_relu"] = int64_t(Cell::kRnnRelu);
-  m.attr("RNN_CELLS") = cells;
+  m.attr("RNN_CELLS") = Codes<Cell>({{"lstm", Cell::kLstm}, {"gru", Cell::kGru}, {"rnn_tanh", Cell::kRnnTanh},
+                                     {"rnn_relu", Cell::kRnnRelu}});
   nb::dict gates;  // code -> gates per cell (weights are (I, G*H))
   for (int64_t c = 0; c < int64_t(Cell::kCount); ++c) gates[nb::int_(c)] = RnnDesc{static_cast<Cell>(c), 1, 1, 1, 1, 1, 1, true}.G();
   m.attr("RNN_GATES") = gates;
