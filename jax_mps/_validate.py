@@ -1,6 +1,8 @@
 """Trace-time argument checks shared by every op: clear ValueError/TypeError naming the argument."""
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,6 +36,21 @@ def matmul_precision() -> int:
     as it stands at trace time (the flag or the context manager; part of jit's cache key)."""
     full = jax.config.jax_default_matmul_precision in FULL_FLOAT32
     return contract.PRECISIONS["highest" if full else "default"]
+
+
+def precision_is_full(precision) -> bool:
+    """Whether a lax `precision` argument (None, a string, a lax.Precision, a DotAlgorithmPreset or a
+    pair of them) asks for full float32 math."""
+    return any(v == jax.lax.Precision.HIGHEST or v in FULL_FLOAT32 or getattr(v, "name", None) in FULL_FLOAT32
+               for v in (precision if isinstance(precision, tuple) else (precision,)) if v is not None)
+
+
+def precision_scope(precision):
+    """The matmul precision our kernels read (matmul_precision) set from a layer's own lax `precision`
+    argument; None leaves jax.default_matmul_precision as it stands."""
+    if precision is None:
+        return contextlib.nullcontext()
+    return jax.default_matmul_precision("highest" if precision_is_full(precision) else "default")
 
 
 def grad_from_output(code: int, alpha: float) -> bool:

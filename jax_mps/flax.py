@@ -24,6 +24,7 @@ from . import conv as _conv
 from .dropout import dropout as _dropout
 from . import normalization as _norm
 from .rnn import gru as _gru, lstm as _lstm
+from ._validate import precision_scope
 from .graph import optimize
 
 __all__ = ["Conv", "ConvTranspose", "Linear", "BatchNorm", "Dropout", "RNN", "OptimizedLSTMCell", "GRUCell"]
@@ -62,7 +63,8 @@ class Linear(nnx.Linear):
         kernel = self.kernel[...]
         bias = self.bias[...] if self.bias is not None else None
         inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
-        return _conv.dense(inputs, kernel, bias)
+        with precision_scope(self.precision):
+            return _conv.dense(inputs, kernel, bias)
 
 
 class Conv(nnx.Conv):
@@ -82,8 +84,9 @@ class Conv(nnx.Conv):
         bias = self.bias[...] if self.bias is not None else None
         x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)
         f = _conv.conv2d if nsp == 2 else _conv.conv1d
-        y = f(x, kernel, bias, stride=_tuple(self.strides, nsp), padding=pad if isinstance(pad, str) else tuple(
-            tuple(p) for p in pad), dilation=_tuple(self.kernel_dilation, nsp), groups=self.feature_group_count)
+        with precision_scope(self.precision):
+            y = f(x, kernel, bias, stride=_tuple(self.strides, nsp), padding=pad if isinstance(pad, str) else tuple(
+                tuple(p) for p in pad), dilation=_tuple(self.kernel_dilation, nsp), groups=self.feature_group_count)
         return y if batch is None else y.reshape(batch + y.shape[1:])
 
 
@@ -100,9 +103,10 @@ class ConvTranspose(nnx.ConvTranspose):
         kernel = self.kernel[...]
         bias = self.bias[...] if self.bias is not None else None
         x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)
-        y = _conv.conv_transpose2d(x, kernel, bias, stride=_tuple(self.strides, 2),
-                                   padding=pad if isinstance(pad, str) else tuple(tuple(p) for p in pad),
-                                   dilation=_tuple(self.kernel_dilation, 2))
+        with precision_scope(self.precision):
+            y = _conv.conv_transpose2d(x, kernel, bias, stride=_tuple(self.strides, 2),
+                                       padding=pad if isinstance(pad, str) else tuple(tuple(p) for p in pad),
+                                       dilation=_tuple(self.kernel_dilation, 2))
         return y if batch is None else y.reshape(batch + y.shape[1:])
 
 
@@ -148,6 +152,8 @@ class Dropout(nnx.Dropout):
         deterministic = _first(deterministic, self.deterministic)
         if self.rate == 0.0 or deterministic:
             return inputs
+        if self.rate == 1.0:  # as Flax: zeros, no key drawn (so the RNG stream stays in step with Flax's)
+            return jnp.zeros_like(inputs)
         if self.broadcast_dims:
             return super().__call__(inputs, deterministic=deterministic, rngs=rngs)
         rngs = _first(rngs, self.rngs, what="rngs: `deterministic` is False, but no `rngs` argument was given "
@@ -232,7 +238,7 @@ class RNN(nnx.RNN):
         cell = self.cell
         fused = (isinstance(cell, (OptimizedLSTMCell, GRUCell)) and cell.gate_fn is jax.nn.sigmoid
                  and cell.activation_fn in (jnp.tanh, jax.nn.tanh) and inputs.ndim == 3
-                 and _plain_promote(cell) and cell.dtype in (None, inputs.dtype))
+                 and _plain_promote(cell) and _plain_promote(cell.dense_i) and _plain_promote(cell.dense_h))
         if not fused:
             return super().__call__(inputs, initial_carry=initial_carry, seq_lengths=seq_lengths,
                                     return_carry=return_carry, time_major=time_major, reverse=reverse,
@@ -247,23 +253,35 @@ class RNN(nnx.RNN):
                 rngs = rngs.carry.fork()
             step_shape = (x.shape[1],) + x.shape[2:] if time_major else (x.shape[0],) + x.shape[2:]
             initial_carry = cell.initialize_carry(step_shape, rngs)
-        wi = cell.dense_i.kernel[...]
-        wh = cell.dense_h.kernel[...]
+        dense = [cell.dense_i.kernel[...], cell.dense_h.kernel[...], cell.dense_i.bias, cell.dense_h.bias]
+        dense = [v[...] if isinstance(v, nnx.Variable) else v for v in dense]
+        dt = _rnn_dtype(cell, x, dense, initial_carry)
+        x = x.astype(dt)
+        carry = jax.tree.map(lambda v: jnp.asarray(v, dt), initial_carry)
+        wi, wh, bi, bh = (None if v is None else v.astype(dt) for v in dense)
         G = wi.shape[1]
-        if isinstance(cell, OptimizedLSTMCell):
-            c0, h0 = initial_carry
-            p = [[{"w_ih": wi, "w_hh": wh, "b_ih": jnp.zeros((G,), wi.dtype), "b_hh": cell.dense_h.bias[...]}]]
-            y, (hn, cn) = _lstm(x, p, h0[None].astype(x.dtype), c0[None].astype(x.dtype),
-                                    seq_lengths=seq_lengths, time_major=time_major)
+        if 0 in x.shape:  # nothing to compute: zero outputs (Flax's shape), the initial carry
+            T, B = x.shape[:2] if time_major else x.shape[1::-1]
+            y = jnp.zeros((T, B, cell.hidden_features) if time_major else (B, T, cell.hidden_features), dt)
+        elif isinstance(cell, OptimizedLSTMCell):
+            c0, h0 = carry
+            p = [[{"w_ih": wi, "w_hh": wh, "b_ih": jnp.zeros((G,), dt), "b_hh": bh}]]
+            y, (hn, cn) = _lstm(x, p, h0[None], c0[None], seq_lengths=seq_lengths, time_major=time_major)
             carry = (cn[0], hn[0])
         else:
-            p = [[{"w_ih": wi, "w_hh": wh, "b_ih": cell.dense_i.bias[...], "b_hh": jnp.zeros((G,), wi.dtype)}]]
-            y, hn = _gru(x, p, initial_carry[None].astype(x.dtype), seq_lengths=seq_lengths,
-                             time_major=time_major)
+            p = [[{"w_ih": wi, "w_hh": wh, "b_ih": bi, "b_hh": jnp.zeros((G,), dt)}]]
+            y, hn = _gru(x, p, carry[None], seq_lengths=seq_lengths, time_major=time_major)
             carry = hn[0]
         if reverse and keep_order:
             y = flip_sequences(y, seq_lengths, num_batch_dims=1, time_major=time_major)
         return (carry, y) if return_carry else y
+
+
+def _rnn_dtype(cell, x, dense, carry):
+    """The dtype Flax's cell computes the recurrence in: its gates (the dense layers' promoted dtype)
+    promoted with the carry's (a carry that changed dtype would fail Flax's scan)."""
+    gates = cell.dtype if cell.dtype is not None else jnp.result_type(x, *[v for v in dense if v is not None])
+    return jnp.result_type(gates, *jax.tree.leaves(carry))
 
 
 def _pick(a, b):

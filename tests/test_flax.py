@@ -141,6 +141,49 @@ def test_rnn_seq_lengths():
     assert (jnp.where(mask, 0, y) == 0).all()
 
 
+@pytest.mark.parametrize("cell", ["OptimizedLSTMCell", "GRUCell"])
+@pytest.mark.parametrize("xdt, cell_dtype", [(jnp.bfloat16, None), (jnp.int32, None), (jnp.float32, jnp.bfloat16)])
+def test_rnn_dtypes_as_flax(cell, xdt, cell_dtype):
+    # Flax's cell promotes the input with the float32 params and carry: its output and carry are
+    # float32, whatever the input dtype (a bfloat16 cell dtype rounds only its dense layers).
+    c_ours, c_theirs = _pair(cell, 4, 6, dtype=cell_dtype)
+    x = (_rand(0, (3, 5, 4)) * 3).astype(xdt)
+    (c, y), (c0, y0) = mf.RNN(c_ours)(x, return_carry=True), nnx.RNN(c_theirs)(x, return_carry=True)
+    rtol, atol = (2e-5, 2e-6) if cell_dtype is None else (3e-2, 1e-2)  # bfloat16 gates: ~1 ulp
+    for a, b in zip(jax.tree.leaves((c, y)), jax.tree.leaves((c0, y0))):
+        assert a.dtype == b.dtype == jnp.float32
+        assert_close(a, b, rtol, atol)
+
+
+@pytest.mark.parametrize("shape", [(3, 0, 4), (0, 5, 4)])
+def test_rnn_empty_as_flax(shape):
+    c_ours, c_theirs = _pair("GRUCell", 4, 6)
+    (c, y), (c0, y0) = mf.RNN(c_ours)(jnp.ones(shape), return_carry=True), nnx.RNN(c_theirs)(jnp.ones(shape), return_carry=True)
+    assert y.shape == y0.shape and c.shape == c0.shape
+
+
+def test_dropout_rate_one_as_flax():
+    assert (mf.Dropout(1.0)(jnp.ones(4)) == 0).all()  # no rngs needed, none drawn
+    rngs = nnx.Rngs(0)
+    d = mf.Dropout(1.0, rngs=rngs)
+    before = int(d.rngs.count[...])
+    d(jnp.ones(4))
+    assert int(d.rngs.count[...]) == before
+
+
+@pytest.mark.parametrize("name, args, x", [("Linear", (3, 4), (2, 3)), ("Conv", (3, 4, (3, 3)), (1, 5, 5, 3)),
+                                           ("ConvTranspose", (3, 4, (3, 3)), (1, 5, 5, 3))])
+def test_precision_argument(name, args, x):
+    # A layer's own precision overrides jax.default_matmul_precision, as in Flax's lax call (HIGHEST:
+    # full float32 on CUDA); None follows it.
+    for config, precision, code in (("default", jax.lax.Precision.HIGHEST, 1), ("highest", jax.lax.Precision.DEFAULT, 0),
+                                    ("highest", None, 1), ("default", None, 0)):
+        m = getattr(mf, name)(*args, precision=precision, rngs=nnx.Rngs(0))
+        with jax.default_matmul_precision(config):
+            text = jax.jit(lambda v: m(v)).lower(jnp.ones(x)).as_text()
+        assert f"precision = {code} : i64" in text, (config, precision)
+
+
 def test_checkpoint_state_loads_into_ours():
     class Net(nnx.Module):
         def __init__(self, mod, rngs):

@@ -28,7 +28,7 @@ from .. import activations as _act
 from .. import conv as _conv
 from .. import normalization as _norm
 from .. import pooling as _pool
-from .._validate import FULL_FLOAT32, activation_code
+from .._validate import activation_code, precision_is_full
 from . import _activations as A
 from ._concat import concat_in_place
 from ._report import Report
@@ -868,10 +868,7 @@ def _perm_inv(p):
 def _precision(e):
     """The jax.default_matmul_precision under which a conv / dot eqn's replacement is traced: its own
     precision (lax has folded the default in at trace time), so HIGHEST stays full float32 on CUDA."""
-    p = e.params.get("precision")
-    full = any(v == jax.lax.Precision.HIGHEST or getattr(v, "name", None) in FULL_FLOAT32
-               for v in (p if isinstance(p, tuple) else (p,)))
-    return jax.default_matmul_precision("highest" if full else "default")
+    return jax.default_matmul_precision("highest" if precision_is_full(e.params.get("precision")) else "default")
 
 
 def _emit_conv(e, read, bias, act):
