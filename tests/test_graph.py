@@ -97,6 +97,11 @@ def test_vmap_and_cache():
     assert f2.cache_size() == 1
     f2(p, x[0][:1])
     assert f2.cache_size() == 2
+    # Python scalars are keyed by type and sign too: 2 == 2.0 and 0.0 == -0.0 trace differently.
+    mul, div = mps.graph.optimize(lambda x, s: x * s), mps.graph.optimize(lambda x, s: x / s)
+    xi = jnp.arange(4, dtype=jnp.int32)
+    assert mul(xi, 2).dtype == jnp.int32 and mul(xi, 2.0).dtype == jnp.float32
+    assert div(jnp.ones(2), 0.0)[0] == jnp.inf and div(jnp.ones(2), -0.0)[0] == -jnp.inf
 
 
 # ---------------------------------------------------------------- conversion grid
@@ -457,6 +462,18 @@ def test_lookalike_activations_stay(name):
     np.testing.assert_allclose(np.asarray(fast(x)), np.asarray(f(x)), rtol=1e-5, atol=1e-6)
     g = lambda h: jax.grad(lambda v: jnp.sum(jnp.where(jnp.isfinite(x), h(v), 0.0)))(x)
     np.testing.assert_allclose(np.asarray(g(fast)), np.asarray(g(f)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float16, jnp.bfloat16])
+@pytest.mark.parametrize("f", [lambda x: x * 0.99, lambda x: 1.02 * jnp.tanh(x), lambda x: jax.nn.relu(x) * 1.015,
+                               lambda x: x * 1.00001])
+def test_scaled_activation_keeps_its_scale(f, dtype):
+    # A constant scale within the half types' per-point tolerance is not absorbed into the
+    # activation (x * 0.99 is not leaky_relu(0.99), whose positive side is unscaled).
+    x = jnp.linspace(-4, 4, 512, dtype=dtype)
+    assert_close(mps.graph.optimize(f)(x).astype(jnp.float32), f(x).astype(jnp.float32), 1e-2 if dtype != jnp.float32
+                 else 1e-6, 0.0)
+    assert "leaky_relu" not in str(mps.graph.explain(f, x))
 
 
 def test_dense_then_stop_gradient_is_not_fused():

@@ -11,6 +11,7 @@ backward kernels; `jit` and `vmap` apply to the rewritten jaxpr as to any JAX co
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import numpy as np
@@ -73,8 +74,8 @@ def _key(args, kwargs):
         if _is_array(l):
             s = _spec(l)
             parts.append(("a", tuple(s.shape), str(s.dtype), bool(s.weak_type)))
-        else:
-            parts.append(("s", l))
+        else:  # by type and value: 2 == 2.0 and 0.0 == -0.0 would share a trace that differs
+            parts.append(("s", type(l), l, math.copysign(1.0, l) if isinstance(l, float) else None))
     key = (tree, tuple(parts))
     try:
         hash(key)
