@@ -245,7 +245,7 @@ ffi::Error Cpu::OptimStep(Ctx, const OptimDesc& d, Buf count, Buf sqnorm, Buf hp
         sq = SqNorm<ElemT<decltype(tag)>>(leaves, chunks, c);
         return ffi::Error::Success();
       }));
-    c.nscale = NormScale(sq, hp[kClipNorm]);
+    c.nscale = ClipScale(static_cast<float>(std::sqrt(sq)), hp[kClipNorm]);
   }
   Hyper h;
   h.nlr = -hp[kLr];

@@ -77,10 +77,8 @@ __global__ void StepK(LeafTable t, StepArgs a, const int32_t* count, const float
   const float tc = float(count[0]);
   const float bc1 = 1.f - powf(b1, tc), bc2 = 1.f - powf(b2, tc);  // as optax: 1 - b**count in float32
   float nscale = 1.f;
-  if (a.norm_mode != NormMode::kNone) {  // NormScale's rule (runtime/optim.h)
-    const float norm = sqrtf(a.norm_mode == NormMode::kExternal ? ext_sq[0] : float(int_sq[0]));
-    nscale = clip_norm <= 0.f || norm < clip_norm ? 1.f : clip_norm / norm;
-  }
+  if (a.norm_mode != NormMode::kNone)
+    nscale = ClipScale(sqrtf(a.norm_mode == NormMode::kExternal ? ext_sq[0] : float(int_sq[0])), clip_norm);
   for (int l = 0; l < t.count; ++l) {
     const P* p = static_cast<const P*>(t.p[l]);
     const G* g = static_cast<const G*>(t.g[l]);

@@ -173,11 +173,10 @@ auto OptimSqNormBinding() {
       .template Ret<ffi::AnyBuffer>();
 }
 
-// Factor that clip-by-global-norm applies to every gradient (optax.clip_by_global_norm).
-inline float NormScale(double sqnorm, float clip_norm) {
-  if (clip_norm <= 0.f) return 1.f;
-  float norm = static_cast<float>(std::sqrt(sqnorm));
-  return norm < clip_norm ? 1.f : clip_norm / norm;
+// Factor that clip-by-global-norm applies to every gradient (optax.clip_by_global_norm), given the
+// global norm; clip_norm <= 0 is off. One rule for the CPU and the CUDA kernels.
+JAX_MPS_HDI float ClipScale(float norm, float clip_norm) {
+  return clip_norm <= 0.f || norm < clip_norm ? 1.f : clip_norm / norm;
 }
 
 }  // namespace jax_mps
