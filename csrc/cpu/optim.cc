@@ -3,7 +3,6 @@
 // the per-element loops are branch-free (rule options are template parameters) to vectorize.
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -42,17 +41,10 @@ std::vector<Chunk> MakeChunks(const std::vector<Leaf>& leaves) {
   return chunks;
 }
 
-// Gradient preprocessing constants (neutral values when an option is off: exact no-ops).
-struct Pre {
-  float rescale, lo, hi, nscale, l1, l2;
-};
-
 // The parameter joins only through a term that is on (l1 / l2 > 0): 0 * inf would turn an inf or
 // NaN parameter into a NaN update where optax, not reading it, keeps the gradient's value.
-inline float Prep(float g, float p, Pre c) {
-  g = g * c.rescale;
-  g = std::min(std::max(g, c.lo), c.hi);
-  g = g * c.nscale;
+inline float Prep(float g, float p, const OptimPre& c) {
+  g = RescaleClip(g, c) * c.nscale;
   const float sg = p > 0.f ? 1.f : p < 0.f ? -1.f : p;  // jnp.sign: NaN stays NaN
   const float l2 = c.l2 > 0.f ? c.l2 * p : 0.f, l1 = c.l1 > 0.f ? c.l1 * sg : 0.f;
   return g + (l2 + l1);
@@ -62,7 +54,7 @@ inline float Prep(float g, float p, Pre c) {
 inline float NanMax(float a, float b) { return (a != a || b != b) ? a + b : std::max(a, b); }
 
 template <typename P>
-double SqNorm(const std::vector<Leaf>& leaves, const std::vector<Chunk>& chunks, const Pre& c) {
+double SqNorm(const std::vector<Leaf>& leaves, const std::vector<Chunk>& chunks, const OptimPre& c) {
   double acc = 0.0;
   const int64_t nc = int64_t(chunks.size());
 #pragma omp parallel for schedule(static) reduction(+ : acc) if (nc > 1)
@@ -72,7 +64,7 @@ double SqNorm(const std::vector<Leaf>& leaves, const std::vector<Chunk>& chunks,
     float part = 0.f;  // a chunk is short: float partials, double across chunks
 #pragma omp simd reduction(+ : part)
     for (int64_t i = ch.begin; i < ch.end; ++i) {
-      float v = std::min(std::max(Ld<P>(g[i]) * c.rescale, c.lo), c.hi);
+      const float v = RescaleClip(Ld<P>(g[i]), c);
       part += v * v;
     }
     acc += part;
@@ -94,7 +86,7 @@ struct Hyper {
 // stores, which keeps GCC from hoisting them. G: the gradients' type (P, or float16 / bfloat16
 // gradients of float32 master weights).
 template <typename P, typename G, OptRule R, bool kMom, bool kNesterov, bool kAms, bool kCentered>
-JAX_MPS_CLONES void StepChunk(const Leaf& L, int64_t b, int64_t e, const Pre& c, const Hyper& h) {
+JAX_MPS_CLONES void StepChunk(const Leaf& L, int64_t b, int64_t e, const OptimPre& c, const Hyper& h) {
   const P* __restrict p = static_cast<const P*>(L.p);
   const G* __restrict g = static_cast<const G*>(L.g);
   P* __restrict out = static_cast<P*>(L.out);
@@ -104,7 +96,7 @@ JAX_MPS_CLONES void StepChunk(const Leaf& L, int64_t b, int64_t e, const Pre& c,
   float* __restrict o0 = L.s_out[0];
   float* __restrict o1 = L.s_out[1];
   float* __restrict o2 = L.s_out[2];
-  const Pre pre = c;
+  const OptimPre pre = c;
   const bool keep = h.keep;
   const float nlr = h.nlr, b1 = h.b1, ob1 = h.ob1, b2 = h.b2, ob2 = h.ob2;
   // The bias corrections as reciprocals: a vector division costs ~5x a multiply (Adam had three
@@ -161,7 +153,7 @@ JAX_MPS_CLONES void StepChunk(const Leaf& L, int64_t b, int64_t e, const Pre& c,
 }
 
 template <typename P, typename G, OptRule R, bool kMom, bool kNesterov, bool kAms, bool kCentered>
-void RunSteps(const std::vector<Leaf>& leaves, const std::vector<Chunk>& chunks, const Pre& c,
+void RunSteps(const std::vector<Leaf>& leaves, const std::vector<Chunk>& chunks, const OptimPre& c,
               const Hyper& h) {
   const int64_t nc = int64_t(chunks.size());
 #pragma omp parallel for schedule(static) if (nc > 1)
@@ -173,7 +165,7 @@ void RunSteps(const std::vector<Leaf>& leaves, const std::vector<Chunk>& chunks,
 
 template <typename P, typename G>
 void Dispatch(const OptimDesc& d, const std::vector<Leaf>& leaves, const std::vector<Chunk>& chunks,
-              const Pre& c, const Hyper& h) {
+              const OptimPre& c, const Hyper& h) {
   const bool mom = d.Momentum();
   switch (d.rule) {
     case OptRule::kSgd:
@@ -191,14 +183,6 @@ void Dispatch(const OptimDesc& d, const std::vector<Leaf>& leaves, const std::ve
       if (mom) return RunSteps<P, G, OptRule::kRmsprop, true, false, false, false>(leaves, chunks, c, h);
       return RunSteps<P, G, OptRule::kRmsprop, false, false, false, false>(leaves, chunks, c, h);
   }
-}
-
-// Gradient preprocessing from the hp operand (CPU buffers are host memory); grad_scale (1 / loss
-// scale) is folded into the rescale factor.
-Pre MakePre(const float* hp, bool regularize) {
-  const float inf = std::numeric_limits<float>::infinity(), cv = hp[kClipValue];
-  return Pre{hp[kGradScale] * hp[kRescale], cv > 0.f ? -cv : -inf, cv > 0.f ? cv : inf, 1.f,
-             regularize ? hp[kL1] : 0.f, regularize ? hp[kL2] : 0.f};
 }
 
 // The element type of each float dtype tag (runtime/backend.h DispatchFloat).
@@ -237,7 +221,7 @@ ffi::Error Cpu::OptimStep(Ctx, const OptimDesc& d, Buf count, Buf sqnorm, Buf hp
   const int32_t t = static_cast<const int32_t*>(count.untyped_data())[0];
   if (d.rule == OptRule::kAdam) JAX_MPS_CHECK(t > 0, "optim: adam needs a step count >= 1, got ", t);
   const auto chunks = MakeChunks(leaves);
-  Pre c = MakePre(hp, true);
+  OptimPre c = MakeOptimPre(hp, true);
   if (d.norm_mode != NormMode::kNone) {
     double sq = double(static_cast<const float*>(sqnorm.untyped_data())[0]);
     if (d.norm_mode == NormMode::kInternal)
@@ -272,7 +256,7 @@ ffi::Error Cpu::OptimSqNorm(Ctx, Buf hp, const Buffers& grads, Buf out) {
   for (size_t l = 0; l < grads.size(); ++l)
     leaves[l] = Leaf{int64_t(grads[l].element_count()), nullptr, grads[l].untyped_data(), nullptr, {}, {}};
   const auto chunks = MakeChunks(leaves);
-  const Pre c = MakePre(static_cast<const float*>(hp.untyped_data()), false);
+  const OptimPre c = MakeOptimPre(static_cast<const float*>(hp.untyped_data()), false);
   double sq = 0.0;
   if (!grads.empty())
     JAX_MPS_RETURN_IF_ERROR(DispatchFloat("optim_sqnorm", grads[0].element_type(), [&](auto tag) {

@@ -26,39 +26,21 @@ struct LeafTable {
   float* s_out[3][kMaxLeaves];
 };
 
-struct Pre {
-  float rescale, lo, hi, l1, l2;
-};
-
 struct StepArgs {
   OptRule rule;
   bool mom, nesterov, ams, centered, write_updates;
   NormMode norm_mode;
 };
 
-// std::min(std::max(.)) as the CPU: a NaN gradient stays NaN (fminf / fmaxf would clip it to a bound).
-__device__ __forceinline__ float Clip(float g, const Pre& c) {
-  const float v = g * c.rescale, l = v < c.lo ? c.lo : v;
-  return c.hi < l ? c.hi : l;
-}
-
-// Gradient preprocessing from hp, as the CPU's MakePre: grad_scale (1 / loss scale) folds into the
-// rescale factor (same rounding).
-__device__ __forceinline__ Pre MakePre(const float* hp, bool regularize) {
-  const float cv = hp[kClipValue];
-  return Pre{hp[kGradScale] * hp[kRescale], cv > 0.f ? -cv : -INFINITY, cv > 0.f ? cv : INFINITY,
-             regularize ? hp[kL1] : 0.f, regularize ? hp[kL2] : 0.f};
-}
-
 template <typename P>
 __global__ void SqNormK(LeafTable t, const float* hp, double* acc) {
-  const Pre c = MakePre(hp, false);
+  const OptimPre c = MakeOptimPre(hp, false);
   double part = 0.0;
   for (int l = 0; l < t.count; ++l) {
     const P* g = static_cast<const P*>(t.g[l]);
     float f = 0.f;
     JAX_MPS_GRID_STRIDE(i, t.size[l]) {
-      const float v = Clip(Ld(g[i]), c);
+      const float v = RescaleClip(Ld(g[i]), c);
       f += v * v;
     }
     part += f;
@@ -71,14 +53,13 @@ __global__ void SqNormK(LeafTable t, const float* hp, double* acc) {
 template <typename P, typename G>
 __global__ void StepK(LeafTable t, StepArgs a, const int32_t* count, const float* ext_sq, const float* hp,
                       const double* int_sq) {
-  const Pre pre = MakePre(hp, true);
+  OptimPre pre = MakeOptimPre(hp, true);
   const float nlr = -hp[kLr], b1 = hp[kB1], ob1 = hp[kOb1], b2 = hp[kB2], ob2 = hp[kOb2], eps = hp[kEps];
   const float momentum = hp[kMomentum], wd = hp[kWeightDecay], clip_norm = hp[kClipNorm];
   const float tc = float(count[0]);
   const float bc1 = 1.f - powf(b1, tc), bc2 = 1.f - powf(b2, tc);  // as optax: 1 - b**count in float32
-  float nscale = 1.f;
   if (a.norm_mode != NormMode::kNone)
-    nscale = ClipScale(sqrtf(a.norm_mode == NormMode::kExternal ? ext_sq[0] : float(int_sq[0])), clip_norm);
+    pre.nscale = ClipScale(sqrtf(a.norm_mode == NormMode::kExternal ? ext_sq[0] : float(int_sq[0])), clip_norm);
   for (int l = 0; l < t.count; ++l) {
     const P* p = static_cast<const P*>(t.p[l]);
     const G* g = static_cast<const G*>(t.g[l]);
@@ -90,7 +71,7 @@ __global__ void StepK(LeafTable t, StepArgs a, const int32_t* count, const float
       // As the CPU: the parameter joins only through a term that is on (0 * inf is NaN).
       const float sg = pv > 0.f ? 1.f : pv < 0.f ? -1.f : pv;  // jnp.sign: NaN stays NaN
       const float l2 = pre.l2 > 0.f ? pre.l2 * pv : 0.f, l1 = pre.l1 > 0.f ? pre.l1 * sg : 0.f;
-      const float gv = Clip(Ld(g[i]), pre) * nscale + (l2 + l1);
+      const float gv = RescaleClip(Ld(g[i]), pre) * pre.nscale + (l2 + l1);
       float d;
       if (a.rule == OptRule::kSgd) {
         float u = gv;

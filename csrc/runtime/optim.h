@@ -173,6 +173,26 @@ auto OptimSqNormBinding() {
       .template Ret<ffi::AnyBuffer>();
 }
 
+// Gradient preprocessing constants from hp, neutral when an option is off (exact no-ops): grad_scale
+// (1 / loss scale) folds into the rescale factor; the step sets nscale (clip by global norm).
+// hp is host memory on the CPU and device memory in the CUDA kernels.
+struct OptimPre {
+  float rescale, lo, hi, nscale, l1, l2;
+};
+
+JAX_MPS_HDI OptimPre MakeOptimPre(const float* hp, bool regularize) {
+  const float cv = hp[kClipValue];
+  return OptimPre{hp[kGradScale] * hp[kRescale], cv > 0.f ? -cv : -INFINITY, cv > 0.f ? cv : INFINITY, 1.f,
+                  regularize ? hp[kL1] : 0.f, regularize ? hp[kL2] : 0.f};
+}
+
+// Rescale, then clip by value as std::min(std::max(.)): a NaN gradient stays NaN (fminf / fmaxf
+// would clip it to a bound).
+JAX_MPS_HDI float RescaleClip(float g, const OptimPre& c) {
+  const float v = g * c.rescale, l = v < c.lo ? c.lo : v;
+  return c.hi < l ? c.hi : l;
+}
+
 // Factor that clip-by-global-norm applies to every gradient (optax.clip_by_global_norm), given the
 // global norm; clip_norm <= 0 is off. One rule for the CPU and the CUDA kernels.
 JAX_MPS_HDI float ClipScale(float norm, float clip_norm) {
