@@ -47,20 +47,32 @@ inline ffi::Error MakeDropoutDesc(int64_t threshold, float scale, int64_t key_wo
   return ffi::Error::Success();
 }
 
+// with_offset: the key data ends with the element offset (offset_lo, offset_hi), see
+// DropoutDesc::with_offset.
 template <class B>
-ffi::Error DropoutFwd(typename B::Ctx ctx, ffi::AnyBuffer key, ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y,
-                      ffi::Result<ffi::AnyBuffer> mask, int64_t threshold, float scale) {
-  const char* op = "dropout";
+ffi::Error DropoutFwdChecked(const char* op, bool with_offset, typename B::Ctx ctx, ffi::AnyBuffer key,
+                             ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> mask,
+                             int64_t threshold, float scale) {
+  const int64_t extra = with_offset ? 2 : 0;
   DropoutDesc d;
   JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "key data", key, ffi::U32));
-  JAX_MPS_CHECK(key.dimensions().size() == 1, op, ": key data must be uint32 (2,) or (4,), got ",
+  JAX_MPS_CHECK(key.dimensions().size() == 1 && static_cast<int64_t>(key.element_count()) >= extra, op,
+                with_offset ? ": key data must be uint32 (2 + 2,) or (4 + 2,) (key words, then the element offset), got "
+                            : ": key data must be uint32 (2,) or (4,), got ",
                 DimsStr(key.dimensions()));
-  JAX_MPS_RETURN_IF_ERROR(MakeDropoutDesc(threshold, scale, static_cast<int64_t>(key.element_count()), &d));
+  JAX_MPS_RETURN_IF_ERROR(MakeDropoutDesc(threshold, scale, static_cast<int64_t>(key.element_count()) - extra, &d));
+  d.with_offset = with_offset;
   JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "x", x));
   d.n = static_cast<int64_t>(x.element_count());
   JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "y", *y, x));
   JAX_MPS_RETURN_IF_ERROR(CheckMask(op, *mask, d.n));
   return Guard(op, [&] { return B::DropoutFwd(ctx, d, key, x, *y, *mask); });
+}
+
+template <class B>
+ffi::Error DropoutFwd(typename B::Ctx ctx, ffi::AnyBuffer key, ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y,
+                      ffi::Result<ffi::AnyBuffer> mask, int64_t threshold, float scale) {
+  return DropoutFwdChecked<B>("dropout", false, ctx, key, x, y, mask, threshold, scale);
 }
 template <class B>
 auto DropoutFwdBinding() {
@@ -69,23 +81,11 @@ auto DropoutFwdBinding() {
       .template Attr<float>("scale");
 }
 
-// As DropoutFwd, with key data (k..., offset_lo, offset_hi): see DropoutDesc::with_offset.
+// As DropoutFwd, with key data (k..., offset_lo, offset_hi).
 template <class B>
 ffi::Error DropoutOffsetFwd(typename B::Ctx ctx, ffi::AnyBuffer key, ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y,
                             ffi::Result<ffi::AnyBuffer> mask, int64_t threshold, float scale) {
-  const char* op = "dropout_offset";
-  DropoutDesc d;
-  JAX_MPS_RETURN_IF_ERROR(CheckDtype(op, "key data", key, ffi::U32));
-  JAX_MPS_CHECK(key.dimensions().size() == 1 && key.element_count() >= 2, op,
-                ": key data must be uint32 (2 + 2,) or (4 + 2,) (key words, then the element offset), got ",
-                DimsStr(key.dimensions()));
-  JAX_MPS_RETURN_IF_ERROR(MakeDropoutDesc(threshold, scale, static_cast<int64_t>(key.element_count()) - 2, &d));
-  d.with_offset = true;
-  JAX_MPS_RETURN_IF_ERROR(CheckFloat(op, "x", x));
-  d.n = static_cast<int64_t>(x.element_count());
-  JAX_MPS_RETURN_IF_ERROR(CheckFloatLike(op, "y", *y, x));
-  JAX_MPS_RETURN_IF_ERROR(CheckMask(op, *mask, d.n));
-  return Guard(op, [&] { return B::DropoutFwd(ctx, d, key, x, *y, *mask); });
+  return DropoutFwdChecked<B>("dropout_offset", true, ctx, key, x, y, mask, threshold, scale);
 }
 template <class B>
 auto DropoutOffsetFwdBinding() {
