@@ -105,6 +105,16 @@ def test_relu_nan_as_torch():
     assert np.isfinite(np.asarray(dx)).all()
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "tanh", "relu"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nonfinite_w_hh_zero_state(cell, bad):
+    # With the default zero state the CPU skips the first step's recurrent GEMM; 0 * NaN and 0 * inf
+    # must still poison that step's gate column, as the GEMM (lax, torch) does.
+    params, x, h0, c0, lens = _case(cell, 1, True, 4, 3, 3, 4, False, None, False, seed=13)
+    params[0][1]["w_hh"] = params[0][1]["w_hh"].at[1, 2].set(bad)
+    _check(cell, params, x, h0, c0, lens, False)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "tanh", "relu"])
 def test_check_grads(cell):
     params, x, h0, c0, lens = _case(cell, 2, True, 3, 2, 3, 2, True, None, False, seed=3)
     lens = jnp.asarray([3, 2], jnp.int32)

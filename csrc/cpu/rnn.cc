@@ -444,11 +444,12 @@ void Forward(const RnnDesc& d, const float* x, const float* h0, const float* c0,
   const int64_t sT = d.sT(), sB = d.sB();
   const int nt = ChainThreads(B);
   const bool local = nt == 1 || !d.time_major;
-  thread_local ScratchBuffer<float> s_tmp, s_h, s_c, s_bias;
+  thread_local ScratchBuffer<float> s_tmp, s_h, s_c, s_bias, s_bias0;
   float* tmp = Scratch(s_tmp, B * GH);
   float* hc = Scratch(s_h, B * H);
   float* cc = Scratch(s_c, B * H);
   float* bias = Scratch(s_bias, GH);
+  float* bias0 = Scratch(s_bias0, GH);
   float* louts = wsp + d.L * D * rows * W;
   for (int64_t l = 0; l < d.L; ++l) {
     const float* X = l == 0 ? x : louts + (l - 1) * rows * DH;
@@ -463,6 +464,14 @@ void Forward(const RnnDesc& d, const float* x, const float* h0, const float* c0,
       for (int64_t j = 0; j < GH; ++j) bias[j] = gru && j >= 2 * H ? p.b_hh[j] : p.b_ih[j] + p.b_hh[j];
       std::memcpy(hc, h0 + ld * B * H, B * H * sizeof(float));
       if (d.cell == Cell::kLstm) std::memcpy(cc, c0 + ld * B * H, B * H * sizeof(float));
+      // A zero initial state (the default) makes the first step's GEMM the biases plus 0 * W_hh:
+      // zeros, but NaN in a column holding a NaN or inf, as the GEMM (and torch, and lax) gives.
+      const bool zero_h0 = std::all_of(hc, hc + B * H, [](float v) { return v == 0.f; });
+      if (zero_h0) {
+        std::memcpy(bias0, bias, GH * sizeof(float));
+        for (int64_t i = 0; i < H; ++i)
+          for (int64_t j = 0; j < GH; ++j) bias0[j] += 0.f * p.w_hh[i * GH + j];
+      }
       // Gate columns <- x W_ih.
       if (!local) Gemm('N', 'N', rows, GH, Il, X, Il, p.w_ih, GH, 0.f, ws, W);
       Parallel(nt, [&](int64_t i, int64_t n) {
@@ -475,9 +484,8 @@ void Forward(const RnnDesc& d, const float* x, const float* h0, const float* c0,
           const int64_t r = t * sT + b0 * sB;
           float* g = ws + r * W;
           float* yo = Y + r * DH + k * H;
-          // A zero initial state (the default) makes the first step's GEMM the biases alone.
-          if (s == 0 && std::all_of(h, h + m * H, [](float v) { return v == 0.f; }))
-            for (int64_t b = 0; b < m; ++b) std::memcpy(a + b * GH, bias, GH * sizeof(float));
+          if (s == 0 && zero_h0)
+            for (int64_t b = 0; b < m; ++b) std::memcpy(a + b * GH, bias0, GH * sizeof(float));
           else
             rec(h, a);
           switch (d.cell) {
