@@ -17,6 +17,7 @@ Buffers travel in their own dtypes: how float16/bfloat16 are computed is each ba
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import jax
@@ -82,6 +83,10 @@ class custom_vjp:
 def kernel(target: str, specs, *args, aliases=None, **attrs):
     """One runtime call on exactly these shapes (no vmap or sharding rule); returns a list.
     aliases: {operand index: result index} for results written into an operand's buffer."""
+    for s in specs:
+        # XLA's shape arithmetic is int64: a larger static extent aborts the process when lowered.
+        if math.prod(s.shape) * jnp.dtype(s.dtype).itemsize >= 2 ** 62:
+            raise ValueError(f"{target.removeprefix('jax_mps_')}: result shape {s.shape} is too large")
     attrs = {k: _attr(v) for k, v in attrs.items()}
     # Inside shard_map (checked types) a call's operands must vary over the same mesh axes, and
     # its results vary over them too (ffi_call's results would otherwise be typed invariant).

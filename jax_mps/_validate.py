@@ -84,6 +84,11 @@ def static_real(name: str, v, op: str, ok=lambda v: True, what: str = "") -> flo
     return float(v)
 
 
+def is_int(v) -> bool:
+    """A Python or NumPy integer, not a bool."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 def check_rank(name: str, x, rank: int, layout: str, op: str) -> None:
     if jnp.ndim(x) != rank:
         raise ValueError(f"{op}: `{name}` must have rank {rank} {layout}, got shape {tuple(jnp.shape(x))}")
@@ -94,17 +99,17 @@ def check_shape(name: str, x, shape: tuple, op: str) -> None:
         raise ValueError(f"{op}: `{name}` must have shape {tuple(shape)}, got {tuple(jnp.shape(x))}")
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+# Window, stride, dilation, scale and padding sizes: the kernels (oneDNN, cuDNN) take them as int32.
+MAX_INT_ATTR = 2 ** 31 - 1
 
 
 def int_tuple(name: str, v, n: int, op: str, minimum: int = 1) -> tuple[int, ...]:
-    """int or length-n sequence of ints, each >= minimum. Non-integers (1.5, 2.0, "2") raise
-    TypeError, as lax does, rather than being truncated."""
-    if _is_int(v):
+    """int or length-n sequence of ints, each in [minimum, MAX_INT_ATTR]. Non-integers (1.5, 2.0,
+    "2") raise TypeError, as lax does, rather than being truncated."""
+    if is_int(v):
         t = (int(v),) * n
     elif isinstance(v, (tuple, list)) and len(v) == n:
-        if not all(_is_int(e) for e in v):
+        if not all(is_int(e) for e in v):
             raise TypeError(f"{op}: `{name}` must be an int or a tuple of {n} ints, got {v!r}")
         t = tuple(int(e) for e in v)
     elif isinstance(v, (tuple, list)):
@@ -113,7 +118,15 @@ def int_tuple(name: str, v, n: int, op: str, minimum: int = 1) -> tuple[int, ...
         raise TypeError(f"{op}: `{name}` must be an int or a tuple of {n} ints, got {v!r}")
     if any(e < minimum for e in t):
         raise ValueError(f"{op}: `{name}` entries must be >= {minimum}, got {v!r}")
+    if any(e > MAX_INT_ATTR for e in t):
+        raise ValueError(f"{op}: `{name}` entries must be < 2**31, got {v!r}")
     return t
+
+
+def _check_pad_range(pairs, padding, op: str):
+    if any(abs(e) > MAX_INT_ATTR for p in pairs for e in p):
+        raise ValueError(f"{op}: `padding` entries must be within +-(2**31 - 1), got {padding!r}")
+    return pairs
 
 
 def padding_pairs(padding, in_spatial, window, stride, dilation, op: str) -> tuple[tuple[int, int], ...]:
@@ -132,18 +145,18 @@ def padding_pairs(padding, in_spatial, window, stride, dilation, op: str) -> tup
                 out.append((total // 2, total - total // 2))
             return tuple(out)
         raise ValueError(f"{op}: `padding` must be 'SAME', 'VALID', an int or {n} (lo, hi) pairs, got {padding!r}")
-    if _is_int(padding):
+    if is_int(padding):
         if padding < 0:
             raise ValueError(f"{op}: `padding` must be >= 0, got {padding}")
-        return ((int(padding), int(padding)),) * n
+        return _check_pad_range(((int(padding), int(padding)),) * n, padding, op)
     expected = f"{op}: `padding` must be 'SAME', 'VALID', an int or {n} (lo, hi) pairs of ints, got {padding!r}"
     if not isinstance(padding, (tuple, list)):
         raise TypeError(expected)
     if len(padding) != n or not all(isinstance(p, (tuple, list)) and len(p) == 2 for p in padding):
         raise ValueError(expected)
-    if not all(_is_int(e) for p in padding for e in p):
+    if not all(is_int(e) for p in padding for e in p):
         raise TypeError(expected)  # e.g. (1.5, 1.5): lax raises too, never truncate
-    return tuple((int(lo), int(hi)) for lo, hi in padding)
+    return _check_pad_range(tuple((int(lo), int(hi)) for lo, hi in padding), padding, op)
 
 
 def int32_ids(name: str, v, op: str):

@@ -21,7 +21,7 @@ from jax.custom_derivatives import SymbolicZero
 from . import _ffi
 from ._sharding import SUM, Rule
 from ._validate import (ACT_NONE, ACT_RELU, activation_code, check_float, check_rank, grad_from_output, int_tuple,
-                        matmul_precision, padding_pairs)
+                        is_int, matmul_precision, padding_pairs)
 
 __all__ = ["conv2d", "conv1d", "conv_transpose2d", "dense"]
 
@@ -111,8 +111,9 @@ def _conv_nd(op, x, w, b, stride, padding, dilation, groups, activation, accumul
     wlayout = "(KH, KW, Cin/groups, Cout)" if nsp == 2 else "(K, Cin/groups, Cout)"
     check_rank("x", x, nsp + 2, layout, op)
     check_rank("w", w, nsp + 2, wlayout, op)
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+    if not is_int(groups) or groups < 1:
         raise ValueError(f"{op}: `groups` must be an int >= 1, got {groups!r}")
+    groups = int(groups)
     cin, cout = x.shape[-1], w.shape[-1]
     if cin % groups or cout % groups:
         raise ValueError(f"{op}: `groups`={groups} must divide Cin={cin} and Cout={cout}")
@@ -193,8 +194,8 @@ def _transpose_pads(padding, window, stride, dilation, op):
                 lo = k - 1
             out.append((lo, pad_len - lo))
         return tuple(out)
-    if isinstance(padding, int) and not isinstance(padding, bool):
-        return ((padding, padding),) * 2
+    if is_int(padding):
+        padding = ((int(padding), int(padding)),) * 2
     return padding_pairs(padding, (1, 1), window, stride, dilation, op)
 
 
@@ -220,7 +221,8 @@ def conv_transpose2d(x, w, b=None, *, stride=1, padding="SAME", dilation=1, acti
     pads = _transpose_pads(padding, window, stride, dilation, op)
     x, w, b, code, alpha, has_bias, acc = _common(op, x, w, b, activation, accumulate, cout)
     spatial = x.shape[1:3]
-    full = [(i - 1) * s + 1 + lo + hi - ((k - 1) * d + 1) + 1
+    # The stride-dilated input: (i - 1) * s + 1 rows, none when i = 0 (lax's extent).
+    full = [max((i - 1) * s + 1, 0) + lo + hi - ((k - 1) * d + 1) + 1
             for i, k, s, d, (lo, hi) in zip(spatial, window, stride, dilation, pads)]
     if min(full) < 1:
         raise ValueError(f"{op}: output spatial size would be {tuple(full)}; it must be >= 1")
@@ -229,7 +231,7 @@ def conv_transpose2d(x, w, b=None, *, stride=1, padding="SAME", dilation=1, acti
     ek = [(k - 1) * d + 1 for k, d in zip(window, dilation)]
     core = tuple((min(max(lo, 0), e - 1), min(max(hi, 0), e - 1)) for (lo, hi), e in zip(pads, ek))
     extra = [(lo - clo, hi - chi) for (lo, hi), (clo, chi) in zip(pads, core)]
-    out = [(i - 1) * s + 1 + lo + hi - e + 1 for i, s, (lo, hi), e in zip(spatial, stride, core, ek)]
+    out = [max((i - 1) * s + 1, 0) + lo + hi - e + 1 for i, s, (lo, hi), e in zip(spatial, stride, core, ek)]
     attrs = (("stride", stride), ("pad_lo", tuple(p[0] for p in core)), ("pad_hi", tuple(p[1] for p in core)),
              ("dilation", dilation), ("groups", 1), ("transpose", 1), ("act", code), ("alpha", alpha),
              ("has_bias", has_bias), ("accumulate", acc), ("precision", matmul_precision()))

@@ -10,7 +10,8 @@ import numpy as np
 
 from . import _ffi
 from ._sharding import SUM, Rule
-from ._validate import ACT_NONE, activation_code, check_float, check_shape, grad_from_output, static_real
+from ._validate import (ACT_NONE, MAX_INT_ATTR, activation_code, check_float, check_shape, grad_from_output, is_int,
+                        static_real)
 
 __all__ = ["batch_norm", "batch_norm_inference", "instance_norm", "local_response_norm"]
 
@@ -271,8 +272,8 @@ def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=1.0):
     y_c = x_c / (k + alpha/size * sum_{|c'-c| <= size//2} x_c'^2)^beta."""
     op = "local_response_norm"
     x = _check_x(x, op, 1, "(..., C)")
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1 or size % 2 == 0:
-        raise ValueError(f"{op}: `size` must be a positive odd int, got {size!r}")
+    if not is_int(size) or size < 1 or size % 2 == 0 or size > MAX_INT_ATTR:
+        raise ValueError(f"{op}: `size` must be a positive odd int < 2**31, got {size!r}")
     alpha = static_real("alpha", alpha, op, lambda v: v >= 0, " >= 0")
     beta = static_real("beta", beta, op)
     k = static_real("k", k, op, lambda v: v > 0, " > 0")

@@ -104,6 +104,9 @@ CONVT = [
     ((1, 1, 3, 2), (1, 1, 2, 1), 1, ((0, 0), (-4, 6)), 1, True, "relu"),
     ((1, 1, 2, 2), (2, 2, 2, 3), (1, 3), ((1, 5), (5, -2)), (1, 2), True, "tanh"),
     ((1, 3, 1, 2), (4, 1, 2, 2), 2, ((3, 3), (-2, 5)), (2, 1), True, None),
+    # an empty input: the strided input has no rows (lax's extent), every output is act(b)
+    ((2, 0, 4, 3), (3, 3, 3, 4), 2, "VALID", 1, True, "relu"),
+    ((1, 0, 2, 2), (2, 3, 2, 3), (3, 2), ((1, 2), (0, 1)), 1, True, "tanh"),
 ]
 
 
@@ -279,6 +282,14 @@ def test_bad_input():
         mps.conv_transpose2d(x, jnp.ones((3, 3, 5, 2)))
     with pytest.raises(ValueError, match="output spatial size"):
         mps.conv_transpose2d(x, w, padding=((0, 0), (-9, 0)))
+    with pytest.raises(ValueError, match="< 2\\*\\*31"):  # the kernels take int32 sizes
+        mps.conv2d(x, w, stride=2 ** 31)
+    with pytest.raises(ValueError, match="< 2\\*\\*31"):
+        mps.conv1d(x[0], w[0], dilation=2 ** 64)
+    with pytest.raises(ValueError, match="padding"):
+        mps.conv2d(x, w, padding=((2 ** 62, 0), (0, 0)))
+    with pytest.raises(ValueError, match="too large"):  # XLA would abort the process on this shape
+        mps.conv_transpose2d(x, w, stride=10 ** 9)
     with pytest.raises(ValueError, match=r"\(In=4, Out\)"):
         mps.dense(jnp.ones((3, 4)), jnp.ones((5, 2)))
     with pytest.raises(ValueError, match="rank 2"):
@@ -287,6 +298,15 @@ def test_bad_input():
         mps.dense(jnp.float32(1), jnp.ones((1, 2)))
     with pytest.raises(TypeError, match="`w`"):
         mps.dense(jnp.ones((3, 4)), jnp.ones((4, 2), jnp.int32))
+
+
+def test_numpy_int_attributes():
+    # NumPy integers are ints, as in lax (feature_group_count=np.int64(2)).
+    x, w = _r((1, 4, 4, 4)), _r((3, 3, 2, 4), 1)
+    got = mps.conv2d(x, w, stride=np.int32(1), padding=np.int64(1), groups=np.int64(2))
+    assert_close(got, ref.conv_conv2d(x, w, padding=1, groups=2), 1e-5, 1e-5)
+    with pytest.raises(ValueError, match="groups"):
+        mps.conv2d(x, w, groups=True)
 
 
 def _attrs(**over):

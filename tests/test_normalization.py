@@ -152,6 +152,15 @@ def test_local_response_norm(size, alpha, beta, k, shapes):
                lambda x: ref.norm_local_response_norm(x, size, alpha, beta, k), (x,))
 
 
+def test_local_response_norm_window_past_channels():
+    # A window wider than 2C - 1 sums every channel: size 10**9 + 1 costs what size 2C + 1 does and
+    # equals it with alpha scaled to the same alpha / size.
+    x = _arr((2, 3, 7), 3)
+    big, small = 10 ** 9 + 1, 15
+    f = lambda x, n, a: mps.local_response_norm(x, n, a, 0.75, 1.0)  # noqa: E731
+    _check(lambda x: f(x, big, 0.5), lambda x: f(x, small, 0.5 * small / big), (x,))
+
+
 def test_local_response_norm_check_grads():
     check_grads(lambda x: mps.local_response_norm(x, 3, 0.5, 0.75, 1.0), (_arr((2, 3, 6), 7),), order=1,
                 modes=["rev"], atol=1e-2, rtol=1e-2)

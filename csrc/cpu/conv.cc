@@ -468,7 +468,16 @@ namespace jax_mps {
 using namespace cpu;
 
 ffi::Error Cpu::ConvFwd(Ctx ctx, const ConvDesc& c, Buf x, Buf w, Buf b, Buf y) {
-  if (y.element_count() == 0) return ffi::Error::Success();
+  const int64_t ny = static_cast<int64_t>(y.element_count());
+  if (ny == 0) return ffi::Error::Success();
+  if (x.element_count() == 0) {  // padding only (oneDNN rejects some empty operands): y = act(b)
+    F32In bf(b);
+    F32Out yf(y);
+    float* yp = yf.get();
+    for (int64_t i = 0; i < ny; ++i) yp[i] = c.has_bias ? bf.get()[i % c.oc] : 0.f;
+    if (c.act != Act::kNone) ActForward(c.act, c.alpha, ny, yp, yp);
+    return ffi::Error::Success();
+  }
   if (DenseDesc d; AsDense(c, &d)) return DenseFwd(ctx, d, x, w, b, y);
   F32In xf(x), wf(w), bf(b);
   F32Out yf(y);
@@ -496,7 +505,7 @@ ffi::Error Cpu::ConvFwd(Ctx ctx, const ConvDesc& c, Buf x, Buf w, Buf b, Buf y) 
                                        {DNNL_ARG_DST, Mem(plan->m.dst, yf.get())}};
   if (c.has_bias) args.emplace(DNNL_ARG_BIAS, Mem(plan->m.bias, bf.get()));
   Exec(plan->prim, std::move(args));
-  if (plan->act_after) ActForward(c.act, c.alpha, y.element_count(), yf.get(), yf.get());
+  if (plan->act_after) ActForward(c.act, c.alpha, ny, yf.get(), yf.get());
   return ffi::Error::Success();
 }
 

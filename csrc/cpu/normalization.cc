@@ -373,7 +373,7 @@ JAX_MPS_ALWAYS_INLINE void WindowSums(const double* __restrict v, int64_t C, int
 // Rows [r0, r1): y (dy null) or dx (dy given) into out.
 JAX_MPS_CLONES void LrnRows(const LrnDesc& p, const float* __restrict x, const float* __restrict dy,
                             float* __restrict out, int64_t r0, int64_t r1) {
-  const int64_t C = p.C, h = p.size / 2;
+  const int64_t C = p.C, h = p.half;
   const float beta = p.beta;
   const double k = p.k, coef = static_cast<double>(p.alpha) / static_cast<double>(p.size), f = 2.0 * coef * beta;
   std::vector<double> pad(C + 2 * h, 0.0), win(C);  // pad's h zeros at either end stay zero
@@ -384,7 +384,7 @@ JAX_MPS_CLONES void LrnRows(const LrnDesc& p, const float* __restrict x, const f
     float* __restrict o = out + r * C;
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) v[c] = static_cast<double>(xr[c]) * xr[c];
-    WindowSums(pad.data(), C, p.size, win.data());
+    WindowSums(pad.data(), C, 2 * h + 1, win.data());
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) sb[c] = static_cast<float>(k + coef * win[c]);
     if (beta == 0.75f) {  // the usual beta: s^-3/4 = r sqrt(r), r = 1/sqrt(s), vectorised (powf is not)
@@ -404,7 +404,7 @@ JAX_MPS_CLONES void LrnRows(const LrnDesc& p, const float* __restrict x, const f
     const float* __restrict gr = dy + r * C;
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) v[c] = static_cast<double>(gr[c]) * xr[c] * pb[c] / sb[c];
-    WindowSums(pad.data(), C, p.size, win.data());
+    WindowSums(pad.data(), C, 2 * h + 1, win.data());
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) o[c] = static_cast<float>(gr[c] * pb[c] - f * xr[c] * win[c]);
   }

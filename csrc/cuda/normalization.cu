@@ -440,7 +440,7 @@ ffi::Error Cuda::LrnFwd(Cuda::Ctx s, const LrnDesc& p, Buf x, Buf y) {
   if (n == 0) return ffi::Error::Success();
   return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
     using T = decltype(t);
-    LrnFwdK<T><<<Blocks(n), 256, 0, s>>>(n, p.C, p.size / 2, double(p.alpha) / double(p.size), p.beta, p.k,
+    LrnFwdK<T><<<Blocks(n), 256, 0, s>>>(n, p.C, p.half, double(p.alpha) / double(p.size), p.beta, p.k,
                                         Ptr<const T>(x), Ptr<T>(y));
     return LaunchStatus(op);
   });
@@ -453,7 +453,7 @@ ffi::Error Cuda::LrnBwd(Cuda::Ctx s, const LrnDesc& p, Buf x, Buf dy, Buf dx) {
   if (n == 0) return ffi::Error::Success();
   return cuda::DispatchFloat(op, x.element_type(), [&](auto t) {
     using T = decltype(t);
-    LrnBwdK<T><<<Blocks(n), 256, 0, s>>>(n, p.C, p.size / 2, double(p.alpha) / double(p.size), p.beta, p.k,
+    LrnBwdK<T><<<Blocks(n), 256, 0, s>>>(n, p.C, p.half, double(p.alpha) / double(p.size), p.beta, p.k,
                                         Ptr<const T>(x), Ptr<const T>(dy), Ptr<T>(dx));
     return LaunchStatus(op);
   });

@@ -60,8 +60,9 @@ inline int64_t ConvOut(int64_t i, int64_t k, int64_t s, int64_t d, int64_t lo, i
   int64_t span = i + lo + hi - ((k - 1) * d + 1);
   return span < 0 ? 0 : span / s + 1;
 }
+// The stride-dilated input has (i - 1) * s + 1 rows, none when i = 0 (as lax.conv_transpose).
 inline int64_t ConvTransposeOut(int64_t i, int64_t k, int64_t s, int64_t d, int64_t lo, int64_t hi) {
-  int64_t span = (i - 1) * s + 1 + lo + hi - ((k - 1) * d + 1);
+  int64_t span = (i == 0 ? 0 : (i - 1) * s + 1) + lo + hi - ((k - 1) * d + 1);
   return span < 0 ? 0 : span + 1;
 }
 

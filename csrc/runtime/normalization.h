@@ -1,5 +1,6 @@
 // Batch / instance / local-response normalization: descriptors, validation and targets.
 #pragma once
+#include <algorithm>
 #include <cmath>
 
 #include "runtime/activation.h"
@@ -52,6 +53,7 @@ inline ffi::Error CheckEpsilon(const char* op, float eps) {
 struct LrnDesc {
   int64_t rows = 0, C = 0;  // x viewed as (rows, C)
   int64_t size = 5;
+  int64_t half = 2;  // the window's reach, size / 2 clamped to C - 1 (a wider window sums the same)
   float alpha = 1e-4f, beta = 0.75f, k = 1.f;
 };
 
@@ -66,6 +68,7 @@ inline ffi::Error MakeLrn(ffi::Span<const int64_t> d, int64_t size, float alpha,
   p.k = k;
   JAX_MPS_CHECK(p.size >= 1 && p.size % 2 == 1, "local_response_norm: size must be a positive odd int, got ",
                 p.size);
+  p.half = std::min(p.size / 2, std::max<int64_t>(p.C - 1, 0));
   JAX_MPS_CHECK(std::isfinite(p.alpha) && p.alpha >= 0.f, "local_response_norm: alpha must be finite and >= 0, got ",
                 p.alpha);
   JAX_MPS_CHECK(std::isfinite(p.beta), "local_response_norm: beta must be finite, got ", p.beta);
