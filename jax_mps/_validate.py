@@ -50,6 +50,12 @@ def precision_scope(precision):
     argument; None leaves jax.default_matmul_precision as it stands."""
     if precision is None:
         return contextlib.nullcontext()
+    try:  # lax's own check and message for a bad precision argument
+        from jax._src.lax.lax import canonicalize_precision
+    except ImportError:  # moved in a later jax: no check, as before
+        pass
+    else:
+        canonicalize_precision(precision)
     return jax.default_matmul_precision("highest" if precision_is_full(precision) else "default")
 
 

@@ -117,7 +117,9 @@ class BatchNorm(nnx.BatchNorm):
     def __call__(self, x, use_running_average=None, *, mask=None):
         ura = _first(use_running_average, self.use_running_average)
         axes = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
-        if (x.ndim < 2 or [a % x.ndim for a in axes] != [x.ndim - 1] or mask is not None
+        # Out-of-range axes are nnx's to handle (it does not wrap them).
+        in_range = all(-x.ndim <= a < x.ndim for a in axes)
+        if (x.ndim < 2 or not in_range or [a % x.ndim for a in axes] != [x.ndim - 1] or mask is not None
                 or self.axis_name is not None or self.axis_index_groups is not None or not _plain_promote(self)):
             return super().__call__(x, use_running_average, mask=mask)
         scale = self.scale[...] if self.scale is not None else None
@@ -150,6 +152,8 @@ class Dropout(nnx.Dropout):
 
     def __call__(self, inputs, *, deterministic=None, rngs=None):
         deterministic = _first(deterministic, self.deterministic)
+        if isinstance(self.rate, (str, bytes)):  # float() would take "0.5"; Flax's arithmetic raises
+            raise TypeError(f"Dropout rate must be a number, got {type(self.rate).__name__}")
         if self.rate == 0.0 or deterministic:
             return inputs
         if self.rate == 1.0:  # as Flax: zeros, no key drawn (so the RNG stream stays in step with Flax's)

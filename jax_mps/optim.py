@@ -108,8 +108,9 @@ def _momentum_slot(raw, momentum):
 
 def _common(gradient_rescale, clip_value, clip_norm, regularization, regularization_scale):
     rescale = _check_num("gradient_rescale", gradient_rescale, lo=0.0)
-    cv = 0.0 if clip_value is None else _check_num("clip_value", clip_value, lo=0.0, lo_open=True)
-    cn = 0.0 if clip_norm is None else _check_num("clip_norm", clip_norm, lo=0.0, lo_open=True)
+    # Off is clipping to +-inf, so any value given -- a traced 0 included -- clips as optax's would.
+    cv = np.inf if clip_value is None else _check_num("clip_value", clip_value, lo=0.0, lo_open=True)
+    cn = np.inf if clip_norm is None else _check_num("clip_norm", clip_norm, lo=0.0, lo_open=True)
     if regularization not in (None, "l1", "l2"):
         raise ValueError(f'regularization must be None, "l1" or "l2", got {regularization!r}')
     scale = _check_num("regularization_scale", regularization_scale, lo=0.0)
@@ -139,6 +140,21 @@ def _same_tree(treedef, other, what):
 def _one_minus(b):
     """1 - b as optax forms it: in double and rounded once for a number, in float32 for an array."""
     return 1.0 - b if _traced(b) else np.float32(1.0 - b)
+
+
+def _undup(params, state, grads):
+    """params and state with a copy for each buffer met before (tied weights, apply(p, p, s), slots
+    sharing one zeros array): XLA can donate a buffer only once, and not one also passed undonated."""
+    seen = {id(x) for x in jax.tree.leaves(grads)}
+
+    def once(x):
+        if not isinstance(x, jax.Array) or _traced(x):
+            return x
+        if id(x) in seen:
+            return jnp.copy(x)
+        seen.add(id(x))
+        return x
+    return jax.tree.map(once, params), jax.tree.map(once, state)
 
 
 def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_params):
@@ -204,6 +220,8 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
         g_leaves = [g if g.dtype == p.dtype or (p.dtype == jnp.float32 and g.dtype in _FLOATS) else g.astype(p.dtype)
                     for g, p in zip(g_leaves, p_leaves)]
 
+        if jnp.size(state.count) != 1:
+            raise ValueError(f"{rule}: state.count must be a scalar step count, got shape {jnp.shape(state.count)}")
         count = jnp.asarray(state.count, jnp.int32)
         rate = lr(count) if callable(lr) else lr
         per_step = [jnp.reshape(rate, ()), gscale]
@@ -263,6 +281,7 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
         grads may be lower precision than params (float16 / bfloat16 gradients of float32 master
         weights, see mixed_precision); grad_scale (a traced scalar, e.g. 1 / loss scale) multiplies
         them inside the fused kernels, before rescale and clipping."""
+        params, state = _undup(params, state, grads)
         return _apply_donated(params, grads, state, grad_scale)
 
     return Optimizer(init, update, apply)
@@ -273,7 +292,7 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
 def sgd(learning_rate, momentum=0.0, nesterov=False, *, gradient_rescale=1.0, clip_value=None,
         clip_norm=None, regularization=None, regularization_scale=0.0) -> Optimizer:
     """SGD with optional (Nesterov) momentum; with defaults equals `optax.sgd`."""
-    raw, momentum = momentum, _check_num("momentum", momentum, lo=0.0)
+    raw, momentum = momentum, _check_num("momentum", 0.0 if momentum is None else momentum, lo=0.0)
     if nesterov and not _on(momentum):
         raise ValueError("sgd: nesterov=True needs momentum > 0")
     common = _common(gradient_rescale, clip_value, clip_norm, regularization, regularization_scale)
@@ -314,7 +333,7 @@ def rmsprop(learning_rate, decay=0.9, eps=1e-8, momentum=0.0, centered=False, *,
     `optax.rmsprop`); with defaults equals `optax.rmsprop`."""
     decay = _check_num("decay", decay, lo=0.0, hi=1.0)
     eps = _check_num("eps", eps, lo=0.0)
-    raw, momentum = momentum, _check_num("momentum", momentum, lo=0.0)
+    raw, momentum = momentum, _check_num("momentum", 0.0 if momentum is None else momentum, lo=0.0)
     common = _common(gradient_rescale, clip_value, clip_norm, regularization, regularization_scale)
     slots = ("nu",) + (("mu",) if centered else ()) + (("momentum",) if _momentum_slot(raw, momentum) else ())
     return _make("rmsprop", RmspropState, slots, learning_rate,

@@ -90,6 +90,11 @@ def test_batch_norm(kw):
     _compare(ours, theirs, x, use_running_average=True)
 
 
+def test_batch_norm_axis_out_of_range_as_flax():
+    ours, theirs = _pair("BatchNorm", 5, axis=-5)  # nnx does not wrap it; neither may we
+    _compare(ours, theirs, _rand(0, (4, 3, 3, 5)), use_running_average=False)
+
+
 def test_dropout():
     d = mf.Dropout(0.25, rngs=nnx.Rngs(0))
     x = jnp.ones((200, 100))
@@ -104,6 +109,8 @@ def test_dropout():
     b = mf.Dropout(0.5, broadcast_dims=(1,), rngs=nnx.Rngs(0))(x)  # Flax's own code: one mask per row
     with pytest.raises(ValueError, match="no `rngs`"):
         mf.Dropout(0.5)(x)
+    with pytest.raises(TypeError, match="number"):  # float("0.5") would take it; Flax raises
+        mf.Dropout("0.5", rngs=nnx.Rngs(0))(x)
     assert all(len(set(np.asarray(r).tolist())) == 1 for r in b[:10])
 
 
@@ -182,6 +189,8 @@ def test_precision_argument(name, args, x):
         with jax.default_matmul_precision(config):
             text = jax.jit(lambda v: m(v)).lower(jnp.ones(x)).as_text()
         assert f"precision = {code} : i64" in text, (config, precision)
+    with pytest.raises(ValueError, match="Precision argument"):  # as lax / nnx
+        getattr(mf, name)(*args, precision="bogus", rngs=nnx.Rngs(0))(jnp.ones(x))
 
 
 def test_checkpoint_state_loads_into_ours():

@@ -385,7 +385,8 @@ def test_bad_input():
 
 
 def _hp(**over):
-    values = dict(learning_rate=0.1, grad_scale=1.0, rescale=1.0, b1=0.9, ob1=0.1, b2=0.999, ob2=0.001, eps=1e-8)
+    values = dict(learning_rate=0.1, grad_scale=1.0, rescale=1.0, b1=0.9, ob1=0.1, b2=0.999, ob2=0.001, eps=1e-8,
+                  clip_value=np.inf, clip_norm=np.inf)  # inf: clipping off
     values.update(over)
     return jnp.asarray([values.get(k, 0.0) for k in contract.OPTIM_HYPER], jnp.float32)
 
@@ -477,6 +478,49 @@ def test_inject_hyperparams(make, make_ref, kw, later):
         u_ref, s_ref = step_ref(g_ref, s_ref, p_ref)
         p, p_ref = optax.apply_updates(p, u), optax.apply_updates(p_ref, u_ref)
     _close(p, p_ref, f"inject_hyperparams({make.__name__})")
+
+
+def test_apply_repeated_buffers():
+    # Tied weights, grads that are the params, slots sharing one array: apply copies the repeats
+    # (XLA donates a buffer once) and steps as update + apply_updates.
+    opt = mps.optim.adam(0.1)
+    for tied in (True, False):
+        w = jnp.linspace(-1.0, 1.0, 6)  # fresh each time: apply donates it
+        params, grads = ({"a": w, "b": w}, {"a": jnp.cos(w), "b": jnp.sin(w)}) if tied else ({"a": w}, {"a": w})
+        state = opt.init(params)
+        u, want_state = opt.update(grads, state, params)
+        want = optax.apply_updates(params, u)
+        got, got_state = opt.apply(params, grads, state)
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                     (got, got_state), (want, want_state))
+    z = jnp.zeros(6)
+    shared = opt.init({"a": z})._replace(mu={"a": z}, nu={"a": z})
+    got, _ = opt.apply({"a": jnp.ones(6)}, {"a": jnp.ones(6)}, shared)
+    np.testing.assert_allclose(np.asarray(got["a"]), 0.9, rtol=1e-5)
+    with pytest.raises(ValueError, match="state.count"):
+        p = {"a": jnp.ones(6)}
+        opt.update(p, opt.init(p)._replace(count=jnp.zeros(2, jnp.int32)), p)
+
+
+def test_momentum_none_as_optax():
+    # optax's own default for sgd / rmsprop momentum is None: no momentum.
+    params = {"w": jnp.linspace(-1.0, 1.0, 6)}
+    g = {"w": jnp.cos(3.0 * params["w"])}
+    for ours, theirs in ((mps.optim.sgd(0.1, momentum=None), optax.sgd(0.1, momentum=None)),
+                         (mps.optim.rmsprop(0.1, momentum=None), optax.rmsprop(0.1, momentum=None))):
+        _close(ours.update(g, ours.init(params), params)[0], theirs.update(g, theirs.init(params), params)[0],
+               "momentum=None")
+
+
+@pytest.mark.parametrize("opt", ["clip_value", "clip_norm"])
+def test_inject_zero_clip(opt):
+    # A traced clip of 0 clips everything to 0, as optax.clip(0) / clip_by_global_norm(0) do; None is off.
+    params = {"w": jnp.linspace(-1.0, 1.0, 6)}
+    g = {"w": jnp.cos(3.0 * params["w"])}
+    step = jax.jit(lambda c: mps.optim.sgd(0.1, **{opt: c}).update(g, mps.optim.sgd(0.1).init(params), params)[0])
+    clip = optax.clip(0.0) if opt == "clip_value" else optax.clip_by_global_norm(0.0)
+    want = optax.chain(clip, optax.sgd(0.1)).update(g, optax.chain(clip, optax.sgd(0.1)).init(params))[0]
+    np.testing.assert_array_equal(np.asarray(step(jnp.float32(0.0))["w"]), np.asarray(want["w"]))
 
 
 def test_inject_hyperparams_common_options():

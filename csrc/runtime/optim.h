@@ -25,7 +25,7 @@ enum class OptRule : int64_t { kSgd = 0, kAdam = 1, kRmsprop = 2 };
 enum class NormMode : int64_t { kNone = 0, kInternal = 1, kExternal = 2 };
 
 // Entries of the hp operand. grad_scale: 1, or 1 / loss scale for loss-scaled gradients (unscaled
-// in the kernel, never copied to float32 first). clip_value / clip_norm: 0 = off. Rules: sgd
+// in the kernel, never copied to float32 first). clip_value: inf = off (clip to [-inf, inf]). Rules: sgd
 // momentum; adam b1, b2, eps, weight_decay; rmsprop decay (in b2), eps, momentum. ob1 = 1 - b1 and
 // ob2 = 1 - b2 come from Python: rounded once from double for numbers, float32 arithmetic for
 // traced values -- each as optax computes them.
@@ -182,8 +182,7 @@ struct OptimPre {
 
 JAX_MPS_HDI OptimPre MakeOptimPre(const float* hp, bool regularize) {
   const float cv = hp[kClipValue];
-  return OptimPre{hp[kGradScale] * hp[kRescale], cv > 0.f ? -cv : -INFINITY, cv > 0.f ? cv : INFINITY, 1.f,
-                  regularize ? hp[kL1] : 0.f, regularize ? hp[kL2] : 0.f};
+  return OptimPre{hp[kGradScale] * hp[kRescale], -cv, cv, 1.f, regularize ? hp[kL1] : 0.f, regularize ? hp[kL2] : 0.f};
 }
 
 // Rescale, then clip by value as std::min(std::max(.)): a NaN gradient stays NaN (fminf / fmaxf
@@ -194,9 +193,10 @@ JAX_MPS_HDI float RescaleClip(float g, const OptimPre& c) {
 }
 
 // Factor that clip-by-global-norm applies to every gradient (optax.clip_by_global_norm), given the
-// global norm; clip_norm <= 0 is off. One rule for the CPU and the CUDA kernels.
+// global norm (the norm mode attribute says whether it is on). A clip_norm of 0 (possible when traced)
+// zeroes the gradients, as optax's. One rule for the CPU and the CUDA kernels.
 JAX_MPS_HDI float ClipScale(float norm, float clip_norm) {
-  return clip_norm <= 0.f || norm < clip_norm ? 1.f : clip_norm / norm;
+  return norm < clip_norm ? 1.f : clip_norm / norm;
 }
 
 }  // namespace jax_mps
