@@ -38,6 +38,12 @@ def matmul_precision() -> int:
     return contract.PRECISIONS["highest" if full else "default"]
 
 
+try:
+    from jax._src.lax.lax import canonicalize_precision as _canonicalize_precision
+except ImportError:  # moved in a later jax: layers' precision arguments go unchecked
+    _canonicalize_precision = None
+
+
 def precision_is_full(precision) -> bool:
     """Whether a lax `precision` argument (None, a string, a lax.Precision, a DotAlgorithmPreset or a
     pair of them) asks for full float32 math."""
@@ -50,12 +56,8 @@ def precision_scope(precision):
     argument; None leaves jax.default_matmul_precision as it stands."""
     if precision is None:
         return contextlib.nullcontext()
-    try:  # lax's own check and message for a bad precision argument
-        from jax._src.lax.lax import canonicalize_precision
-    except ImportError:  # moved in a later jax: no check, as before
-        pass
-    else:
-        canonicalize_precision(precision)
+    if _canonicalize_precision is not None:  # lax's own check and message for a bad argument
+        _canonicalize_precision(precision)
     return jax.default_matmul_precision("highest" if precision_is_full(precision) else "default")
 
 

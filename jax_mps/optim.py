@@ -198,6 +198,8 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
         if not isinstance(state, state_cls):
             raise TypeError(f"{rule}: state must be a {state_cls.__name__} from this optimizer's init, "
                             f"got {type(state).__name__}")
+        if jnp.size(state.count) != 1:
+            raise ValueError(f"{rule}: state.count must be a scalar step count, got shape {jnp.shape(state.count)}")
         s_leaves = []
         for name in slot_names:
             tree = getattr(state, name)
@@ -220,8 +222,6 @@ def _make(rule, state_cls, slot_names, learning_rate, hyper, common, needs_param
         g_leaves = [g if g.dtype == p.dtype or (p.dtype == jnp.float32 and g.dtype in _FLOATS) else g.astype(p.dtype)
                     for g, p in zip(g_leaves, p_leaves)]
 
-        if jnp.size(state.count) != 1:
-            raise ValueError(f"{rule}: state.count must be a scalar step count, got shape {jnp.shape(state.count)}")
         count = jnp.asarray(state.count, jnp.int32)
         rate = lr(count) if callable(lr) else lr
         per_step = [jnp.reshape(rate, ()), gscale]
